@@ -1,0 +1,1 @@
+"""glmx_workflows.workflows"""
