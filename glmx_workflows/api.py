@@ -1,0 +1,286 @@
+"""The Python facades: validate → find inputs → build → run.
+
+``Subject`` is the first level of one subject; ``Aggregator``, ``GroupLevel`` and ``RestingState``
+follow the same shape.
+"""
+
+import os
+from pathlib import Path
+
+from . import __version__
+from .core.errors import GlmxError
+from .engine import configure, run_workflow
+from .io.bids import open_layout
+from .io.derivatives import write_dataset_description
+from .planning import plan_subject
+from .spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from .workflows.first_level import init_first_level_wf
+
+
+def check_output_dir(output_dir, bids_root):
+    """Refuse an OUTPUT_DIR inside the raw dataset (outside derivatives/) or one that cannot be written."""
+    out = Path(output_dir).resolve()
+    root = Path(bids_root).resolve()
+    if out == root or (root in out.parents and (root / "derivatives") not in [out, *out.parents]):
+        raise GlmxError("output directory is inside the raw BIDS dataset; choose a folder outside it or under "
+                        f"{root / 'derivatives'}", file=out, field="OUTPUT_DIR")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise GlmxError("output directory is not writable", file=probe, field="OUTPUT_DIR")
+    return out
+
+
+def default_spec_path(bids_root):
+    """``BIDS_DIR/task_information.json``."""
+    return Path(bids_root) / "task_information.json"
+
+
+class Subject:
+    """First-level task GLM of one subject.
+
+    Parameters
+    ----------
+    sub_id : str
+        Subject label, with or without 'sub-'.
+    task : str
+        Task name (a key of the spec).
+    bids_root : str or Path
+        The raw BIDS dataset.
+    spec : str or Path, optional
+        task_information.json (default ``bids_root/task_information.json``).
+    derivatives : str or Path, optional
+        fmriprep derivatives folder (default ``bids_root/derivatives/fmriprep`` or any fmriprep
+        dataset under ``bids_root/derivatives``).
+    output_dir : str or Path, optional
+        OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
+    work_dir : str or Path, optional
+        Nipype work directory, where nodes are cached (default: ``OUTPUT_DIR`` + ``_work``).
+    **overrides
+        Spec keys for this subject only: ``tr``, ``dummy_scans``, ``conditions``,
+        ``confound_regressors``, ``design_contrasts``, ``smoothing_fwhm``, ... .
+    """
+
+    def __init__(self, sub_id, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None,
+                 **overrides):
+        self.sub_id = normalize_subject(sub_id)
+        self.task = task
+        self.bids_root = Path(bids_root)
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.derivatives = derivatives
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.overrides = overrides
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        self.settings = subject_settings(self.entry, self.sub_id, **overrides)
+        self._layout = None
+
+    @property
+    def layout(self):
+        """The pybids layout (indexed on first use)."""
+        if self._layout is None:
+            self._layout = open_layout(self.bids_root, self.derivatives)
+        return self._layout
+
+    def plan(self, design_matrices=None):
+        """Check inputs and spec for this subject; return the :class:`~glmx_workflows.planning.SubjectPlan`."""
+        return plan_subject(self.layout, self.entry, self.settings, design_matrices, self.work_dir)
+
+    def workflow(self, plan=None, name=None, output_dir=True):
+        """Build the subject's Nipype workflow (inputs connected, not run).
+
+        Parameters
+        ----------
+        plan : SubjectPlan, optional
+            From :meth:`plan` (made if omitted).
+        name : str, optional
+            Workflow name (default ``sub_<label>_<task>``).
+        output_dir : bool
+            False builds no ``ds_*`` sinks (for embedding the workflow elsewhere).
+        """
+        plan = plan or self.plan()
+        wf = init_first_level_wf(plan.settings, plan.contrasts,
+                                 output_dir=str(self.output_dir.resolve()) if output_dir else None,
+                                 fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=plan.publish_run_maps(),
+                                 name=name or f"sub_{self.sub_id}_{self.task}")
+        for field, value in plan.workflow_inputs().items():
+            setattr(wf.inputs.inputnode, field, value)
+        return wf
+
+    def run(self, design_matrices=None, plugin="MultiProc", plugin_args=None, n_procs=None):
+        """Fit the subject and write its maps under OUTPUT_DIR.
+
+        Parameters
+        ----------
+        design_matrices : list, optional
+            One design per run (DataFrame or TSV path) replacing the built designs; rows must equal
+            the run's volumes.
+        plugin : str
+            Nipype plugin: Linear, MultiProc, SLURM, SLURMGraph, SGE, SGEGraph.
+        plugin_args : dict, optional
+            Passed to the plugin.
+        n_procs : int, optional
+            Processes for MultiProc (default: all cores).
+
+        Returns
+        -------
+        list of str
+            Paths of the files written under OUTPUT_DIR.
+        """
+        check_output_dir(self.output_dir, self.bids_root)
+        plan = self.plan(design_matrices)
+        wf = self.workflow(plan)
+        configure(wf, self.work_dir)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        graph = run_workflow(wf, plugin, args)
+        return published_files(graph)
+
+
+def published_files(graph):
+    """Files written by the ``ds_*`` nodes of an executed graph (sorted)."""
+    out = []
+    for node in graph.nodes():
+        if node.name.startswith("ds_") and node.result is not None and node.result.outputs is not None:
+            files = node.result.outputs.out_files
+            for item in files if isinstance(files, list) else [files]:
+                out.extend(item if isinstance(item, list) else [item])
+    return sorted(str(f) for f in out if f)
+
+
+class RunReport:
+    """What a dataset-level run did: subjects done, failed (with reason and crash file), excluded."""
+
+    def __init__(self, done=(), failed=None, excluded=(), outputs=()):
+        self.done = list(done)
+        self.failed = dict(failed or {})
+        self.excluded = list(excluded)
+        self.outputs = list(outputs)
+
+    @property
+    def ok(self):
+        return not self.failed
+
+    def summary(self):
+        """Human-readable lines: one per failed subject with its reason."""
+        lines = [f"{len(self.done)} subject(s) done, {len(self.failed)} failed, {len(self.excluded)} excluded; "
+                 f"{len(self.outputs)} file(s) written"]
+        for sub, (reason, crash) in sorted(self.failed.items()):
+            lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
+        return "\n".join(lines)
+
+
+class Aggregator:
+    """First level of every subject of a task, as one workflow the engine fans out.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+    task : str
+    spec, derivatives, output_dir, work_dir
+        As for :class:`Subject`.
+    participant_label : list of str, optional
+        Subjects to run (default: every subject of the dataset not in ``excludes``).
+    design_dir : str or Path, optional
+        Folder of user design matrices (``..._run-<r>_design.tsv``).
+    **overrides
+        Spec keys applied to every subject.
+    """
+
+    def __init__(self, bids_root, task, spec=None, derivatives=None, output_dir=None, work_dir=None,
+                 participant_label=None, design_dir=None, **overrides):
+        self.bids_root = Path(bids_root)
+        self.task = task
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.derivatives = derivatives
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.participant_label = participant_label
+        self.design_dir = design_dir
+        self.overrides = overrides
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        self._layout = None
+
+    @property
+    def layout(self):
+        if self._layout is None:
+            self._layout = open_layout(self.bids_root, self.derivatives)
+        return self._layout
+
+    def subjects(self):
+        """(subjects to run, subjects excluded by the spec)."""
+        from .io.bids import list_subjects
+
+        available = list_subjects(self.layout)
+        if self.participant_label:
+            wanted = [normalize_subject(s) for s in self.participant_label]
+            missing = [s for s in wanted if s not in available]
+            if missing:
+                raise GlmxError(f"subject(s) {', '.join('sub-' + s for s in missing)} not found in the dataset",
+                                file=self.bids_root, field="--participant-label")
+        else:
+            wanted = available
+        excluded = [s for s in wanted if s in self.entry["excludes"]]
+        return [s for s in wanted if s not in excluded], excluded
+
+    def _subject(self, sub):
+        subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
+                       output_dir=self.output_dir, work_dir=self.work_dir, **self.overrides)
+        subj._layout = self.layout
+        return subj
+
+    def workflow(self):
+        """Build the dataset workflow; returns (workflow, {subject: planning failure reason})."""
+        from nipype.pipeline import engine as pe
+
+        subjects, _ = self.subjects()
+        parent = pe.Workflow(name=f"glmx_{self.task}")
+        failures = {}
+        for sub in subjects:
+            try:
+                subj = self._subject(sub)
+                plan = subj.plan(self.design_dir)
+                parent.add_nodes([subj.workflow(plan)])
+            except GlmxError as exc:
+                if len(subjects) == 1:
+                    raise
+                failures[sub] = (exc.one_line(), None)
+        return parent, failures
+
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
+        """Run every subject; a failing subject does not stop the others.
+
+        Returns
+        -------
+        RunReport
+        """
+        import time
+
+        from .engine import crash_node, crash_reason, new_crash_files
+
+        check_output_dir(self.output_dir, self.bids_root)
+        subjects, excluded = self.subjects()
+        wf, failed = self.workflow()
+        crash_dir = configure(wf, self.work_dir)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        start = time.time()
+        outputs = []
+        if wf._graph.number_of_nodes():
+            try:
+                graph = wf.run(plugin=plugin, plugin_args=args)
+                outputs = published_files(graph)
+            except RuntimeError:
+                for crash in new_crash_files(crash_dir, start):
+                    node = crash_node(crash)
+                    sub = next((s for s in subjects if f"sub_{s}_" in node), None)
+                    if sub is not None and sub not in failed:
+                        failed[sub] = (crash_reason(crash), crash)
+                outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
+        done = [s for s in subjects if s not in failed]
+        return RunReport(done, failed, excluded, outputs)

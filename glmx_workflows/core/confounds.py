@@ -1,0 +1,139 @@
+"""Confound selection, NaN filling and volume censoring on fmriprep confounds tables.
+
+NaN policy: fmriprep leaves the first row of every ``*_derivative1`` column, of
+``framewise_displacement`` and of ``(std_)dvars`` undefined. Each NaN is replaced by the mean of the
+column's defined values. With an intercept in the model a value equal to the column mean carries no
+leverage on that regressor, so the filled row neither adds a spurious spike (as 0 would for DVARS,
+whose values sit near 1) nor duplicates a neighbour's motion (as a back-fill would).
+"""
+
+import fnmatch
+
+import numpy as np
+import pandas as pd
+
+from .errors import GlmxError
+
+MOTION_OUTLIER_PATTERN = "motion_outlier*"
+NON_STEADY_PATTERN = "non_steady_state_outlier*"
+
+
+def match_patterns(columns, patterns, source=None, field="confound_regressors"):
+    """Expand shell-style patterns over the confounds columns.
+
+    Parameters
+    ----------
+    columns : sequence of str
+        Columns of the confounds table, in file order.
+    patterns : sequence of str
+        Column names or shell wildcards (``trans_*``, ``a_comp_cor_0[0-4]``).
+    source : str, optional
+        Confounds file (for messages).
+    field : str
+        Spec key the patterns come from (for messages).
+
+    Returns
+    -------
+    list of str
+        Matching columns, pattern by pattern, each in file order, without repeats.
+
+    Raises
+    ------
+    GlmxError
+        When a pattern matches no column.
+    """
+    out = []
+    for pattern in patterns:
+        hits = [c for c in columns if fnmatch.fnmatchcase(c, pattern)]
+        if not hits:
+            raise GlmxError(f"pattern '{pattern}' matches no column of the confounds file "
+                            f"({len(columns)} columns, e.g. {', '.join(list(columns)[:6])})",
+                            file=source, field=field)
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def fill_nans(frame, source=None):
+    """Replace NaNs by the column mean of the defined values.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame of shape (n_scans, n_confounds)
+    source : str, optional
+        Confounds file (for messages).
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_scans, n_confounds), float64, no NaN.
+
+    Raises
+    ------
+    GlmxError
+        When a column is entirely NaN or not numeric.
+    """
+    out = {}
+    for col in frame.columns:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        if (values.isna() & frame[col].notna()).any():
+            raise GlmxError("non-numeric values; expected numbers or n/a", file=source, field=f"column '{col}'")
+        if values.isna().all():
+            raise GlmxError("every value is n/a; a confound needs defined values", file=source,
+                            field=f"column '{col}'")
+        out[col] = values.fillna(values.mean()).to_numpy(float)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def select_confounds(frame, patterns, include_motion_outliers=False, non_steady_state=False, source=None):
+    """Pick and clean the confound regressors of one run.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame of shape (n_scans, n_columns)
+        fmriprep's confounds table.
+    patterns : sequence of str
+        ``confound_regressors`` of the spec.
+    include_motion_outliers : bool
+        Add fmriprep's ``motion_outlier*`` one-hot columns (none present is not an error).
+    non_steady_state : bool
+        Add fmriprep's ``non_steady_state_outlier*`` one-hot columns (none present is not an error).
+    source : str, optional
+        Confounds file (for messages).
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_scans, n_selected)
+        Selected columns with NaNs filled (see module docstring).
+    """
+    columns = [str(c) for c in frame.columns]
+    chosen = match_patterns(columns, patterns, source)
+    for flag, pattern in ((include_motion_outliers, MOTION_OUTLIER_PATTERN), (non_steady_state, NON_STEADY_PATTERN)):
+        if flag:
+            chosen.extend(c for c in columns if fnmatch.fnmatchcase(c, pattern) and c not in chosen)
+    return fill_nans(frame[chosen], source)
+
+
+def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
+    """Volumes kept for the fit.
+
+    Parameters
+    ----------
+    n_scans : int
+        Volumes in the run.
+    dummy_scans : int
+        Leading volumes dropped (scanner warm-up).
+    fd : array of shape (n_scans,), optional
+        Framewise displacement (NaN allowed: never censors).
+    fd_threshold : float, optional
+        Volumes with FD strictly above it are censored.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_scans,), bool
+        True where the volume is kept.
+    """
+    keep = np.ones(n_scans, dtype=bool)
+    keep[: int(dummy_scans)] = False
+    if fd_threshold is not None:
+        fd = np.asarray(fd, dtype=float)
+        keep &= ~(np.nan_to_num(fd, nan=0.0) > fd_threshold)
+    return keep

@@ -1,0 +1,60 @@
+"""select_confounds: fmriprep confounds table → the model's confound regressors and kept volumes."""
+
+import os
+
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from ..core.confounds import censor_mask, select_confounds
+from ..core.errors import GlmxError
+from ..io.images import bold_length
+from ..io.tables import read_tsv, write_tsv
+
+
+class SelectConfoundsInputSpec(BaseInterfaceInputSpec):
+    confounds_file = File(exists=True, mandatory=True, desc="fmriprep desc-confounds_timeseries.tsv")
+    bold_file = File(exists=True, mandatory=True, desc="the run's BOLD (its length is checked)")
+    confound_regressors = traits.List(traits.Str, usedefault=True, desc="column names or shell wildcards")
+    include_motion_outliers = traits.Bool(False, usedefault=True, desc="add motion_outlier* columns")
+    non_steady_state = traits.Bool(False, usedefault=True, desc="add non_steady_state_outlier* columns")
+    dummy_scans = traits.Int(0, usedefault=True, desc="leading volumes left out of the fit")
+    fd_threshold = traits.Either(None, traits.Float, usedefault=True, desc="censor volumes with FD above (mm)")
+    min_volumes = traits.Int(10, usedefault=True, desc="refuse the run when fewer volumes remain")
+
+
+class SelectConfoundsOutputSpec(TraitedSpec):
+    confounds_file = File(exists=True, desc="selected, NaN-filled regressors (n_scans rows)")
+    censor_file = File(exists=True, desc="TSV: volume, kept (1/0), reason")
+
+
+class SelectConfounds(SimpleInterface):
+    """Pick the spec's confound columns, fill NaNs, and decide which volumes the fit keeps."""
+
+    input_spec = SelectConfoundsInputSpec
+    output_spec = SelectConfoundsOutputSpec
+
+    def _run_interface(self, runtime):
+        src = self.inputs.confounds_file
+        table = read_tsv(src, "confounds file")
+        n_scans = bold_length(self.inputs.bold_file)
+        if len(table) != n_scans:
+            raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {self.inputs.bold_file} has "
+                            f"{n_scans} volumes; expected one row per volume", file=src, field="rows")
+        chosen = select_confounds(table, self.inputs.confound_regressors, self.inputs.include_motion_outliers,
+                                  self.inputs.non_steady_state, source=src)
+        fd = None
+        if self.inputs.fd_threshold is not None:
+            if "framewise_displacement" not in table.columns:
+                raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
+                                file=src, field="framewise_displacement")
+            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
+        keep = censor_mask(n_scans, self.inputs.dummy_scans, fd, self.inputs.fd_threshold)
+        if keep.sum() < self.inputs.min_volumes:
+            raise GlmxError(f"only {int(keep.sum())} of {n_scans} volumes remain after dummy scans and FD "
+                            f"censoring; at least {self.inputs.min_volumes} are needed", file=src,
+                            field="fd_threshold")
+        reason = ["" if k else "dummy" if i < self.inputs.dummy_scans else "fd" for i, k in enumerate(keep)]
+        censor = pd.DataFrame({"volume": range(n_scans), "kept": keep.astype(int), "reason": reason})
+        self._results["confounds_file"] = str(write_tsv(chosen, os.path.join(runtime.cwd, "confounds.tsv")))
+        self._results["censor_file"] = str(write_tsv(censor, os.path.join(runtime.cwd, "censor.tsv")))
+        return runtime

@@ -1,0 +1,73 @@
+"""build_design: events + confounds + run length → the run's design matrix (TSV and figure)."""
+
+import json
+import os
+
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from ..core.design import build_design, check_design
+from ..core.errors import GlmxError
+from ..core.events import check_events_fit_run
+from ..io.atomic import write_text
+from ..io.images import bold_length
+from ..io.tables import read_tsv, write_tsv
+from ..reports.figures import plot_design
+
+
+class BuildDesignInputSpec(BaseInterfaceInputSpec):
+    events_file = File(exists=True, mandatory=True, desc="normalised events TSV from load_events")
+    confounds_file = File(exists=True, mandatory=True, desc="selected confounds TSV from select_confounds")
+    censor_file = File(exists=True, mandatory=True, desc="kept-volume TSV from select_confounds")
+    bold_file = File(exists=True, mandatory=True, desc="the run's BOLD (for its number of volumes)")
+    tr = traits.Float(mandatory=True, desc="repetition time (s)")
+    hrf_model = traits.Str("glover", usedefault=True, desc="nilearn HRF model")
+    drift_model = traits.Either(None, traits.Str, default="cosine", usedefault=True, desc="cosine | polynomial")
+    high_pass = traits.Float(0.01, usedefault=True, desc="high-pass cut-off (Hz)")
+    drift_order = traits.Int(1, usedefault=True, desc="polynomial drift order")
+    user_design_file = traits.Either(None, File(exists=True), usedefault=True,
+                                     desc="a user's own design TSV replacing the built one")
+    source_events = traits.Str("", usedefault=True, desc="raw events file, named in messages")
+
+
+class BuildDesignOutputSpec(TraitedSpec):
+    design_file = File(exists=True, desc="design matrix TSV, one row per volume")
+    figure_file = File(exists=True, desc="design matrix figure (SVG)")
+    manifest_file = File(exists=True, desc="JSON list of the files to publish with their BIDS suffix")
+
+
+class BuildDesign(SimpleInterface):
+    """Make (or check the user's) design matrix and refuse one that cannot be estimated."""
+
+    input_spec = BuildDesignInputSpec
+    output_spec = BuildDesignOutputSpec
+
+    def _run_interface(self, runtime):
+        n_scans = bold_length(self.inputs.bold_file)
+        keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
+        if self.inputs.user_design_file:
+            src = self.inputs.user_design_file
+            design = read_tsv(src, "design matrix")
+            if len(design) != n_scans:
+                raise GlmxError(f"design matrix has {len(design)} rows but the BOLD run {self.inputs.bold_file} "
+                                f"has {n_scans} volumes", file=src, field="rows")
+            bad = [c for c in design.columns if not pd.api.types.is_numeric_dtype(design[c]) or design[c].isna().any()]
+            if bad:
+                raise GlmxError("non-numeric or n/a values; a design matrix holds numbers only", file=src,
+                                field=f"column '{bad[0]}'")
+        else:
+            src = self.inputs.source_events or self.inputs.events_file
+            events = read_tsv(self.inputs.events_file)
+            check_events_fit_run(events, n_scans, self.inputs.tr, src)
+            confounds = read_tsv(self.inputs.confounds_file)
+            design = build_design(events, confounds, n_scans, self.inputs.tr, self.inputs.hrf_model,
+                                  self.inputs.drift_model, self.inputs.high_pass, self.inputs.drift_order)
+        check_design(design.iloc[keep], source=src)
+        design_file = write_tsv(design, os.path.join(runtime.cwd, "design.tsv"))
+        figure_file = plot_design(design, os.path.join(runtime.cwd, "design.svg"))
+        manifest = [{"path": str(design_file), "entities": {}, "suffix": "design"},
+                    {"path": str(figure_file), "entities": {}, "suffix": "design"}]
+        self._results.update(design_file=str(design_file), figure_file=str(figure_file),
+                             manifest_file=str(write_text(os.path.join(runtime.cwd, "manifest.json"),
+                                                          json.dumps(manifest, indent=1))))
+        return runtime

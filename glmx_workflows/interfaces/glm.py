@@ -1,0 +1,155 @@
+"""fit_glm, compute_contrasts and fixed_effects: the model fit and its maps."""
+
+import json
+import os
+
+import numpy as np
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
+                                    traits)
+
+from ..core.formula import contrast_matrix
+from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contrast_statistics, estimate_contrast,
+                        fit_glm, subset_estimate)
+from ..core.glm_reference import fit_glm_nilearn
+from ..core.signal import mean_scaling
+from ..io.atomic import atomic_path, write_text
+from ..io.images import load_mask, load_masked_bold, unmask, write_image
+from ..io.tables import read_tsv
+
+T_STATS = ("effect", "variance", "t", "z", "p")
+F_STATS = ("F", "z", "p")
+
+
+class FitGLMInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI)")
+    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
+    design_file = File(exists=True, mandatory=True, desc="design matrix TSV (all volumes)")
+    censor_file = File(exists=True, mandatory=True, desc="kept-volume TSV")
+    noise_model = traits.Enum("ar1", "ols", usedefault=True, desc="temporal noise model")
+    estimator = traits.Enum("glmx", "nilearn", usedefault=True, desc="glmx's fit or nilearn's FirstLevelModel")
+    smoothing_fwhm = traits.Either(None, traits.Float, usedefault=True, desc="Gaussian smoothing (mm FWHM)")
+
+
+class FitGLMOutputSpec(TraitedSpec):
+    fit_file = File(exists=True, desc="NPZ with the fitted model (betas, per-bin covariances, design columns)")
+
+
+class FitGLM(SimpleInterface):
+    """Read the run once, scale to percent signal change, fit OLS or AR(1)."""
+
+    input_spec = FitGLMInputSpec
+    output_spec = FitGLMOutputSpec
+
+    def _run_interface(self, runtime):
+        keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
+        design = read_tsv(self.inputs.design_file)
+        Y, _, _ = load_masked_bold(self.inputs.bold_file, self.inputs.mask_file, keep, self.inputs.smoothing_fwhm)
+        Y, _ = mean_scaling(Y)
+        X = design.to_numpy(float)[keep]
+        engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
+        fit = engine(Y, X, noise_model=self.inputs.noise_model)
+        del Y
+        out = os.path.join(runtime.cwd, "fit.npz")
+        with atomic_path(out) as tmp:
+            np.savez(tmp, columns=np.array(design.columns, dtype=str), **fit.to_arrays())
+        self._results["fit_file"] = out
+        return runtime
+
+
+def _load_fit(path):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    columns = [str(c) for c in arrays.pop("columns")]
+    return GLMFit.from_arrays(arrays), columns
+
+
+def _write_maps(est, label, mask, affine, cwd, prefix):
+    stats = contrast_statistics(est)
+    names = T_STATS if est.stat_type == "t" else F_STATS
+    entries = []
+    for stat in names:
+        key = "stat" if stat in ("t", "F") else stat
+        path = os.path.join(cwd, f"{prefix}{label}_stat-{stat}.nii.gz")
+        write_image(unmask(np.asarray(stats[key], dtype=np.float32), mask, affine), path)
+        entries.append({"path": path, "entities": {"contrast": label, "stat": stat}, "suffix": "statmap"})
+    return entries
+
+
+def _save_estimate(est, path):
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **est.to_arrays())
+    return path
+
+
+class ComputeContrastsInputSpec(BaseInterfaceInputSpec):
+    fit_file = File(exists=True, mandatory=True, desc="NPZ from fit_glm")
+    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
+    contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
+                            desc="{name: {'label': BIDS label, 'rows': [{regressor: weight}], 'type': 't'|'F'}}")
+
+
+class ComputeContrastsOutputSpec(TraitedSpec):
+    manifest_file = File(exists=True, desc="JSON list of stat maps with their BIDS entities")
+    estimates_file = File(exists=True, desc="JSON {contrast: NPZ of the estimate} for fixed effects")
+
+
+class ComputeContrasts(SimpleInterface):
+    """Every contrast of one run from the stored fit (no refit): effect, variance, t/F, z, p maps."""
+
+    input_spec = ComputeContrastsInputSpec
+    output_spec = ComputeContrastsOutputSpec
+
+    def _run_interface(self, runtime):
+        fit, columns = _load_fit(self.inputs.fit_file)
+        mask, affine = load_mask(self.inputs.mask_file)
+        manifest, estimates = [], {}
+        for name, spec in sorted(self.inputs.contrasts.items()):
+            con = contrast_matrix(spec["rows"], columns)
+            if con is None:
+                continue  # a regressor of this contrast is absent from this run
+            est = estimate_contrast(fit, con if spec["type"] == "F" else con[0], stat_type=spec["type"])
+            label = spec["label"]
+            manifest += _write_maps(est, label, mask, affine, runtime.cwd, "contrast-")
+            estimates[name] = {"label": label,
+                               "path": _save_estimate(est, os.path.join(runtime.cwd, f"estimate-{label}.npz")),
+                               "mask": self.inputs.mask_file}
+        self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
+                                                        json.dumps(manifest, indent=1)))
+        self._results["estimates_file"] = str(write_text(os.path.join(runtime.cwd, "estimates.json"),
+                                                         json.dumps(estimates, indent=1)))
+        return runtime
+
+
+class FixedEffectsInputSpec(BaseInterfaceInputSpec):
+    estimates_files = InputMultiObject(File(exists=True), mandatory=True,
+                                       desc="estimates.json of every run from compute_contrasts")
+
+
+class FixedEffectsOutputSpec(TraitedSpec):
+    manifest_file = File(exists=True, desc="JSON list of subject-level stat maps with their BIDS entities")
+
+
+class FixedEffects(SimpleInterface):
+    """Combine runs per contrast as nilearn's FirstLevelModel does, on the voxels all runs share."""
+
+    input_spec = FixedEffectsInputSpec
+    output_spec = FixedEffectsOutputSpec
+
+    def _run_interface(self, runtime):
+        runs = [json.loads(open(f).read()) for f in self.inputs.estimates_files]
+        names = sorted(set().union(*runs))
+        manifest = []
+        for name in names:
+            items = [r[name] for r in runs if name in r]
+            masks = [load_mask(it["mask"]) for it in items]
+            common = np.logical_and.reduce([m for m, _ in masks])
+            ests = []
+            for it, (m, _) in zip(items, masks):
+                with np.load(it["path"], allow_pickle=False) as data:
+                    est = ContrastEstimate.from_arrays({k: data[k] for k in data.files})
+                ests.append(subset_estimate(est, common[m]))
+            combined = combine_fixed_effects(ests)
+            manifest += _write_maps(combined, items[0]["label"], common, masks[0][1], runtime.cwd, "contrast-")
+        self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
+                                                        json.dumps(manifest, indent=1)))
+        return runtime

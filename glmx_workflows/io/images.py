@@ -1,0 +1,101 @@
+"""NIfTI ↔ arrays: the one place BOLD runs and masks are read and maps are written."""
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from ..core.errors import GlmxError
+from .atomic import atomic_path
+
+
+def load_image(path, what="image"):
+    """Load a NIfTI image lazily, with an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlmxError(f"{what} not found", file=path)
+    try:
+        return nb.load(str(path))
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise GlmxError(f"{what} is not a readable NIfTI image ({exc})", file=path) from None
+
+
+def bold_length(path):
+    """Number of volumes of a 4D BOLD run (header only)."""
+    img = load_image(path, "BOLD run")
+    if len(img.shape) != 4:
+        raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
+                        file=path, field="BOLD")
+    return int(img.shape[3])
+
+
+def load_mask(path, reference=None, reference_path=None):
+    """Load a brain mask as a boolean array, checked against a reference image grid.
+
+    Returns
+    -------
+    (numpy.ndarray of bool with the image's 3D shape, affine (4, 4))
+    """
+    img = load_image(path, "brain mask")
+    data = np.asarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise GlmxError(f"mask is {data.ndim}D; expected 3D", file=path, field="mask")
+    if reference is not None:
+        if tuple(reference.shape[:3]) != data.shape or not np.allclose(reference.affine, img.affine, atol=1e-3):
+            raise GlmxError(f"mask grid {data.shape} does not match the BOLD grid {tuple(reference.shape[:3])} "
+                            f"of {reference_path} (shape and affine must agree)", file=path, field="mask")
+    mask = data > 0
+    if not mask.any():
+        raise GlmxError("mask is empty (no voxel > 0)", file=path, field="mask")
+    return mask, img.affine
+
+
+def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
+    """Read a BOLD run once and return the in-mask time series.
+
+    Parameters
+    ----------
+    bold_path, mask_path : str or Path
+    keep : array of shape (n_scans,) of bool, optional
+        Volumes to return (censoring); all by default.
+    smoothing_fwhm : float, optional
+        Gaussian smoothing (mm FWHM) of every volume before masking, with nilearn's kernel.
+
+    Returns
+    -------
+    Y : numpy.ndarray of shape (n_kept, n_voxels), float32
+    mask : numpy.ndarray of bool, 3D
+    affine : numpy.ndarray of shape (4, 4)
+    """
+    img = load_image(bold_path, "BOLD run")
+    if len(img.shape) != 4:
+        raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
+                        file=bold_path, field="BOLD")
+    mask, affine = load_mask(mask_path, img, bold_path)
+    if smoothing_fwhm:
+        from nilearn.image import smooth_img
+
+        img = smooth_img(img, smoothing_fwhm)
+    data = np.asarray(img.get_fdata(dtype=np.float32) if img.get_data_dtype() != np.float32 else img.dataobj)
+    Y = data[mask].T
+    if keep is not None:
+        Y = Y[np.asarray(keep, bool)]
+    return np.ascontiguousarray(Y, dtype=np.float32), mask, img.affine
+
+
+def unmask(values, mask, affine, dtype=np.float32):
+    """(n_voxels,) values → NIfTI image on the mask's grid (zero outside)."""
+    vol = np.zeros(mask.shape, dtype=dtype)
+    vol[mask] = values
+    img = nb.Nifti1Image(vol, affine)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+def write_image(img, path):
+    """Write a NIfTI image atomically."""
+    with atomic_path(path) as tmp:
+        nb.save(img, str(tmp))
+    return Path(path)

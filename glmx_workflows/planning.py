@@ -1,0 +1,258 @@
+"""From a spec entry and a dataset to a checked plan for one subject, before any work starts.
+
+Everything that can be known without fitting is checked here (files, TR, events columns, confound
+patterns, contrast regressors), so a bad spec fails in a second with one line instead of in a node.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .core.confounds import select_confounds
+from .core.errors import GlmxError
+from .core.events import check_events_fit_run, conditions_of, normalize_events, regressor_names
+from .core.formula import bids_label, default_contrasts, parse_formula, unknown_regressors
+from .io.bids import find_runs
+from .io.tables import read_tsv
+
+DRIFT_PREFIXES = ("drift_", "cosine", "constant")
+
+
+@dataclass
+class SubjectPlan:
+    """What the first-level workflow of one subject needs, all checked."""
+
+    subject: str
+    task: str
+    settings: dict
+    runs: list
+    contrasts: dict
+    design_files: list = field(default_factory=list)
+    run_regressors: list = field(default_factory=list)
+
+    @property
+    def multi_session(self):
+        return len({r.session for r in self.runs}) > 1
+
+    def subject_entities(self):
+        first = self.runs[0]
+        ent = {"sub": self.subject, "task": self.task, "space": first.space, **_img_entities(first)}
+        if first.session and not self.multi_session:
+            ent["ses"] = first.session
+        return ent
+
+    def run_map_entities(self):
+        return [{**r.entities(), "space": r.space, **_img_entities(r)} for r in self.runs]
+
+    def run_design_entities(self):
+        return [r.entities() for r in self.runs]
+
+    def publish_run_maps(self):
+        """Per-run maps get their own names unless they would collide with the subject-level ones."""
+        return self.run_map_entities()[0] != self.subject_entities() or len(self.runs) > 1
+
+    def fit_mem_gb(self):
+        """Memory of the largest run's fit: the float32 in-mask data about 3 times over, plus 0.3 GB."""
+        from .io.images import load_image
+
+        worst = 0
+        for r in self.runs:
+            shape = load_image(r.bold, "BOLD run").shape
+            worst = max(worst, math.prod(shape[:3]) * shape[3] * 4)
+        return round(0.3 + 3 * worst / 1e9, 2)
+
+    def workflow_inputs(self):
+        return {
+            "bold_files": [r.bold for r in self.runs], "mask_files": [r.mask for r in self.runs],
+            "events_files": [r.events for r in self.runs], "confounds_files": [r.confounds for r in self.runs],
+            "design_files": list(self.design_files) or [None] * len(self.runs),
+            "run_map_entities": self.run_map_entities(), "run_design_entities": self.run_design_entities(),
+            "subject_entities": self.subject_entities(),
+        }
+
+
+def _img_entities(run):
+    short = {"resolution": "res", "density": "den", "cohort": "cohort"}
+    return {short[k]: v for k, v in run.extra.items()}
+
+
+def resolve_tr(settings, entry, runs):
+    """The TR of the subject's runs.
+
+    A task-level ``tr`` must agree with the sidecars (else an error naming both values and files); a
+    subject-level ``tr`` (``overrides`` or a keyword argument) is an explicit correction and wins.
+    """
+    spec_file = entry["_spec_file"]
+    task_tr = entry.get("tr")
+    subject_tr = settings.get("tr")
+    overridden = subject_tr is not None and subject_tr != task_tr
+    for run in runs:
+        if run.tr is None and subject_tr is None:
+            raise GlmxError("no RepetitionTime in the BOLD sidecars and no 'tr' in the spec", file=run.bold,
+                            field="RepetitionTime")
+        if run.tr is not None and task_tr is not None and not overridden and abs(run.tr - task_tr) > 1e-6:
+            raise GlmxError(f"tr is {task_tr:g} s in the spec but RepetitionTime is {run.tr:g} s in {run.tr_source}; "
+                            "fix one, or set a per-subject value under 'overrides'", file=spec_file,
+                            field=f"{entry['_task']}.tr")
+    trs = {run.tr for run in runs}
+    if subject_tr is not None:
+        return float(subject_tr)
+    if len(trs) > 1:
+        raise GlmxError(f"runs have different RepetitionTime values {sorted(trs)}; set 'tr' per subject under "
+                        "'overrides'", file=runs[0].bold, field="RepetitionTime")
+    return float(trs.pop())
+
+
+def _confound_columns(settings, run):
+    """Columns select_confounds will give this run (checked now: patterns, n/a columns, length)."""
+    table = read_tsv(run.confounds, "confounds file")
+    if len(table) != run.n_scans:
+        raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
+                        "volumes; expected one row per volume", file=run.confounds, field="rows")
+    return list(select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
+                                 settings["non_steady_state"], source=run.confounds).columns)
+
+
+def resolve_contrasts(settings, conditions, regressors, spec_file, where):
+    """Spec contrasts (+ condition maps) → ``{name: {'label', 'rows', 'type'}}``, checked.
+
+    Parameters
+    ----------
+    settings : dict
+        Subject settings.
+    conditions : list of str
+        Condition regressors (for 'default' and condition maps); None when the user gave designs.
+    regressors : list of set of str
+        Regressor names of each run.
+    spec_file, where : str
+        For messages.
+    """
+    raw = settings["design_contrasts"]
+    if raw == "default":
+        if conditions is None:
+            raise GlmxError("'default' contrasts need the events; give explicit design_contrasts when supplying "
+                            "design matrices", file=spec_file, field=f"{where}.design_contrasts")
+        raw = default_contrasts(conditions)
+    contrasts = {}
+    known = set().union(*regressors)
+    for name, formula in raw.items():
+        rows = formula if isinstance(formula, list) else [formula]
+        weights = [parse_formula(r) for r in rows]
+        missing = unknown_regressors(weights, known)
+        if missing:
+            raise GlmxError(f"contrast '{name}' names regressor(s) {', '.join(missing)} that the design will not "
+                            f"have; regressors: {', '.join(sorted(known))}", file=spec_file,
+                            field=f"{where}.design_contrasts.{name}")
+        if not any(all(set(w) <= regs for w in weights) for regs in regressors):
+            raise GlmxError(f"contrast '{name}' needs regressors that no single run has together",
+                            file=spec_file, field=f"{where}.design_contrasts.{name}")
+        contrasts[name] = {"label": bids_label(name), "rows": weights,
+                           "type": "F" if isinstance(formula, list) else "t"}
+    if settings["condition_maps"] and conditions is not None:
+        task_regs = sorted(set().union(*regressors) & set(conditions)) + sorted(
+            r for r in known if "_x_" in r and not any(r.startswith(p) for p in DRIFT_PREFIXES))
+        for reg in task_regs:
+            if reg in contrasts:
+                continue
+            contrasts[reg] = {"label": bids_label(reg), "rows": [{reg: 1.0}], "type": "t"}
+    labels = {}
+    for name, c in contrasts.items():
+        if c["label"] in labels:
+            raise GlmxError(f"contrasts '{labels[c['label']]}' and '{name}' both give the output label "
+                            f"'{c['label']}'; rename one", file=spec_file, field=f"{where}.design_contrasts")
+        labels[c["label"]] = name
+    return contrasts
+
+
+def designs_from_dir(design_dir, runs):
+    """One ``..._run-<r>_design.tsv`` per run from a folder, matched on the run's entities."""
+    from .io.derivatives import bids_name
+
+    design_dir = Path(design_dir)
+    if not design_dir.is_dir():
+        raise GlmxError("design folder not found", file=design_dir, field="--design-dir")
+    files = []
+    for run in runs:
+        name = bids_name(run.entities(), "design", ".tsv")
+        hits = [p for p in (design_dir / name, design_dir / f"sub-{run.subject}" / name) if p.is_file()]
+        if not hits:
+            raise GlmxError(f"no design file {name} for this run", file=design_dir, field="--design-dir")
+        files.append(str(hits[0]))
+    return files
+
+
+def read_user_designs(designs, runs, work_dir):
+    """User design matrices (DataFrames or TSV paths, one per run, or a folder) → TSV paths, rows checked."""
+    import pandas as pd
+
+    from .io.tables import write_tsv
+
+    if isinstance(designs, (str, Path)):
+        designs = designs_from_dir(designs, runs)
+    if len(designs) != len(runs):
+        raise GlmxError(f"{len(designs)} design matrices given for {len(runs)} runs "
+                        f"({', '.join(Path(r.bold).name for r in runs)})", field="design_matrices")
+    paths = []
+    for i, (design, run) in enumerate(zip(designs, runs)):
+        if isinstance(design, pd.DataFrame):
+            path = Path(work_dir) / "user_designs" / f"sub-{run.subject}_run-{run.run or i + 1}_design.tsv"
+            write_tsv(design, path)
+            frame, src = design, path
+        else:
+            src = Path(design)
+            frame = read_tsv(src, "design matrix")
+        if len(frame) != run.n_scans:
+            raise GlmxError(f"design matrix has {len(frame)} rows but the BOLD run {run.bold} has {run.n_scans} "
+                            "volumes", file=src, field="rows")
+        paths.append(str(src))
+    return paths
+
+
+def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
+    """Check everything about one subject and return its plan.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    entry : dict
+        Task entry of the spec (for the task-level TR and messages).
+    settings : dict
+        Subject settings from :func:`glmx_workflows.spec.model.subject_settings`.
+    user_designs : list, optional
+        The user's design matrices, one per run.
+    work_dir : str, optional
+        Where DataFrame designs are written as TSV.
+
+    Returns
+    -------
+    SubjectPlan
+    """
+    subject, task = settings["_subject"], entry["_task"]
+    spec_file = entry["_spec_file"]
+    runs = find_runs(layout, subject, task, settings["space"])
+    settings = dict(settings, tr=resolve_tr(settings, entry, runs))
+    where = f"{task} (sub-{subject})"
+    design_files = []
+    if user_designs is not None:
+        design_files = read_user_designs(user_designs, runs, work_dir)
+        regressors = [set(read_tsv(p, "design matrix").columns) for p in design_files]
+        conditions = None
+    else:
+        frames = [read_tsv(r.events, "events file") for r in runs]
+        drop = list(settings["drop_conditions"])
+        if settings["conditions"] is not None:
+            col = settings["condition_identifier"]
+            present = set().union(*(set(f[col].dropna().astype(str)) for f in frames if col in f.columns))
+            drop += sorted(present - set(settings["conditions"]))
+        events = normalize_events(frames, [r.events for r in runs], settings["condition_identifier"],
+                                  settings["modulators"], settings["block_identifier"], drop)
+        for ev, run in zip(events, runs):
+            check_events_fit_run(ev, run.n_scans, settings["tr"], run.events)
+        conditions = sorted(set().union(*(conditions_of(e) for e in events)))
+        regressors = [set(regressor_names(e)) | set(_confound_columns(settings, r)) for e, r in zip(events, runs)]
+    contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where)
+    if not contrasts:
+        raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
+                        file=spec_file, field=f"{task}.design_contrasts")
+    return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
+                       design_files=design_files, run_regressors=[sorted(r) for r in regressors])

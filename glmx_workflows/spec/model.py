@@ -1,0 +1,206 @@
+"""Reading and validating task_information.json.
+
+Every error is one line naming the spec file, the task and the key.
+"""
+
+import copy
+import difflib
+import json
+from pathlib import Path
+
+import jsonschema
+
+from ..core.errors import GlmxError
+from ..core.formula import parse_formula
+from .keys import NOT_OVERRIDABLE, TASK_KEYS, defaults
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_spec_file(path):
+    """Parse a spec file as strict JSON (no NaN/Infinity, no duplicate keys).
+
+    Returns
+    -------
+    dict
+        ``{task: raw entry}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GlmxError("spec file not found; pass --spec FILE or create one with 'glmx init BIDS_DIR'", file=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise GlmxError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=path) from None
+    except _Duplicate as exc:
+        raise GlmxError(f"key '{exc.key}' appears twice in the same object; each name must be unique",
+                        file=path, field=exc.key) from None
+    except ValueError as exc:
+        raise GlmxError(str(exc), file=path) from None
+    if not isinstance(data, dict) or not data:
+        raise GlmxError("expected a JSON object with one entry per task, e.g. {\"flanker\": {...}}", file=path)
+    return data
+
+
+def _suggest(key, choices):
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_keys(entry, where, path, allowed):
+    if not isinstance(entry, dict):
+        raise GlmxError(f"expected an object of settings, got {type(entry).__name__}", file=path, field=where)
+    for key in entry:
+        if key not in allowed:
+            raise GlmxError(f"unknown key '{key}'{_suggest(key, allowed)}", file=path, field=where)
+
+
+def _type_name(schema):
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "anyOf" in schema:
+        return " or ".join(_type_name(s) for s in schema["anyOf"])
+    kind = schema.get("type", "value")
+    if kind == "array" and "items" in schema:
+        return f"a list of {_type_name(schema['items'])}s"
+    if kind == "object":
+        return "an object"
+    limits = [f"{'>' if 'exclusive' in k else '>='} {schema[k]}" for k in ("exclusiveMinimum", "minimum") if k in schema]
+    return {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+            "null": "null"}.get(kind, kind) + (" " + " ".join(limits) if limits else "")
+
+
+def _check_types(entry, where, path):
+    for key, value in entry.items():
+        schema = TASK_KEYS[key][0]
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError:
+            raise GlmxError(f"expected {_type_name(schema)}, got {json.dumps(value)}", file=path,
+                            field=f"{where}.{key}") from None
+
+
+def _check_contrasts(contrasts, where, path):
+    if contrasts == "default":
+        return
+    for name, formula in contrasts.items():
+        if not name.strip():
+            raise GlmxError("contrast name is empty", file=path, field=f"{where}.design_contrasts")
+        rows = formula if isinstance(formula, list) else [formula]
+        for row in rows:
+            try:
+                parse_formula(row)
+            except GlmxError as exc:
+                raise GlmxError(exc.message, file=path, field=f"{where}.design_contrasts.{name}") from None
+
+
+def validate_entry(entry, task, path):
+    """Validate one task entry (keys, types, contrast syntax, overrides)."""
+    _check_keys(entry, task, path, TASK_KEYS)
+    _check_types(entry, task, path)
+    if "design_contrasts" in entry:
+        _check_contrasts(entry["design_contrasts"], task, path)
+    for sub, over in entry.get("overrides", {}).items():
+        where = f"{task}.overrides.{sub}"
+        if not sub.startswith("sub-"):
+            raise GlmxError("override keys are subject labels like 'sub-03'", file=path, field=where)
+        allowed = {k: v for k, v in TASK_KEYS.items() if k not in NOT_OVERRIDABLE}
+        _check_keys(over, where, path, allowed)
+        _check_types(over, where, path)
+        if "design_contrasts" in over:
+            _check_contrasts(over["design_contrasts"], where, path)
+
+
+def load_spec(path):
+    """Read and validate every task entry of a spec file.
+
+    Parameters
+    ----------
+    path : str or Path
+        task_information.json.
+
+    Returns
+    -------
+    dict
+        ``{task: entry}`` with defaults filled in; each entry also carries ``_spec_file``.
+    """
+    path = Path(path)
+    raw = read_spec_file(path)
+    out = {}
+    for task, entry in raw.items():
+        validate_entry(entry, task, path)
+        full = defaults()
+        full.update(copy.deepcopy(entry))
+        full["excludes"] = sorted({normalize_subject(s) for s in full["excludes"]})
+        full["overrides"] = {normalize_subject(k): v for k, v in full["overrides"].items()}
+        full["_spec_file"] = str(path)
+        full["_task"] = task
+        out[task] = full
+    return out
+
+
+def normalize_subject(label):
+    """'sub-01' or '01' → '01'."""
+    label = str(label).strip()
+    return label[4:] if label.startswith("sub-") else label
+
+
+def task_entry(spec, task, path):
+    """The entry of ``task``, or an error listing the tasks the spec has."""
+    if task not in spec:
+        raise GlmxError(f"task '{task}' is not in the spec{_suggest(task, spec)}; tasks: {', '.join(sorted(spec))}",
+                        file=path, field=task)
+    return spec[task]
+
+
+def subject_settings(entry, subject, **overrides):
+    """Settings of one subject: the task entry, then its ``overrides``, then keyword overrides.
+
+    Parameters
+    ----------
+    entry : dict
+        A loaded task entry (from :func:`load_spec`).
+    subject : str
+        Subject label with or without 'sub-'.
+    **overrides
+        Values given in Python (``Subject(..., tr=2.5)``); None means "not given".
+
+    Returns
+    -------
+    dict
+        A new dict of settings.
+    """
+    sub = normalize_subject(subject)
+    out = copy.deepcopy(entry)
+    out.update(copy.deepcopy(entry["overrides"].get(sub, {})))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        where = f"{entry['_task']} (keyword arguments for sub-{sub})"
+        allowed = {k: v for k, v in TASK_KEYS.items() if k not in NOT_OVERRIDABLE}
+        _check_keys(given, where, entry["_spec_file"], allowed)
+        _check_types(given, where, entry["_spec_file"])
+        if "design_contrasts" in given:
+            _check_contrasts(given["design_contrasts"], where, entry["_spec_file"])
+        out.update(copy.deepcopy(given))
+    out["_subject"] = sub
+    return out

@@ -1,0 +1,124 @@
+"""Workflow builders for the first level: one subject's runs → per-run fits → fixed effects."""
+
+from nipype.interfaces.utility import IdentityInterface, Merge
+from nipype.pipeline import engine as pe
+
+from ..interfaces.confounds import SelectConfounds
+from ..interfaces.design import BuildDesign
+from ..interfaces.events import LoadEvents
+from ..interfaces.glm import ComputeContrasts, FitGLM, FixedEffects
+from ..interfaces.sink import DerivativesSink
+
+INPUT_FIELDS = ["bold_files", "mask_files", "events_files", "confounds_files", "design_files",
+                "run_map_entities", "run_design_entities", "subject_entities"]
+OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest", "out_files"]
+
+
+def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
+                        name="first_level_wf"):
+    """Build the first-level workflow of one subject and task.
+
+    Parameters
+    ----------
+    settings : dict
+        Resolved model settings (keys of task_information.json; ``tr`` resolved to a number).
+    contrasts : dict
+        ``{name: {'label': str, 'rows': [{regressor: weight}, ...], 'type': 't' | 'F'}}``.
+    output_dir : str or None
+        OUTPUT_DIR for the ``ds_*`` sink nodes; None builds no sinks (for embedding).
+    fit_mem_gb : float
+        Memory the ``fit_glm`` node declares to the engine.
+    publish_run_maps : bool
+        Publish per-run maps (False when a subject's only run would get the subject-level names).
+    name : str
+        Workflow name.
+
+    Returns
+    -------
+    nipype.pipeline.engine.Workflow
+
+    Notes
+    -----
+    ``inputnode`` fields (lists have one item per run, in the same order):
+
+    - ``bold_files``, ``mask_files``, ``events_files``, ``confounds_files``: fmriprep BOLD, brain mask,
+      raw BIDS events and fmriprep confounds.
+    - ``design_files``: None per run, or a user's design TSV that replaces the built design.
+    - ``run_map_entities`` / ``run_design_entities``: BIDS entity dicts naming a run's maps
+      (sub, ses, task, run, space) and its design (sub, ses, task, run).
+    - ``subject_entities``: entities naming the subject-level maps (sub, [ses,] task, space).
+
+    ``outputnode`` fields: ``design_files`` (per run), ``fit_files`` (per run NPZ), ``run_manifests``
+    and ``subject_manifest`` (JSON lists of the maps with their entities), ``out_files`` (published
+    paths; empty without ``output_dir``).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
+
+    load_events = pe.Node(LoadEvents(
+        condition_identifier=settings["condition_identifier"], modulators=settings["modulators"],
+        block_identifier=settings["block_identifier"], conditions=settings["conditions"],
+        drop_conditions=settings["drop_conditions"]), name="load_events")
+    select_confounds = pe.MapNode(SelectConfounds(
+        confound_regressors=settings["confound_regressors"],
+        include_motion_outliers=settings["include_motion_outliers"],
+        non_steady_state=settings["non_steady_state"], dummy_scans=settings["dummy_scans"],
+        fd_threshold=settings["fd_threshold"]), iterfield=["confounds_file", "bold_file"], name="select_confounds")
+    build_design = pe.MapNode(BuildDesign(
+        tr=settings["tr"], hrf_model=settings["hrf_model"], drift_model=settings["drift_model"],
+        high_pass=settings["high_pass"], drift_order=settings["drift_order"]),
+        iterfield=["events_file", "confounds_file", "censor_file", "bold_file", "user_design_file", "source_events"],
+        name="build_design")
+    fit_glm = pe.MapNode(FitGLM(noise_model=settings["noise_model"], estimator=settings["estimator"],
+                                smoothing_fwhm=settings["smoothing_fwhm"]),
+                         iterfield=["bold_file", "mask_file", "design_file", "censor_file"], name="fit_glm",
+                         mem_gb=fit_mem_gb)
+    compute_contrasts = pe.MapNode(ComputeContrasts(contrasts=contrasts), iterfield=["fit_file", "mask_file"],
+                                   name="compute_contrasts")
+    fixed_effects = pe.Node(FixedEffects(), name="fixed_effects")
+
+    wf.connect([
+        (inputnode, load_events, [("events_files", "events_files")]),
+        (inputnode, select_confounds, [("confounds_files", "confounds_file"), ("bold_files", "bold_file")]),
+        (load_events, build_design, [("events_files", "events_file")]),
+        (select_confounds, build_design, [("confounds_file", "confounds_file"), ("censor_file", "censor_file")]),
+        (inputnode, build_design, [("bold_files", "bold_file"), ("design_files", "user_design_file"),
+                                   ("events_files", "source_events")]),
+        (inputnode, fit_glm, [("bold_files", "bold_file"), ("mask_files", "mask_file")]),
+        (build_design, fit_glm, [("design_file", "design_file")]),
+        (select_confounds, fit_glm, [("censor_file", "censor_file")]),
+        (fit_glm, compute_contrasts, [("fit_file", "fit_file")]),
+        (inputnode, compute_contrasts, [("mask_files", "mask_file")]),
+        (compute_contrasts, fixed_effects, [("estimates_file", "estimates_files")]),
+        (build_design, outputnode, [("design_file", "design_files")]),
+        (fit_glm, outputnode, [("fit_file", "fit_files")]),
+        (compute_contrasts, outputnode, [("manifest_file", "run_manifests")]),
+        (fixed_effects, outputnode, [("manifest_file", "subject_manifest")]),
+    ])
+
+    if output_dir is not None:
+        ds_design = pe.MapNode(DerivativesSink(out_dir=str(output_dir)), iterfield=["manifest_file", "entities"],
+                               name="ds_design")
+        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps")
+        wf.connect([
+            (build_design, ds_design, [("manifest_file", "manifest_file")]),
+            (inputnode, ds_design, [("run_design_entities", "entities")]),
+            (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
+            (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
+        ])
+        gather_outputs = pe.Node(Merge(3, ravel_inputs=True), name="gather_outputs")
+        wf.connect([
+            (ds_design, gather_outputs, [("out_files", "in1")]),
+            (ds_subject_maps, gather_outputs, [("out_files", "in3")]),
+            (gather_outputs, outputnode, [("out", "out_files")]),
+        ])
+        if publish_run_maps:
+            ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
+                                     iterfield=["manifest_file", "entities"], name="ds_run_maps")
+            wf.connect([
+                (compute_contrasts, ds_run_maps, [("manifest_file", "manifest_file")]),
+                (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
+                (ds_run_maps, gather_outputs, [("out_files", "in2")]),
+            ])
+    return wf
