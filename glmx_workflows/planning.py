@@ -15,9 +15,6 @@ from .core.formula import bids_label, default_contrasts, parse_formula, unknown_
 from .io.bids import find_runs
 from .io.tables import read_tsv
 
-DRIFT_PREFIXES = ("drift_", "cosine", "constant")
-
-
 @dataclass
 class SubjectPlan:
     """What the first-level workflow of one subject needs, all checked."""
@@ -113,7 +110,7 @@ def _confound_columns(settings, run):
                                  settings["non_steady_state"], source=run.confounds).columns)
 
 
-def resolve_contrasts(settings, conditions, regressors, spec_file, where):
+def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_regressors=()):
     """Spec contrasts (+ condition maps) → ``{name: {'label', 'rows', 'type'}}``, checked.
 
     Parameters
@@ -124,6 +121,8 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where):
         Condition regressors (for 'default' and condition maps); None when the user gave designs.
     regressors : list of set of str
         Regressor names of each run.
+    task_regressors : iterable of str
+        Condition and modulator regressors (written as maps when ``condition_maps`` is true).
     spec_file, where : str
         For messages.
     """
@@ -149,9 +148,7 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where):
         contrasts[name] = {"label": bids_label(name), "rows": weights,
                            "type": "F" if isinstance(formula, list) else "t"}
     if settings["condition_maps"] and conditions is not None:
-        task_regs = sorted(set().union(*regressors) & set(conditions)) + sorted(
-            r for r in known if "_x_" in r and not any(r.startswith(p) for p in DRIFT_PREFIXES))
-        for reg in task_regs:
+        for reg in sorted(task_regressors):
             if reg in contrasts:
                 continue
             contrasts[reg] = {"label": bids_label(reg), "rows": [{reg: 1.0}], "type": "t"}
@@ -236,7 +233,7 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     if user_designs is not None:
         design_files = read_user_designs(user_designs, runs, work_dir)
         regressors = [set(read_tsv(p, "design matrix").columns) for p in design_files]
-        conditions = None
+        conditions, task_regressors = None, set()
     else:
         frames = [read_tsv(r.events, "events file") for r in runs]
         drop = list(settings["drop_conditions"])
@@ -248,9 +245,11 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
                                   settings["modulators"], settings["block_identifier"], drop)
         for ev, run in zip(events, runs):
             check_events_fit_run(ev, run.n_scans, settings["tr"], run.events)
-        conditions = sorted(set().union(*(conditions_of(e) for e in events)))
+        conditions = sorted(set().union(*(conditions_of(e, settings["modulators"]) for e in events)))
+        task_regressors = set().union(*(regressor_names(e) for e in events))
         regressors = [set(regressor_names(e)) | set(_confound_columns(settings, r)) for e, r in zip(events, runs)]
-    contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where)
+    contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where,
+                                  task_regressors)
     if not contrasts:
         raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
                         file=spec_file, field=f"{task}.design_contrasts")

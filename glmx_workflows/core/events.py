@@ -150,9 +150,10 @@ def regressor_names(events):
     return sorted(pd.unique(events["trial_type"]).tolist())
 
 
-def conditions_of(events):
-    """Condition regressors (not modulator regressors) present in ``events`` (sorted)."""
-    return sorted(t for t in pd.unique(events["trial_type"]) if "_x_" not in t)
+def conditions_of(events, modulators=()):
+    """Condition regressors (not modulator regressors) present in normalised ``events`` (sorted)."""
+    suffixes = tuple(f"_x_{sanitize_name(m)}" for m in modulators)
+    return sorted(t for t in pd.unique(events["trial_type"]) if not (suffixes and t.endswith(suffixes)))
 
 
 def check_events_fit_run(events, n_scans, tr, source):
