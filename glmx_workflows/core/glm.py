@@ -1,0 +1,695 @@
+"""First-level GLM core: OLS / AR(1) fit, contrasts and fixed effects in plain numpy.
+
+This module reproduces, array for array, what nilearn computes in
+``nilearn.glm.first_level.run_glm``, ``nilearn.glm.contrasts.compute_contrast``
+and ``FirstLevelModel.compute_contrast`` (fixed effects across runs), but
+
+* the ordinary least-squares pass uses one pseudo-inverse for all voxels and
+  works on chunks of voxels, so no float64 copy of the whole data is made;
+* the AR(1) coefficient of every voxel is estimated with nilearn's Yule-Walker
+  estimator (global de-meaning of the OLS residuals, same sums, same division)
+  and rounded into bins exactly as nilearn does, ``(rho * bins).astype(int) / bins``;
+  each bin is then refitted with its own whitened design;
+* contrasts are computed afterwards from stored per-bin quantities (normalized
+  covariance of the betas, residual degrees of freedom) without refitting.
+
+Numerical fidelity
+------------------
+nilearn computes the OLS residuals (and so the AR coefficients) in the dtype
+``numpy.result_type(pinv(X).dtype, Y.dtype)``: float64 whenever the design is
+float64, even for float32 data (the data are upcast inside ``numpy.dot``).  The
+same dtype rule is followed here.  In the float64 case the OLS residuals, their
+global mean (numpy's pairwise summation in the same memory order) and the lag-0 /
+lag-1 sums (the same summation pattern as the BLAS ``ddot`` numpy calls) are
+bit-for-bit those of nilearn on this platform, so every voxel lands in the same
+AR bin, including degenerate (constant) voxels whose AR coefficient is rounding
+noise.  Only when both X and Y are float32 does nilearn work in float32; its own
+result then depends on BLAS blocking and thread count, and a voxel whose AR
+coefficient lies within ~1e-6 of a bin edge may land in a neighbouring bin.
+
+The only imports are numpy and scipy.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as spl
+from scipy import stats as sps
+
+from glmx_workflows.core.errors import GlmxError
+
+__all__ = [
+    "GLMFit",
+    "ContrastEstimate",
+    "fit_glm",
+    "estimate_contrast",
+    "combine_fixed_effects",
+    "contrast_statistics",
+    "subset_estimate",
+    "z_from_p",
+]
+
+#: Guard on the variance in t / F statistics (nilearn's ``Contrast.tiny``).
+TINY = 1e-50
+#: Cap on the degrees of freedom of the reference distributions (nilearn's ``dofmax``).
+DOFMAX = 1e10
+#: Number of array elements (n_scans x chunk voxels) processed at once.
+_CHUNK_ELEMENTS = 2_000_000
+#: Largest node of numpy's pairwise-summation tree that is summed by one numpy call.
+_PAIRWISE_LEAF = 65536
+
+
+# ----------------------------------------------------------------------------------------------
+# containers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GLMFit:
+    """A fitted first-level GLM of one run.
+
+    Voxels share per-bin quantities: voxel ``v`` was fitted with the whitened design of
+    bin ``labels[v]`` (AR(1) coefficient ``bin_rho[labels[v]]``).
+
+    Attributes
+    ----------
+    beta : numpy.ndarray, shape (n_regressors, n_voxels)
+        Parameter estimates.  float64, except for an OLS fit of float32 data with a
+        float32 design (float32, as nilearn).
+    dispersion : numpy.ndarray, shape (n_voxels,)
+        Residual variance in the (whitened) model of the voxel's bin,
+        ``SSE / (n_scans - n_regressors)`` -- nilearn divides by the number of columns,
+        not by the rank, even for a rank-deficient design.
+    labels : numpy.ndarray of int, shape (n_voxels,)
+        Index of each voxel's bin into the ``bin_*`` arrays.
+    bin_rho : numpy.ndarray of float64, shape (n_bins,)
+        AR(1) coefficient of each bin, increasing (OLS: one bin with rho 0).
+    bin_cov : numpy.ndarray of float64, shape (n_bins, n_regressors, n_regressors)
+        Normalized covariance of beta, ``pinv(Xw) @ pinv(Xw).T`` for the whitened design Xw.
+    bin_df : numpy.ndarray of float64, shape (n_bins,)
+        Residual degrees of freedom, ``n_scans - rank(X)`` (the same in every bin).
+    noise_model : str
+        ``'ols'`` or ``'ar1'``.
+    """
+
+    beta: np.ndarray
+    dispersion: np.ndarray
+    labels: np.ndarray
+    bin_rho: np.ndarray
+    bin_cov: np.ndarray
+    bin_df: np.ndarray
+    noise_model: str
+
+    @property
+    def n_voxels(self):
+        """int: number of voxels."""
+        return self.beta.shape[1]
+
+    @property
+    def n_regressors(self):
+        """int: number of design columns."""
+        return self.beta.shape[0]
+
+    def to_arrays(self):
+        """Return the fit as a dict of numpy arrays (suitable for ``numpy.savez``).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Keys ``beta``, ``dispersion``, ``labels``, ``bin_rho``, ``bin_cov``, ``bin_df``
+            and ``noise_model`` (a 0-d unicode array); no pickled objects.
+        """
+        return {
+            "beta": self.beta,
+            "dispersion": self.dispersion,
+            "labels": self.labels,
+            "bin_rho": self.bin_rho,
+            "bin_cov": self.bin_cov,
+            "bin_df": self.bin_df,
+            "noise_model": np.array(self.noise_model),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Rebuild a fit from the dict of :meth:`to_arrays` (extra keys are ignored).
+
+        Parameters
+        ----------
+        arrays : mapping of str to numpy.ndarray
+            E.g. the contents of an ``.npz`` file.
+
+        Returns
+        -------
+        GLMFit
+        """
+        try:
+            fit = cls(
+                beta=np.asarray(arrays["beta"]),
+                dispersion=np.asarray(arrays["dispersion"]),
+                labels=np.asarray(arrays["labels"]),
+                bin_rho=np.asarray(arrays["bin_rho"], dtype=np.float64),
+                bin_cov=np.asarray(arrays["bin_cov"], dtype=np.float64),
+                bin_df=np.asarray(arrays["bin_df"], dtype=np.float64),
+                noise_model=str(np.asarray(arrays["noise_model"]).item()),
+            )
+        except KeyError as err:
+            raise GlmxError(f"stored GLM fit lacks the array {err.args[0]!r}") from None
+        p, n = fit.beta.shape if fit.beta.ndim == 2 else (None, None)
+        nb = fit.bin_rho.shape[0]
+        if (p is None or fit.dispersion.shape != (n,) or fit.labels.shape != (n,)
+                or fit.bin_cov.shape != (nb, p, p) or fit.bin_df.shape != (nb,)
+                or (n and (fit.labels.min() < 0 or fit.labels.max() >= nb))):
+            raise GlmxError("stored GLM fit has inconsistent array shapes")
+        return fit
+
+
+@dataclass
+class ContrastEstimate:
+    """A contrast of one run (or a fixed-effects combination of runs), before statistics.
+
+    The representation is nilearn's ``Contrast``: for an F contrast the effect is already
+    whitened by ``sqrtm(inv(C cov C'))`` and the variance is the dispersion, so that
+    ``F = sum(effect**2, 0) / q / variance``.
+
+    Attributes
+    ----------
+    effect : numpy.ndarray of float64, shape (q, n_voxels)
+        t contrast: ``q == 1``, the contrast of the betas.  F contrast: ``q`` rows of
+        the whitened effect.
+    variance : numpy.ndarray of float64, shape (n_voxels,)
+        t contrast: variance of the effect, ``(c cov c') * dispersion``.  F contrast:
+        the dispersion.  (A 1-D array for both, as in nilearn.)
+    dof : float
+        Residual degrees of freedom (summed over runs after fixed effects).
+    stat_type : str
+        ``'t'`` or ``'F'``.
+    """
+
+    effect: np.ndarray
+    variance: np.ndarray
+    dof: float
+    stat_type: str
+
+    @property
+    def dim(self):
+        """int: number of rows q of the contrast."""
+        return self.effect.shape[0]
+
+    @property
+    def n_voxels(self):
+        """int: number of voxels."""
+        return self.effect.shape[1]
+
+    def to_arrays(self):
+        """Return the estimate as a dict of numpy arrays (suitable for ``numpy.savez``).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Keys ``effect`` (q, n_voxels), ``variance`` (n_voxels,), ``dof`` (0-d float)
+            and ``stat_type`` (0-d unicode).
+        """
+        return {
+            "effect": self.effect,
+            "variance": self.variance,
+            "dof": np.array(self.dof, dtype=np.float64),
+            "stat_type": np.array(self.stat_type),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Rebuild an estimate from the dict of :meth:`to_arrays` (extra keys are ignored).
+
+        Parameters
+        ----------
+        arrays : mapping of str to numpy.ndarray
+
+        Returns
+        -------
+        ContrastEstimate
+        """
+        try:
+            est = cls(
+                effect=np.asarray(arrays["effect"], dtype=np.float64),
+                variance=np.asarray(arrays["variance"], dtype=np.float64),
+                dof=float(np.asarray(arrays["dof"])),
+                stat_type=str(np.asarray(arrays["stat_type"]).item()),
+            )
+        except KeyError as err:
+            raise GlmxError(f"stored contrast estimate lacks the array {err.args[0]!r}") from None
+        if (est.effect.ndim != 2 or est.variance.shape != (est.effect.shape[1],)
+                or est.stat_type not in ("t", "F") or (est.stat_type == "t" and est.effect.shape[0] != 1)):
+            raise GlmxError("stored contrast estimate has inconsistent arrays")
+        return est
+
+
+# ----------------------------------------------------------------------------------------------
+# fitting
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_inputs(Y, X, noise_model, bins):
+    if noise_model not in ("ols", "ar1"):
+        raise GlmxError(f"unknown noise model {noise_model!r}; expected 'ols' or 'ar1'", field="noise_model")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise GlmxError(f"bins must be a positive integer, got {bins!r}", field="bins")
+    Y = np.asarray(Y)
+    X = np.asarray(X)
+    if Y.ndim != 2:
+        raise GlmxError(f"data must be a 2-D array (n_scans, n_voxels), got shape {Y.shape}")
+    if X.ndim != 2:
+        raise GlmxError(f"design must be a 2-D array (n_scans, n_regressors), got shape {X.shape}")
+    for name, arr in (("data", Y), ("design", X)):
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise GlmxError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if Y.shape[0] != X.shape[0]:
+        raise GlmxError(f"data have {Y.shape[0]} scans but the design has {X.shape[0]} rows")
+    if X.shape[1] < 1:
+        raise GlmxError("the design has no regressors")
+    if X.shape[0] <= X.shape[1]:
+        raise GlmxError(f"{X.shape[0]} scans are too few for {X.shape[1]} regressors "
+                        "(need more scans than regressors)")
+    if Y.shape[1] < 1:
+        raise GlmxError("the data have no voxels")
+    if not np.isfinite(X).all():
+        raise GlmxError("the design contains NaN or infinite values")
+    return Y, X
+
+
+def _check_finite(Yc):
+    if not np.isfinite(Yc).all():
+        raise GlmxError("the data contain NaN or infinite values")
+
+
+def _design_rank(X):
+    """Rank of the design with nilearn's absolute tolerance ``sum|X| * eps``."""
+    eps = np.abs(X).sum() * np.finfo(np.float64).eps
+    return int(np.linalg.matrix_rank(X, tol=eps))
+
+
+def _whiten(A, rho):
+    """AR(1) whitening as nilearn's ``ARModel.whiten``: ``A[t] - rho * A[t-1]`` for t >= 1, in float64."""
+    A = np.asarray(A, np.float64)
+    out = A.copy()
+    out[1:] = out[1:] - rho * A[:-1]
+    return out
+
+
+def _pairwise_leaves(n, out):
+    """Lengths, in order, of the nodes of numpy's pairwise-summation tree no larger than the leaf size."""
+    if n <= _PAIRWISE_LEAF:
+        out.append(n)
+    else:
+        n2 = n // 2
+        n2 -= n2 % 8
+        _pairwise_leaves(n2, out)
+        _pairwise_leaves(n - n2, out)
+    return out
+
+
+def _pairwise_combine(n, sums):
+    if n <= _PAIRWISE_LEAF:
+        return next(sums)
+    n2 = n // 2
+    n2 -= n2 % 8
+    left = _pairwise_combine(n2, sums)
+    return left + _pairwise_combine(n - n2, sums)
+
+
+class _StreamSum:
+    """``numpy.add.reduce`` of a long 1-D array fed in consecutive pieces, with numpy's exact rounding.
+
+    numpy sums a contiguous array by recursive halving (pairwise summation); the nodes of that
+    tree up to ``_PAIRWISE_LEAF`` elements are summed with one numpy call each and combined in
+    the same tree order, which reproduces the full reduction bit for bit.
+    """
+
+    def __init__(self, n_total):
+        self.n_total = n_total
+        self.lengths = _pairwise_leaves(n_total, [])
+        self.index = 0
+        self.sums = []
+        self.carry = []
+        self.carried = 0
+
+    def feed(self, flat):
+        pos = 0
+        size = flat.shape[0]
+        while pos < size and self.index < len(self.lengths):
+            need = self.lengths[self.index] - self.carried
+            if size - pos < need:
+                self.carry.append(flat[pos:].copy())
+                self.carried += size - pos
+                return
+            piece = flat[pos:pos + need]
+            if self.carry:
+                piece = np.concatenate(self.carry + [piece])
+                self.carry, self.carried = [], 0
+            self.sums.append(np.add.reduce(piece))
+            self.index += 1
+            pos += need
+
+    def total(self):
+        if self.index != len(self.lengths):
+            raise RuntimeError("stream ended early")  # pragma: no cover - internal invariant
+        return _pairwise_combine(self.n_total, iter(self.sums))
+
+
+def _lag_sums_f64(a, b):
+    """Per-column dot products of (L, c) float64 arrays, summed as OpenBLAS ``ddot`` does for strided vectors.
+
+    numpy evaluates nilearn's ``y[:, None, :] @ y[:, :, None]`` with one BLAS ``ddot`` per voxel
+    on strided data; that kernel accumulates products four at a time into two partial sums.
+    Doing the same across all columns at once gives the same bits at a fraction of the cost.
+    """
+    n_rows = a.shape[0]
+    n4 = n_rows & -4
+    acc1 = np.zeros(a.shape[1])
+    acc2 = np.zeros(a.shape[1])
+    for i in range(0, n4, 4):
+        acc1 += a[i] * b[i] + a[i + 2] * b[i + 2]
+        acc2 += a[i + 1] * b[i + 1] + a[i + 3] * b[i + 3]
+    for i in range(n4, n_rows):
+        acc1 += a[i] * b[i]
+    return acc1 + acc2
+
+
+def _lag_sums_f32(a, b):
+    """Per-column dot products of (L, c) float32 arrays, accumulated in float64 and rounded to float32."""
+    acc = np.zeros(a.shape[1])
+    for i in range(a.shape[0]):
+        acc += a[i].astype(np.float64) * b[i]
+    return acc.astype(np.float32)
+
+
+def _chunks(n, size):
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
+    """Fit a first-level GLM (OLS or AR(1)) to all voxels, as nilearn's ``run_glm``.
+
+    Parameters
+    ----------
+    Y : numpy.ndarray, shape (n_scans, n_voxels)
+        The data (float32 or float64; it is never copied as a whole).
+    X : numpy.ndarray, shape (n_scans, n_regressors)
+        The design matrix; may be rank-deficient (a pseudo-inverse is used).
+    noise_model : {'ar1', 'ols'}
+        Temporal noise model.
+    bins : int
+        AR(1) coefficients are truncated to multiples of ``1 / bins``
+        (nilearn: ``(rho * bins).astype(int) / bins``); one refit per distinct value.
+    chunk_size : int, optional
+        Voxels processed at once (default: about 2e6 / n_scans).
+
+    Returns
+    -------
+    GLMFit
+
+    Raises
+    ------
+    GlmxError
+        Mismatched shapes, no more scans than regressors, non-finite values,
+        an unknown noise model or a bad ``bins``.
+
+    Notes
+    -----
+    Memory beyond the inputs: the betas (two arrays of (n_regressors, n_voxels) for a float32
+    design) and a few (n_scans, chunk_size) float64 work arrays.
+    If the OLS residuals of a voxel are exactly zero at every scan and their global mean is also
+    exactly zero, nilearn fails (singular Yule-Walker system); here that voxel gets rho 0.
+    """
+    Y, X = _check_inputs(Y, X, noise_model, bins)
+    n_scans, n_vox = Y.shape
+    n_reg = X.shape[1]
+    chunk = int(chunk_size) if chunk_size else max(256, _CHUNK_ELEMENTS // n_scans)
+    chunks = _chunks(n_vox, chunk)
+
+    pinv_x = spl.pinv(X)
+    work = np.result_type(pinv_x.dtype, Y.dtype)
+    df_resid = float(n_scans - _design_rank(X))
+    disp_den = n_scans - n_reg
+
+    if noise_model == "ols":
+        beta = np.empty((n_reg, n_vox), dtype=work)
+        dispersion = None
+        for start, stop in chunks:
+            Yc = Y[:, start:stop]
+            _check_finite(Yc)
+            b = np.dot(pinv_x, Yc)
+            resid = Yc - np.dot(X, b)
+            d = np.sum(resid**2, 0) / disp_den
+            if dispersion is None:
+                dispersion = np.empty(n_vox, dtype=d.dtype)
+            beta[:, start:stop] = b
+            dispersion[start:stop] = d
+        cov = np.dot(pinv_x, pinv_x.T).astype(np.float64)
+        return GLMFit(beta=beta, dispersion=dispersion, labels=np.zeros(n_vox, dtype=np.intp),
+                      bin_rho=np.zeros(1), bin_cov=cov[None], bin_df=np.array([df_resid]),
+                      noise_model="ols")
+
+    # --- OLS betas
+    ols_beta = np.empty((n_reg, n_vox), dtype=work)
+    for start, stop in chunks:
+        Yc = Y[:, start:stop]
+        _check_finite(Yc)
+        ols_beta[:, start:stop] = np.dot(pinv_x, Yc)
+
+    # --- global mean of the OLS residuals, summed in the memory order of nilearn's (C-ordered) residuals
+    stream = _StreamSum(n_scans * n_vox)
+    rows = max(1, _CHUNK_ELEMENTS // n_vox)
+    for t0 in range(0, n_scans, rows):
+        resid = Y[t0:t0 + rows] - np.dot(X[t0:t0 + rows], ols_beta)
+        stream.feed(np.ravel(resid, order="C"))
+    total = stream.total()
+    mean = total.dtype.type(total / np.intp(n_scans * n_vox))
+
+    # --- Yule-Walker AR(1) coefficient of every voxel
+    rho = np.empty(n_vox)
+    for start, stop in chunks:
+        Yc = Y[:, start:stop]
+        y = (Yc - np.dot(X, ols_beta[:, start:stop])) - mean
+        if y.dtype == np.float64:
+            r0, r1 = _lag_sums_f64(y, y), _lag_sums_f64(y[:-1], y[1:])
+        else:
+            r0, r1 = _lag_sums_f32(y, y), _lag_sums_f32(y[:-1], y[1:])
+        r0 = r0.astype(np.float64) / (n_scans * n_scans)
+        r1 = r1.astype(np.float64) / ((n_scans - 1) * n_scans)
+        zero = r0 == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho[start:stop] = np.where(zero, 0.0, r1 / np.where(zero, 1.0, r0))
+
+    binned = (rho * bins).astype(np.int64) * 1.0 / bins
+    bin_rho, labels = np.unique(binned, return_inverse=True)
+    labels = labels.astype(np.intp).reshape(n_vox)
+    del rho, binned
+
+    # --- refit every bin with its whitened design
+    models = []
+    for r in bin_rho:
+        xw = _whiten(X, r)
+        pw = spl.pinv(xw)
+        models.append((xw, pw, np.dot(pw, pw.T)))
+    beta = ols_beta if work == np.float64 else np.empty((n_reg, n_vox), dtype=np.float64)
+    del ols_beta
+    dispersion = np.empty(n_vox, dtype=np.float64)
+    for start, stop in chunks:
+        Yc = Y[:, start:stop]
+        lab = labels[start:stop]
+        order = np.argsort(lab, kind="stable")
+        bounds = np.flatnonzero(np.diff(lab[order])) + 1
+        for sel in np.split(order, bounds):
+            k = lab[sel[0]]
+            xw, pw, _ = models[k]
+            wy = _whiten(Yc[:, sel], bin_rho[k])
+            b = np.dot(pw, wy)
+            wres = wy - np.dot(xw, b)
+            beta[:, start + sel] = b
+            dispersion[start + sel] = np.sum(wres**2, 0) / disp_den
+    return GLMFit(beta=beta, dispersion=dispersion, labels=labels, bin_rho=bin_rho,
+                  bin_cov=np.stack([m[2] for m in models]),
+                  bin_df=np.full(len(bin_rho), df_resid), noise_model="ar1")
+
+
+# ----------------------------------------------------------------------------------------------
+# contrasts
+# ----------------------------------------------------------------------------------------------
+
+
+def estimate_contrast(fit, con, stat_type=None):
+    """Effect and variance of a t or F contrast from a stored fit (no refit), as nilearn's ``compute_contrast``.
+
+    Parameters
+    ----------
+    fit : GLMFit
+    con : array-like, shape (n_regressors,) or (q, n_regressors)
+        Contrast weights.
+    stat_type : {None, 't', 'F'}
+        None: 't' for a 1-D contrast or a single row, 'F' otherwise (nilearn's rule).
+
+    Returns
+    -------
+    ContrastEstimate
+        ``effect`` (q, n_voxels), ``variance`` (n_voxels,), ``dof = n_scans - rank(X)``.
+
+    Raises
+    ------
+    GlmxError
+        Wrong number of columns, a t contrast with several rows, an empty contrast, or an
+        F contrast whose covariance ``C cov C'`` is singular (not estimable).
+    """
+    con = np.asarray(con, dtype=np.float64)
+    if con.ndim not in (1, 2) or con.size == 0:
+        raise GlmxError(f"a contrast must be a non-empty vector or matrix, got shape {con.shape}")
+    dim = 1 if con.ndim == 1 else con.shape[0]
+    if stat_type is None:
+        stat_type = "t" if dim == 1 else "F"
+    if stat_type not in ("t", "F"):
+        raise GlmxError(f"unknown statistic type {stat_type!r}; expected 't' or 'F'")
+    con = np.atleast_2d(con)
+    n_reg = fit.beta.shape[0]
+    if con.shape[1] != n_reg:
+        raise GlmxError(f"the contrast has {con.shape[1]} columns but the design has {n_reg} regressors")
+    if stat_type == "t" and dim != 1:
+        raise GlmxError(f"a t contrast must have a single row, got {dim}")
+    labels = fit.labels
+    n_vox = labels.shape[0]
+    cbeta = np.dot(con, fit.beta)  # (q, n_voxels)
+    if stat_type == "t":
+        c_cov_c = np.array([np.dot(con, np.dot(cov, con.T))[0, 0] for cov in fit.bin_cov])
+        sd = np.sqrt(c_cov_c[labels] * fit.dispersion)
+        effect = np.asarray(cbeta, dtype=np.float64)
+        variance = np.asarray(sd**2, dtype=np.float64)
+    else:
+        effect = np.zeros((dim, n_vox))
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        for sel in np.split(order, bounds):
+            if sel.size == 0:
+                continue
+            cov = fit.bin_cov[labels[sel[0]]]
+            try:
+                inv_cov = np.linalg.inv(np.atleast_2d(np.dot(con, np.dot(cov, con.T))))
+            except np.linalg.LinAlgError:
+                raise GlmxError("the F contrast is not estimable: its covariance is singular") from None
+            root = spl.sqrtm(inv_cov)
+            effect[:, sel] = np.real(np.dot(root, cbeta[:, sel]))
+        variance = np.asarray(fit.dispersion, dtype=np.float64).copy()
+    return ContrastEstimate(effect=effect, variance=variance, dof=float(fit.bin_df[-1]), stat_type=stat_type)
+
+
+def combine_fixed_effects(estimates):
+    """Fixed-effects combination of one contrast over runs, as nilearn's ``FirstLevelModel.compute_contrast``.
+
+    nilearn adds the runs' ``Contrast`` objects (effects add, variances add, dofs add) and
+    multiplies the sum by ``1 / n_runs`` (effect times s, variance times s**2, dof unchanged).
+    For F contrasts this sums the whitened effects and the dispersions (nilearn's
+    "approximate fixed effects on F statistics").  Runs with an all-zero contrast, which
+    nilearn skips, should simply not be passed.
+
+    Parameters
+    ----------
+    estimates : list of ContrastEstimate
+        One per run, same statistic type, same q and the same voxels.
+
+    Returns
+    -------
+    ContrastEstimate
+    """
+    estimates = list(estimates)
+    if not estimates:
+        raise GlmxError("fixed effects need at least one run")
+    first = estimates[0]
+    for est in estimates[1:]:
+        if est.stat_type != first.stat_type:
+            raise GlmxError("cannot combine t and F contrasts across runs")
+        if est.effect.shape != first.effect.shape:
+            raise GlmxError(f"cannot combine contrasts of shapes {first.effect.shape} and {est.effect.shape} "
+                            "(different number of rows or voxels)")
+    effect, variance, dof = first.effect, first.variance, first.dof
+    for est in estimates[1:]:
+        effect = effect + est.effect
+        variance = variance + est.variance
+        dof = dof + est.dof
+    scale = float(1.0 / len(estimates))
+    return ContrastEstimate(effect=effect * scale, variance=variance * scale**2, dof=float(dof),
+                            stat_type=first.stat_type)
+
+
+def subset_estimate(est, keep):
+    """Restrict an estimate to some voxels.
+
+    Parameters
+    ----------
+    est : ContrastEstimate
+    keep : array-like of bool, shape (n_voxels,), or of int
+        Voxels to keep.
+
+    Returns
+    -------
+    ContrastEstimate
+    """
+    keep = np.asarray(keep)
+    if keep.dtype == bool and keep.shape != (est.n_voxels,):
+        raise GlmxError(f"voxel selection has {keep.shape[0] if keep.ndim else 0} entries, "
+                        f"the estimate has {est.n_voxels} voxels")
+    return ContrastEstimate(effect=est.effect[:, keep], variance=est.variance[keep], dof=est.dof,
+                            stat_type=est.stat_type)
+
+
+def z_from_p(p, one_minus_p=None):
+    """z scores of p-values, as nilearn's ``z_score``.
+
+    Parameters
+    ----------
+    p : numpy.ndarray, shape (n,)
+        Upper-tail p-values (survival function).
+    one_minus_p : numpy.ndarray, shape (n,), optional
+        The same p-values computed as a cumulative distribution; where the z score is negative
+        it is taken from these, which keeps precision for p close to 1.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n,)
+    """
+    p = np.clip(p, 1.0e-300, 1.0 - 1.0e-16)
+    z_sf = sps.norm.isf(p)
+    if one_minus_p is None:
+        return z_sf
+    one_minus_p = np.clip(one_minus_p, 1.0e-300, 1.0 - 1.0e-16)
+    z_cdf = sps.norm.ppf(one_minus_p)
+    return np.where(z_sf < 0, z_cdf, z_sf)
+
+
+def contrast_statistics(est):
+    """Statistic, p-value and z score of a contrast, as nilearn's ``Contrast``.
+
+    Parameters
+    ----------
+    est : ContrastEstimate
+
+    Returns
+    -------
+    dict
+        ``stat`` (n_voxels,) t or F (variance floored at ``TINY``); ``p`` (n_voxels,)
+        upper-tail p-value; ``z`` (n_voxels,) z score using the one-minus-p trick;
+        ``effect``: (n_voxels,) for t, the (q, n_voxels) whitened effect for F (nilearn's
+        ``effect_size()``); ``variance`` (n_voxels,) (nilearn's ``effect_variance()``);
+        ``dof`` (float) the degrees of freedom used.
+    """
+    dof = np.minimum(est.dof, DOFMAX)
+    if est.stat_type == "t":
+        effect = est.effect[0]
+        stat = effect / np.sqrt(np.maximum(est.variance, TINY))
+        p = sps.t.sf(stat, dof)
+        one_minus_p = sps.t.cdf(stat, dof)
+    elif est.stat_type == "F":
+        effect = est.effect
+        stat = np.sum(effect**2, 0) / est.dim / np.maximum(est.variance, TINY)
+        p = sps.f.sf(stat, est.dim, dof)
+        one_minus_p = sps.f.cdf(stat, est.dim, dof)
+    else:
+        raise GlmxError(f"unknown statistic type {est.stat_type!r}")
+    return {"stat": stat, "p": p, "z": z_from_p(p, one_minus_p), "effect": effect,
+            "variance": est.variance, "dof": float(dof)}
