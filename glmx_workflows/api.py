@@ -131,7 +131,7 @@ class Subject:
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan(design_matrices)
         wf = self.workflow(plan)
-        configure(wf, self.work_dir)
+        configure(wf, self.work_dir, plugin=plugin)
         args = dict(plugin_args or {})
         if plugin == "MultiProc" and n_procs:
             args.setdefault("n_procs", int(n_procs))
@@ -264,7 +264,7 @@ class Aggregator:
         check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
         wf, failed = self.workflow()
-        crash_dir = configure(wf, self.work_dir)
+        crash_dir = configure(wf, self.work_dir, plugin=plugin)
         args = dict(plugin_args or {})
         if plugin == "MultiProc" and n_procs:
             args.setdefault("n_procs", int(n_procs))
