@@ -259,7 +259,7 @@ class Aggregator:
         """
         import time
 
-        from .engine import crash_node, crash_reason, new_crash_files
+        from .engine import crash_node, crash_reason, execute, new_crash_files
 
         check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
@@ -273,7 +273,7 @@ class Aggregator:
         outputs = []
         if wf._graph.number_of_nodes():
             try:
-                graph = wf.run(plugin=plugin, plugin_args=args)
+                graph = execute(wf, plugin, args)
                 outputs = published_files(graph)
             except RuntimeError:
                 for crash in new_crash_files(crash_dir, start):

@@ -68,6 +68,22 @@ def new_crash_files(crash_dir, since):
     return sorted(f for f in files if os.path.getmtime(f) >= since - 1)
 
 
+def execute(wf, plugin, plugin_args):
+    """``wf.run`` with the objects alive before it frozen out of the garbage collector.
+
+    nipype's MultiProc calls ``gc.collect()`` each time it submits nodes; with a pybids index in
+    memory each call cost ~0.15 s, most of a small run's wall time. Frozen objects are not scanned.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        return wf.run(plugin=plugin, plugin_args=dict(plugin_args or {}))
+    finally:
+        gc.unfreeze()
+
+
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     """Run ``wf``; on failure raise GlmxError with the reason of the first crash.
 
@@ -81,7 +97,7 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     crash_dir = wf.config["execution"]["crashdump_dir"]
     start = time.time()
     try:
-        return wf.run(plugin=plugin, plugin_args=dict(plugin_args or {}))
+        return execute(wf, plugin, plugin_args)
     except RuntimeError as exc:
         crashes = new_crash_files(crash_dir, start)
         if not crashes:
