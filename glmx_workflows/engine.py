@@ -104,3 +104,104 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
             raise GlmxError(f"the workflow failed ({exc})") from None
         raise GlmxError(f"{crash_reason(crashes[0])} (node {crash_node(crashes[0])}; crash file {crashes[0]})") \
             from None
+
+
+def parse_plugin_args(value):
+    """``--plugin-args``: inline JSON, or a path to a YAML/JSON file → dict."""
+    import json
+
+    if value is None:
+        return {}
+    path = Path(value)
+    if not str(value).lstrip().startswith("{") and path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise GlmxError(f"not valid YAML ({str(exc).splitlines()[0]})", file=path, field="--plugin-args") \
+                from None
+        data = data or {}
+        if not isinstance(data, dict):
+            raise GlmxError("expected a mapping of plugin arguments", file=path, field="--plugin-args")
+        return data.get("plugin_args", data)
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise GlmxError(f"neither a file nor inline JSON ({exc})", field="--plugin-args") from None
+    if not isinstance(data, dict):
+        raise GlmxError("expected a JSON object of plugin arguments", field="--plugin-args")
+    return data
+
+
+class Progress:
+    """A nipype ``status_callback`` that shows done / running / pending nodes on one updating line.
+
+    Parameters
+    ----------
+    total : int
+        Expected number of node executions (MapNode subnodes counted once each when known).
+    stream : file, optional
+        Where to write (default ``sys.stderr``); None keeps counts without printing.
+    """
+
+    def __init__(self, total, stream="stderr"):
+        import sys
+
+        self.total = int(total)
+        self.stream = sys.stderr if stream == "stderr" else stream
+        self.running = set()
+        self.done = 0
+        self.failed = 0
+        self.events = []
+
+    def __deepcopy__(self, memo):
+        # nipype deep-copies plugin_args into MapNodes; the display must stay one shared object.
+        return self
+
+    def __getstate__(self):
+        # Cluster plugins pickle nodes with their plugin_args; the copy in a job prints nothing.
+        return {**self.__dict__, "stream": None}
+
+    def __call__(self, node, status):
+        name = node.fullname
+        self.events.append((name, status))
+        if status == "start":
+            self.running.add(name)
+        else:
+            self.running.discard(name)
+            if status == "end":
+                self.done += 1
+            elif status == "exception":
+                self.failed += 1
+        self.show()
+
+    @property
+    def pending(self):
+        return max(self.total - self.done - self.failed - len(self.running), 0)
+
+    def line(self):
+        return (f"[glmx] nodes: {self.done} done, {len(self.running)} running, {self.pending} pending"
+                + (f", {self.failed} failed" if self.failed else ""))
+
+    def show(self, final=False):
+        if self.stream is None:
+            return
+        end = "\n" if final or not self.stream.isatty() else "\r"
+        self.stream.write(self.line() + end)
+        self.stream.flush()
+
+
+def count_nodes(wf):
+    """Node executions a run of ``wf`` will report, MapNodes counted by their iterfield length when set."""
+    from nipype.pipeline.engine import MapNode
+
+    total = 0
+    for node in wf._create_flat_graph().nodes():
+        if isinstance(node, MapNode):
+            lengths = [len(v) for f in node.iterfield
+                       if isinstance(v := getattr(node.inputs, f), list)]
+            total += max(lengths) if lengths else 1
+        else:
+            total += 1
+    return total

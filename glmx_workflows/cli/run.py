@@ -41,6 +41,13 @@ def _app_parser():
     p.add_argument("--n-procs", type=int, help="processes for the MultiProc plugin (default: all cores)")
     p.add_argument("--design-dir", type=Path,
                    help="folder of user design matrices named ..._run-<r>_design.tsv (one per run)")
+    p.add_argument("--plugin", default="MultiProc",
+                   choices=["Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph"],
+                   help="Nipype execution plugin (default MultiProc)")
+    p.add_argument("--plugin-args", metavar="JSON_OR_FILE",
+                   help="plugin arguments: inline JSON or a YAML file (see configs/slurm.yml, configs/sge.yml)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("-v", "--verbose", action="store_true", help="show nipype's own log")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"glmx {__version__}")
     return p
@@ -69,11 +76,13 @@ def _cmd_example(args):
 
 def _cmd_participant(args):
     from ..api import Aggregator
+    from ..engine import parse_plugin_args
 
+    plugin_args = parse_plugin_args(args.plugin_args)
     agg = Aggregator(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,
                      output_dir=args.output_dir, work_dir=args.work_dir, participant_label=args.participant_label,
                      design_dir=args.design_dir)
-    report = agg.run(n_procs=args.n_procs)
+    report = agg.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs, progress=not args.quiet)
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -1,5 +1,8 @@
 """First-level design matrices (nilearn's HRF and drift code) and their diagnostics."""
 
+import contextlib
+import io
+
 import numpy as np
 import pandas as pd
 from nilearn.glm.first_level import make_first_level_design_matrix
@@ -48,9 +51,11 @@ def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model
         add_regs = confounds.to_numpy(float)
         add_names = [str(c) for c in confounds.columns]
     times = frame_times(n_scans, tr, slice_time_ref)
-    design = make_first_level_design_matrix(
-        times, events if len(events) else None, hrf_model=hrf_model, drift_model=drift_model,
-        high_pass=high_pass, drift_order=drift_order, add_regs=add_regs, add_reg_names=add_names)
+    # nilearn announces on stderr, for every run, that it found the 'modulation' column we always write
+    with contextlib.redirect_stderr(io.StringIO()):
+        design = make_first_level_design_matrix(
+            times, events if len(events) else None, hrf_model=hrf_model, drift_model=drift_model,
+            high_pass=high_pass, drift_order=drift_order, add_regs=add_regs, add_reg_names=add_names)
     return design
 
 

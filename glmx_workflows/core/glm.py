@@ -495,18 +495,30 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
     del ols_beta
     dispersion = np.empty(n_vox, dtype=np.float64)
     for start, stop in chunks:
-        Yc = Y[:, start:stop]
         lab = labels[start:stop]
         order = np.argsort(lab, kind="stable")
-        bounds = np.flatnonzero(np.diff(lab[order])) + 1
-        for sel in np.split(order, bounds):
-            k = lab[sel[0]]
-            xw, pw, _ = models[k]
-            wy = _whiten(Yc[:, sel], bin_rho[k])
-            b = np.dot(pw, wy)
-            wres = wy - np.dot(xw, b)
-            beta[:, start + sel] = b
-            dispersion[start + sel] = np.sum(wres**2, 0) / disp_den
+        sorted_lab = lab[order]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_lab)) + 1, [order.size]])
+        # whiten the chunk with each voxel's own rho (elementwise, so the same bits as whitening
+        # bin by bin), then put the voxels of a bin side by side
+        yc = np.asarray(Y[:, start:stop], dtype=np.float64)
+        wy = np.empty(yc.shape)
+        wy[0] = yc[0]
+        np.multiply(yc[:-1], bin_rho[lab], out=wy[1:])
+        np.subtract(yc[1:], wy[1:], out=wy[1:])
+        del yc
+        wy = wy[:, order]
+        b_sorted = np.empty((n_reg, order.size))
+        d_sorted = np.empty(order.size)
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            xw, pw, _ = models[sorted_lab[s]]
+            wy_k = wy[:, s:e]
+            b = np.dot(pw, wy_k)
+            wres = wy_k - np.dot(xw, b)
+            b_sorted[:, s:e] = b
+            d_sorted[s:e] = np.sum(wres**2, 0) / disp_den
+        beta[:, start + order] = b_sorted
+        dispersion[start + order] = d_sorted
     return GLMFit(beta=beta, dispersion=dispersion, labels=labels, bin_rho=bin_rho,
                   bin_cov=np.stack([m[2] for m in models]),
                   bin_df=np.full(len(bin_rho), df_resid), noise_model="ar1")

@@ -7,14 +7,14 @@ follow the same shape.
 import os
 from pathlib import Path
 
-from . import __version__
-from .core.errors import GlmxError
-from .engine import configure, run_workflow
-from .io.bids import open_layout
-from .io.derivatives import write_dataset_description
-from .planning import plan_subject
-from .spec.model import load_spec, normalize_subject, subject_settings, task_entry
-from .workflows.first_level import init_first_level_wf
+from .. import __version__
+from ..core.errors import GlmxError
+from ..engine import configure, run_workflow
+from ..io.bids import open_layout
+from ..io.derivatives import write_dataset_description
+from ..planning import plan_subject
+from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from ..workflows.first_level import init_first_level_wf
 
 
 def check_output_dir(output_dir, bids_root):
@@ -212,7 +212,7 @@ class Aggregator:
 
     def subjects(self):
         """(subjects to run, subjects excluded by the spec)."""
-        from .io.bids import list_subjects
+        from ..io.bids import list_subjects
 
         available = list_subjects(self.layout)
         if self.participant_label:
@@ -250,8 +250,19 @@ class Aggregator:
                 failures[sub] = (exc.one_line(), None)
         return parent, failures
 
-    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject; a failing subject does not stop the others.
+
+        Parameters
+        ----------
+        plugin : str
+            Nipype plugin (Linear, MultiProc, SLURM, SLURMGraph, SGE, SGEGraph).
+        plugin_args : dict, optional
+            Passed to the plugin (e.g. ``sbatch_args``, ``max_jobs``).
+        n_procs : int, optional
+            Processes for MultiProc.
+        progress : bool
+            Show done / running / pending nodes on stderr while it runs.
 
         Returns
         -------
@@ -259,8 +270,10 @@ class Aggregator:
         """
         import time
 
-        from .engine import crash_node, crash_reason, execute, new_crash_files
+        from ..engine import PLUGINS, Progress, count_nodes, crash_node, crash_reason, execute, new_crash_files
 
+        if plugin not in PLUGINS:
+            raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
         check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
         wf, failed = self.workflow()
@@ -268,6 +281,8 @@ class Aggregator:
         args = dict(plugin_args or {})
         if plugin == "MultiProc" and n_procs:
             args.setdefault("n_procs", int(n_procs))
+        self.progress = Progress(count_nodes(wf), stream="stderr" if progress else None)
+        args.setdefault("status_callback", self.progress)
         write_dataset_description(self.output_dir, __version__, [self.bids_root])
         start = time.time()
         outputs = []
@@ -282,5 +297,6 @@ class Aggregator:
                     if sub is not None and sub not in failed:
                         failed[sub] = (crash_reason(crash), crash)
                 outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
+        self.progress.show(final=True)
         done = [s for s in subjects if s not in failed]
         return RunReport(done, failed, excluded, outputs)
