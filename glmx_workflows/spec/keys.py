@@ -66,6 +66,12 @@ TASK_KEYS = {
                   {"sub-03": {"tr": 2.5}}),
 }
 
+from .group_keys import GROUP_KEYS  # noqa: E402
+from .rest_keys import REST_KEYS  # noqa: E402
+
+TASK_KEYS.update(GROUP_KEYS)
+TASK_KEYS.update(REST_KEYS)
+
 # Keys that make no sense per subject.
 NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors"}
 
