@@ -207,6 +207,20 @@ def test_rank_deficient_design():
         compare(fit, labels, results, np.eye(p)[[0, 2]])
 
 
+@pytest.mark.parametrize("n_vox", [1, 2, 5])
+def test_few_voxels(run64, n_vox):
+    X, Y = run64
+    Y = Y[:, 100:100 + n_vox]
+    for noise_model in ("ar1", "ols"):
+        labels, results = run_glm(Y, X, noise_model)
+        fit = fit_glm(Y, X, noise_model, chunk_size=2)
+        if noise_model == "ar1":
+            assert np.array_equal(nilearn_labels(fit), labels)
+        compare(fit, labels, results, np.eye(X.shape[1])[0])
+        compare(fit, labels, results, np.eye(X.shape[1])[:2])
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # inside nilearn
 def test_constant_voxels():
     """All-zero and constant voxels: same finite z as nilearn, no NaN/inf appears."""
     X = make_design(n_scans=160, seed=9)
