@@ -207,6 +207,33 @@ def test_rank_deficient_design():
         compare(fit, labels, results, np.eye(p)[[0, 2]])
 
 
+def test_stream_sum_is_numpy_pairwise_sum():
+    from glmx_workflows.core import glm
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float64, np.float32):
+        flat = (rng.standard_normal(1_000_003) * 1e-3 + 1e-6).astype(dtype)
+        stream = glm._StreamSum(flat.size)
+        cuts = np.sort(rng.choice(flat.size, 40, replace=False))
+        for piece in np.split(flat, cuts):
+            stream.feed(piece)
+        total = stream.total()
+        assert total == np.add.reduce(flat) and total.dtype == dtype
+
+
+def test_small_work_blocks_change_nothing(run64, monkeypatch):
+    """Many row blocks / voxel chunks / pairwise leaves: the same bins and z as nilearn."""
+    from glmx_workflows.core import glm
+
+    X, Y = run64
+    monkeypatch.setattr(glm, "_CHUNK_ELEMENTS", 20_000)
+    monkeypatch.setattr(glm, "_PAIRWISE_LEAF", 1000)
+    labels, results = run_glm(Y, X, "ar1")
+    fit = fit_glm(Y, X, "ar1")
+    assert np.array_equal(nilearn_labels(fit), labels)
+    compare(fit, labels, results, np.eye(X.shape[1])[0] - np.eye(X.shape[1])[1])
+
+
 @pytest.mark.parametrize("n_vox", [1, 2, 5])
 def test_few_voxels(run64, n_vox):
     X, Y = run64
@@ -319,6 +346,10 @@ def test_errors(run64):
         fit_glm(Y[:10], X[:10])
     with pytest.raises(GlmxError, match="noise model"):
         fit_glm(Y, X, noise_model="ar2")
+    with pytest.raises(GlmxError, match="bins"):
+        fit_glm(Y, X, bins=0)
+    with pytest.raises(GlmxError, match="chunk_size"):
+        fit_glm(Y, X, chunk_size=-3)
     with pytest.raises(GlmxError):
         fit_glm(Y[:, 0], X)
     bad = Y[:, :50].copy()

@@ -423,7 +423,12 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
     Y, X = _check_inputs(Y, X, noise_model, bins)
     n_scans, n_vox = Y.shape
     n_reg = X.shape[1]
-    chunk = int(chunk_size) if chunk_size else max(256, _CHUNK_ELEMENTS // n_scans)
+    if chunk_size is None:
+        chunk = max(256, _CHUNK_ELEMENTS // n_scans)
+    elif isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool) and chunk_size >= 1:
+        chunk = int(chunk_size)
+    else:
+        raise GlmxError(f"chunk_size must be a positive integer, got {chunk_size!r}", field="chunk_size")
     chunks = _chunks(n_vox, chunk)
 
     pinv_x = spl.pinv(X)
