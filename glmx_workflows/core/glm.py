@@ -20,12 +20,14 @@ nilearn computes the OLS residuals (and so the AR coefficients) in the dtype
 float64, even for float32 data (the data are upcast inside ``numpy.dot``).  The
 same dtype rule is followed here.  In the float64 case the OLS residuals, their
 global mean (numpy's pairwise summation in the same memory order) and the lag-0 /
-lag-1 sums (the same summation pattern as the BLAS ``ddot`` numpy calls) are
-bit-for-bit those of nilearn on this platform, so every voxel lands in the same
-AR bin, including degenerate (constant) voxels whose AR coefficient is rounding
-noise.  Only when both X and Y are float32 does nilearn work in float32; its own
-result then depends on BLAS blocking and thread count, and a voxel whose AR
-coefficient lies within ~1e-6 of a bin edge may land in a neighbouring bin.
+lag-1 sums (the summation pattern of the OpenBLAS ``ddot`` kernel numpy calls for
+nilearn's strided vectors) reproduce nilearn's bits (verified with numpy 2.4 /
+OpenBLAS 0.3.31 Haswell kernels; elsewhere they agree to rounding, ~1e-16), so every
+voxel lands in the same AR bin -- even degenerate (constant) voxels, whose AR
+coefficient is pure rounding noise.  Only when both X and Y are float32 does nilearn
+work in float32; its own result then depends on BLAS blocking and thread count, and a
+voxel whose AR coefficient lies within ~1e-6 of a bin edge may land in a neighbouring
+bin (z maps otherwise agree to float32 precision).
 
 The only imports are numpy and scipy.
 """
@@ -79,7 +81,7 @@ class GLMFit:
     dispersion : numpy.ndarray, shape (n_voxels,)
         Residual variance in the (whitened) model of the voxel's bin,
         ``SSE / (n_scans - n_regressors)`` -- nilearn divides by the number of columns,
-        not by the rank, even for a rank-deficient design.
+        not by the rank, even for a rank-deficient design.  Same dtype as ``beta``.
     labels : numpy.ndarray of int, shape (n_voxels,)
         Index of each voxel's bin into the ``bin_*`` arrays.
     bin_rho : numpy.ndarray of float64, shape (n_bins,)
