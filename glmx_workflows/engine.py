@@ -205,3 +205,18 @@ def count_nodes(wf):
         else:
             total += 1
     return total
+
+
+def executed_nodes(work_dir, since):
+    """Nodes whose result file was written at or after ``since``: what a run actually executed.
+
+    nipype rewrites ``result_<node>.pklz`` only when it runs a node; a node found in the cache keeps
+    its old file. Returns node paths relative to ``work_dir`` (MapNode subnodes as
+    ``<node>/mapflow/_<node><i>``), sorted.
+    """
+    work_dir = Path(work_dir)
+    out = []
+    for res in work_dir.rglob("result_*.pklz"):
+        if res.stat().st_mtime >= since:
+            out.append(str(res.parent.relative_to(work_dir)))
+    return sorted(out)

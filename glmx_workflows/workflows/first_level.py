@@ -78,6 +78,12 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
                                    name="compute_contrasts")
     fixed_effects = pe.Node(FixedEffects(), name="fixed_effects")
 
+    # Manifests point at files that are not traits of their own; when this workflow is embedded in
+    # a pipeline that keeps nipype's default remove_unnecessary_outputs=True, those files would be
+    # deleted. Node-level config wins over the enclosing workflow's.
+    for node in (build_design, compute_contrasts, fixed_effects):
+        node.config = {"execution": {"remove_unnecessary_outputs": "false"}}
+
     wf.connect([
         (inputnode, load_events, [("events_files", "events_files")]),
         (inputnode, select_confounds, [("confounds_files", "confounds_file"), ("bold_files", "bold_file")]),
@@ -98,9 +104,11 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     ])
 
     if output_dir is not None:
+        # Sinks always run (cheap: they copy only what differs) so that a deleted output is rewritten
+        # on the next run even though every node before it is cached.
         ds_design = pe.MapNode(DerivativesSink(out_dir=str(output_dir)), iterfield=["manifest_file", "entities"],
-                               name="ds_design")
-        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps")
+                               name="ds_design", overwrite=True)
+        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps", overwrite=True)
         wf.connect([
             (build_design, ds_design, [("manifest_file", "manifest_file")]),
             (inputnode, ds_design, [("run_design_entities", "entities")]),
@@ -115,7 +123,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         ])
         if publish_run_maps:
             ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
-                                     iterfield=["manifest_file", "entities"], name="ds_run_maps")
+                                     iterfield=["manifest_file", "entities"], name="ds_run_maps", overwrite=True)
             wf.connect([
                 (compute_contrasts, ds_run_maps, [("manifest_file", "manifest_file")]),
                 (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
