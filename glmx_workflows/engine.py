@@ -38,7 +38,9 @@ def configure(wf, work_dir, crash_dir=None, plugin="MultiProc", verbose=False):
     })
     import logging
 
-    level = logging.INFO if verbose else logging.WARNING
+    # Failures reach the user through the summary and crash files; nipype's own tracebacks on
+    # stdout would bury them.
+    level = logging.INFO if verbose else logging.CRITICAL
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(level)
     wf.config["monitoring"] = {"enabled": "false"}
@@ -53,6 +55,15 @@ def crash_reason(crash_file):
         return ours[-1].strip()
     lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\w*(Error|Exception)\b", ln.strip())]
     return lines[-1] if lines else text.strip().splitlines()[-1]
+
+
+def crash_subject(crash_file, subjects, task):
+    """Which of ``subjects`` a crash file belongs to (its node ran under ``sub_<s>_<task>/``)."""
+    text = Path(crash_file).read_text(errors="replace")
+    for sub in subjects:
+        if f"/sub_{sub}_{task}/" in text or f".sub_{sub}_{task}." in text:
+            return sub
+    return None
 
 
 def crash_node(crash_file):

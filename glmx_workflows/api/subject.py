@@ -270,7 +270,7 @@ class Aggregator:
         """
         import time
 
-        from ..engine import PLUGINS, Progress, count_nodes, crash_node, crash_reason, execute, new_crash_files
+        from ..engine import PLUGINS, Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
 
         if plugin not in PLUGINS:
             raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
@@ -292,8 +292,7 @@ class Aggregator:
                 outputs = published_files(graph)
             except RuntimeError:
                 for crash in new_crash_files(crash_dir, start):
-                    node = crash_node(crash)
-                    sub = next((s for s in subjects if f"sub_{s}_" in node), None)
+                    sub = crash_subject(crash, subjects, self.task)
                     if sub is not None and sub not in failed:
                         failed[sub] = (crash_reason(crash), crash)
                 outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())

@@ -84,7 +84,11 @@ def _cmd_participant(args):
                      design_dir=args.design_dir)
     report = agg.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs, progress=not args.quiet)
     print(report.summary())
-    return 0 if report.ok else 1
+    if not report.ok:
+        print(f"glmx: error: {len(report.failed)} of {len(report.failed) + len(report.done)} subject(s) failed: "
+              + "; ".join(f"sub-{s}: {r}" for s, (r, _) in sorted(report.failed.items())), file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None):

@@ -51,8 +51,8 @@ def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model
         add_regs = confounds.to_numpy(float)
         add_names = [str(c) for c in confounds.columns]
     times = frame_times(n_scans, tr, slice_time_ref)
-    # nilearn announces on stderr, for every run, that it found the 'modulation' column we always write
-    with contextlib.redirect_stderr(io.StringIO()):
+    # nilearn announces, for every run, that it found the 'modulation' column we always write
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         design = make_first_level_design_matrix(
             times, events if len(events) else None, hrf_model=hrf_model, drift_model=drift_model,
             high_pass=high_pass, drift_order=drift_order, add_regs=add_regs, add_reg_names=add_names)

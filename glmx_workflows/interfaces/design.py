@@ -62,7 +62,7 @@ class BuildDesign(SimpleInterface):
             confounds = read_tsv(self.inputs.confounds_file)
             design = build_design(events, confounds, n_scans, self.inputs.tr, self.inputs.hrf_model,
                                   self.inputs.drift_model, self.inputs.high_pass, self.inputs.drift_order)
-        check_design(design.iloc[keep], source=src)
+        check_design(design.iloc[keep], source=self.inputs.bold_file)
         design_file = write_tsv(design, os.path.join(runtime.cwd, "design.tsv"))
         figure_file = plot_design(design, os.path.join(runtime.cwd, "design.svg"))
         manifest = [{"path": str(design_file), "entities": {}, "suffix": "design"},
