@@ -8,11 +8,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.confounds import select_confounds
+from .core.confounds import censor_run, select_confounds
+from .core.design import build_design, check_design
 from .core.errors import GlmxError
-from .core.events import check_events_fit_run, conditions_of, normalize_events, regressor_names
+from .core.events import check_events_fit_run, conditions_of, conditions_to_drop, normalize_events, regressor_names
 from .core.formula import bids_label, default_contrasts, parse_formula, unknown_regressors
 from .io.bids import find_runs
+from .io.images import load_image, load_mask
 from .io.tables import read_tsv
 
 @dataclass
@@ -100,14 +102,30 @@ def resolve_tr(settings, entry, runs):
     return float(trs.pop())
 
 
-def _confound_columns(settings, run):
-    """Columns select_confounds will give this run (checked now: patterns, n/a columns, length)."""
+def _checked_design(settings, run, events=None, user_design=None):
+    """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
+    confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
     table = read_tsv(run.confounds, "confounds file")
     if len(table) != run.n_scans:
         raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
                         "volumes; expected one row per volume", file=run.confounds, field="rows")
-    return list(select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
-                                 settings["non_steady_state"], source=run.confounds).columns)
+    keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                         source=run.confounds)
+    if user_design is not None:
+        design = read_tsv(user_design, "design matrix")
+    else:
+        check_events_fit_run(events, run.n_scans, settings["tr"], run.events)
+        confounds = select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
+                                     settings["non_steady_state"], source=run.confounds)
+        design = build_design(events, confounds, run.n_scans, settings["tr"], settings["hrf_model"],
+                              settings["drift_model"], settings["high_pass"], settings["drift_order"])
+    check_design(design.iloc[keep], source=run.bold)
+    return design
+
+
+def _check_mask(run):
+    """The mask must be a non-empty 3D image on the BOLD's grid."""
+    load_mask(run.mask, reference=load_image(run.bold, "BOLD run"), reference_path=run.bold)
 
 
 def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_regressors=()):
@@ -229,25 +247,23 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     runs = find_runs(layout, subject, task, settings["space"])
     settings = dict(settings, tr=resolve_tr(settings, entry, runs))
     where = f"{task} (sub-{subject})"
+    for run in runs:
+        _check_mask(run)
     design_files = []
     if user_designs is not None:
         design_files = read_user_designs(user_designs, runs, work_dir)
-        regressors = [set(read_tsv(p, "design matrix").columns) for p in design_files]
+        designs = [_checked_design(settings, r, user_design=p) for r, p in zip(runs, design_files)]
         conditions, task_regressors = None, set()
     else:
         frames = [read_tsv(r.events, "events file") for r in runs]
-        drop = list(settings["drop_conditions"])
-        if settings["conditions"] is not None:
-            col = settings["condition_identifier"]
-            present = set().union(*(set(f[col].dropna().astype(str)) for f in frames if col in f.columns))
-            drop += sorted(present - set(settings["conditions"]))
+        drop = conditions_to_drop(frames, settings["condition_identifier"], settings["conditions"],
+                                  settings["drop_conditions"])
         events = normalize_events(frames, [r.events for r in runs], settings["condition_identifier"],
                                   settings["modulators"], settings["block_identifier"], drop)
-        for ev, run in zip(events, runs):
-            check_events_fit_run(ev, run.n_scans, settings["tr"], run.events)
+        designs = [_checked_design(settings, r, events=e) for r, e in zip(runs, events)]
         conditions = sorted(set().union(*(conditions_of(e, settings["modulators"]) for e in events)))
         task_regressors = set().union(*(regressor_names(e) for e in events))
-        regressors = [set(regressor_names(e)) | set(_confound_columns(settings, r)) for e, r in zip(events, runs)]
+    regressors = [set(d.columns) for d in designs]
     contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where,
                                   task_regressors)
     if not contrasts:

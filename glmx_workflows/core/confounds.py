@@ -14,6 +14,7 @@ import pandas as pd
 
 from .errors import GlmxError
 
+MIN_VOLUMES = 10  # fewest volumes a run may keep after dummy scans and censoring
 MOTION_OUTLIER_PATTERN = "motion_outlier*"
 NON_STEADY_PATTERN = "non_steady_state_outlier*"
 
@@ -137,3 +138,39 @@ def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
         fd = np.asarray(fd, dtype=float)
         keep &= ~(np.nan_to_num(fd, nan=0.0) > fd_threshold)
     return keep
+
+
+def censor_run(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN_VOLUMES, source=None):
+    """Volumes kept for one run's fit, with the reason each dropped volume was dropped.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_scans, n_columns)
+        fmriprep's confounds table (``framewise_displacement`` is read when ``fd_threshold`` is set).
+    n_scans : int
+    dummy_scans : int
+    fd_threshold : float or None
+    min_volumes : int
+        Refuse the run when fewer volumes remain.
+    source : str, optional
+        Confounds file (for messages).
+
+    Returns
+    -------
+    keep : numpy.ndarray of shape (n_scans,), bool
+    reasons : list of str
+        ``""`` for kept volumes, ``"dummy"`` or ``"fd"`` for dropped ones.
+    """
+    fd = None
+    if fd_threshold is not None:
+        if "framewise_displacement" not in table.columns:
+            raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
+                            file=source, field="framewise_displacement")
+        fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
+    keep = censor_mask(n_scans, dummy_scans, fd, fd_threshold)
+    if keep.sum() < min_volumes:
+        raise GlmxError(f"only {int(keep.sum())} of {n_scans} volumes remain after {dummy_scans} dummy scans and "
+                        f"FD censoring (fd_threshold {fd_threshold}); at least {min_volumes} are needed",
+                        file=source, field="fd_threshold")
+    reasons = ["" if k else "dummy" if i < dummy_scans else "fd" for i, k in enumerate(keep)]
+    return keep, reasons

@@ -145,6 +145,19 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
     return [o.reset_index(drop=True) for o in out]
 
 
+def conditions_to_drop(frames, condition_column, conditions=None, drop_conditions=()):
+    """Condition values left unmodelled: ``drop_conditions`` plus, when ``conditions`` lists the ones
+    to model, every other value found in the events (sorted)."""
+    drop = set(map(str, drop_conditions))
+    if conditions is not None:
+        present = set()
+        for frame in frames:
+            if condition_column in frame.columns:
+                present |= set(frame[condition_column].dropna().astype(str))
+        drop |= present - set(map(str, conditions))
+    return sorted(drop)
+
+
 def regressor_names(events):
     """Task regressor names a design built from ``events`` will have (sorted, as nilearn orders them)."""
     return sorted(pd.unique(events["trial_type"]).tolist())

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from ..core.confounds import censor_mask, select_confounds
+from ..core.confounds import MIN_VOLUMES, censor_run, select_confounds
 from ..core.errors import GlmxError
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
@@ -19,7 +19,7 @@ class SelectConfoundsInputSpec(BaseInterfaceInputSpec):
     non_steady_state = traits.Bool(False, usedefault=True, desc="add non_steady_state_outlier* columns")
     dummy_scans = traits.Int(0, usedefault=True, desc="leading volumes left out of the fit")
     fd_threshold = traits.Either(None, traits.Float, usedefault=True, desc="censor volumes with FD above (mm)")
-    min_volumes = traits.Int(10, usedefault=True, desc="refuse the run when fewer volumes remain")
+    min_volumes = traits.Int(MIN_VOLUMES, usedefault=True, desc="refuse the run when fewer volumes remain")
 
 
 class SelectConfoundsOutputSpec(TraitedSpec):
@@ -42,18 +42,8 @@ class SelectConfounds(SimpleInterface):
                             f"{n_scans} volumes; expected one row per volume", file=src, field="rows")
         chosen = select_confounds(table, self.inputs.confound_regressors, self.inputs.include_motion_outliers,
                                   self.inputs.non_steady_state, source=src)
-        fd = None
-        if self.inputs.fd_threshold is not None:
-            if "framewise_displacement" not in table.columns:
-                raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
-                                file=src, field="framewise_displacement")
-            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
-        keep = censor_mask(n_scans, self.inputs.dummy_scans, fd, self.inputs.fd_threshold)
-        if keep.sum() < self.inputs.min_volumes:
-            raise GlmxError(f"only {int(keep.sum())} of {n_scans} volumes remain after dummy scans and FD "
-                            f"censoring; at least {self.inputs.min_volumes} are needed", file=src,
-                            field="fd_threshold")
-        reason = ["" if k else "dummy" if i < self.inputs.dummy_scans else "fd" for i, k in enumerate(keep)]
+        keep, reason = censor_run(table, n_scans, self.inputs.dummy_scans, self.inputs.fd_threshold,
+                                  self.inputs.min_volumes, source=src)
         censor = pd.DataFrame({"volume": range(n_scans), "kept": keep.astype(int), "reason": reason})
         self._results["confounds_file"] = str(write_tsv(chosen, os.path.join(runtime.cwd, "confounds.tsv")))
         self._results["censor_file"] = str(write_tsv(censor, os.path.join(runtime.cwd, "censor.tsv")))

@@ -5,7 +5,7 @@ import os
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, OutputMultiObject,
                                     SimpleInterface, TraitedSpec, traits)
 
-from ..core.events import normalize_events
+from ..core.events import conditions_to_drop, normalize_events
 from ..io.tables import read_tsv, write_tsv
 
 
@@ -33,11 +33,8 @@ class LoadEvents(SimpleInterface):
     def _run_interface(self, runtime):
         sources = list(self.inputs.events_files)
         frames = [read_tsv(f, "events file") for f in sources]
-        drop = list(self.inputs.drop_conditions)
-        if self.inputs.conditions is not None:
-            cond = self.inputs.condition_identifier
-            present = set().union(*(set(f[cond].dropna().astype(str)) for f in frames if cond in f.columns))
-            drop += sorted(present - set(self.inputs.conditions))
+        drop = conditions_to_drop(frames, self.inputs.condition_identifier, self.inputs.conditions,
+                                  self.inputs.drop_conditions)
         events = normalize_events(frames, sources, self.inputs.condition_identifier, self.inputs.modulators,
                                   self.inputs.block_identifier, drop)
         outs = []

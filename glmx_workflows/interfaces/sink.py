@@ -12,6 +12,8 @@ class DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     manifest_file = File(exists=True, mandatory=True, desc="JSON list of {path, entities, suffix}")
     entities = traits.Dict(traits.Str, traits.Str, mandatory=True, desc="base entities: sub, ses, task, run, space")
     out_dir = Directory(mandatory=True, desc="OUTPUT_DIR of the derivatives dataset")
+    wait_for = traits.Any(desc="connect the unit's last node: nothing is published until the whole unit "
+                               "(e.g. a subject) has succeeded")
 
 
 class DerivativesSinkOutputSpec(TraitedSpec):

@@ -110,6 +110,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
                                name="ds_design", overwrite=True)
         ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps", overwrite=True)
         wf.connect([
+            (fixed_effects, ds_design, [("manifest_file", "wait_for")]),
             (build_design, ds_design, [("manifest_file", "manifest_file")]),
             (inputnode, ds_design, [("run_design_entities", "entities")]),
             (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
@@ -125,6 +126,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
                                      iterfield=["manifest_file", "entities"], name="ds_run_maps", overwrite=True)
             wf.connect([
+                (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
                 (compute_contrasts, ds_run_maps, [("manifest_file", "manifest_file")]),
                 (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
                 (ds_run_maps, gather_outputs, [("out_files", "in2")]),
