@@ -5,6 +5,7 @@ follow the same shape.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 from .. import __version__
@@ -27,8 +28,16 @@ def check_output_dir(output_dir, bids_root):
     probe = out
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise GlmxError("output directory is not writable", file=probe, field="OUTPUT_DIR")
+    # os.access says yes to root everywhere; only a real write answers (read-only mounts, /proc, quotas)
+    try:
+        if not probe.is_dir():
+            raise OSError("not a directory")
+        fd, tmp = tempfile.mkstemp(prefix=".glmx-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise GlmxError(f"output directory is not writable ({exc.strerror or exc})", file=probe,
+                        field="OUTPUT_DIR") from None
     return out
 
 

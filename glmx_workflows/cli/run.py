@@ -65,6 +65,58 @@ def _example_parser():
     return p
 
 
+def _validate_parser():
+    p = argparse.ArgumentParser(prog="glmx validate",
+                                description="Check the spec and every subject's inputs without fitting (files, TR, "
+                                            "events, confound patterns, masks, designs, contrasts); report every "
+                                            "problem at once. Exit 0 when all is well, 1 otherwise.")
+    p.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
+    p.add_argument("--spec", type=Path, help="task_information.json (default: BIDS_DIR/task_information.json)")
+    p.add_argument("--task", nargs="+", help="tasks to check (default: every task of the spec)")
+    p.add_argument("--derivatives", type=Path, help="fmriprep derivatives folder")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to check (default: all)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _init_parser():
+    p = argparse.ArgumentParser(prog="glmx init",
+                                description="Write a starter task_information.json: one entry per task found, TR "
+                                            "from the sidecars, the condition column and its trial types, and "
+                                            "motion/CompCor confound patterns that exist in the confounds files.")
+    p.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
+    p.add_argument("--spec", type=Path, help="where to write (default: BIDS_DIR/task_information.json)")
+    p.add_argument("--derivatives", type=Path, help="fmriprep derivatives folder")
+    p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _cmd_validate(args):
+    from ..api.dataset import validate_dataset
+
+    checked, problems = validate_dataset(args.bids_dir, args.spec, args.derivatives, args.task,
+                                         args.participant_label)
+    for task, sub, summary in checked:
+        print(f"ok       {task} sub-{sub}: {summary}")
+    for task, sub, message in problems:
+        where = " ".join(x for x in (task, f"sub-{sub}" if sub else None) if x)
+        print(f"PROBLEM  {where}: {message}")
+    print(f"{len(checked)} subject-task pair(s) ok, {len(problems)} problem(s)")
+    if problems:
+        print(f"glmx: error: {len(problems)} problem(s) found; the first: {problems[0][2]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_init(args):
+    from ..api.dataset import write_starter_spec
+
+    path, spec = write_starter_spec(args.bids_dir, args.spec, args.derivatives, args.force)
+    print(f"wrote {path} with task(s): {', '.join(spec)}")
+    return 0
+
+
 def _cmd_example(args):
     from ..io.example import make_example_dataset
 
@@ -98,8 +150,9 @@ def main(argv=None):
     try:
         if argv and argv[0] in COMMANDS:
             cmd = argv[0]
-            args = {"example": _example_parser}[cmd]().parse_args(argv[1:])
-            return {"example": _cmd_example}[cmd](args)
+            parser, command = {"example": (_example_parser, _cmd_example), "init": (_init_parser, _cmd_init),
+                               "validate": (_validate_parser, _cmd_validate)}[cmd]
+            return command(parser().parse_args(argv[1:]))
         args = _app_parser().parse_args(argv)
         return _cmd_participant(args)
     except GlmxError as exc:

@@ -1,0 +1,120 @@
+"""Dataset-wide utilities behind ``glmx validate`` and ``glmx init``."""
+
+import json
+from pathlib import Path
+
+from ..core.confounds import match_patterns
+from ..core.errors import GlmxError
+from ..io.atomic import write_text
+from ..io.bids import list_subjects, open_layout
+from ..io.tables import read_tsv
+from ..planning import plan_subject
+from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from .subject import default_spec_path
+
+# Tried in order by `glmx init`; only patterns that match the dataset's confounds file are kept.
+STARTER_CONFOUNDS = ["trans_?", "rot_?", "trans_?_derivative1", "rot_?_derivative1", "a_comp_cor_0[0-4]"]
+
+
+def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, participant_label=None):
+    """Run every check that needs no model fit, for every task and subject; collect all problems.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+    spec : str or Path, optional
+        Default ``bids_root/task_information.json``.
+    derivatives : str or Path, optional
+    tasks : list of str, optional
+        Default: every task entry of the spec.
+    participant_label : list of str, optional
+        Default: every subject of the dataset not excluded.
+
+    Returns
+    -------
+    (checked, problems)
+        ``checked``: list of (task, subject, summary) that passed; ``problems``: list of
+        (task, subject or None, one-line message).
+    """
+    spec_path = Path(spec) if spec else default_spec_path(bids_root)
+    entries = load_spec(spec_path)
+    layout = open_layout(bids_root, derivatives)
+    available = list_subjects(layout)
+    checked, problems = [], []
+    wanted = [normalize_subject(s) for s in participant_label] if participant_label else available
+    for sub in sorted(set(wanted) - set(available)):
+        problems.append((None, sub, f"subject 'sub-{sub}' not found in the dataset"))
+    for task in tasks or sorted(entries):
+        try:
+            entry = task_entry(entries, task, spec_path)
+        except GlmxError as exc:
+            problems.append((task, None, exc.one_line()))
+            continue
+        if entry["analysis"] != "glm":
+            continue
+        for sub in [s for s in wanted if s in available and s not in entry["excludes"]]:
+            try:
+                plan = plan_subject(layout, entry, subject_settings(entry, sub))
+            except GlmxError as exc:
+                problems.append((task, sub, exc.one_line()))
+            else:
+                checked.append((task, sub, f"{len(plan.runs)} run(s), {len(plan.contrasts)} contrast(s), "
+                                           f"TR {plan.settings['tr']:g} s"))
+    return checked, problems
+
+
+def _condition_column(events):
+    if "trial_type" in events.columns:
+        return "trial_type"
+    for col in events.columns:
+        if col not in ("onset", "duration") and events[col].dtype == object:
+            return col
+    return "trial_type"
+
+
+def starter_spec(bids_root, derivatives=None):
+    """A starter task_information.json (dict) with one entry per task found in the dataset."""
+    layout = open_layout(bids_root, derivatives)
+    spec = {}
+    for task in sorted(layout.get_tasks()):
+        bolds = layout.get(task=task, suffix="bold", extension=[".nii.gz", ".nii"], scope="raw")
+        events = layout.get(task=task, suffix="events", extension=".tsv", scope="raw", return_type="filename")
+        confounds = layout.get(task=task, desc="confounds", suffix=["timeseries", "regressors"], extension=".tsv",
+                               scope="derivatives", return_type="filename")
+        trs = sorted({layout.get_metadata(b.path).get("RepetitionTime") for b in bolds} - {None})
+        entry = {"description": f"starter entry written by 'glmx init' for task '{task}'; edit before use",
+                 "tr": trs[0] if len(trs) == 1 else None}
+        if not events:
+            entry.update(analysis="connectivity")
+        else:
+            table = read_tsv(events[0], "events file")
+            column = _condition_column(table)
+            values = sorted({str(v) for f in events for v in read_tsv(f, "events file").get(column, []) if v == v})
+            entry.update(condition_identifier=column, conditions=values, modulators=[], block_identifier=None,
+                         design_contrasts="default")
+        if confounds:
+            header = list(read_tsv(confounds[0], "confounds file").columns)
+            chosen = []
+            for pattern in STARTER_CONFOUNDS:
+                try:
+                    match_patterns(header, [pattern])
+                except GlmxError:
+                    continue
+                chosen.append(pattern)
+            entry["confound_regressors"] = chosen
+        entry.update(excludes=[], group_level_regressors=[])
+        spec[task] = entry
+    if not spec:
+        raise GlmxError("no task found in the dataset", file=bids_root, field="task")
+    return spec
+
+
+def write_starter_spec(bids_root, path=None, derivatives=None, force=False):
+    """Write :func:`starter_spec` to ``path`` (default ``bids_root/task_information.json``); refuse to
+    overwrite an existing file unless ``force``."""
+    path = Path(path) if path else default_spec_path(bids_root)
+    if path.exists() and not force:
+        raise GlmxError("spec file already exists; pass --force to overwrite it", file=path, field="--spec")
+    spec = starter_spec(bids_root, derivatives)
+    write_text(path, json.dumps(spec, indent=2) + "\n")
+    return path, spec
