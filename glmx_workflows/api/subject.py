@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..core.errors import GlmxError
 from ..engine import configure, run_workflow
+from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
 from ..planning import plan_subject
@@ -144,6 +145,7 @@ class Subject:
         args = dict(plugin_args or {})
         if plugin == "MultiProc" and n_procs:
             args.setdefault("n_procs", int(n_procs))
+        remove_stale_temporaries(self.output_dir)
         write_dataset_description(self.output_dir, __version__, [self.bids_root])
         graph = run_workflow(wf, plugin, args)
         return published_files(graph)
@@ -292,6 +294,7 @@ class Aggregator:
             args.setdefault("n_procs", int(n_procs))
         self.progress = Progress(count_nodes(wf), stream="stderr" if progress else None)
         args.setdefault("status_callback", self.progress)
+        remove_stale_temporaries(self.output_dir)
         write_dataset_description(self.output_dir, __version__, [self.bids_root])
         start = time.time()
         outputs = []

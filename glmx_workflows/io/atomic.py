@@ -1,13 +1,22 @@
 """Atomic writes: a temporary file beside the target, renamed over it once complete.
 
-A killed process therefore never leaves a truncated NIfTI or TSV under the output directory, only a
-``.tmp-*`` file that the next write of the same target replaces.
+A killed process therefore never leaves a truncated NIfTI or TSV under a published name, only a hidden
+``.tmp-<host>-<pid>-*`` file; :func:`remove_stale_temporaries` deletes those whose process is gone (run at
+the start of every dataset run), so a resumed run leaves nothing half-written behind.
 """
 
 import contextlib
 import os
+import socket
 import tempfile
 from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def _owner_tag():
+    # host and pid in the name let a later run tell a dead writer's leftovers from a live writer's file
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -20,7 +29,7 @@ def atomic_path(target):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{_owner_tag()}-{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -65,3 +74,34 @@ def copy_file(source, target):
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return Path(target)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporaries under ``folder`` left by killed writers of this host.
+
+    A temporary of another host, or of a live process, may belong to a run still writing (a cluster
+    job) and is left alone. Returns the removed paths.
+    """
+    host = socket.gethostname().replace("-", "_")
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(f"{TMP_PREFIX}*"):
+        parts = path.name[len(TMP_PREFIX):].split("-")
+        if len(parts) < 3 or parts[0] != host or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
