@@ -515,7 +515,13 @@ def acompcor(series, tr, n_nonsteady=0, n_components=10, period_cut=128.0):
     y = y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
     sd = y.std(axis=0)
     y = y / np.where(sd > 0, sd, 1.0)
-    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    try:
+        u, s, _ = np.linalg.svd(y, full_matrices=False)
+    except np.linalg.LinAlgError:
+        # LAPACK's divide-and-conquer driver fails to converge on some finite inputs; QR-based gesvd does not
+        import scipy.linalg
+
+        u, s, _ = scipy.linalg.svd(y, full_matrices=False, lapack_driver="gesvd")
     k = min(n_components, len(s))
     comps = np.zeros((series.shape[0], k))
     comps[n_nonsteady:] = u[:, :k]
