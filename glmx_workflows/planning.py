@@ -128,7 +128,7 @@ def _check_mask(run):
     load_mask(run.mask, reference=load_image(run.bold, "BOLD run"), reference_path=run.bold)
 
 
-def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_regressors=()):
+def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_regressors=(), events_files=()):
     """Spec contrasts (+ condition maps) → ``{name: {'label', 'rows', 'type'}}``, checked.
 
     Parameters
@@ -143,6 +143,8 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
         Condition and modulator regressors (written as maps when ``condition_maps`` is true).
     spec_file, where : str
         For messages.
+    events_files : list of path, optional
+        The runs' events files, named when a contrast asks for a condition they do not have.
     """
     raw = settings["design_contrasts"]
     if raw == "default":
@@ -157,8 +159,13 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
         weights = [parse_formula(r) for r in rows]
         missing = unknown_regressors(weights, known)
         if missing:
+            source = ""
+            if events_files and conditions is not None:
+                # usually the events lack a condition, not the spec a typo: say where the conditions came from
+                source = (f" (events {', '.join(Path(f).name for f in events_files)}, column "
+                          f"'{settings['condition_identifier']}', give conditions: {', '.join(conditions)})")
             raise GlmxError(f"contrast '{name}' names regressor(s) {', '.join(missing)} that the design will not "
-                            f"have; regressors: {', '.join(sorted(known))}", file=spec_file,
+                            f"have{source}; regressors: {', '.join(sorted(known))}", file=spec_file,
                             field=f"{where}.design_contrasts.{name}")
         if not any(all(set(w) <= regs for w in weights) for regs in regressors):
             raise GlmxError(f"contrast '{name}' needs regressors that no single run has together",
@@ -265,7 +272,7 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
         task_regressors = set().union(*(regressor_names(e) for e in events))
     regressors = [set(d.columns) for d in designs]
     contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where,
-                                  task_regressors)
+                                  task_regressors, [] if user_designs is not None else [r.events for r in runs])
     if not contrasts:
         raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
                         file=spec_file, field=f"{task}.design_contrasts")

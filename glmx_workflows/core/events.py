@@ -19,7 +19,9 @@ def _numeric(frame, column, source, allow_nan=False):
     bad = values.isna() & ~(frame[column].isna() if allow_nan else False)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise GlmxError(f"non-numeric value {frame[column].iloc[row]!r} in row {row + 1}; expected numbers",
+        value = frame[column].iloc[row]
+        shown = "n/a" if pd.isna(value) else repr(str(value))
+        raise GlmxError(f"non-numeric value {shown} in row {row + 1}; expected numbers",
                         file=source, field=f"column '{column}'")
     return values.to_numpy(dtype=float)
 
