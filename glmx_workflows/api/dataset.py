@@ -37,14 +37,18 @@ def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, partici
         (task, subject or None, one-line message).
     """
     spec_path = Path(spec) if spec else default_spec_path(bids_root)
-    entries = load_spec(spec_path)
+    invalid = []
+    entries = load_spec(spec_path, problems=invalid)
     layout = open_layout(bids_root, derivatives)
     available = list_subjects(layout)
-    checked, problems = [], []
+    checked, problems = [], [(task, None, exc.one_line()) for task, exc in invalid]
+    invalid = {task for task, _ in invalid}
     wanted = [normalize_subject(s) for s in participant_label] if participant_label else available
     for sub in sorted(set(wanted) - set(available)):
         problems.append((None, sub, f"subject 'sub-{sub}' not found in the dataset"))
     for task in tasks or sorted(entries):
+        if task in invalid:
+            continue
         try:
             entry = task_entry(entries, task, spec_path)
         except GlmxError as exc:

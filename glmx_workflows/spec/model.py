@@ -131,13 +131,16 @@ def validate_entry(entry, task, path):
             _check_contrasts(over["design_contrasts"], where, path)
 
 
-def load_spec(path):
+def load_spec(path, problems=None):
     """Read and validate every task entry of a spec file.
 
     Parameters
     ----------
     path : str or Path
         task_information.json.
+    problems : list, optional
+        When given, an invalid entry is left out and ``(task, GlmxError)`` appended here instead of
+        raised, so that ``glmx validate`` reports every entry's problem at once.
 
     Returns
     -------
@@ -148,7 +151,13 @@ def load_spec(path):
     raw = read_spec_file(path)
     out = {}
     for task, entry in raw.items():
-        validate_entry(entry, task, path)
+        try:
+            validate_entry(entry, task, path)
+        except GlmxError as exc:
+            if problems is None:
+                raise
+            problems.append((task, exc))
+            continue
         full = defaults()
         full.update(copy.deepcopy(entry))
         full["excludes"] = sorted({normalize_subject(s) for s in full["excludes"]})
