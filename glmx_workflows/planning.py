@@ -71,8 +71,7 @@ class SubjectPlan:
 
 
 def _img_entities(run):
-    short = {"resolution": "res", "density": "den", "cohort": "cohort"}
-    return {short[k]: v for k, v in run.extra.items()}
+    return {k: run.extra[k] for k in ("res", "den", "cohort") if k in run.extra}
 
 
 def resolve_tr(settings, entry, runs):

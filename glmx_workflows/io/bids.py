@@ -49,7 +49,7 @@ def parse_space(space):
         if key not in ("res", "den", "cohort") or not value:
             raise GlmxError(f"space modifier '{mod}' not understood; expected e.g. 'MNI152NLin2009cAsym:res-2'",
                             field="space")
-        extra[{"res": "resolution", "den": "density", "cohort": "cohort"}[key]] = value
+        extra[key] = value  # pybids' derivatives entities are named res/den/cohort
     return name, extra
 
 
@@ -174,7 +174,7 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
                             field="space")
         seen[key] = bf.path
         null = {k: Query.NONE for k in _RUN_ENTITIES if k not in run_ent}
-        img_ent = {k: ent[k] for k in ("space", "resolution", "density", "cohort") if k in ent}
+        img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
         mask = _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
                     extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent,
                     **{k: v for k, v in null.items()})
@@ -195,5 +195,8 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
             tr=tr, tr_source=tr_source, n_scans=bold_length(bf.path),
             session=str(ent["session"]) if "session" in ent else None,
             run=str(ent["run"]) if "run" in ent else None,
-            space=space_name, extra={k: str(v) for k, v in extra.items()}))
-    return sorted(records, key=lambda r: (r.session or "", r.run or "", r.bold))
+            # the file's own res/den/cohort name the outputs, whether or not 'space' asked for them
+            space=space_name, extra={k: str(ent[k]) for k in ("res", "den", "cohort") if k in ent}))
+    # numeric run order: 'run-2' before 'run-10' whether or not the labels are zero-padded
+    return sorted(records, key=lambda r: (r.session or "", int(r.run) if (r.run or "").isdigit() else -1,
+                                          r.run or "", r.bold))
