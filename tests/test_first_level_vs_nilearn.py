@@ -95,7 +95,27 @@ CASES = {
                "design_contrasts": {"AincVcong": "A_incongruent - A_congruent",
                                     "rtB": "B_incongruent_x_response_time + B_congruent_x_response_time"}},
         runs=2, modulators=("response_time",), block="block"),
+    # censoring: nilearn drops the same rows of a design built on every frame (its sample_masks)
+    "ar1_dummy_scans_fd_censoring": dict(entry={"dummy_scans": 3, "fd_threshold": 0.25}, runs=2, modulators=(),
+                                         block=None),
+    "ar1_smoothing": dict(entry={"smoothing_fwhm": 5.0}, runs=2, modulators=(), block=None),
+    "nilearn_estimator": dict(entry={"estimator": "nilearn"}, runs=2, modulators=(), block=None),
 }
+
+
+def _sample_masks(runs, entry):
+    """Kept volumes per run, from the raw confounds table (None when nothing is censored)."""
+    if not entry.get("dummy_scans") and entry.get("fd_threshold") is None:
+        return None
+    out = []
+    for r in runs:
+        fd = pd.read_csv(r["confounds"], sep="\t", na_values="n/a")["framewise_displacement"].to_numpy()
+        keep = np.arange(len(fd)) >= entry.get("dummy_scans", 0)
+        if entry.get("fd_threshold") is not None:
+            keep &= ~(np.nan_to_num(fd) > entry["fd_threshold"])
+        assert 0 < (~keep).sum() < len(keep) // 2
+        out.append(np.flatnonzero(keep))
+    return out
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -110,10 +130,13 @@ def test_z_maps_match_nilearn(dataset, dataset_one_run, tmp_path, case):
 
     mask_img = nb.load(runs[0]["mask"])
     mask = np.asarray(mask_img.dataobj) > 0
+    masks = _sample_masks(runs, cfg["entry"])
+    fwhm = cfg["entry"].get("smoothing_fwhm")
     flm = FirstLevelModel(t_r=2.0, mask_img=mask_img, noise_model=cfg["entry"].get("noise_model", "ar1"),
-                          hrf_model="glover", drift_model="cosine", high_pass=0.01, minimize_memory=True)
+                          hrf_model="glover", drift_model="cosine", high_pass=0.01, smoothing_fwhm=fwhm,
+                          minimize_memory=True)
     flm.fit([str(r["bold"]) for r in runs], events=_nilearn_events(runs, cfg["modulators"], cfg["block"]),
-            confounds=_nilearn_confounds(runs))
+            confounds=_nilearn_confounds(runs), sample_masks=masks)
     contrasts = cfg["entry"].get("design_contrasts", {"incongruentVcongruent": "incongruent - congruent"})
     for name, formula in contrasts.items():
         for stat, kind in (("z", "z_score"), ("t", "stat"), ("effect", "effect_size")):
@@ -122,9 +145,10 @@ def test_z_maps_match_nilearn(dataset, dataset_one_run, tmp_path, case):
             tol = 1e-3 if stat in ("z", "t") else 1e-3 * float(np.abs(np.asarray(theirs.dataobj)).max())
             assert diff < tol, f"{case} {name} {stat}: max |diff| {diff}"
         if cfg["runs"] == 2:  # per-run maps against a one-run nilearn model
-            single = FirstLevelModel(t_r=2.0, mask_img=mask_img, noise_model=flm.noise_model, minimize_memory=True)
+            single = FirstLevelModel(t_r=2.0, mask_img=mask_img, noise_model=flm.noise_model, smoothing_fwhm=fwhm,
+                                     minimize_memory=True)
             single.fit(str(runs[1]["bold"]), events=_nilearn_events(runs, cfg["modulators"], cfg["block"])[1],
-                       confounds=_nilearn_confounds(runs)[1])
+                       confounds=_nilearn_confounds(runs)[1], sample_masks=None if masks is None else masks[1])
             diff = _compare(single.compute_contrast(formula, output_type="z_score"), _ours(out, name, "z", run=2), mask)
             assert diff < 1e-3, f"{case} {name} run-2 z: max |diff| {diff}"
 
