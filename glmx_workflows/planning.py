@@ -162,7 +162,8 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
             if events_files and conditions is not None:
                 # usually the events lack a condition, not the spec a typo: say where the conditions came from
                 source = (f" (events {', '.join(Path(f).name for f in events_files)}, column "
-                          f"'{settings['condition_identifier']}', give conditions: {', '.join(conditions)})")
+                          f"'{settings['condition_identifier']}', give conditions: {', '.join(conditions)}; modulators: "
+                          f"{', '.join(settings['modulators']) or 'none'})")
             raise GlmxError(f"contrast '{name}' names regressor(s) {', '.join(missing)} that the design will not "
                             f"have{source}; regressors: {', '.join(sorted(known))}", file=spec_file,
                             field=f"{where}.design_contrasts.{name}")
