@@ -1,6 +1,85 @@
 """Keys of a task entry read by the group level (merged into ``keys.TASK_KEYS``).
 
 Same shape as ``TASK_KEYS``: ``name: (JSON schema, default, description, example)``.
+(``group_level_regressors`` lives in ``keys.py``.)
 """
 
-GROUP_KEYS = {}
+_P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_METHODS = ["uncorrected", "fdr", "bonferroni", "cluster", "perm_fwe", "perm_cluster_mass", "tfce"]
+
+GROUP_KEYS = {
+    "group_contrasts": (
+        {"type": "object", "additionalProperties": {"type": "string"}}, {},
+        "Group contrasts besides the mean effect (always written, without desc): {name: formula} over the group "
+        "design's columns ('intercept', covariates by name, '<column>_<level>' for groups); a negative weight tests "
+        "the opposite direction. Maps carry desc-<name>.",
+        {"older": "age", "patientVcontrol": "group_patient - group_control"}),
+    "group_smoothing_fwhm": (
+        {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]}, None,
+        "Gaussian smoothing (mm FWHM) of the subject maps before the group fit.", 6),
+    "group_inference": (
+        {"type": "array", "items": {"enum": _METHODS}, "uniqueItems": True}, ["uncorrected", "fdr"],
+        "Thresholded/corrected maps to write: 'uncorrected' (height), 'fdr' (Benjamini-Hochberg), 'bonferroni', "
+        "'cluster' (height + cluster extent), 'perm_fwe' (max-t permutations), 'perm_cluster_mass', 'tfce'.",
+        ["fdr", "perm_fwe", "tfce"]),
+    "group_alpha": (
+        _P, 0.05, "Significance level of the corrected methods (fdr, bonferroni, perm_fwe, perm_cluster_mass, tfce).",
+        0.05),
+    "group_p_threshold": (
+        _P, 0.001, "Uncorrected one-sided p height: the 'uncorrected' and 'cluster' thresholds, the cluster-forming "
+                   "height of 'perm_cluster_mass' and of the cluster tables.", 0.001),
+    "group_z_threshold": (
+        {"anyOf": [{"type": "null"}, {"type": "number"}]}, None,
+        "Height in z instead of group_p_threshold (null: derived from group_p_threshold).", 3.1),
+    "group_cluster_extent": (
+        {"type": "integer", "minimum": 0}, 10,
+        "Smallest cluster (voxels) kept by 'cluster' thresholding and listed in the cluster tables.", 20),
+    "group_n_permutations": (
+        {"type": "integer", "minimum": 1}, 5000,
+        "Permutations (sign flips for a mean, row permutations otherwise) drawn for perm_* and tfce; when there are "
+        "fewer distinct ones, all are enumerated (exact p-values).", 10000),
+    "group_seed": ({"type": "integer", "minimum": 0}, 0,
+                   "Seed of the permutations: the same seed gives the same maps.", 42),
+}
+
+
+def group_settings(entry, **overrides):
+    """The group-level settings of a task entry, with keyword overrides validated like spec values.
+
+    Parameters
+    ----------
+    entry : dict
+        A loaded task entry (``spec.model.load_spec``).
+    **overrides
+        Group keys given in Python or on the command line (None means "not given").
+
+    Returns
+    -------
+    dict
+        Every key of the entry, overrides applied.
+    """
+    import copy
+
+    from ..core.errors import GlmxError
+    from ..core.formula import parse_formula
+    from .model import _check_keys, _check_types
+
+    out = copy.deepcopy(entry)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        where = f"{entry['_task']} (group-level arguments)"
+        allowed = {k: v for k, v in GROUP_KEYS.items()}
+        allowed["group_level_regressors"] = None
+        _check_keys(given, where, entry["_spec_file"], allowed)
+        _check_types(given, where, entry["_spec_file"])
+        out.update(copy.deepcopy(given))
+    for name, formula in out["group_contrasts"].items():
+        if not name.strip():
+            raise GlmxError("group contrast name is empty", file=entry["_spec_file"],
+                            field=f"{entry['_task']}.group_contrasts")
+        try:
+            parse_formula(formula)
+        except GlmxError as exc:
+            raise GlmxError(exc.message, file=entry["_spec_file"],
+                            field=f"{entry['_task']}.group_contrasts.{name}") from None
+    return out

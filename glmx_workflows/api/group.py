@@ -1,0 +1,211 @@
+"""``GroupLevel``: second-level models of a task over the first level's subject maps.
+
+validate the spec → find the subject maps in OUTPUT_DIR and participants.tsv → check every design →
+build the workflow → run it on the engine (same plugins and cache as the first level).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..core import group as cg
+from ..core.errors import GlmxError
+from ..engine import configure, run_workflow
+from ..io.atomic import remove_stale_temporaries
+from ..io.bids import parse_space
+from ..io.derivatives import write_dataset_description
+from ..io.group_inputs import find_subject_maps, read_participants
+from ..spec.group_keys import group_settings
+from ..spec.model import load_spec, normalize_subject, task_entry
+from ..workflows.group_level import init_group_level_wf
+from .subject import check_output_dir, default_spec_path, published_files
+
+LOG = logging.getLogger("glmx_workflows.group")
+_SPACE_ENTITY = {"resolution": "res", "density": "den", "cohort": "cohort"}
+
+
+@dataclass
+class GroupPlan:
+    """What the group level will model: per first-level contrast, its subjects and maps."""
+
+    contrasts: dict
+    excluded: list
+    missing: dict
+    base_entities: dict
+    participants_file: str = None
+    log: list = field(default_factory=list)
+
+
+@dataclass
+class GroupResult:
+    """Outcome of :meth:`GroupLevel.run`: files written, the report, and the log lines."""
+
+    outputs: list
+    report: str
+    log: list
+
+    def summary(self):
+        """Human-readable lines: what was left out, and how many files were written."""
+        return "\n".join(self.log + [f"{len(self.outputs)} file(s) written under "
+                                     f"{Path(self.report).parent if self.report else '?'}; report: {self.report}"])
+
+
+class GroupLevel:
+    """Second-level models of one task over the first level's subject-level maps.
+
+    Parameters
+    ----------
+    task : str
+        Task name (a key of the spec).
+    bids_root : str or Path
+        The raw BIDS dataset (its participants.tsv gives the covariates and groups).
+    spec : str or Path, optional
+        task_information.json (default ``bids_root/task_information.json``).
+    output_dir : str or Path, optional
+        OUTPUT_DIR of the first level (default ``bids_root/derivatives/glmx``); the group outputs go
+        to ``OUTPUT_DIR/group``.
+    work_dir : str or Path, optional
+        Nipype work directory (default ``OUTPUT_DIR`` + ``_work``).
+    contrasts : list of str, optional
+        First-level contrasts to model (default: every contrast with subject maps).
+    participant_label : list of str, optional
+        Subjects to include (default: every subject with maps, less the spec's ``excludes``).
+    **overrides
+        Group keys of the spec for this run: ``group_inference``, ``group_n_permutations``,
+        ``group_seed``, ``group_contrasts``, ``group_level_regressors``, ...
+    """
+
+    def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, contrasts=None,
+                 participant_label=None, **overrides):
+        self.task = task
+        self.bids_root = Path(bids_root)
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.wanted_contrasts = list(contrasts) if contrasts else None
+        self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        self.settings = group_settings(self.entry, **overrides)
+
+    @property
+    def group_dir(self):
+        """``OUTPUT_DIR/group``."""
+        return self.output_dir / "group"
+
+    def z_threshold(self):
+        """The height in z (group_z_threshold, or the z of group_p_threshold)."""
+        return cg.z_threshold(self.settings["group_p_threshold"], self.settings["group_z_threshold"])
+
+    def _dataset_subjects(self):
+        return sorted(p.name[4:] for p in self.bids_root.glob("sub-*") if p.is_dir())
+
+    def plan(self):
+        """Find the maps, decide the subjects of every contrast and check every design.
+
+        Returns
+        -------
+        GroupPlan
+
+        Raises
+        ------
+        GlmxError
+            No maps, an unknown contrast, a subject missing a covariate, a design that cannot be fitted.
+        """
+        space, extra = parse_space(self.settings["space"])
+        extra = {_SPACE_ENTITY[k]: v for k, v in extra.items()}
+        found = find_subject_maps(self.output_dir, self.task, space, extra)
+        shared = found.pop(None)
+        contrasts = list(found)
+        if self.wanted_contrasts:
+            unknown = [c for c in self.wanted_contrasts if c not in found]
+            if unknown:
+                raise GlmxError(f"no subject maps of contrast(s) {', '.join(unknown)}; contrasts found: "
+                                f"{', '.join(contrasts)}", file=self.output_dir, field="--contrast")
+            contrasts = list(self.wanted_contrasts)
+        regressors = list(self.settings["group_level_regressors"])
+        participants, participants_file = read_participants(self.bids_root, required=bool(regressors))
+        excludes = set(self.settings["excludes"])
+        expected = set(self._dataset_subjects()) | {s for c in contrasts for s in found[c]}
+        if self.participant_label:
+            expected &= set(self.participant_label)
+        excluded = sorted(s for s in expected if s in excludes)
+        log = []
+        if excluded:
+            log.append("excluded by the spec (left out of every group model): "
+                       + ", ".join(f"sub-{s}" for s in excluded))
+        chosen, missing = {}, {}
+        for contrast in contrasts:
+            maps = {s: m for s, m in found[contrast].items() if s in expected and s not in excludes}
+            missing[contrast] = sorted(expected - excludes - set(maps))
+            if missing[contrast]:
+                log.append(f"contrast {contrast}: no subject-level stat-effect map for "
+                           + ", ".join(f"sub-{s}" for s in missing[contrast]) + "; left out")
+            subjects = sorted(maps)
+            design, mean = cg.group_design(participants, subjects, regressors,
+                                           source=str(participants_file) if participants is not None else None)
+            cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"], source=str(self.spec_path))
+            chosen[contrast] = {"subjects": subjects, "effect_files": [maps[s]["effect"] for s in subjects],
+                                "variance_files": [maps[s]["variance"] for s in subjects]}
+        for line in log:
+            LOG.info(line)
+        return GroupPlan(contrasts=chosen, excluded=excluded, missing=missing,
+                         base_entities={"task": self.task, **shared},
+                         participants_file=str(participants_file) if participants is not None else None, log=log)
+
+    def workflow(self, plan=None, output_dir=True):
+        """Build the group workflow with its inputs set (not run).
+
+        Parameters
+        ----------
+        plan : GroupPlan, optional
+            From :meth:`plan` (made if omitted).
+        output_dir : bool
+            False builds no sinks and no report (for embedding).
+
+        Returns
+        -------
+        nipype.pipeline.engine.Workflow
+        """
+        plan = plan or self.plan()
+        wf = init_group_level_wf(self.task, list(plan.contrasts), self.settings, self.z_threshold(),
+                                 output_dir=str(self.group_dir.resolve()) if output_dir else None,
+                                 base_entities=plan.base_entities, excluded=plan.excluded,
+                                 name=f"group_{self.task}")
+        for contrast, inputs in plan.contrasts.items():
+            node = wf.get_node(f"contrast_{contrast}").inputs.inputnode
+            node.effect_files = inputs["effect_files"]
+            node.variance_files = inputs["variance_files"]
+            node.subjects = inputs["subjects"]
+            node.participants_file = plan.participants_file
+            node.missing = plan.missing[contrast]
+        return wf
+
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
+        """Fit every group model and write the maps, tables, figures and report under ``OUTPUT_DIR/group``.
+
+        Parameters
+        ----------
+        plugin : str
+            Nipype plugin (Linear, MultiProc, SLURM, SLURMGraph, SGE, SGEGraph).
+        plugin_args : dict, optional
+        n_procs : int, optional
+            Processes for MultiProc.
+
+        Returns
+        -------
+        GroupResult
+        """
+        check_output_dir(self.output_dir, self.bids_root)
+        plan = self.plan()
+        wf = self.workflow(plan)
+        configure(wf, self.work_dir, plugin=plugin)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        remove_stale_temporaries(self.group_dir)
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        graph = run_workflow(wf, plugin, args)
+        outputs = published_files(graph)
+        report = next((f for f in outputs if f.endswith("_report.html")), None)
+        return GroupResult(outputs=outputs, report=report, log=plan.log)
