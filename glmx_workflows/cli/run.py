@@ -29,7 +29,8 @@ def _app_parser():
                     "(each has --help).")
     p.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives outputs are written")
-    p.add_argument("analysis_level", choices=["participant"], help="'participant': first level per subject")
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="'participant': first level per subject; 'group': second level over OUTPUT_DIR's subject maps")
     p.add_argument("--task", required=True, help="task to model (a key of the spec)")
     p.add_argument("--spec", type=Path, help="task_information.json (default: BIDS_DIR/task_information.json)")
     p.add_argument("--derivatives", type=Path,
@@ -50,6 +51,9 @@ def _app_parser():
     p.add_argument("-v", "--verbose", action="store_true", help="show nipype's own log")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"glmx {__version__}")
+    from .group import add_group_arguments
+
+    add_group_arguments(p)
     return p
 
 
@@ -154,6 +158,12 @@ def main(argv=None):
                                "validate": (_validate_parser, _cmd_validate)}[cmd]
             return command(parser().parse_args(argv[1:]))
         args = _app_parser().parse_args(argv)
+        from .group import group_options_given, run_group
+
+        if args.analysis_level == "group":
+            return run_group(args)
+        if group_options_given(args):
+            raise GlmxError(f"{', '.join(group_options_given(args))} apply to the group level only", field="participant")
         return _cmd_participant(args)
     except GlmxError as exc:
         if debug:

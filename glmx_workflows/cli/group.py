@@ -1,0 +1,54 @@
+"""``glmx BIDS_DIR OUTPUT_DIR group --task T``: the group level from the command line."""
+
+import sys
+
+GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm")
+
+
+def add_group_arguments(parser):
+    """Options of the group level (ignored by ``participant``, which refuses them).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    """
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--inference", nargs="+", metavar="METHOD",
+                     choices=["uncorrected", "fdr", "bonferroni", "cluster", "perm_fwe", "perm_cluster_mass", "tfce"],
+                     help="thresholded/corrected maps (default: the spec's group_inference): uncorrected, fdr, "
+                          "bonferroni, cluster, perm_fwe, perm_cluster_mass, tfce")
+    grp.add_argument("--n-permutations", type=int, help="permutations for perm_* and tfce (spec: group_n_permutations)")
+    grp.add_argument("--seed", type=int, help="seed of the permutations (spec: group_seed)")
+    grp.add_argument("--contrast", nargs="+", metavar="NAME",
+                     help="first-level contrasts to model (default: every contrast with subject maps)")
+    grp.add_argument("--group-smoothing-fwhm", type=float, help="smooth subject maps (mm FWHM) before the group fit")
+
+
+def group_options_given(args):
+    """Names of group-only options set on the command line (for refusing them at the participant level)."""
+    return ["--" + name.replace("_", "-") for name in GROUP_ONLY if getattr(args, name, None) is not None]
+
+
+def run_group(args):
+    """Run the group level from parsed arguments; return the exit code.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    int
+    """
+    from ..api.group import GroupLevel
+    from ..engine import parse_plugin_args
+
+    plugin_args = parse_plugin_args(args.plugin_args)
+    group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,
+                       contrasts=args.contrast, participant_label=args.participant_label,
+                       group_inference=args.inference, group_n_permutations=args.n_permutations,
+                       group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm)
+    result = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
+    print(result.summary())
+    sys.stdout.flush()
+    return 0
