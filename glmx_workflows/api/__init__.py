@@ -4,6 +4,7 @@
 Each one validates the spec, finds the inputs, builds the Nipype workflow and runs it.
 """
 
+from .group import GroupLevel
 from .subject import Aggregator, RunReport, Subject
 
-__all__ = ["Subject", "Aggregator", "RunReport"]
+__all__ = ["Subject", "Aggregator", "RunReport", "GroupLevel"]
