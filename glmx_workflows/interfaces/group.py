@@ -442,7 +442,7 @@ class PlotGroup(SimpleInterface):
                           if "scheme" in entry else "")
                 notes.append(f"{label}: {entry['n_significant']} voxel(s) significant{detail}.")
                 path = plot_stat_figures(load_image(entry["z"]), os.path.join(cwd, f"{con['name']}_{label}"),
-                                         threshold=1e-6, title=f"{con['name']}: {label}")[0]
+                                         threshold=1e-6, title=f"{con['name']}: {label}", kinds=("glass",))[0]
                 figures.append({"path": str(path), "caption": f"z map thresholded by {label}"})
             sections.append({"name": con["name"] if not con["desc"] else f"{con['name']} (desc-{con['desc']})",
                              "figures": figures, "clusters": tables.get(con["name"]), "notes": notes})

@@ -23,12 +23,14 @@ def _save(fig, path):
     return Path(path)
 
 
-def _projections(vol):
-    """Signed maximum-|value| projections along each axis, laid side by side (sagittal, coronal, axial)."""
+def _projections(vol, mask):
+    """Signed maximum-|value| projections along each axis, side by side (sagittal, coronal, axial);
+    NaN outside the mask's projection."""
     views = []
     for axis in (0, 1, 2):
         idx = np.abs(vol).argmax(axis=axis)
         proj = np.take_along_axis(vol, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
+        proj = np.where(mask.any(axis=axis), proj, np.nan)
         views.append(np.rot90(proj))
     height = max(v.shape[0] for v in views)
     padded = [np.pad(v, ((0, height - v.shape[0]), (0, 1)), constant_values=np.nan) for v in views]
@@ -64,10 +66,9 @@ def plot_subject_mosaic(Y, mask, subjects, path, title=""):
         ax.axis("off")
     image = None
     for i, sub in enumerate(subjects):
-        vol = np.full(mask.shape, np.nan)
-        vol[mask] = Y[i]
-        proj = _projections(np.nan_to_num(vol))
-        proj[np.isnan(_projections(np.where(mask, 0.0, np.nan)))] = np.nan
+        vol = np.zeros(mask.shape)
+        vol[mask] = np.nan_to_num(Y[i])
+        proj = _projections(vol, mask)
         ax = axes.ravel()[i]
         image = ax.imshow(proj, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
         ax.set_title(f"sub-{sub}", fontsize=8)
@@ -77,7 +78,7 @@ def plot_subject_mosaic(Y, mask, subjects, path, title=""):
     return _save(fig, path)
 
 
-def plot_stat_figures(z_img, out_prefix, threshold=None, title=""):
+def plot_stat_figures(z_img, out_prefix, threshold=None, title="", kinds=("glass", "slices")):
     """A glass brain and axial slices of a z map (thresholded maps: zero below the threshold).
 
     Parameters
@@ -88,6 +89,7 @@ def plot_stat_figures(z_img, out_prefix, threshold=None, title=""):
     threshold : float, optional
         Values with smaller magnitude are not drawn.
     title : str
+    kinds : sequence of {'glass', 'slices'}
 
     Returns
     -------
@@ -107,6 +109,8 @@ def plot_stat_figures(z_img, out_prefix, threshold=None, title=""):
                            ("slices", lambda fig: plotting.plot_stat_map(
                 z_img, display_mode="z", cut_coords=6, bg_img=None, threshold=threshold, vmax=vmax, figure=fig,
                 title=title, colorbar=True))):
+            if kind not in kinds:
+                continue
             fig = plt.figure(figsize=(8, 3))
             display = draw(fig)
             target = Path(f"{out_prefix}_{kind}.png")
