@@ -40,8 +40,8 @@ def _group_file(out, contrast, stat=None, desc=None, suffix="statmap", ext=".nii
 
 
 def _subject_maps(out, contrast, subjects):
-    return [out / f"sub-{s}" / "func" / f"sub-{s}_task-flanker_space-{SPACE}_contrast-{contrast}_stat-effect_statmap.nii.gz"
-            for s in subjects]
+    name = "sub-{s}_task-flanker_space-" + SPACE + "_contrast-" + contrast + "_stat-effect_statmap.nii.gz"
+    return [out / f"sub-{s}" / "func" / name.format(s=s) for s in subjects]
 
 
 def test_cli_group_recovers_planted_effect_with_fwe_and_writes_offline_report(first_level, tmp_path, capsys):

@@ -13,7 +13,7 @@ GROUP_KEYS = {
         "Group contrasts besides the mean effect (always written, without desc): {name: formula} over the group "
         "design's columns ('intercept', covariates by name, '<column>_<level>' for groups); a negative weight tests "
         "the opposite direction. Maps carry desc-<name>.",
-        {"older": "age", "patientVcontrol": "group_patient - group_control"}),
+        {"patientVcontrol": "group_patient - group_control"}),
     "group_smoothing_fwhm": (
         {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]}, None,
         "Gaussian smoothing (mm FWHM) of the subject maps before the group fit.", 6),
@@ -21,7 +21,7 @@ GROUP_KEYS = {
         {"type": "array", "items": {"enum": _METHODS}, "uniqueItems": True}, ["uncorrected", "fdr"],
         "Thresholded/corrected maps to write: 'uncorrected' (height), 'fdr' (Benjamini-Hochberg), 'bonferroni', "
         "'cluster' (height + cluster extent), 'perm_fwe' (max-t permutations), 'perm_cluster_mass', 'tfce'.",
-        ["fdr", "perm_fwe", "tfce"]),
+        ["fdr", "tfce"]),
     "group_alpha": (
         _P, 0.05, "Significance level of the corrected methods (fdr, bonferroni, perm_fwe, perm_cluster_mass, tfce).",
         0.05),
