@@ -165,6 +165,8 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.events = []
+        self.started = time.monotonic()
+        self._last = (-1.0, -1)  # time and tenth of the work of the last line written to a log
 
     def __deepcopy__(self, memo):
         # nipype deep-copies plugin_args into MapNodes; the display must stay one shared object.
@@ -192,28 +194,54 @@ class Progress:
         return max(self.total - self.done - self.failed - len(self.running), 0)
 
     def line(self):
-        return (f"[glmx] nodes: {self.done} done, {len(self.running)} running, {self.pending} pending"
-                + (f", {self.failed} failed" if self.failed else ""))
+        share = 100 * (self.done + self.failed) // max(self.total, 1)
+        return (f"[glmx] {min(share, 100):3d}% nodes: {self.done} done, {len(self.running)} running, "
+                f"{self.pending} pending" + (f", {self.failed} failed" if self.failed else "")
+                + f" ({time.monotonic() - self.started:.0f} s)")
 
     def show(self, final=False):
         if self.stream is None:
             return
-        end = "\n" if final or not self.stream.isatty() else "\r"
-        self.stream.write(self.line() + end)
+        tty = self.stream.isatty()
+        if not (tty or final):
+            # a log file (SLURM job output, CI) gets a line per tenth of the work or per 10 s, not per event
+            now, tenth = time.monotonic(), 10 * (self.done + self.failed) // max(self.total, 1)
+            if tenth == self._last[1] and now - self._last[0] < 10:
+                return
+            self._last = (now, tenth)
+        self.stream.write(self.line() + ("\r" if tty and not final else "\n"))
         self.stream.flush()
 
 
 def count_nodes(wf):
-    """Node executions a run of ``wf`` will report, MapNodes counted by their iterfield length when set."""
+    """Node executions a run of ``wf`` will report to the status callback.
+
+    A MapNode reports each subnode and then itself; identity nodes report nothing. A MapNode whose
+    iterfield comes from another node is counted with the longest list its sub-workflow is given
+    (in glmx every MapNode of a subject iterates over that subject's runs).
+    """
+    from nipype.interfaces.utility import IdentityInterface
     from nipype.pipeline.engine import MapNode
 
+    def lists(node, fields):
+        values = [getattr(node.inputs, f, None) for f in fields]
+        if isinstance(node, MapNode) and not all(isinstance(v, list) for v in values):
+            return []  # some iterfield comes from a connection; what is set is only a default
+        return [len(v) for v in values if isinstance(v, list) and v]
+
+    nodes = list(wf._create_flat_graph().nodes())
+    longest = {}
+    for node in nodes:
+        group = node.fullname.rsplit(".", 1)[0]
+        fields = node.iterfield if isinstance(node, MapNode) else (
+            node.inputs.copyable_trait_names() if isinstance(node.interface, IdentityInterface) else [])
+        longest[group] = max([longest.get(group, 1), *lists(node, fields)])
     total = 0
-    for node in wf._create_flat_graph().nodes():
+    for node in nodes:
         if isinstance(node, MapNode):
-            lengths = [len(v) for f in node.iterfield
-                       if isinstance(v := getattr(node.inputs, f), list)]
-            total += max(lengths) if lengths else 1
-        else:
+            set_lengths = lists(node, node.iterfield)
+            total += (max(set_lengths) if set_lengths else longest[node.fullname.rsplit(".", 1)[0]]) + 1
+        elif not isinstance(node.interface, IdentityInterface):
             total += 1
     return total
 

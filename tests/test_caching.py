@@ -22,9 +22,12 @@ def data(tmp_path_factory):
 def _run(root, out, spec, subjects):
     start = time.time()
     time.sleep(0.01)
-    report = Aggregator(root, "flanker", spec=spec, output_dir=out, work_dir=str(out) + "_work",
-                        participant_label=subjects).run(n_procs=2, progress=False)
+    agg = Aggregator(root, "flanker", spec=spec, output_dir=out, work_dir=str(out) + "_work",
+                     participant_label=subjects)
+    report = agg.run(n_procs=2, progress=False)
     assert report.ok, report.summary()
+    # the progress display knew beforehand how many node executions the engine would report
+    assert agg.progress.done == agg.progress.total and agg.progress.pending == 0
     nodes = executed_nodes(str(out) + "_work", start)
     return {n for n in nodes if any(f"/{m}" in f"/{n}" for m in MODELLING)}
 
