@@ -41,6 +41,11 @@ def test_participant_run_writes_bids_derivatives(small, tmp_path):
     assert (func / "sub-02_task-flanker_run-1_design.tsv").is_file()
     assert (func / "sub-02_task-flanker_run-1_design.svg").is_file()
     assert not list(out.rglob(".tmp-*")), "temporary files left behind"
+    # published files are readable by the lab, not private to the writer (atomic writes go through mkstemp)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in out.rglob("*.nii.gz"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
 @pytest.mark.parametrize("edit, needle", [

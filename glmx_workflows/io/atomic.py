@@ -14,6 +14,16 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+def _read_umask():
+    # read once at import: os.umask can only be read by setting it, which races with other threads
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _owner_tag():
     # host and pid in the name let a later run tell a dead writer's leftovers from a live writer's file
     return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
@@ -33,6 +43,8 @@ def atomic_path(target):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; a published file gets the permissions a plain open() would give it
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

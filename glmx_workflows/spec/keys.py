@@ -73,7 +73,9 @@ TASK_KEYS.update(GROUP_KEYS)
 TASK_KEYS.update(REST_KEYS)
 
 # Keys that make no sense per subject.
-NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors"}
+# group keys act on the whole group, so a per-subject override of them would mean nothing
+NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors"} | {
+    k for k in GROUP_KEYS}
 
 
 def defaults():
