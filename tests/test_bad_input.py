@@ -221,3 +221,48 @@ def test_inputs_never_modified_and_nothing_written_into_raw_bids(base, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     assert before == after
+
+
+GROUP_CASES = {
+    # name: (edit of participants.tsv or spec, substrings of the one line)
+    "covariate_value_missing": (lambda root: _participants(root, lambda t: t.__setitem__("age", "n/a")),
+                                ["participants.tsv", "sub-01", "'age'"]),
+    "covariate_column_missing": (lambda root: _participants(root, lambda t: t.drop(columns="age", inplace=True)),
+                                 ["participants.tsv", "'age'"]),
+}
+
+
+def _participants(root, edit):
+    path = root / "participants.tsv"
+    table = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    edit(table)
+    table.to_csv(path, sep="\t", index=False)
+
+
+@pytest.fixture(scope="module")
+def base_with_maps(base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("group_bad")
+    root = tmp / "bids"
+    shutil.copytree(base, root)
+    out = tmp / "out"
+    proc = _run([str(root), str(out), "participant", "--task", TASK, "--quiet", "--work-dir", str(tmp / "work")], tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, out
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_CASES))
+def test_group_bad_input(base_with_maps, tmp_path, name):
+    root0, out0 = base_with_maps
+    root, out = tmp_path / "bids", tmp_path / "out"
+    shutil.copytree(root0, root)
+    shutil.copytree(out0, out)
+    edit, needles = GROUP_CASES[name]
+    edit(root)
+    proc = _run([str(root), str(out), "group", "--task", TASK, "--quiet", "--work-dir", str(tmp_path / "work")],
+                tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("glmx: error: "), proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not list(out.glob("group/*")), "partial group outputs written"
