@@ -301,12 +301,16 @@ class Aggregator:
         if wf._graph.number_of_nodes():
             try:
                 graph = execute(wf, plugin, args)
-                outputs = published_files(graph)
             except RuntimeError:
-                for crash in new_crash_files(crash_dir, start):
-                    sub = crash_subject(crash, subjects, self.task)
-                    if sub is not None and sub not in failed:
-                        failed[sub] = (crash_reason(crash), crash)
+                graph = None
+            # Graph plugins raise nothing when a job fails: the crash files are the record for all
+            for crash in new_crash_files(crash_dir, start):
+                sub = crash_subject(crash, subjects, self.task)
+                if sub is not None and sub not in failed:
+                    failed[sub] = (crash_reason(crash), crash)
+            if graph is not None and not failed:
+                outputs = published_files(graph)
+            else:
                 outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
         self.progress.show(final=True)
         done = [s for s in subjects if s not in failed]
