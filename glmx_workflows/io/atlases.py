@@ -1,0 +1,250 @@
+"""Atlases for connectivity: labels images, probabilistic maps and coordinate spheres.
+
+The spec's ``atlas`` key is either the name of a coordinate atlas shipped inside nilearn's package
+(``"dosenbach_2010"``, ``"power_2011"``; read from nilearn's installed ``datasets/data`` folder, no
+download) or an object:
+
+- ``{"name": "Schaefer100", "labels_img": "atlas.nii.gz", "labels_tsv": "atlas.tsv"}``: a labels image
+  (integers, 0 = background) with a TSV of ``index`` and ``name`` columns (BIDS dseg.tsv);
+- ``{"name": "MSDL", "maps_img": "maps.nii.gz", "labels_tsv": "maps.tsv"}``: a 4D probabilistic atlas
+  (one volume per region; the TSV is optional, one ``name`` per volume in order);
+- ``{"name": "DMN", "coordinates": "rois.tsv" | "power_2011", "radius": 5}``: spheres around MNI
+  coordinates (TSV/CSV with x, y, z and optionally name columns).
+
+Relative paths are read from the spec file's folder. Image atlases must be on the BOLD grid (the same
+shape and affine): a mismatch is one line naming both files, never a silent resampling.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import GlmxError
+from .images import load_image
+
+PACKAGED = {"dosenbach_2010": "Dosenbach2010", "power_2011": "Power2011"}
+DEFAULT_ATLAS = "dosenbach_2010"
+DEFAULT_RADIUS = 5.0
+
+
+@dataclass
+class Atlas:
+    """Regions of an atlas, ready for :mod:`glmx_workflows.core.connectivity`.
+
+    ``kind`` is 'labels', 'maps' or 'spheres'; ``names`` one label per region; ``centres`` (n, 3) world
+    coordinates for plots; plus ``labels``/``label_values`` (labels), ``maps`` (maps) or
+    ``coords``/``radius`` (spheres). ``source`` names the file(s) the atlas came from.
+    """
+
+    kind: str
+    name: str
+    names: list
+    centres: np.ndarray
+    source: str
+    labels: np.ndarray = None
+    label_values: list = None
+    maps: np.ndarray = None
+    coords: np.ndarray = None
+    radius: float = None
+    networks: list = field(default_factory=list)
+
+
+def seg_label(name):
+    """The atlas name as a BIDS label (letters and digits only)."""
+    label = re.sub(r"[^A-Za-z0-9]", "", str(name))
+    if not label:
+        raise GlmxError(f"atlas name '{name}' has no letter or digit to name the outputs (seg-<name>)",
+                        field="atlas.name")
+    return label
+
+
+def packaged_coordinates_file(key):
+    """Path of a coordinate atlas inside the installed nilearn package (no download)."""
+    import nilearn
+
+    path = Path(nilearn.__file__).parent / "datasets" / "data" / f"{key}.csv"
+    if not path.is_file():
+        raise GlmxError(f"nilearn's package data has no {key}.csv (nilearn {nilearn.__version__})", file=path,
+                        field="atlas")
+    return path
+
+
+def _resolve(path, base):
+    p = Path(path)
+    return p if p.is_absolute() or base is None else Path(base) / p
+
+
+def read_coordinates(path):
+    """x, y, z (and names, networks) of a coordinate table (CSV or TSV, columns case-insensitive).
+
+    Returns
+    -------
+    coords : numpy.ndarray of shape (n, 3)
+    names : list of str
+    networks : list of str
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GlmxError("coordinates file not found", file=path, field="atlas.coordinates")
+    sep = "\t" if path.suffix == ".tsv" else ","
+    try:
+        table = pd.read_csv(path, sep=sep)
+    except Exception as exc:  # pandas raises several types for unreadable tables
+        raise GlmxError(f"coordinates file is not a readable table ({exc})", file=path) from None
+    cols = {str(c).strip().lower(): c for c in table.columns}
+    missing = [a for a in "xyz" if a not in cols]
+    if missing:
+        raise GlmxError(f"coordinates file lacks column(s) {', '.join(missing)}; columns: "
+                        f"{', '.join(map(str, table.columns))}", file=path, field="atlas.coordinates")
+    coords = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(float)
+    if not np.isfinite(coords).all():
+        raise GlmxError("coordinates must be numbers", file=path, field="atlas.coordinates")
+    key = next((cols[k] for k in ("name", "label", "roi", "number") if k in cols), None)
+    base = [str(v) for v in table[key]] if key is not None else [str(i + 1) for i in range(len(table))]
+    # packaged Dosenbach names repeat (e.g. 'inf cerebellum'): prefix the row number so labels are unique
+    names = base if len(set(base)) == len(base) else [f"{i + 1}_{n}" for i, n in enumerate(base)]
+    networks = [str(v) for v in table[cols["network"]]] if "network" in cols else []
+    return coords, names, networks
+
+
+def _read_label_table(path, n=None):
+    table = pd.read_csv(path, sep="\t")
+    cols = {str(c).strip().lower(): c for c in table.columns}
+    if "name" not in cols:
+        raise GlmxError(f"labels TSV needs a 'name' column (and 'index' for a labels image); columns: "
+                        f"{', '.join(map(str, table.columns))}", file=path, field="atlas.labels_tsv")
+    names = [str(v) for v in table[cols["name"]]]
+    index = [int(v) for v in table[cols["index"]]] if "index" in cols else None
+    if n is not None and len(names) != n:
+        raise GlmxError(f"labels TSV has {len(names)} rows but the maps image has {n} volumes", file=path,
+                        field="atlas.labels_tsv")
+    return names, index
+
+
+def _check_grid(img, path, bold_img, bold_path):
+    if tuple(img.shape[:3]) != tuple(bold_img.shape[:3]) or not np.allclose(img.affine, bold_img.affine, atol=1e-3):
+        raise GlmxError(f"atlas grid {tuple(img.shape[:3])} does not match the grid {tuple(bold_img.shape[:3])} of "
+                        f"BOLD {bold_path} (shape and affine must agree; resample the atlas to the BOLD space)",
+                        file=path, field="atlas")
+
+
+def _check_space(space, atlas_space, source, bold_path):
+    if atlas_space and space and str(space).split(":")[0] != atlas_space:
+        raise GlmxError(f"atlas is in space '{atlas_space}' but BOLD {bold_path} is in space '{space}'",
+                        file=source, field="atlas.space")
+
+
+def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
+    """Read the atlas of the spec for one BOLD grid.
+
+    Parameters
+    ----------
+    spec : str, dict or None
+        The ``atlas`` key (None: the default, Dosenbach 2010 spheres).
+    bold_img : nibabel image
+        A BOLD run (its grid is the reference).
+    bold_path : str
+        Its path (for messages).
+    space : str, optional
+        The BOLD's space (coordinate atlases are MNI).
+    base_dir : str or Path, optional
+        Folder against which relative atlas paths are read (the spec file's).
+
+    Returns
+    -------
+    Atlas
+    """
+    spec = DEFAULT_ATLAS if spec is None else spec
+    if isinstance(spec, str):
+        spec = {"coordinates": spec}
+    spec = dict(spec)
+    radius = float(spec.get("radius", DEFAULT_RADIUS))
+    if "coordinates" in spec:
+        ref = spec["coordinates"]
+        path = packaged_coordinates_file(ref) if ref in PACKAGED else _resolve(ref, base_dir)
+        name = seg_label(spec.get("name", PACKAGED.get(ref, Path(str(ref)).name.split(".")[0])))
+        if space and not str(space).startswith("MNI"):
+            raise GlmxError(f"coordinate atlases are in MNI space but BOLD {bold_path} is in space '{space}'",
+                            file=path, field="atlas")
+        coords, names, networks = read_coordinates(path)
+        return Atlas(kind="spheres", name=name, names=names, centres=coords, source=str(path), coords=coords,
+                     radius=radius, networks=networks)
+    if "labels_img" in spec:
+        path = _resolve(spec["labels_img"], base_dir)
+        img = load_image(path, "atlas labels image")
+        _check_grid(img, path, bold_img, bold_path)
+        _check_space(space, spec.get("space"), path, bold_path)
+        data = np.asarray(img.dataobj)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3 or not np.allclose(data, np.round(data)):
+            raise GlmxError("a labels atlas must be a 3D image of integers", file=path, field="atlas.labels_img")
+        labels = np.round(data).astype(int)
+        values = sorted(int(v) for v in np.unique(labels) if v != 0)
+        names = [str(v) for v in values]
+        if spec.get("labels_tsv"):
+            tsv = _resolve(spec["labels_tsv"], base_dir)
+            tnames, index = _read_label_table(tsv)
+            if index is None:
+                raise GlmxError("labels TSV of a labels image needs an 'index' column", file=tsv,
+                                field="atlas.labels_tsv")
+            lookup = dict(zip(index, tnames))
+            unknown = [v for v in values if v not in lookup]
+            if unknown:
+                raise GlmxError(f"labels {unknown[:10]} of {path} are not in the labels TSV", file=tsv,
+                                field="atlas.labels_tsv")
+            names = [lookup[v] for v in values]
+        ijk = [np.argwhere(labels == v).mean(axis=0) for v in values]
+        centres = np.array([img.affine[:3, :3] @ c + img.affine[:3, 3] for c in ijk]).reshape(-1, 3)
+        return Atlas(kind="labels", name=seg_label(spec.get("name", Path(path).name.split(".")[0])), names=names,
+                     centres=centres, source=str(path), labels=labels, label_values=values)
+    if "maps_img" in spec:
+        path = _resolve(spec["maps_img"], base_dir)
+        img = load_image(path, "atlas maps image")
+        if len(img.shape) != 4:
+            raise GlmxError(f"a maps atlas must be 4D (one volume per region), got shape {img.shape}", file=path,
+                            field="atlas.maps_img")
+        _check_grid(img, path, bold_img, bold_path)
+        _check_space(space, spec.get("space"), path, bold_path)
+        maps = np.asarray(img.get_fdata(), dtype=np.float64)
+        names = [str(i + 1) for i in range(maps.shape[3])]
+        if spec.get("labels_tsv"):
+            names, _ = _read_label_table(_resolve(spec["labels_tsv"], base_dir), maps.shape[3])
+        weights = np.abs(maps).reshape(-1, maps.shape[3])
+        ijk = np.indices(maps.shape[:3]).reshape(3, -1).T
+        centres = (weights.T @ ijk) / np.maximum(weights.sum(axis=0)[:, None], 1e-12)
+        centres = centres @ img.affine[:3, :3].T + img.affine[:3, 3]
+        return Atlas(kind="maps", name=seg_label(spec.get("name", Path(path).name.split(".")[0])), names=names,
+                     centres=centres, source=str(path), maps=maps)
+    raise GlmxError("atlas needs one of 'coordinates', 'labels_img' or 'maps_img' (or the name of a packaged "
+                    f"coordinate atlas: {', '.join(PACKAGED)})", field="atlas")
+
+
+def region_signals(atlas, data, affine, mask):
+    """Raw (uncleaned) region series of a 4D array for an atlas.
+
+    Parameters
+    ----------
+    atlas : Atlas
+    data : numpy.ndarray of shape (x, y, z, n_scans)
+    affine : numpy.ndarray of shape (4, 4)
+    mask : numpy.ndarray of bool, shape (x, y, z)
+
+    Returns
+    -------
+    signals : numpy.ndarray of shape (n_scans, n_regions)
+    names : list of str
+        Labels of the returned regions (maps outside the mask are dropped, as nilearn does).
+    """
+    from ..core import connectivity as cc
+
+    if atlas.kind == "labels":
+        signals, _ = cc.labels_signals(data, atlas.labels, mask, atlas.label_values)
+        return signals, list(atlas.names)
+    if atlas.kind == "maps":
+        signals, kept = cc.maps_signals(data, atlas.maps, mask)
+        return signals, [atlas.names[i] for i in kept]
+    return cc.spheres_signals(data, atlas.coords, affine, mask, atlas.radius), list(atlas.names)
