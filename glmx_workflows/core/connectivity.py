@@ -145,7 +145,7 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
     Parameters
     ----------
     signals : numpy.ndarray of shape (n_scans, n_signals)
-        Region or voxel series of the whole run.
+        Region or voxel series of the whole run; all-NaN columns (regions outside the mask) stay NaN.
     confounds : numpy.ndarray or DataFrame of shape (n_scans, n_confounds), optional
     t_r : float
         Repetition time (s).
@@ -165,6 +165,12 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
     from nilearn.signal import clean
 
     signals = np.asarray(signals, dtype=np.float64)
+    missing = np.isnan(signals).all(axis=0)
+    if missing.any():  # regions outside the brain mask stay NaN, the others are cleaned
+        out = denoise(signals[:, ~missing], confounds, t_r, outliers, detrend, high_pass, low_pass, standardize)
+        full = np.full((out.shape[0], signals.shape[1]), np.nan)
+        full[:, ~missing] = out
+        return full
     n = signals.shape[0]
     conf = None
     if confounds is not None and np.asarray(confounds).size:
@@ -266,7 +272,7 @@ def maps_signals(data, maps, mask=None):
     return region.T, kept
 
 
-def sphere_members(coords, affine, mask, radius):
+def sphere_members(coords, affine, mask, radius, allow_empty=False):
     """Voxels of each sphere, as nilearn's NiftiSpheresMasker chooses them.
 
     Parameters
@@ -278,6 +284,8 @@ def sphere_members(coords, affine, mask, radius):
     radius : float or None
         Radius in mm; voxels whose centre is within it (inclusive) belong to the sphere, and the voxel
         nearest to the centre always does when it is in the mask. None: the nearest voxel only.
+    allow_empty : bool
+        Return an empty index array for a sphere outside the mask instead of raising.
 
     Returns
     -------
@@ -287,7 +295,7 @@ def sphere_members(coords, affine, mask, radius):
     Raises
     ------
     GlmxError
-        When a sphere holds no voxel of the mask.
+        When a sphere holds no voxel of the mask (unless ``allow_empty``).
     """
     ijk = np.argwhere(mask)
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
@@ -304,13 +312,13 @@ def sphere_members(coords, affine, mask, radius):
         if not hits:
             empty.append(n)
         members.append(np.array(sorted(hits), dtype=int))
-    if empty:
+    if empty and not allow_empty:
         raise GlmxError(f"{len(empty)} sphere(s) hold no voxel of the brain mask (first: number {empty[0] + 1} at "
                         f"{list(np.asarray(coords, float).reshape(-1, 3)[empty[0]])} mm)", field="atlas")
     return members
 
 
-def spheres_signals(data, coords, affine, mask, radius):
+def spheres_signals(data, coords, affine, mask, radius, allow_empty=False):
     """Mean series of each sphere (nilearn's NiftiSpheresMasker with ``allow_overlap=True``).
 
     Parameters
@@ -320,14 +328,17 @@ def spheres_signals(data, coords, affine, mask, radius):
     affine : numpy.ndarray of shape (4, 4)
     mask : numpy.ndarray of bool, shape (x, y, z)
     radius : float or None
+    allow_empty : bool
+        A sphere outside the mask gives a column of NaN (instead of an error), so that an atlas keeps
+        the same regions, in the same order, for every subject.
 
     Returns
     -------
     numpy.ndarray of shape (n_scans, n_spheres)
     """
     flat = np.asarray(data, dtype=np.float64)[np.asarray(mask, bool)]
-    members = sphere_members(coords, affine, mask, radius)
-    return np.stack([flat[m].mean(axis=0) for m in members], axis=1)
+    members = sphere_members(coords, affine, mask, radius, allow_empty)
+    return np.stack([flat[m].mean(axis=0) if len(m) else np.full(flat.shape[1], np.nan) for m in members], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------- matrices
@@ -364,6 +375,7 @@ def connectivity(timeseries, kind):
     Parameters
     ----------
     timeseries : numpy.ndarray of shape (n_scans, n_regions)
+        All-NaN columns give NaN rows and columns.
     kind : str
         'pearsoncorrelation' (Pearson r), 'partialcorrelation' (from the inverse of the empirical
         covariance), 'covariance' (empirical, maximum likelihood: divided by n_scans) or 'precision'
@@ -374,6 +386,11 @@ def connectivity(timeseries, kind):
     numpy.ndarray of shape (n_regions, n_regions)
     """
     X = np.asarray(timeseries, dtype=np.float64)
+    missing = np.isnan(X).all(axis=0)
+    if missing.any():  # regions without data get NaN rows and columns; the rest is computed without them
+        full = np.full((X.shape[1], X.shape[1]), np.nan)
+        full[np.ix_(~missing, ~missing)] = connectivity(X[:, ~missing], kind)
+        return full
     if X.shape[0] < 3:
         raise GlmxError(f"{X.shape[0]} volumes are too few for a connectivity matrix", field="timeseries")
     Xc = X - X.mean(axis=0)

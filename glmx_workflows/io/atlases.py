@@ -237,7 +237,8 @@ def region_signals(atlas, data, affine, mask):
     -------
     signals : numpy.ndarray of shape (n_scans, n_regions)
     names : list of str
-        Labels of the returned regions (maps outside the mask are dropped, as nilearn does).
+        Labels of the returned regions (maps outside the mask are dropped, as nilearn does; spheres
+        outside it keep a NaN column so that every subject has the same regions).
     """
     from ..core import connectivity as cc
 
@@ -247,4 +248,4 @@ def region_signals(atlas, data, affine, mask):
     if atlas.kind == "maps":
         signals, kept = cc.maps_signals(data, atlas.maps, mask)
         return signals, [atlas.names[i] for i in kept]
-    return cc.spheres_signals(data, atlas.coords, affine, mask, atlas.radius), list(atlas.names)
+    return cc.spheres_signals(data, atlas.coords, affine, mask, atlas.radius, allow_empty=True), list(atlas.names)
