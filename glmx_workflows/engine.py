@@ -87,12 +87,93 @@ def execute(wf, plugin, plugin_args):
     """
     import gc
 
+    args = prepare_plugin(plugin, plugin_args)
     gc.collect()
     gc.freeze()
     try:
-        return wf.run(plugin=plugin, plugin_args=dict(plugin_args or {}))
+        graph = wf.run(plugin=plugin, plugin_args=args)
     finally:
         gc.unfreeze()
+    if plugin.endswith("Graph"):
+        wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", "slurm" if plugin.startswith("SLURM") else "sge",
+                            progress=plugin_args.get("status_callback") if plugin_args else None)
+    return graph
+
+
+CLUSTER_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph")
+
+
+def prepare_plugin(plugin, plugin_args):
+    """Plugin arguments completed for what nipype's cluster plugins need but do not say.
+
+    - nipype's SLURM/SGE plugins read ``os.environ["LOGNAME"]`` (unset in CI containers and some
+      cron/batch shells): it is set from the current user when missing.
+    - the Graph plugins fail on empty arguments and resubmit finished nodes unless told not to:
+      ``dont_resubmit_completed_jobs`` defaults to true, so a rerun submits only what changed.
+    - the Graph plugins cannot report progress: a ``status_callback`` is kept for our own waiting.
+    """
+    import getpass
+
+    args = dict(plugin_args or {})
+    if plugin in CLUSTER_PLUGINS:
+        os.environ.setdefault("LOGNAME", getpass.getuser())
+    if plugin.endswith("Graph"):
+        args.pop("status_callback", None)
+        args.setdefault("dont_resubmit_completed_jobs", True)
+    return args
+
+
+def _queued_jobs(scheduler):
+    """{job name: state} of the current user's queued or running jobs."""
+    import subprocess
+
+    if scheduler == "slurm":
+        out = subprocess.run(["squeue", "-h", "-u", os.environ.get("LOGNAME", ""), "-o", "%j|%T|%r|%i"],
+                             capture_output=True, text=True, timeout=60).stdout
+        jobs = {}
+        for line in out.splitlines():
+            name, state, reason, jobid = line.split("|")
+            jobs[name] = (state, reason, jobid)
+        return jobs
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=60).stdout
+    names = re.findall(r"<JB_name>(.*?)</JB_name>", out)
+    states = re.findall(r"<state>(.*?)</state>", out)
+    ids = re.findall(r"<JB_job_number>(.*?)</JB_job_number>", out)
+    return {n: (s, "", i) for n, s, i in zip(names, states, ids)}
+
+
+def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None):
+    """Block until every job a Graph plugin submitted from ``batch_dir`` has left the queue.
+
+    nipype's SLURMGraph/SGEGraph return as soon as the jobs are submitted; outputs, failures and
+    reruns must wait for them. A job that can never start because a job it depends on failed
+    (Slurm's DependencyNeverSatisfied, Grid Engine's error states) is cancelled; the failure itself
+    is reported through its crash file.
+    """
+    import subprocess
+
+    script = Path(batch_dir) / "submit_jobs.sh"
+    if not script.is_file():
+        return
+    flag = "-J" if scheduler == "slurm" else "-N"
+    names = set(re.findall(rf"\s{flag} (\S+)", script.read_text()))
+    last = None
+    while True:
+        queued = {n: v for n, v in _queued_jobs(scheduler).items() if n in names}
+        if not queued:
+            if progress is not None:
+                progress.done = progress.total
+            return
+        stuck = [jobid for state, reason, jobid in queued.values()
+                 if "DependencyNeverSatisfied" in reason or (scheduler == "sge" and "E" in state)]
+        if stuck:
+            subprocess.run(["scancel" if scheduler == "slurm" else "qdel", *stuck], capture_output=True, timeout=60)
+        if progress is not None and len(queued) != last:
+            last = len(queued)
+            # jobs stand for nodes here: the Graph plugins report nothing else
+            progress.done = round(progress.total * (len(names) - len(queued)) / max(len(names), 1))
+            progress.show()
+        time.sleep(poll)
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):

@@ -14,6 +14,11 @@ INPUT_FIELDS = ["bold_files", "mask_files", "events_files", "confounds_files", "
 OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest", "out_files"]
 
 
+# Nodes sent to the cluster as jobs by the SLURM/SGE plugins; every other node runs in the
+# submitting process (see the end of init_first_level_wf).
+SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects")
+
+
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
                         name="first_level_wf"):
     """Build the first-level workflow of one subject and task.
@@ -131,4 +136,10 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
                 (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
                 (ds_run_maps, gather_outputs, [("out_files", "in2")]),
             ])
+    # On SLURM/SGE each submitted node pays a job's scheduling and a Python start (seconds); nodes
+    # that read only small tables or copy files run in the submitting process instead. The fit and
+    # the contrasts, which read the BOLD run or the fitted model, go to the cluster.
+    for node in wf._graph.nodes():
+        if node.name not in SUBMITTED:
+            node.run_without_submitting = True
     return wf
