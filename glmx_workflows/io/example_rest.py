@@ -37,7 +37,7 @@ def rest_spec_entry(tr=2.0):
         "description": "Resting-state connectivity of the simulated rest runs: Dosenbach 2010 spheres (packaged "
                        "with nilearn), 24P denoising (36P leaves too few degrees of freedom in 120 band-passed "
                        "volumes), band-pass 0.01-0.08 Hz, FD scrubbing at 0.5 mm, Pearson "
-                       "and partial correlation averaged over runs in Fisher z, a PCC seed map.",
+                       "correlation (averaged over runs in Fisher z) and covariance, a PCC seed map.",
         "analysis": "connectivity",
         "tr": float(tr),
         "atlas": "dosenbach_2010",
@@ -45,7 +45,7 @@ def rest_spec_entry(tr=2.0):
         "dummy_scans": 1,
         "fd_threshold": 0.5,
         "min_volumes": 40,
-        "connectivity_kinds": ["pearsoncorrelation", "partialcorrelation"],
+        "connectivity_kinds": ["pearsoncorrelation", "covariance"],
         "run_combination": "average",
         "seeds": {"PCC": [5.0, -50.0, 33.0]},
         "connectivity_group_column": "group",

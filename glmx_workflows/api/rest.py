@@ -1,0 +1,416 @@
+"""``RestingState``: connectivity of one subject; ``RestingStateDataset``: of every subject; ``RestGroup``: the
+group step over OUTPUT_DIR's subject matrices.
+
+validate the spec (the entry must say ``"analysis": "connectivity"``) → find the runs with pybids → build
+the workflow → run it on the engine (same plugins and cache as the GLMs).
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..core.errors import GlmxError
+from ..engine import configure, run_workflow
+from ..io.atomic import remove_stale_temporaries
+from ..io.bids import _one, _tr_from_metadata, list_subjects, open_layout, parse_space
+from ..io.derivatives import write_dataset_description
+from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from ..workflows.rest import init_rest_group_wf, init_rest_wf
+from .subject import RunReport, check_output_dir, default_spec_path, published_files
+
+_RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
+_SPACE_ENTITY = {"res": "res", "den": "den", "cohort": "cohort"}
+
+
+@dataclass
+class RestRun:
+    """Files and facts of one preprocessed rest run."""
+
+    bold: str
+    mask: str
+    confounds: str
+    tr: float
+    entities: dict
+    extra: dict
+
+
+def _check_connectivity(entry, task, spec_path):
+    if entry.get("analysis") != "connectivity":
+        raise GlmxError(f"task '{task}' is not a connectivity analysis; add \"analysis\": \"connectivity\" to its "
+                        "entry", file=spec_path, field=f"{task}.analysis")
+    for name in entry.get("seeds", {}):
+        if not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise GlmxError(f"seed name '{name}' must be letters and digits only (it becomes desc-{name})",
+                            file=spec_path, field=f"{task}.seeds")
+
+
+def find_rest_runs(layout, subject, task, space, tr=None):
+    """Every preprocessed run of a subject for a connectivity task (no events needed).
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    subject, task : str
+    space : str
+        fmriprep space, optionally with modifiers.
+    tr : float, optional
+        The spec's TR (else the sidecar's).
+
+    Returns
+    -------
+    list of RestRun
+        Sorted by session and run.
+    """
+    from bids.layout import Query
+
+    if subject not in layout.get_subjects():
+        raise GlmxError(f"subject 'sub-{subject}' not found in the dataset", file=layout.root, field=f"sub-{subject}")
+    space_name, extra = parse_space(space)
+    bolds = layout.get(subject=subject, task=task, suffix="bold", desc="preproc", space=space_name,
+                       extension=[".nii.gz", ".nii"], scope="derivatives", **extra)
+    if not bolds:
+        raise GlmxError(f"no preprocessed BOLD for task '{task}' in space '{space}'", file=layout.root,
+                        field=f"sub-{subject}")
+    runs = []
+    for bf in bolds:
+        ent = bf.get_entities()
+        run_ent = {k: ent[k] for k in _RUN_ENTITIES if k in ent}
+        null = {k: Query.NONE for k in _RUN_ENTITIES if k not in run_ent}
+        img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
+        mask = _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
+                    extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent, **null)
+        confounds = _one(layout, "confounds", bf.path, subject=subject, desc="confounds",
+                         suffix=["timeseries", "regressors"], extension=".tsv", scope="derivatives", **run_ent,
+                         **null)
+        for what, path in (("brain mask", mask), ("confounds", confounds)):
+            if path is None:
+                raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
+        meta_tr, source = _tr_from_metadata(layout, bf.path, None)
+        if tr is not None and meta_tr is not None and abs(float(tr) - meta_tr) > 1e-3:
+            raise GlmxError(f"spec tr {tr} differs from RepetitionTime {meta_tr} of {source}", file=bf.path,
+                            field="tr")
+        use_tr = float(tr) if tr is not None else meta_tr
+        if use_tr is None:
+            raise GlmxError("no TR: set 'tr' in the spec or RepetitionTime in the sidecar", file=bf.path, field="tr")
+        entities = {"ses": str(ent["session"]) if "session" in ent else None,
+                    "run": str(ent["run"]) if "run" in ent else None}
+        runs.append(RestRun(bold=bf.path, mask=mask, confounds=confounds, tr=use_tr,
+                            entities={k: v for k, v in entities.items() if v is not None},
+                            extra={k: str(ent[k]) for k in ("res", "den", "cohort") if k in ent}))
+    runs.sort(key=lambda r: (r.entities.get("ses", ""), int(r.entities.get("run", "0"))
+                             if r.entities.get("run", "0").isdigit() else 0, r.bold))
+    if len({r.tr for r in runs}) > 1:
+        raise GlmxError(f"runs have different TRs ({sorted({r.tr for r in runs})})", file=runs[0].bold, field="tr")
+    return runs
+
+
+class RestingState:
+    """Resting-state connectivity of one subject.
+
+    Parameters
+    ----------
+    sub_id : str
+        Subject label, with or without 'sub-'.
+    task : str
+        Task name (default 'rest'); its spec entry must say ``"analysis": "connectivity"``.
+    bids_root : str or Path
+        The raw BIDS dataset.
+    spec : str or Path, optional
+        task_information.json (default ``bids_root/task_information.json``).
+    derivatives : str or Path, optional
+        fmriprep derivatives folder.
+    output_dir : str or Path, optional
+        OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
+    work_dir : str or Path, optional
+        Nipype work directory (default ``OUTPUT_DIR`` + ``_work``).
+    **overrides
+        Spec keys for this subject: ``atlas``, ``confound_preset``, ``fd_threshold``, ``band_pass``, ...
+    """
+
+    def __init__(self, sub_id, task="rest", bids_root=None, spec=None, derivatives=None, output_dir=None,
+                 work_dir=None, **overrides):
+        if bids_root is None:
+            raise GlmxError("bids_root is required", field="bids_root")
+        self.sub_id = normalize_subject(sub_id)
+        self.task = task
+        self.bids_root = Path(bids_root)
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.derivatives = derivatives
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        _check_connectivity(self.entry, task, self.spec_path)
+        self.settings = subject_settings(self.entry, self.sub_id, **overrides)
+        self._layout = None
+
+    @property
+    def layout(self):
+        """The pybids layout (indexed on first use)."""
+        if self._layout is None:
+            self._layout = open_layout(self.bids_root, self.derivatives)
+        return self._layout
+
+    def runs(self):
+        """The subject's runs (:class:`RestRun`)."""
+        return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], self.settings["tr"])
+
+    def workflow(self, runs=None, output_dir=True):
+        """Build the subject's workflow with its inputs set (not run).
+
+        Parameters
+        ----------
+        runs : list of RestRun, optional
+        output_dir : bool
+            False builds no sinks and no report (for embedding).
+
+        Returns
+        -------
+        nipype.pipeline.engine.Workflow
+        """
+        runs = runs or self.runs()
+        space, _ = parse_space(self.settings["space"])
+        base = {"sub": self.sub_id, "task": self.task, "space": space, **runs[0].extra}
+        wf = init_rest_wf(self.settings, runs[0].tr, self.sub_id, self.task,
+                          output_dir=str(self.output_dir.resolve()) if output_dir else None, base_entities=base,
+                          name=f"sub_{self.sub_id}_{self.task}")
+        node = wf.inputs.inputnode
+        node.bold_files = [r.bold for r in runs]
+        node.mask_files = [r.mask for r in runs]
+        node.confounds_files = [r.confounds for r in runs]
+        node.run_entities = [dict(r.entities) for r in runs]
+        node.subject = self.sub_id
+        return wf
+
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
+        """Denoise, extract, compute the matrices and write them (and the report) under OUTPUT_DIR.
+
+        Parameters
+        ----------
+        plugin : str
+            Nipype plugin.
+        plugin_args : dict, optional
+        n_procs : int, optional
+
+        Returns
+        -------
+        list of str
+            Files written.
+        """
+        check_output_dir(self.output_dir, self.bids_root)
+        wf = self.workflow()
+        configure(wf, self.work_dir, plugin=plugin)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        remove_stale_temporaries(self.output_dir)
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        return published_files(run_workflow(wf, plugin, args))
+
+
+class RestingStateDataset:
+    """Connectivity of every subject of a task as one workflow (a failing subject does not stop the others).
+
+    Parameters
+    ----------
+    bids_root : str or Path
+    task : str
+    spec, derivatives, output_dir, work_dir
+        As for :class:`RestingState`.
+    participant_label : list of str, optional
+        Subjects to run (default: every subject not in ``excludes``).
+    """
+
+    def __init__(self, bids_root, task="rest", spec=None, derivatives=None, output_dir=None, work_dir=None,
+                 participant_label=None):
+        self.bids_root = Path(bids_root)
+        self.task = task
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.derivatives = derivatives
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.participant_label = participant_label
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        _check_connectivity(self.entry, task, self.spec_path)
+        self.layout = open_layout(self.bids_root, derivatives)
+
+    def subjects(self):
+        """(subjects to run, subjects excluded by the spec)."""
+        available = list_subjects(self.layout)
+        if self.participant_label:
+            wanted = [normalize_subject(s) for s in self.participant_label]
+            missing = [s for s in wanted if s not in available]
+            if missing:
+                raise GlmxError(f"subject(s) {', '.join('sub-' + s for s in missing)} not found in the dataset",
+                                file=self.bids_root, field="--participant-label")
+        else:
+            wanted = available
+        excluded = [s for s in wanted if s in self.entry["excludes"]]
+        return [s for s in wanted if s not in excluded], excluded
+
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
+        """Run every subject.
+
+        Parameters
+        ----------
+        plugin : str
+        plugin_args : dict, optional
+        n_procs : int, optional
+        progress : bool
+            Show progress on stderr.
+
+        Returns
+        -------
+        RunReport
+        """
+        import time
+
+        from nipype.pipeline import engine as pe
+
+        from ..engine import Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
+
+        check_output_dir(self.output_dir, self.bids_root)
+        subjects, excluded = self.subjects()
+        parent = pe.Workflow(name=f"glmx_{self.task}")
+        failed = {}
+        for sub in subjects:
+            try:
+                rs = RestingState(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
+                                  output_dir=self.output_dir, work_dir=self.work_dir)
+                rs._layout = self.layout
+                parent.add_nodes([rs.workflow()])
+            except GlmxError as exc:
+                if len(subjects) == 1:
+                    raise
+                failed[sub] = (exc.one_line(), None)
+        crash_dir = configure(parent, self.work_dir, plugin=plugin)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        progress_bar = Progress(count_nodes(parent), stream="stderr" if progress else None)
+        args.setdefault("status_callback", progress_bar)
+        remove_stale_temporaries(self.output_dir)
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        start = time.time()
+        outputs = []
+        if parent._graph.number_of_nodes():
+            try:
+                outputs = published_files(execute(parent, plugin, args))
+            except RuntimeError:
+                pass
+            for crash in new_crash_files(crash_dir, start):
+                sub = crash_subject(crash, subjects, self.task)
+                if sub is not None and sub not in failed:
+                    failed[sub] = (crash_reason(crash), crash)
+            if failed:
+                outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
+        progress_bar.show(final=True)
+        return RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+
+
+class RestGroup:
+    """Group step of a connectivity task over OUTPUT_DIR's subject-level matrices.
+
+    Parameters
+    ----------
+    task : str
+    bids_root : str or Path
+        The raw dataset (participants.tsv gives the groups).
+    spec, output_dir, work_dir
+        As for :class:`RestingState`.
+    participant_label : list of str, optional
+    """
+
+    def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, participant_label=None):
+        self.task = task
+        self.bids_root = Path(bids_root)
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        _check_connectivity(self.entry, task, self.spec_path)
+
+    def inputs(self):
+        """Subjects with a Pearson matrix, their matrices, time series and groups; and the atlas name.
+
+        Returns
+        -------
+        dict
+        """
+        from ..io.atlases import PACKAGED, seg_label
+
+        atlas = self.entry["atlas"]
+        name = seg_label(PACKAGED[atlas]) if isinstance(atlas, str) else seg_label(atlas.get("name", "")) if \
+            atlas.get("name") else None
+        space, _ = parse_space(self.entry["space"])
+        pattern = f"sub-*/**/sub-*_task-{self.task}*_space-{space}*_seg-*_stat-pearsoncorrelation_relmat.tsv"
+        found = {}
+        for path in sorted(self.output_dir.glob(pattern)):
+            ent = dict(part.split("-", 1) for part in path.name.split("_")[:-1] if "-" in part)
+            if name and ent.get("seg") != name:
+                continue
+            name = name or ent.get("seg")
+            found.setdefault(ent["sub"], {"runs": [], "subject": None})
+            if "run" in ent:
+                found[ent["sub"]]["runs"].append(path)
+            else:
+                found[ent["sub"]]["subject"] = path
+        excluded = set(self.entry["excludes"])
+        subjects = sorted(s for s in found if s not in excluded and (not self.participant_label or
+                                                                     s in self.participant_label))
+        if len(subjects) < 2:
+            raise GlmxError(f"the group step needs subject-level matrices of at least two subjects; found "
+                            f"{len(subjects)} under {self.output_dir} (run the participant level first)",
+                            file=self.output_dir, field=self.task)
+        matrices, series = [], []
+        for s in subjects:
+            rec = found[s]
+            if rec["subject"] is None and len(rec["runs"]) != 1:
+                raise GlmxError(f"sub-{s} has per-run matrices but no subject-level one (run_combination "
+                                "'separate'); the group step needs 'average' or 'concatenate'", file=self.output_dir)
+            mat = rec["subject"] or rec["runs"][0]
+            matrices.append(str(mat))
+            ts = sorted(str(p) for p in mat.parent.glob(f"sub-{s}_task-{self.task}*_run-*_space-{space}*"
+                                                        f"_seg-{name}_stat-mean_timeseries.tsv"))
+            if not ts:
+                ts = sorted(str(p) for p in mat.parent.glob(f"sub-{s}_task-{self.task}*_space-{space}*_seg-{name}"
+                                                            "_stat-mean_timeseries.tsv"))
+            series.append(ts)
+        groups = []
+        column = self.entry["connectivity_group_column"]
+        if column:
+            from ..io.group_inputs import read_participants
+
+            table, source = read_participants(self.bids_root, required=True)
+            if column not in table.columns:
+                raise GlmxError(f"column '{column}' not in participants.tsv", file=source,
+                                field="connectivity_group_column")
+            lookup = {normalize_subject(p): v for p, v in zip(table["participant_id"], table[column])}
+            missing = [s for s in subjects if s not in lookup or str(lookup[s]) in ("nan", "n/a", "")]
+            if missing:
+                raise GlmxError(f"no '{column}' value for {', '.join('sub-' + s for s in missing)}", file=source,
+                                field="connectivity_group_column")
+            groups = [str(lookup[s]) for s in subjects]
+        return {"subjects": subjects, "matrix_files": matrices, "timeseries_files": series, "groups": groups,
+                "atlas": name, "space": space}
+
+    def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
+        """Write the group matrices under ``OUTPUT_DIR/group``.
+
+        Returns
+        -------
+        list of str
+            Files written.
+        """
+        inputs = self.inputs()
+        wf = init_rest_group_wf(self.task, inputs["atlas"], str((self.output_dir / "group").resolve()),
+                                {"task": self.task, "space": inputs["space"]}, alpha=self.entry["group_alpha"],
+                                name=f"group_{self.task}")
+        for key in ("matrix_files", "timeseries_files", "subjects", "groups"):
+            setattr(wf.inputs.inputnode, key, inputs[key])
+        configure(wf, self.work_dir, plugin=plugin)
+        args = dict(plugin_args or {})
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        return published_files(run_workflow(wf, plugin, args))

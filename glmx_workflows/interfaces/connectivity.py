@@ -1,0 +1,336 @@
+"""Resting-state steps: denoise_run (per run), compute_connectivity (per subject), rest_report and
+rest_group.
+
+Files travel between nodes; what is published is listed in JSON manifests ``[{path, entities, suffix}]``
+that the ``ds_*`` sinks copy under OUTPUT_DIR with BIDS-Derivatives names (xcp_d's: ``seg-<atlas>``,
+``stat-<kind>``, ``_timeseries``, ``_relmat``, ``_boldmap``, ``_outliers``).
+"""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
+                                    traits)
+
+from ..core import connectivity as cc
+from ..core.errors import GlmxError
+from ..io.atlases import load_atlas, region_signals
+from ..io.atomic import write_text
+from ..io.images import load_image, load_mask, unmask, write_image
+from ..io.tables import read_tsv, write_tsv
+
+
+def _write_json(cwd, name, obj):
+    return str(write_text(os.path.join(cwd, name), json.dumps(obj, indent=1)))
+
+
+def _read_json(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_matrix(matrix, labels, path):
+    """A square matrix as TSV with the labels as header and index (n/a for NaN)."""
+    frame = pd.DataFrame(np.asarray(matrix, float), index=list(labels), columns=list(labels))
+    frame.index.name = "region"
+    return write_tsv(frame, path, index=True)
+
+
+def read_matrix(path):
+    """(matrix, labels) of a relmat TSV written by :func:`write_matrix`."""
+    frame = read_tsv(path, "connectivity matrix").set_index("region")
+    return frame.to_numpy(float), [str(c) for c in frame.columns]
+
+
+def read_timeseries(path):
+    """(array of shape (n_volumes, n_regions), labels) of a timeseries TSV."""
+    frame = read_tsv(path, "time series")
+    return frame.to_numpy(float), [str(c) for c in frame.columns]
+
+
+def _tag(entities):
+    return "_".join(f"{k}-{v}" for k, v in sorted(entities.items())) or "single"
+
+
+# ----------------------------------------------------------------------------------------------- denoise_run
+
+
+class DenoiseRunInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D)")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
+    confounds_file = File(exists=True, mandatory=True, desc="fmriprep desc-confounds_timeseries.tsv")
+    run_entities = traits.Dict(traits.Str, traits.Str, usedefault=True, desc="ses/run entities of this run")
+    atlas = traits.Str(mandatory=True, desc="the spec's atlas key, as JSON")
+    atlas_base_dir = traits.Str("", usedefault=True, desc="folder of relative atlas paths (the spec's)")
+    space = traits.Str("", usedefault=True, desc="space of the BOLD (coordinate atlases and seeds are MNI)")
+    tr = traits.Float(mandatory=True, desc="repetition time (s)")
+    dummy_scans = traits.Int(0, usedefault=True, desc="leading volumes cut off")
+    fd_threshold = traits.Either(None, traits.Float, usedefault=True, desc="FD scrubbing threshold (mm)")
+    min_volumes = traits.Int(50, usedefault=True, desc="fewest volumes a run may keep")
+    confound_preset = traits.Either(None, traits.Str, usedefault=True, desc="24P, 36P, aCompCor, 6P or None")
+    confound_regressors = traits.List(traits.Str, usedefault=True, desc="extra confound column patterns")
+    detrend = traits.Bool(True, usedefault=True, desc="linear detrending")
+    high_pass = traits.Either(None, traits.Float, usedefault=True, desc="high-pass edge (Hz)")
+    low_pass = traits.Either(None, traits.Float, usedefault=True, desc="low-pass edge (Hz)")
+    standardize = traits.Bool(True, usedefault=True, desc="z-score the cleaned series")
+    seeds = traits.Dict(traits.Str, traits.List(traits.Float), usedefault=True, desc="{name: [x, y, z]} MNI mm")
+    seed_radius = traits.Float(6.0, usedefault=True, desc="seed sphere radius (mm)")
+
+
+class DenoiseRunOutputSpec(TraitedSpec):
+    timeseries_file = File(exists=True, desc="denoised region series TSV (labels as header)")
+    outliers_file = File(exists=True, desc="per-volume censoring TSV")
+    regions_file = File(exists=True, desc="TSV of region name, x, y, z (centres) and network")
+    seeds_file = File(exists=True, desc="JSON {seed: Fisher-z map NIfTI} of this run")
+    manifest_file = File(exists=True, desc="run-level outputs to publish")
+
+
+class DenoiseRun(SimpleInterface):
+    """Cut dummy scans, scrub by FD, extract region series, clean them (and the seed maps) as nilearn does."""
+
+    input_spec = DenoiseRunInputSpec
+    output_spec = DenoiseRunOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        img = load_image(inp.bold_file, "BOLD run")
+        if len(img.shape) != 4:
+            raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
+        mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
+        table = read_tsv(inp.confounds_file, "confounds file")
+        n = img.shape[3]
+        if len(table) != n:
+            raise GlmxError(f"{len(table)} rows but the BOLD run has {n} volumes", file=inp.confounds_file)
+        fd = None
+        if inp.fd_threshold is not None:
+            if "framewise_displacement" not in table.columns:
+                raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
+                                file=inp.confounds_file, field="framewise_displacement")
+            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
+        elif "framewise_displacement" in table.columns:
+            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
+        outliers = cc.censoring(n, inp.dummy_scans, fd, inp.fd_threshold, inp.min_volumes, source=inp.confounds_file)
+        confounds = cc.select_rest_confounds(table, inp.confound_preset, inp.confound_regressors,
+                                             source=inp.confounds_file)
+        clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,
+                     low_pass=inp.low_pass, standardize=inp.standardize)
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+        atlas = load_atlas(json.loads(inp.atlas), img, inp.bold_file, space=inp.space or None,
+                           base_dir=inp.atlas_base_dir or None)
+        raw, names = region_signals(atlas, data, img.affine, mask)
+        series = cc.denoise(raw, confounds, **clean)
+        cwd = runtime.cwd
+        ts_path = os.path.join(cwd, "timeseries.tsv")
+        write_tsv(pd.DataFrame(series, columns=names), ts_path)
+        out_path = os.path.join(cwd, "outliers.tsv")
+        write_tsv(outliers, out_path)
+        keep = [atlas.names.index(nm) for nm in names]
+        regions = pd.DataFrame({"name": names, "x": atlas.centres[keep, 0], "y": atlas.centres[keep, 1],
+                                "z": atlas.centres[keep, 2],
+                                "network": [atlas.networks[i] for i in keep] if atlas.networks else "n/a"})
+        reg_path = os.path.join(cwd, "regions.tsv")
+        write_tsv(regions, reg_path)
+        run_ent = dict(inp.run_entities)
+        manifest = [{"path": ts_path, "suffix": "timeseries", "entities": {**run_ent, "seg": atlas.name, "stat": "mean"}},
+                    {"path": out_path, "suffix": "outliers", "entities": {**run_ent, "space": ""}}]
+        seeds = {}
+        if inp.seeds:
+            if inp.space and not inp.space.startswith("MNI"):
+                raise GlmxError(f"seeds are MNI coordinates but the BOLD is in space '{inp.space}'",
+                                file=inp.bold_file, field="seeds")
+            voxels = cc.denoise(data[mask].T, confounds, **clean)
+            for name, xyz in sorted(inp.seeds.items()):
+                seed = cc.denoise(cc.spheres_signals(data, [xyz], img.affine, mask, inp.seed_radius), confounds,
+                                  **clean)
+                path = os.path.join(cwd, f"seed_{name}.nii.gz")
+                write_image(unmask(cc.seed_map(voxels, seed[:, 0]).astype(np.float32), mask, img.affine), path)
+                seeds[name] = path
+                manifest.append({"path": path, "suffix": "boldmap", "entities": {**run_ent, "desc": name,
+                                                                                "stat": "z"}})
+        self._results.update(timeseries_file=ts_path, outliers_file=out_path, regions_file=reg_path,
+                             seeds_file=_write_json(cwd, "seeds.json", {"atlas": atlas.name, "maps": seeds}),
+                             manifest_file=_write_json(cwd, "manifest.json", manifest))
+        return runtime
+
+
+# -------------------------------------------------------------------------------------- compute_connectivity
+
+
+class ComputeConnectivityInputSpec(BaseInterfaceInputSpec):
+    timeseries_files = InputMultiObject(File(exists=True), mandatory=True, desc="denoised series, one per run")
+    seeds_files = InputMultiObject(File(exists=True), mandatory=True, desc="seeds JSON, one per run")
+    run_entities = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True, desc="per run, same order")
+    kinds = traits.List(traits.Str, mandatory=True, desc="connectivity kinds")
+    run_combination = traits.Enum(*cc.RUN_COMBINATIONS, usedefault=True, desc="average, concatenate or separate")
+
+
+class ComputeConnectivityOutputSpec(TraitedSpec):
+    matrices_file = File(exists=True, desc="JSON list of {kind, level, path} (level: run tag or 'subject')")
+    manifest_file = File(exists=True, desc="matrices (and combined series/seed maps) to publish")
+
+
+class ComputeConnectivity(SimpleInterface):
+    """Per-run matrices, and the subject-level matrix (average in Fisher z, or of the concatenated series)."""
+
+    input_spec = ComputeConnectivityInputSpec
+    output_spec = ComputeConnectivityOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        if len(inp.timeseries_files) != len(inp.run_entities):
+            raise GlmxError("one run_entities entry per time series file is needed", field="run_entities")
+        atlas = _read_json(inp.seeds_files[0])["atlas"]
+        runs = [read_timeseries(f) for f in inp.timeseries_files]
+        labels = runs[0][1]
+        if any(r[1] != labels for r in runs):
+            raise GlmxError("runs have different regions; one atlas and one mask grid are needed for all runs",
+                            file=inp.timeseries_files[0])
+        cwd = runtime.cwd
+        manifest, matrices = [], []
+        several = len(runs) > 1
+
+        def add(matrix, kind, ent, level):
+            path = os.path.join(cwd, f"{level}_{kind}.tsv")
+            write_matrix(matrix, labels, path)
+            manifest.append({"path": path, "suffix": "relmat", "entities": {**ent, "seg": atlas, "stat": kind}})
+            matrices.append({"kind": kind, "level": level, "path": path})
+
+        per_run = {k: [] for k in inp.kinds}
+        for (series, _), ent in zip(runs, inp.run_entities):
+            for kind in inp.kinds:
+                m = cc.connectivity(series, kind)
+                per_run[kind].append(m)
+                if inp.run_combination != "concatenate" or not several:
+                    add(m, kind, dict(ent), _tag(ent))
+        if several and inp.run_combination == "average":
+            for kind in inp.kinds:
+                add(cc.average_matrices(per_run[kind], kind), kind, {}, "subject")
+        if several and inp.run_combination == "concatenate":
+            joined = np.concatenate([s for s, _ in runs], axis=0)
+            path = os.path.join(cwd, "concatenated_timeseries.tsv")
+            write_tsv(pd.DataFrame(joined, columns=labels), path)
+            manifest.append({"path": path, "suffix": "timeseries", "entities": {"seg": atlas, "stat": "mean"}})
+            for kind in inp.kinds:
+                add(cc.connectivity(joined, kind), kind, {}, "subject")
+        seed_runs = [_read_json(f)["maps"] for f in inp.seeds_files]
+        if several and inp.run_combination != "separate":
+            for name in sorted(seed_runs[0]):
+                imgs = [load_image(s[name], "seed map") for s in seed_runs]
+                mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
+                path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
+                import nibabel as nb
+
+                write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
+                manifest.append({"path": path, "suffix": "boldmap", "entities": {"desc": name, "stat": "z"}})
+        self._results["matrices_file"] = _write_json(cwd, "matrices.json", matrices)
+        self._results["manifest_file"] = _write_json(cwd, "manifest.json", manifest)
+        return runtime
+
+
+# ------------------------------------------------------------------------------------------------ rest_report
+
+
+class RestReportInputSpec(BaseInterfaceInputSpec):
+    matrices_file = File(exists=True, mandatory=True, desc="from compute_connectivity")
+    regions_file = File(exists=True, mandatory=True, desc="region names and centres")
+    outliers_files = InputMultiObject(File(exists=True), mandatory=True, desc="per-run censoring tables")
+    run_entities = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True, desc="per run")
+    subject = traits.Str(mandatory=True, desc="subject label")
+    task = traits.Str(mandatory=True, desc="task")
+    settings = traits.Str("{}", usedefault=True, desc="the denoising settings, as JSON (shown in the report)")
+
+
+class RestReportOutputSpec(TraitedSpec):
+    manifest_file = File(exists=True, desc="the HTML report to publish")
+
+
+class RestReport(SimpleInterface):
+    """Matrix figures, a glass-brain connectome and a self-contained HTML page for one subject."""
+
+    input_spec = RestReportInputSpec
+    output_spec = RestReportOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..reports.rest import subject_report
+
+        inp = self.inputs
+        matrices = []
+        for item in _read_json(inp.matrices_file):
+            m, labels = read_matrix(item["path"])
+            matrices.append((item["kind"], item["level"], m, labels))
+        regions = read_tsv(inp.regions_file, "regions table")
+        outliers = [(_tag(e), read_tsv(f, "outliers table")) for f, e in zip(inp.outliers_files, inp.run_entities)]
+        path = os.path.join(runtime.cwd, "report.html")
+        subject_report(path, inp.subject, inp.task, matrices, regions, outliers, json.loads(inp.settings),
+                       runtime.cwd)
+        self._results["manifest_file"] = _write_json(runtime.cwd, "manifest.json", [
+            {"path": path, "suffix": "report", "entities": {"space": "", "desc": "connectivity"}}])
+        return runtime
+
+
+# ------------------------------------------------------------------------------------------------- rest_group
+
+
+class RestGroupInputSpec(BaseInterfaceInputSpec):
+    matrix_files = InputMultiObject(File(exists=True), mandatory=True,
+                                    desc="subject-level pearsoncorrelation relmats, one per subject")
+    timeseries_files = traits.List(traits.List(File(exists=True)), mandatory=True,
+                                   desc="per subject, its denoised series (concatenated for the tangent space)")
+    subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, same order")
+    groups = traits.List(traits.Str, usedefault=True, desc="group of each subject (empty: no comparison)")
+    alpha = traits.Float(0.05, usedefault=True, desc="FDR level of the edge comparison")
+    atlas = traits.Str(mandatory=True, desc="atlas name (seg entity)")
+
+
+class RestGroupOutputSpec(TraitedSpec):
+    manifest_file = File(exists=True, desc="group matrices to publish")
+
+
+class RestGroup(SimpleInterface):
+    """Group mean (Fisher z), tangent-space mean of the subjects, two-group edge comparison with FDR."""
+
+    input_spec = RestGroupInputSpec
+    output_spec = RestGroupOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        cwd = runtime.cwd
+        mats = [read_matrix(f) for f in inp.matrix_files]
+        labels = mats[0][1]
+        if any(m[1] != labels for m in mats):
+            raise GlmxError("subjects' matrices have different regions", file=inp.matrix_files[0])
+        z = np.stack([cc.fisher_z(m) for m, _ in mats])
+        manifest = []
+
+        def add(matrix, stat, desc, name):
+            path = os.path.join(cwd, name + ".tsv")
+            write_matrix(matrix, labels, path)
+            manifest.append({"path": path, "suffix": "relmat", "entities": {"seg": inp.atlas, "stat": stat,
+                                                                           "desc": desc}})
+
+        add(cc.inverse_fisher_z(np.nanmean(z, axis=0)), "pearsoncorrelation", "mean", "mean_r")
+        series = []
+        for files in inp.timeseries_files:
+            series.append(np.concatenate([read_timeseries(f)[0] for f in files], axis=0))
+        valid = ~np.isnan(np.stack([s.sum(axis=0) for s in series])).any(axis=0)
+        if len(series) > 1:
+            tangents, _ = cc.tangent_matrices([s[:, valid] for s in series])
+            full = np.full((len(labels), len(labels)), np.nan)
+            full[np.ix_(valid, valid)] = tangents.mean(axis=0)
+            add(full, "tangent", "mean", "mean_tangent")
+        if inp.groups:
+            result = cc.edge_group_comparison(z, inp.groups, inp.alpha)
+            a, b = (cc_label(x) for x in result["levels"])
+            for stat in ("t", "p", "q"):
+                add(result[stat], stat, f"{a}V{b}", f"compare_{stat}")
+        self._results["manifest_file"] = _write_json(cwd, "manifest.json", manifest)
+        return runtime
+
+
+def cc_label(value):
+    """A group value as a BIDS label (letters and digits)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]", "", str(value)) or "group"
