@@ -6,6 +6,7 @@ import os
 import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
                                     traits)
+from threadpoolctl import threadpool_limits
 
 from ..core.formula import contrast_matrix
 from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contrast_statistics, estimate_contrast,
@@ -28,6 +29,7 @@ class FitGLMInputSpec(BaseInterfaceInputSpec):
     noise_model = traits.Enum("ar1", "ols", usedefault=True, desc="temporal noise model")
     estimator = traits.Enum("glmx", "nilearn", usedefault=True, desc="glmx's fit or nilearn's FirstLevelModel")
     smoothing_fwhm = traits.Either(None, traits.Float, usedefault=True, desc="Gaussian smoothing (mm FWHM)")
+    num_threads = traits.Int(1, usedefault=True, desc="BLAS/OpenMP threads; nipype sets it from the node's n_procs")
 
 
 class FitGLMOutputSpec(TraitedSpec):
@@ -41,6 +43,12 @@ class FitGLM(SimpleInterface):
     output_spec = FitGLMOutputSpec
 
     def _run_interface(self, runtime):
+        # BLAS would otherwise start a thread per core in every worker: the engine accounts this node
+        # for n_procs cores, so it must use no more (MultiProc, SLURM and SGE requests stay true)
+        with threadpool_limits(limits=max(int(self.inputs.num_threads), 1)):
+            return self._fit(runtime)
+
+    def _fit(self, runtime):
         keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
         design = read_tsv(self.inputs.design_file)
         Y, _, _ = load_masked_bold(self.inputs.bold_file, self.inputs.mask_file, keep, self.inputs.smoothing_fwhm)
