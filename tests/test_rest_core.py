@@ -154,7 +154,7 @@ def test_group_tangent_and_edge_comparison():
     rng = np.random.default_rng(1)
     ts = [rng.standard_normal((80, 4)) for _ in range(6)]
     tangents, mean = cc.tangent_matrices(ts)
-    ref = ConnectivityMeasure(kind="tangent", cov_estimator=EmpiricalCovariance(), standardize=False)
+    ref = ConnectivityMeasure(kind="tangent", standardize=False)
     np.testing.assert_allclose(tangents, ref.fit_transform(ts), atol=1e-8)
     z = rng.standard_normal((10, 4, 4)) * 0.1
     z[:5, 0, 1] += 1.0

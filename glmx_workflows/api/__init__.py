@@ -5,6 +5,7 @@ Each one validates the spec, finds the inputs, builds the Nipype workflow and ru
 """
 
 from .group import GroupLevel
+from .rest import RestingState
 from .subject import Aggregator, RunReport, Subject
 
-__all__ = ["Subject", "Aggregator", "RunReport", "GroupLevel"]
+__all__ = ["Subject", "Aggregator", "RunReport", "GroupLevel", "RestingState"]

@@ -65,6 +65,9 @@ def _example_parser():
     p.add_argument("dir", type=Path, help="folder to create")
     p.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--rest", action="store_true",
+                   help="also write simulated resting-state runs (task 'rest', two planted networks) and its "
+                        "connectivity entry in task_information.json")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -125,6 +128,10 @@ def _cmd_example(args):
     from ..io.example import make_example_dataset
 
     out = make_example_dataset(args.dir, n_subjects=args.subjects, seed=args.seed)
+    if args.rest:
+        from ..io.example_rest import add_rest_runs
+
+        add_rest_runs(out, seed=args.seed)
     print(f"example dataset written to {out}")
     print(f"next: glmx {out} {out}/derivatives/glmx participant --task flanker")
     return 0
@@ -159,7 +166,10 @@ def main(argv=None):
             return command(parser().parse_args(argv[1:]))
         args = _app_parser().parse_args(argv)
         from .group import group_options_given, run_group
+        from .rest import is_connectivity, run_rest
 
+        if is_connectivity(args):  # "analysis": "connectivity" entries: both levels are resting state
+            return run_rest(args)
         if args.analysis_level == "group":
             return run_group(args)
         if group_options_given(args):

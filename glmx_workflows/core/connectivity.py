@@ -483,7 +483,8 @@ def seed_map(voxel_series, seed_series):
 
 
 def tangent_matrices(timeseries):
-    """Tangent-space embedding of subjects' covariances around their geometric mean (nilearn's 'tangent').
+    """Tangent-space embedding of subjects' Ledoit-Wolf covariances around their geometric mean (nilearn's
+    'tangent').
 
     Parameters
     ----------
@@ -497,11 +498,13 @@ def tangent_matrices(timeseries):
         The geometric-mean covariance the tangents are taken at.
     """
     from nilearn.connectome import ConnectivityMeasure
-    from sklearn.covariance import EmpiricalCovariance
+    from sklearn.covariance import LedoitWolf
 
     if len(timeseries) < 2:
         raise GlmxError("the tangent embedding needs at least two subjects", field="subjects")
-    measure = ConnectivityMeasure(kind="tangent", cov_estimator=EmpiricalCovariance(), standardize=False)
+    # Ledoit-Wolf shrinkage (nilearn's default): band-passed, censored series have fewer effective samples
+    # than regions, so their empirical covariance is singular and has no tangent space
+    measure = ConnectivityMeasure(kind="tangent", cov_estimator=LedoitWolf(store_precision=False), standardize=False)
     tangents = measure.fit_transform([np.asarray(t, float) for t in timeseries])
     return tangents, measure.mean_
 

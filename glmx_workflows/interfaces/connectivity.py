@@ -8,6 +8,7 @@ that the ``ds_*`` sinks copy under OUTPUT_DIR with BIDS-Derivatives names (xcp_d
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -310,7 +311,10 @@ class RestGroup(SimpleInterface):
             manifest.append({"path": path, "suffix": "relmat", "entities": {"seg": inp.atlas, "stat": stat,
                                                                            "desc": desc}})
 
-        add(cc.inverse_fisher_z(np.nanmean(z, axis=0)), "pearsoncorrelation", "mean", "mean_r")
+        with warnings.catch_warnings():  # regions outside every mask stay n/a
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_z = np.nanmean(z, axis=0)
+        add(cc.inverse_fisher_z(mean_z), "pearsoncorrelation", "mean", "mean_r")
         series = []
         for files in inp.timeseries_files:
             series.append(np.concatenate([read_timeseries(f)[0] for f in files], axis=0))
