@@ -87,6 +87,7 @@ def execute(wf, plugin, plugin_args):
     """
     import gc
 
+    request_resources(wf, plugin, plugin_args)
     args = prepare_plugin(plugin, plugin_args)
     gc.collect()
     gc.freeze()
@@ -101,6 +102,46 @@ def execute(wf, plugin, plugin_args):
 
 
 CLUSTER_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph")
+# keys of --plugin-args read by glmx itself, removed before nipype sees them
+GLMX_PLUGIN_KEYS = ("memory_resource", "parallel_environment")
+
+
+def job_requests(mem_gb, n_procs, plugin, plugin_args=None):
+    """Scheduler arguments that request a node's declared memory and cores, or ''.
+
+    Slurm: ``--mem`` and ``--cpus-per-task``. Grid Engine has no standard memory complex: memory is
+    requested only when ``memory_resource`` names the site's (``-l <resource>=<mem>G``), and more
+    than one core only with a ``parallel_environment`` (``-pe <pe> <n>``).
+    """
+    import math
+
+    plugin_args = plugin_args or {}
+    if plugin.startswith("SLURM"):
+        return f" --mem={max(int(math.ceil(mem_gb * 1024)), 1)}M --cpus-per-task={max(int(n_procs), 1)}"
+    out = ""
+    if plugin.startswith("SGE"):
+        if plugin_args.get("memory_resource"):
+            out += f" -l {plugin_args['memory_resource']}={mem_gb:.2f}G"
+        if plugin_args.get("parallel_environment") and n_procs > 1:
+            out += f" -pe {plugin_args['parallel_environment']} {int(n_procs)}"
+    return out
+
+
+def request_resources(wf, plugin, plugin_args=None):
+    """Add each node's ``mem_gb``/``n_procs`` to its own scheduler arguments (in place).
+
+    nipype's SLURM/SGE plugins ignore both; without this every job gets the cluster's default
+    memory and one core whatever the node declared.
+    """
+    if plugin not in CLUSTER_PLUGINS:
+        return
+    key = "sbatch_args" if plugin.startswith("SLURM") else "qsub_args"
+    for node in wf._get_all_nodes():
+        if node.run_without_submitting:
+            continue
+        extra = job_requests(node.mem_gb, node.n_procs, plugin, plugin_args)
+        if extra:
+            node.plugin_args = {**(node.plugin_args or {}), key: extra}
 
 
 def prepare_plugin(plugin, plugin_args):
@@ -115,6 +156,8 @@ def prepare_plugin(plugin, plugin_args):
     import getpass
 
     args = dict(plugin_args or {})
+    for key in GLMX_PLUGIN_KEYS:
+        args.pop(key, None)
     if plugin in CLUSTER_PLUGINS:
         os.environ.setdefault("LOGNAME", getpass.getuser())
     if plugin.endswith("Graph"):

@@ -2,6 +2,7 @@
 tools/cluster/*.sh, which .ci/run runs) gives the same outputs as MultiProc."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,12 @@ def test_cluster_outputs_equal_multiproc(reference, tmp_path, plugin):
     assert "2 subject(s) done, 0 failed" in proc.stdout
     _same_outputs(ref, out)
     assert not list(tmp_path.glob("crash-*"))
+    if plugin == "SLURM":
+        # each job asked for the memory its node declared (nipype's plugin alone would not)
+        jobs = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
+        fits = [ln for ln in jobs.splitlines() if re.search(r"JobName=_?fit_glm", ln) and str(out) in ln]
+        assert fits and all(re.search(r"MinMemoryNode=(\d+)M", ln) and
+                            int(re.search(r"MinMemoryNode=(\d+)M", ln).group(1)) >= 300 for ln in fits), fits
 
 
 @needs["SLURM"]

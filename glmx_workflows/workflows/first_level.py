@@ -79,9 +79,12 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
                                 smoothing_fwhm=settings["smoothing_fwhm"]),
                          iterfield=["bold_file", "mask_file", "design_file", "censor_file"], name="fit_glm",
                          mem_gb=fit_mem_gb)
+    # contrasts and fixed effects hold the fitted model or a few maps per contrast, not the BOLD run:
+    # a third of the fit's need, never below nipype's usual half gigabyte for cluster jobs
+    light_mem_gb = max(0.5, round(fit_mem_gb / 3, 2))
     compute_contrasts = pe.MapNode(ComputeContrasts(contrasts=contrasts), iterfield=["fit_file", "mask_file"],
-                                   name="compute_contrasts")
-    fixed_effects = pe.Node(FixedEffects(), name="fixed_effects")
+                                   name="compute_contrasts", mem_gb=light_mem_gb)
+    fixed_effects = pe.Node(FixedEffects(), name="fixed_effects", mem_gb=light_mem_gb)
 
     # Manifests point at files that are not traits of their own; when this workflow is embedded in
     # a pipeline that keeps nipype's default remove_unnecessary_outputs=True, those files would be
