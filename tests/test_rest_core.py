@@ -263,3 +263,15 @@ def test_real_haxby_bold_default_band_pass(shared_data):
                                sample_mask=keep)
     assert ours.shape[0] == 121 - outliers["censored"].sum()
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_denoise_many_equals_denoise_through_its_linear_operator():
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((120, 40)) + np.linspace(0, 3, 120)[:, None]
+    conf = rng.standard_normal((120, 6))
+    fd = np.abs(rng.standard_normal(120)) * 0.3
+    fd[[30, 31, 70]] = 1.0
+    outliers = cc.censoring(120, 2, fd, 0.5, 40)
+    for standardize in (True, False):
+        np.testing.assert_allclose(cc.denoise_many(Y, conf, 2.0, outliers, standardize=standardize),
+                                   cc.denoise(Y, conf, 2.0, outliers, standardize=standardize), atol=1e-10)

@@ -192,7 +192,7 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
             raise GlmxError(f"{name} {edge} Hz is outside (0, {nyquist:g}) Hz, the band a TR of {t_r} s can "
                             "represent", field=name)
     try:
-        return clean(signals, detrend=detrend, standardize="zscore_sample" if standardize else False,
+        return clean(signals, detrend=detrend, standardize="zscore_sample" if standardize else None,
                      sample_mask=sample_mask, confounds=conf, standardize_confounds=True, filter="butterworth",
                      low_pass=low_pass, high_pass=high_pass, t_r=float(t_r))
     except ValueError as exc:
@@ -200,6 +200,37 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
             raise
         raise GlmxError(f"the band-pass filter needs more volumes than the {signals.shape[0]} of this run "
                         f"({exc}); set high_pass/low_pass to null or use longer runs", field="low_pass") from None
+
+
+def denoise_many(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_pass=0.01, low_pass=0.08,
+                 standardize=True):
+    """:func:`denoise` for many series at once (every voxel of a run), through its linear operator.
+
+    Detrending, the Butterworth filter (with nilearn's padding), the interpolation of censored volumes
+    and the confound projection are all linear and the same for every series, so the cleaning is one
+    matrix ``L`` of shape (n_kept, n_scans) obtained by cleaning the identity; ``L @ signals`` then
+    replaces nilearn's per-series filter loop (thousands of voxels in a fraction of the time).
+    Standardisation, the one non-linear step, is applied afterwards as nilearn does ('zscore_sample').
+
+    Parameters
+    ----------
+    signals : numpy.ndarray of shape (n_scans, n_signals)
+    confounds, t_r, outliers, detrend, high_pass, low_pass, standardize
+        As for :func:`denoise`.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_kept, n_signals), float64
+    """
+    signals = np.asarray(signals, dtype=np.float64)
+    operator = denoise(np.eye(signals.shape[0]), confounds, t_r, outliers, detrend, high_pass, low_pass,
+                       standardize=False)
+    out = operator @ signals
+    if standardize:
+        out -= out.mean(axis=0)
+        std = out.std(axis=0, ddof=1)
+        out /= np.where(std > np.finfo(np.float64).eps, std, 1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- region signals

@@ -141,7 +141,7 @@ class DenoiseRun(SimpleInterface):
             if inp.space and not inp.space.startswith("MNI"):
                 raise GlmxError(f"seeds are MNI coordinates but the BOLD is in space '{inp.space}'",
                                 file=inp.bold_file, field="seeds")
-            voxels = cc.denoise(data[mask].T, confounds, **clean)
+            voxels = cc.denoise_many(data[mask].T, confounds, **clean)
             for name, xyz in sorted(inp.seeds.items()):
                 seed = cc.denoise(cc.spheres_signals(data, [xyz], img.affine, mask, inp.seed_radius), confounds,
                                   **clean)
