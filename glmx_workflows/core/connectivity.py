@@ -555,8 +555,8 @@ def edge_group_comparison(z_matrices, groups, alpha=0.05):
     Returns
     -------
     dict
-        ``levels`` (A, B), ``t``, ``p``, ``q`` (FDR-adjusted p) and ``significant`` (bool), each
-        (n, n) symmetric with a zero/one diagonal.
+        ``levels`` (A, B), ``t``, ``p``, ``q`` (FDR-adjusted p over the finite edges) and ``significant``
+        (bool), each (n, n) symmetric with a zero/one diagonal; NaN where an edge has no data.
     """
     from scipy import stats
 
@@ -572,8 +572,16 @@ def edge_group_comparison(z_matrices, groups, alpha=0.05):
                         field="connectivity_group_column")
     n = z.shape[1]
     iu = np.triu_indices(n, 1)
-    t, p = stats.ttest_ind(a[:, iu[0], iu[1]], b[:, iu[0], iu[1]], axis=0, equal_var=False)
-    q = stats.false_discovery_control(np.nan_to_num(p, nan=1.0), method="bh")
+    ea, eb = a[:, iu[0], iu[1]], b[:, iu[0], iu[1]]
+    # edges of regions without data (n/a) are left out of the test and of the FDR family; scipy's NaN
+    # handling would also fall back to a slow per-edge loop
+    finite = np.isfinite(ea).all(axis=0) & np.isfinite(eb).all(axis=0)
+    t = np.full(finite.shape, np.nan)
+    p = np.full(finite.shape, np.nan)
+    q = np.full(finite.shape, np.nan)
+    if finite.any():
+        t[finite], p[finite] = stats.ttest_ind(ea[:, finite], eb[:, finite], axis=0, equal_var=False)
+        q[finite] = stats.false_discovery_control(np.nan_to_num(p[finite], nan=1.0), method="bh")
 
     def square(values, diag):
         out = np.full((n, n), diag, float)
@@ -582,4 +590,4 @@ def edge_group_comparison(z_matrices, groups, alpha=0.05):
         return out
 
     return {"levels": levels, "t": square(t, 0.0), "p": square(p, 1.0), "q": square(q, 1.0),
-            "significant": square(q <= alpha, False).astype(bool)}
+            "significant": square(np.nan_to_num(q, nan=1.0) <= alpha, False).astype(bool)}
