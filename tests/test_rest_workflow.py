@@ -223,3 +223,90 @@ def test_workflow_nodes_and_example_config(rest_dataset):
     assert entry["analysis"] == "connectivity" and entry["description"]
     with pytest.raises(Exception, match="not a connectivity analysis"):
         RestingState("01", "flanker", root)
+
+
+def _run_node(interface, cwd):
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return interface.run().outputs
+    finally:
+        os.chdir(old)
+
+
+def test_denoise_run_with_labels_and_maps_atlases_equals_nilearn(rest_dataset, tmp_path):
+    """Atlas files given in the spec (labels image + TSV, 4D maps) through the denoise_run node."""
+    from nilearn.maskers import NiftiLabelsMasker, NiftiMapsMasker
+
+    from glmx_workflows.interfaces.connectivity import DenoiseRun
+
+    root, _ = rest_dataset
+    func = _func(root, "01")
+    bold = func / f"sub-01_task-rest_run-1_space-{SPACE}_desc-preproc_bold.nii.gz"
+    mask = func / f"sub-01_task-rest_run-1_space-{SPACE}_desc-brain_mask.nii.gz"
+    confounds = func / "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"
+    img = nb.load(bold)
+    ijk = np.indices(img.shape[:3])
+    labels = (1 + (ijk[0] > img.shape[0] // 2) + 2 * (ijk[1] > img.shape[1] // 2)) * (ijk[2] > img.shape[2] // 2)
+    nb.save(nb.Nifti1Image(labels.astype(np.int16), img.affine), tmp_path / "lab.nii.gz")
+    pd.DataFrame({"index": [1, 2, 3, 4], "name": ["LP", "RP", "LA", "RA"]}).to_csv(tmp_path / "lab.tsv", sep="\t",
+                                                                                  index=False)
+    maps = np.stack([labels == k for k in (1, 2, 3, 4)], axis=-1) * (1.0 + ijk[0][..., None] / 10.0)
+    nb.save(nb.Nifti1Image(maps.astype(np.float32), img.affine), tmp_path / "maps.nii.gz")
+    table = pd.read_csv(confounds, sep="\t", na_values="n/a")
+    conf = table[cc.MOTION].to_numpy()
+    data = nb.Nifti1Image(np.asarray(img.dataobj, dtype=np.float64)[..., 2:], img.affine)
+    clean = dict(detrend=True, standardize="zscore_sample", high_pass=0.01, low_pass=0.08, t_r=2.0)
+    for spec, masker, header in (
+            ({"name": "quad", "labels_img": "lab.nii.gz", "labels_tsv": "lab.tsv"},
+             NiftiLabelsMasker(str(tmp_path / "lab.nii.gz"), mask_img=str(mask), **clean), ["LP", "RP", "LA", "RA"]),
+            ({"name": "quadmaps", "maps_img": str(tmp_path / "maps.nii.gz")},
+             NiftiMapsMasker(str(tmp_path / "maps.nii.gz"), mask_img=str(mask), **clean), ["1", "2", "3", "4"])):
+        cwd = tmp_path / spec["name"]
+        cwd.mkdir()
+        out = _run_node(DenoiseRun(bold_file=str(bold), mask_file=str(mask), confounds_file=str(confounds),
+                                   atlas=json.dumps(spec), atlas_base_dir=str(tmp_path), space=SPACE, tr=2.0,
+                                   dummy_scans=2, min_volumes=40, confound_preset="6P", run_entities={"run": "1"}),
+                        cwd)
+        ours = pd.read_csv(out.timeseries_file, sep="\t")
+        assert list(ours.columns) == header
+        np.testing.assert_allclose(ours.to_numpy(), masker.fit_transform(data, confounds=conf[2:]), atol=1e-6)
+        manifest = json.loads(open(out.manifest_file).read())
+        assert manifest[0]["entities"] == {"run": "1", "seg": spec["name"], "stat": "mean"}
+
+
+def test_run_combinations_concatenate_and_separate(tmp_path):
+    from glmx_workflows.interfaces.connectivity import ComputeConnectivity, read_matrix
+
+    rng = np.random.default_rng(3)
+    files, seeds = [], []
+    runs = [rng.standard_normal((60, 5)), rng.standard_normal((50, 5))]
+    for i, ts in enumerate(runs):
+        path = tmp_path / f"ts{i}.tsv"
+        pd.DataFrame(ts, columns=list("abcde")).to_csv(path, sep="\t", index=False)
+        files.append(str(path))
+        seeds.append(str(tmp_path / f"seeds{i}.json"))
+        (tmp_path / f"seeds{i}.json").write_text(json.dumps({"atlas": "toy", "maps": {}}))
+    ents = [{"run": "1"}, {"run": "2"}]
+    for combination in ("concatenate", "separate", "average"):
+        cwd = tmp_path / combination
+        cwd.mkdir()
+        out = _run_node(ComputeConnectivity(timeseries_files=files, seeds_files=seeds, run_entities=ents,
+                                            kinds=["pearsoncorrelation", "partialcorrelation"],
+                                            run_combination=combination), cwd)
+        items = json.loads(open(out.matrices_file).read())
+        levels = sorted({i["level"] for i in items})
+        subject = {i["kind"]: read_matrix(i["path"])[0] for i in items if i["level"] == "subject"}
+        if combination == "concatenate":
+            assert levels == ["subject"]
+            np.testing.assert_allclose(subject["pearsoncorrelation"], np.corrcoef(np.concatenate(runs).T),
+                                       atol=1e-10)
+        elif combination == "separate":
+            assert levels == ["run-1", "run-2"]
+        else:
+            assert levels == ["run-1", "run-2", "subject"]
+            expected = np.tanh(np.mean([np.arctanh(np.clip(np.corrcoef(r.T), -1, 1 - 1e-12)) for r in runs], axis=0))
+            off = ~np.eye(5, dtype=bool)
+            np.testing.assert_allclose(subject["pearsoncorrelation"][off], expected[off], atol=1e-8)
