@@ -20,7 +20,6 @@ from ..workflows.rest import init_rest_group_wf, init_rest_wf
 from .subject import RunReport, check_output_dir, default_spec_path, published_files
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
-_SPACE_ENTITY = {"res": "res", "den": "den", "cohort": "cohort"}
 
 
 @dataclass

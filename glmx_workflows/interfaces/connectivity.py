@@ -8,8 +8,10 @@ that the ``ds_*`` sinks copy under OUTPUT_DIR with BIDS-Derivatives names (xcp_d
 
 import json
 import os
+import re
 import warnings
 
+import nibabel as nb
 import numpy as np
 import pandas as pd
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
@@ -150,7 +152,8 @@ class DenoiseRun(SimpleInterface):
         reg_path = os.path.join(cwd, "regions.tsv")
         write_tsv(regions, reg_path)
         run_ent = dict(inp.run_entities)
-        manifest = [{"path": ts_path, "suffix": "timeseries", "entities": {**run_ent, "seg": atlas.name, "stat": "mean"}},
+        manifest = [{"path": ts_path, "suffix": "timeseries",
+                     "entities": {**run_ent, "seg": atlas.name, "stat": "mean"}},
                     {"path": out_path, "suffix": "outliers", "entities": {**run_ent, "space": ""}}]
         seeds = {}
         if inp.seeds:
@@ -238,8 +241,6 @@ class ComputeConnectivity(SimpleInterface):
                 imgs = [load_image(s[name], "seed map") for s in seed_runs]
                 mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
                 path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
-                import nibabel as nb
-
                 write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
                 manifest.append({"path": path, "suffix": "boldmap", "entities": {"desc": name, "stat": "z"}})
         self._results["matrices_file"] = _write_json(cwd, "matrices.json", matrices)
@@ -345,15 +346,13 @@ class RestGroup(SimpleInterface):
             add(full, "tangent", "mean", "mean_tangent")
         if inp.groups:
             result = cc.edge_group_comparison(z, inp.groups, inp.alpha)
-            a, b = (cc_label(x) for x in result["levels"])
+            a, b = (_bids_label(x) for x in result["levels"])
             for stat in ("t", "p", "q"):
                 add(result[stat], stat, f"{a}V{b}", f"compare_{stat}")
         self._results["manifest_file"] = _write_json(cwd, "manifest.json", manifest)
         return runtime
 
 
-def cc_label(value):
+def _bids_label(value):
     """A group value as a BIDS label (letters and digits)."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9]", "", str(value)) or "group"
