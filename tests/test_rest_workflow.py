@@ -310,3 +310,13 @@ def test_run_combinations_concatenate_and_separate(tmp_path):
             expected = np.tanh(np.mean([np.arctanh(np.clip(np.corrcoef(r.T), -1, 1 - 1e-12)) for r in runs], axis=0))
             off = ~np.eye(5, dtype=bool)
             np.testing.assert_allclose(subject["pearsoncorrelation"][off], expected[off], atol=1e-8)
+
+
+def test_example_command_writes_rest_runs(tmp_path):
+    proc = glmx("example", tmp_path / "ex", "--subjects", "1", "--rest")
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((tmp_path / "ex" / "task_information.json").read_text())
+    assert spec["rest"]["analysis"] == "connectivity" and "flanker" in spec
+    func = tmp_path / "ex" / "derivatives" / "fmriprep" / "sub-01" / "func"
+    assert (func / f"sub-01_task-rest_run-1_space-{SPACE}_desc-preproc_bold.nii.gz").is_file()
+    assert (tmp_path / "ex" / "code" / "planted_rest.json").is_file()

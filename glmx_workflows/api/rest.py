@@ -1,5 +1,5 @@
-"""``RestingState``: connectivity of one subject; ``RestingStateDataset``: of every subject; ``RestGroup``: the
-group step over OUTPUT_DIR's subject matrices.
+"""``RestingState``: connectivity of one subject; ``RestingStateDataset``: of every subject;
+``RestingStateGroup``: the group step over OUTPUT_DIR's subject matrices.
 
 validate the spec (the entry must say ``"analysis": "connectivity"``) → find the runs with pybids → build
 the workflow → run it on the engine (same plugins and cache as the GLMs).
@@ -307,7 +307,7 @@ class RestingStateDataset:
         return RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
 
 
-class RestGroup:
+class RestingStateGroup:
     """Group step of a connectivity task over OUTPUT_DIR's subject-level matrices.
 
     Parameters

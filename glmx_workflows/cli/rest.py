@@ -40,7 +40,7 @@ def run_rest(args):
     -------
     int
     """
-    from ..api.rest import RestGroup, RestingStateDataset
+    from ..api.rest import RestingStateDataset, RestingStateGroup
     from ..engine import parse_plugin_args
 
     unsupported = [opt for opt, value in (("--design-dir", args.design_dir),) if value is not None]
@@ -55,7 +55,7 @@ def run_rest(args):
         raise GlmxError(f"{', '.join(unsupported)} do not apply to connectivity task '{args.task}'", field=args.task)
     plugin_args = parse_plugin_args(args.plugin_args)
     if args.analysis_level == "group":
-        group = RestGroup(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir,
+        group = RestingStateGroup(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir,
                           work_dir=args.work_dir, participant_label=args.participant_label)
         outputs = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
         print(f"{len(outputs)} group file(s) written under {Path(args.output_dir) / 'group'}")

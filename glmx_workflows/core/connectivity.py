@@ -393,7 +393,16 @@ def fisher_z(r):
 
 
 def inverse_fisher_z(z):
-    """tanh(z) with a unit diagonal (inverse of :func:`fisher_z`)."""
+    """tanh(z) with a unit diagonal (inverse of :func:`fisher_z`).
+
+    Parameters
+    ----------
+    z : numpy.ndarray of shape (n, n)
+
+    Returns
+    -------
+    numpy.ndarray of shape (n, n)
+    """
     r = np.tanh(np.asarray(z, float))
     if r.ndim == 2 and r.shape[0] == r.shape[1]:
         np.fill_diagonal(r, 1.0)

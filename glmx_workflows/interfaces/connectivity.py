@@ -35,20 +35,51 @@ def _read_json(path):
 
 
 def write_matrix(matrix, labels, path):
-    """A square matrix as TSV with the labels as header and index (n/a for NaN)."""
+    """Write a square matrix as TSV with the labels as header and index (n/a for NaN).
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray of shape (n, n)
+    labels : list of str, length n
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
     frame = pd.DataFrame(np.asarray(matrix, float), index=list(labels), columns=list(labels))
     frame.index.name = "region"
     return write_tsv(frame, path, index=True)
 
 
 def read_matrix(path):
-    """(matrix, labels) of a relmat TSV written by :func:`write_matrix`."""
+    """Read a relmat TSV written by :func:`write_matrix`.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    matrix : numpy.ndarray of shape (n, n)
+    labels : list of str
+    """
     frame = read_tsv(path, "connectivity matrix").set_index("region")
     return frame.to_numpy(float), [str(c) for c in frame.columns]
 
 
 def read_timeseries(path):
-    """(array of shape (n_volumes, n_regions), labels) of a timeseries TSV."""
+    """Read a timeseries TSV (one column per region).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    series : numpy.ndarray of shape (n_volumes, n_regions)
+    labels : list of str
+    """
     frame = read_tsv(path, "time series")
     return frame.to_numpy(float), [str(c) for c in frame.columns]
 

@@ -53,7 +53,16 @@ class Atlas:
 
 
 def seg_label(name):
-    """The atlas name as a BIDS label (letters and digits only)."""
+    """The atlas name as a BIDS label (letters and digits only).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
+    """
     label = re.sub(r"[^A-Za-z0-9]", "", str(name))
     if not label:
         raise GlmxError(f"atlas name '{name}' has no letter or digit to name the outputs (seg-<name>)",
@@ -62,7 +71,17 @@ def seg_label(name):
 
 
 def packaged_coordinates_file(key):
-    """Path of a coordinate atlas inside the installed nilearn package (no download)."""
+    """Path of a coordinate atlas inside the installed nilearn package (no download).
+
+    Parameters
+    ----------
+    key : str
+        'dosenbach_2010' or 'power_2011'.
+
+    Returns
+    -------
+    pathlib.Path
+    """
     import nilearn
 
     path = Path(nilearn.__file__).parent / "datasets" / "data" / f"{key}.csv"
@@ -79,6 +98,10 @@ def _resolve(path, base):
 
 def read_coordinates(path):
     """x, y, z (and names, networks) of a coordinate table (CSV or TSV, columns case-insensitive).
+
+    Parameters
+    ----------
+    path : str or Path
 
     Returns
     -------
