@@ -359,8 +359,9 @@ class RestingStateGroup:
         subjects = sorted(s for s in found if s not in excluded and (not self.participant_label or
                                                                      s in self.participant_label))
         if len(subjects) < 2:
-            raise GlmxError(f"the group step needs subject-level matrices of at least two subjects; found "
-                            f"{len(subjects)} under {self.output_dir} (run the participant level first)",
+            raise GlmxError(f"the group step needs subject-level stat-pearsoncorrelation matrices (connectivity_kinds) "
+                            f"of at least two subjects; found {len(subjects)} under {self.output_dir} (run the "
+                            "participant level first)",
                             file=self.output_dir, field=self.task)
         matrices, series = [], []
         for s in subjects:
