@@ -320,3 +320,49 @@ def test_example_command_writes_rest_runs(tmp_path):
     func = tmp_path / "ex" / "derivatives" / "fmriprep" / "sub-01" / "func"
     assert (func / f"sub-01_task-rest_run-1_space-{SPACE}_desc-preproc_bold.nii.gz").is_file()
     assert (tmp_path / "ex" / "code" / "planted_rest.json").is_file()
+
+
+def test_real_haxby_runs_through_resting_state(shared_data, tmp_path):
+    """Real BOLD (Haxby 2001, 12 runs, TR 2.5, T1w) through RestingState with a labels atlas on its grid,
+    runs concatenated after per-run denoising; run series equal NiftiLabelsMasker, the matrix
+    ConnectivityMeasure on the concatenation."""
+    from nilearn.connectome import ConnectivityMeasure
+    from nilearn.maskers import NiftiLabelsMasker
+    from sklearn.covariance import EmpiricalCovariance
+
+    from glmx_workflows.api import RestingState
+
+    root = shared_data / "haxby2001"
+    func = root / "derivatives" / "fmriprep" / "sub-1" / "func"
+    mask_path = sorted(func.glob("*run-01_*desc-brain_mask.nii.gz"))[0]
+    mask = nb.load(mask_path)
+    ijk = np.indices(mask.shape)
+    labels = np.where(np.asarray(mask.dataobj) > 0, 1 + (ijk[2] >= 5) + 2 * (ijk[1] >= 5), 0)
+    nb.save(nb.Nifti1Image(labels.astype(np.int16), mask.affine), tmp_path / "quad.nii.gz")
+    spec = {"objectviewing": {"analysis": "connectivity", "space": "T1w", "tr": 2.5, "confound_preset": "6P",
+                              "atlas": {"name": "quad", "labels_img": "quad.nii.gz"}, "fd_threshold": 0.5,
+                              "min_volumes": 40, "run_combination": "concatenate"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    files = RestingState("1", "objectviewing", root, spec=tmp_path / "spec.json", output_dir=out,
+                         work_dir=tmp_path / "work").run(plugin="Linear")
+    names = sorted(p.split("/")[-1] for p in files)
+    run_series = [n for n in names if "_run-" in n and n.endswith("_stat-mean_timeseries.tsv")]
+    assert len(run_series) == 12
+    # run 1 against nilearn on the same inputs
+    bold = sorted(func.glob("*run-01_*desc-preproc_bold.nii.gz"))[0]
+    table = pd.read_csv(sorted(func.glob("*run-01_*confounds_timeseries.tsv"))[0], sep="\t", na_values="n/a")
+    keep = np.flatnonzero(~(np.nan_to_num(table["framewise_displacement"].to_numpy()) > 0.5))
+    img = nb.load(bold)
+    masker = NiftiLabelsMasker(str(tmp_path / "quad.nii.gz"), mask_img=str(mask_path), detrend=True,
+                               standardize="zscore_sample", high_pass=0.01, low_pass=0.08, t_r=2.5)
+    ref = masker.fit_transform(nb.Nifti1Image(np.asarray(img.dataobj, dtype=np.float64), img.affine),
+                               confounds=table[cc.MOTION].to_numpy(), sample_mask=keep)
+    ours = pd.read_csv(out / "sub-1" / "func" / run_series[0], sep="\t").to_numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    joined = np.concatenate([pd.read_csv(out / "sub-1" / "func" / n, sep="\t").to_numpy() for n in run_series])
+    subject = pd.read_csv(out / "sub-1" / "func" / "sub-1_task-objectviewing_space-T1w_seg-quad_stat-"
+                          "pearsoncorrelation_relmat.tsv", sep="\t", index_col=0).to_numpy()
+    expected = ConnectivityMeasure(cov_estimator=EmpiricalCovariance(), kind="correlation",
+                                   standardize=False).fit_transform([joined])[0]
+    np.testing.assert_allclose(subject, expected, atol=1e-6)
