@@ -158,7 +158,7 @@ def subject_report(path, subject, task, matrices, regions, outliers, settings, w
         title = f"{KIND_TITLES.get(kind, kind)} ({level})"
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(_img_tag(plot_matrix(matrix, labels, work_dir / f"matrix_{i}.png", title), title))
-        if kind != "covariance" and np.isfinite(np.nan_to_num(matrix)).all():
+        if kind != "covariance":  # covariances are not comparable across edges; n/a edges are not drawn
             parts.append(_img_tag(plot_connectome_glass(matrix, centres, work_dir / f"connectome_{i}.png", title),
                                   title + " connectome"))
     body = "\n".join(parts)
