@@ -38,11 +38,15 @@ def extension_of(path):
 
 
 def publish(manifest, base_entities, out_dir):
-    """Copy every manifest file to its BIDS-derivatives path (atomically); return the new paths."""
+    """Copy every manifest file to its BIDS-derivatives path (atomically); return the new paths.
+
+    An item's optional ``datatype`` names the folder under the subject (default ``func``; ``""``
+    puts the file in the subject's folder itself, as the subject's report)."""
     out = []
     for item in manifest:
         ent = {**base_entities, **item.get("entities", {})}
-        target = derivative_path(out_dir, ent, item["suffix"], extension_of(item["path"]))
+        target = derivative_path(out_dir, ent, item["suffix"], extension_of(item["path"]),
+                                 datatype=item.get("datatype", "func"))
         out.append(str(copy_file(item["path"], target)))
     return out
 
