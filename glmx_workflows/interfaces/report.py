@@ -1,0 +1,84 @@
+"""report: the first-level HTML report of one subject and task, from what the first-level nodes wrote."""
+
+import json
+import os
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
+                                    traits)
+from threadpoolctl import threadpool_limits
+
+from ..io.atomic import write_text
+from ..io.tables import read_tsv
+from ..reports.first_level import CLUSTER_EXTENT, Z_THRESHOLD, build_subject_report
+
+# entities of the subject's maps that the report's name leaves out: one report per subject and task
+_DROPPED = {"space": "", "res": "", "den": "", "cohort": ""}
+
+
+class SubjectReportInputSpec(BaseInterfaceInputSpec):
+    design_manifests = InputMultiObject(File(exists=True), mandatory=True,
+                                        desc="build_design's manifest of each run (design TSV and figure)")
+    confounds_files = InputMultiObject(File(exists=True), mandatory=True,
+                                       desc="select_confounds' confound regressors of each run")
+    censor_files = InputMultiObject(File(exists=True), mandatory=True,
+                                    desc="select_confounds' kept-volume table of each run")
+    subject_manifest = File(exists=True, mandatory=True, desc="fixed_effects' manifest of the subject-level maps")
+    bold_files = InputMultiObject(File(exists=True), mandatory=True,
+                                  desc="the runs' BOLD; the first run's mean is the slices' underlay")
+    run_entities = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True,
+                               desc="BIDS entities of each run (sub, ses, task, run), same order")
+    subject_entities = traits.Dict(traits.Str, traits.Str, mandatory=True,
+                                   desc="entities of the subject-level maps (sub, [ses,] task, space)")
+    contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
+                            desc="{name: {'label', 'rows', 'type'}} as compute_contrasts got them")
+    settings = traits.Str("{}", usedefault=True, desc="model settings shown in the report, as JSON")
+    z_threshold = traits.Float(Z_THRESHOLD, usedefault=True, desc="|z| height of the shown maps and cluster tables")
+    cluster_extent = traits.Int(CLUSTER_EXTENT, usedefault=True, desc="smallest cluster listed (voxels)")
+
+
+class SubjectReportOutputSpec(TraitedSpec):
+    report_file = File(exists=True, desc="the self-contained HTML report")
+    manifest_file = File(exists=True, desc="JSON list for the sink: the report, named sub-<s>_task-<t>_report.html")
+
+
+class SubjectReport(SimpleInterface):
+    """Design diagnostics of every run and the thresholded maps of every contrast, in one HTML page."""
+
+    input_spec = SubjectReportInputSpec
+    output_spec = SubjectReportOutputSpec
+
+    def _run_interface(self, runtime):
+        # drawing is single-threaded; BLAS threads would only compete with the fits next to this node
+        with threadpool_limits(limits=1):
+            return self._report(runtime)
+
+    def _report(self, runtime):
+        from nilearn.image import mean_img
+
+        inp = self.inputs
+        runs = []
+        for i, (manifest, confounds, censor, ent) in enumerate(zip(inp.design_manifests, inp.confounds_files,
+                                                                   inp.censor_files, inp.run_entities)):
+            with open(manifest) as fh:
+                items = json.load(fh)
+            design = next(it["path"] for it in items if it["path"].endswith(".tsv"))
+            figure = next((it["path"] for it in items if it["path"].endswith((".svg", ".png"))), None)
+            label = " ".join(f"{k}-{ent[k]}" for k in ("ses", "run") if ent.get(k)).replace("run-", "") or str(i + 1)
+            runs.append({"label": label, "design": read_tsv(design, "design matrix"), "design_figure": figure,
+                         "confounds": list(read_tsv(confounds, "confounds").columns),
+                         "censor": read_tsv(censor, "censoring table")})
+        with open(inp.subject_manifest) as fh:
+            maps = json.load(fh)
+        by_label = {spec["label"]: name for name, spec in inp.contrasts.items()}
+        z_maps = {by_label[m["entities"]["contrast"]]: m["path"] for m in maps
+                  if m["entities"].get("stat") == "z" and m["entities"].get("contrast") in by_label}
+        ent = inp.subject_entities
+        path = os.path.join(runtime.cwd, "report.html")
+        build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
+                             background=mean_img(inp.bold_files[0]), settings=json.loads(inp.settings),
+                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"))
+        manifest = [{"path": path, "suffix": "report", "entities": dict(_DROPPED), "datatype": ""}]
+        self._results["report_file"] = path
+        self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
+                                                        json.dumps(manifest, indent=1)))
+        return runtime
