@@ -1,5 +1,7 @@
 """Workflow builders for the first level: one subject's runs → per-run fits → fixed effects."""
 
+import json
+
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 
@@ -7,6 +9,7 @@ from ..interfaces.confounds import SelectConfounds
 from ..interfaces.design import BuildDesign
 from ..interfaces.events import LoadEvents
 from ..interfaces.glm import ComputeContrasts, FitGLM, FixedEffects
+from ..interfaces.report import SubjectReport
 from ..interfaces.sink import DerivativesSink
 
 INPUT_FIELDS = ["bold_files", "mask_files", "events_files", "confounds_files", "design_files",
@@ -16,7 +19,13 @@ OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest
 
 # Nodes sent to the cluster as jobs by the SLURM/SGE plugins; every other node runs in the
 # submitting process (see the end of init_first_level_wf).
-SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects")
+SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects", "report")
+
+# Settings shown in the subject's report (those that change the first-level model).
+REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_conditions", "modulators",
+                     "block_identifier", "hrf_model", "drift_model", "high_pass", "drift_order", "noise_model",
+                     "estimator", "smoothing_fwhm", "confound_regressors", "include_motion_outliers",
+                     "non_steady_state", "dummy_scans", "fd_threshold")
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
@@ -30,7 +39,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     contrasts : dict
         ``{name: {'label': str, 'rows': [{regressor: weight}, ...], 'type': 't' | 'F'}}``.
     output_dir : str or None
-        OUTPUT_DIR for the ``ds_*`` sink nodes; None builds no sinks (for embedding).
+        OUTPUT_DIR for the ``ds_*`` sink nodes and the ``report`` node (the subject's HTML report,
+        ``sub-<s>/sub-<s>_task-<t>_report.html``); None builds neither (for embedding).
     fit_mem_gb : float
         Memory the ``fit_glm`` node declares to the engine.
     publish_run_maps : bool
@@ -124,10 +134,23 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
             (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
         ])
-        gather_outputs = pe.Node(Merge(3, ravel_inputs=True), name="gather_outputs")
+        report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(
+            {k: settings.get(k) for k in REPORTED_SETTINGS}, default=str)), name="report", mem_gb=light_mem_gb)
+        ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_report", overwrite=True)
+        wf.connect([
+            (build_design, report, [("manifest_file", "design_manifests")]),
+            (select_confounds, report, [("confounds_file", "confounds_files"), ("censor_file", "censor_files")]),
+            (fixed_effects, report, [("manifest_file", "subject_manifest")]),
+            (inputnode, report, [("bold_files", "bold_files"), ("run_design_entities", "run_entities"),
+                                 ("subject_entities", "subject_entities")]),
+            (report, ds_report, [("manifest_file", "manifest_file")]),
+            (inputnode, ds_report, [("subject_entities", "entities")]),
+        ])
+        gather_outputs = pe.Node(Merge(4, ravel_inputs=True), name="gather_outputs")
         wf.connect([
             (ds_design, gather_outputs, [("out_files", "in1")]),
             (ds_subject_maps, gather_outputs, [("out_files", "in3")]),
+            (ds_report, gather_outputs, [("out_files", "in4")]),
             (gather_outputs, outputnode, [("out", "out_files")]),
         ])
         if publish_run_maps:
