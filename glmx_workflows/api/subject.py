@@ -15,6 +15,7 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
 from ..planning import plan_subject
+from ..reports.index import write_index
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
 from ..workflows.first_level import init_first_level_wf
 
@@ -170,6 +171,7 @@ class RunReport:
         self.failed = dict(failed or {})
         self.excluded = list(excluded)
         self.outputs = list(outputs)
+        self.index = None  # OUTPUT_DIR/index.html once the run has written it
 
     @property
     def ok(self):
@@ -314,4 +316,6 @@ class Aggregator:
                 outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
         self.progress.show(final=True)
         done = [s for s in subjects if s not in failed]
-        return RunReport(done, failed, excluded, outputs)
+        report = RunReport(done, failed, excluded, outputs)
+        report.index = write_index(self.output_dir, self.task, done, failed, excluded)
+        return report
