@@ -13,11 +13,11 @@ from .. import __version__
 from ..core.errors import GlmxError
 from ..engine import configure, run_workflow
 from ..io.atomic import remove_stale_temporaries
-from ..io.bids import _one, _tr_from_metadata, list_subjects, open_layout, parse_space
+from ..io.bids import _one, _tr_from_metadata, open_layout, parse_space
 from ..io.derivatives import write_dataset_description
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
-from .subject import RunReport, check_output_dir, default_spec_path, published_files
+from .subject import check_output_dir, default_spec_path, published_files, run_dataset, select_subjects
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
@@ -235,17 +235,7 @@ class RestingStateDataset:
 
     def subjects(self):
         """(subjects to run, subjects excluded by the spec)."""
-        available = list_subjects(self.layout)
-        if self.participant_label:
-            wanted = [normalize_subject(s) for s in self.participant_label]
-            missing = [s for s in wanted if s not in available]
-            if missing:
-                raise GlmxError(f"subject(s) {', '.join('sub-' + s for s in missing)} not found in the dataset",
-                                file=self.bids_root, field="--participant-label")
-        else:
-            wanted = available
-        excluded = [s for s in wanted if s in self.entry["excludes"]]
-        return [s for s in wanted if s not in excluded], excluded
+        return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject.
@@ -262,11 +252,7 @@ class RestingStateDataset:
         -------
         RunReport
         """
-        import time
-
         from nipype.pipeline import engine as pe
-
-        from ..engine import Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
 
         check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
@@ -282,29 +268,9 @@ class RestingStateDataset:
                 if len(subjects) == 1:
                     raise
                 failed[sub] = (exc.one_line(), None)
-        crash_dir = configure(parent, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        progress_bar = Progress(count_nodes(parent), stream="stderr" if progress else None)
-        args.setdefault("status_callback", progress_bar)
-        remove_stale_temporaries(self.output_dir)
-        write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        start = time.time()
-        outputs = []
-        if parent._graph.number_of_nodes():
-            try:
-                outputs = published_files(execute(parent, plugin, args))
-            except RuntimeError:
-                pass
-            for crash in new_crash_files(crash_dir, start):
-                sub = crash_subject(crash, subjects, self.task)
-                if sub is not None and sub not in failed:
-                    failed[sub] = (crash_reason(crash), crash)
-            if failed:
-                outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
-        progress_bar.show(final=True)
-        return RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+        report, self.progress = run_dataset(parent, subjects, excluded, failed, self.task, self.bids_root,
+                                            self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
+        return report
 
 
 class RestingStateGroup:

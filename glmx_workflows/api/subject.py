@@ -163,6 +163,94 @@ def published_files(graph):
     return sorted(str(f) for f in out if f)
 
 
+def select_subjects(layout, participant_label, excludes, bids_root):
+    """Subjects of a dataset-level run.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    participant_label : list of str or None
+        Requested subjects ('01' or 'sub-01'); None: every subject of the raw dataset.
+    excludes : list of str
+        The spec's ``excludes`` (labels without 'sub-').
+    bids_root : path
+        For messages.
+
+    Returns
+    -------
+    (to_run, excluded) : two lists of labels
+    """
+    from ..io.bids import list_subjects
+
+    available = list_subjects(layout)
+    if participant_label:
+        wanted = [normalize_subject(s) for s in participant_label]
+        missing = [s for s in wanted if s not in available]
+        if missing:
+            raise GlmxError(f"subject(s) {', '.join('sub-' + s for s in missing)} not found in the dataset",
+                            file=bids_root, field="--participant-label")
+    else:
+        wanted = available
+    excluded = [s for s in wanted if s in excludes]
+    return [s for s in wanted if s not in excluded], excluded
+
+
+def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, work_dir, plugin="MultiProc",
+                plugin_args=None, n_procs=None, progress=True):
+    """Run a dataset workflow (one sub-workflow per subject) and account for every subject.
+
+    Parameters
+    ----------
+    wf : nipype Workflow
+        Sub-workflows named ``sub_<s>_<task>``.
+    subjects, excluded : list of str
+    failed : dict
+        Subjects that already failed while planning: ``{sub: (reason, None)}``; completed here.
+    task : str
+    bids_root, output_dir, work_dir : path
+    plugin, plugin_args, n_procs, progress
+        As for :meth:`Aggregator.run`.
+
+    Returns
+    -------
+    (RunReport, engine.Progress)
+    """
+    import time
+
+    from ..engine import PLUGINS, Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
+
+    if plugin not in PLUGINS:
+        raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
+    output_dir = Path(output_dir)
+    crash_dir = configure(wf, work_dir, plugin=plugin)
+    args = dict(plugin_args or {})
+    if plugin == "MultiProc" and n_procs:
+        args.setdefault("n_procs", int(n_procs))
+    display = Progress(count_nodes(wf), stream="stderr" if progress else None)
+    args.setdefault("status_callback", display)
+    remove_stale_temporaries(output_dir)
+    write_dataset_description(output_dir, __version__, [bids_root])
+    start = time.time()
+    failed = dict(failed)
+    outputs = []
+    if wf._graph.number_of_nodes():
+        try:
+            graph = execute(wf, plugin, args)
+        except RuntimeError:
+            graph = None
+        # Graph plugins raise nothing when a job fails: the crash files are the record for all
+        for crash in new_crash_files(crash_dir, start):
+            sub = crash_subject(crash, subjects, task)
+            if sub is not None and sub not in failed:
+                failed[sub] = (crash_reason(crash), crash)
+        if graph is not None and not failed:
+            outputs = published_files(graph)
+        else:
+            outputs = sorted(str(p) for p in output_dir.rglob("*") if p.is_file())
+    display.show(final=True)
+    return RunReport([s for s in subjects if s not in failed], failed, excluded, outputs), display
+
+
 class RunReport:
     """What a dataset-level run did: subjects done, failed (with reason and crash file), excluded."""
 
@@ -225,19 +313,7 @@ class Aggregator:
 
     def subjects(self):
         """(subjects to run, subjects excluded by the spec)."""
-        from ..io.bids import list_subjects
-
-        available = list_subjects(self.layout)
-        if self.participant_label:
-            wanted = [normalize_subject(s) for s in self.participant_label]
-            missing = [s for s in wanted if s not in available]
-            if missing:
-                raise GlmxError(f"subject(s) {', '.join('sub-' + s for s in missing)} not found in the dataset",
-                                file=self.bids_root, field="--participant-label")
-        else:
-            wanted = available
-        excluded = [s for s in wanted if s in self.entry["excludes"]]
-        return [s for s in wanted if s not in excluded], excluded
+        return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
     def _subject(self, sub):
         subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
@@ -281,41 +357,10 @@ class Aggregator:
         -------
         RunReport
         """
-        import time
-
-        from ..engine import PLUGINS, Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
-
-        if plugin not in PLUGINS:
-            raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
-        check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
+        check_output_dir(self.output_dir, self.bids_root)
         wf, failed = self.workflow()
-        crash_dir = configure(wf, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        self.progress = Progress(count_nodes(wf), stream="stderr" if progress else None)
-        args.setdefault("status_callback", self.progress)
-        remove_stale_temporaries(self.output_dir)
-        write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        start = time.time()
-        outputs = []
-        if wf._graph.number_of_nodes():
-            try:
-                graph = execute(wf, plugin, args)
-            except RuntimeError:
-                graph = None
-            # Graph plugins raise nothing when a job fails: the crash files are the record for all
-            for crash in new_crash_files(crash_dir, start):
-                sub = crash_subject(crash, subjects, self.task)
-                if sub is not None and sub not in failed:
-                    failed[sub] = (crash_reason(crash), crash)
-            if graph is not None and not failed:
-                outputs = published_files(graph)
-            else:
-                outputs = sorted(str(p) for p in self.output_dir.rglob("*") if p.is_file())
-        self.progress.show(final=True)
-        done = [s for s in subjects if s not in failed]
-        report = RunReport(done, failed, excluded, outputs)
-        report.index = write_index(self.output_dir, self.task, done, failed, excluded)
+        report, self.progress = run_dataset(wf, subjects, excluded, failed, self.task, self.bids_root,
+                                            self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
+        report.index = write_index(self.output_dir, self.task, report.done, report.failed, report.excluded)
         return report

@@ -74,8 +74,8 @@ TASK_KEYS.update(REST_KEYS)
 
 # Keys that make no sense per subject.
 # group keys act on the whole group, so a per-subject override of them would mean nothing
-NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors"} | {
-    k for k in GROUP_KEYS}
+NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors",
+                   "connectivity_group_column"} | {k for k in GROUP_KEYS}
 
 
 def defaults():
