@@ -266,3 +266,46 @@ def test_group_bad_input(base_with_maps, tmp_path, name):
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert not list(out.glob("group/*")), "partial group outputs written"
+
+
+@pytest.fixture(scope="module")
+def rest_base(tmp_path_factory):
+    from glmx_workflows.io.example_rest import add_rest_runs
+
+    root = tmp_path_factory.mktemp("rest_bad") / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=1, shape=(8, 10, 8), n_volumes=40, seed=13)
+    add_rest_runs(root, n_volumes=60, n_runs=1, seed=13)
+    mask = nb.load(next((root / "derivatives/fmriprep/sub-01/func").glob("*rest*_desc-brain_mask.nii.gz")))
+    labels = (np.asarray(mask.dataobj) > 0).astype(np.int16)
+    labels[: labels.shape[0] // 2] *= 2
+    nb.save(nb.Nifti1Image(labels, mask.affine), root / "code" / "atlas_bold_grid.nii.gz")
+    nb.save(nb.Nifti1Image(labels[:, :-2], mask.affine), root / "code" / "atlas_other_grid.nii.gz")
+    (root / "code" / "atlas.tsv").write_text("index\tname\n1\tright\n2\tleft\n")
+    return root
+
+
+REST_CASES = {
+    "atlas_on_another_grid": ({"name": "halves", "labels_img": "code/atlas_other_grid.nii.gz",
+                               "labels_tsv": "code/atlas.tsv"}, ["atlas_other_grid.nii.gz", "does not match the grid"]),
+    "atlas_in_another_space": ({"name": "halves", "labels_img": "code/atlas_bold_grid.nii.gz",
+                                "labels_tsv": "code/atlas.tsv", "space": "MNI152NLin6Asym"},
+                               ["atlas.space", "MNI152NLin6Asym", "MNI152NLin2009cAsym"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REST_CASES))
+def test_rest_bad_atlas(rest_base, tmp_path, name):
+    root = tmp_path / "bids"
+    shutil.copytree(rest_base, root)
+    atlas, needles = REST_CASES[name]
+    spec = json.loads((root / "task_information.json").read_text())
+    spec["rest"]["atlas"] = atlas
+    (root / "task_information.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    proc = _run([str(root), str(out), "participant", "--task", "rest", "--quiet", "--work-dir", str(tmp_path / "w")],
+                tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("glmx: error: "), proc.stderr[-1500:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (out / "sub-01").exists()
