@@ -144,24 +144,18 @@ def _href(path, root):
 def _task_table(task, statuses, maps, reports, root):
     subjects = sorted(set(statuses) | set(maps))
     contrasts = sorted({c for per in maps.values() for c in per})
-    header = ["subject", "report", *contrasts] if contrasts else ["subject", "report", "status"]
     rows, classes = [], []
     for sub in subjects:
         state = statuses.get(sub, {"status": "done", "reason": "", "crash": ""})
+        status = state["status"]
         report = reports.get((task, sub))
         link = H.tag("a", "report", href=_href(report, root)) if report is not None else ""
-        row, cls = [f"sub-{sub}", link], [None, None]
-        for contrast in contrasts or [None]:
-            if state["status"] == "failed":
-                text = H.tag("span", f"failed: {state['reason']}", title=state.get("crash") or None)
-                row.append(text)
-                cls.append("failed")
-            elif state["status"] == "excluded":
-                row.append("excluded")
-                cls.append("excluded")
-            elif contrast is None:
-                row.append("done")
-                cls.append("ok")
+        kind = {"done": "ok"}.get(status, status)
+        row, cls = [f"sub-{sub}", status, link], [None, kind, None]
+        for contrast in contrasts:
+            if status != "done":
+                row.append(status)
+                cls.append(kind)
             elif contrast in maps.get(sub, {}):
                 target = (f"{_href(report, root)}#contrast-{H.anchor(contrast)}" if report is not None
                           else _href(maps[sub][contrast], root))
@@ -176,9 +170,16 @@ def _task_table(task, statuses, maps, reports, root):
               for k in ("done", "failed", "excluded")}
     parts = [H.tag("h2", f"Task {task}", id=f"task-{H.anchor(task)}"),
              H.tag("p", f"{len(subjects)} subject(s): {counts['done']} done, {counts['failed']} failed, "
-                        f"{counts['excluded']} excluded; {len(contrasts)} contrast(s).")]
-    parts.append(H.table(rows, header=header, cell_classes=classes) if rows else
-                 H.tag("p", "No subject recorded.", cls="none"))
+                        f"{counts['excluded']} excluded; {len(contrasts)} contrast(s). A cell links to the "
+                        "contrast in the subject's report.")]
+    parts.append(H.table(rows, header=["subject", "status", "report", *contrasts], cell_classes=classes) if rows
+                 else H.tag("p", "No subject recorded.", cls="none"))
+    failed = [(sub, statuses[sub]) for sub in subjects if statuses.get(sub, {}).get("status") == "failed"]
+    if failed:
+        parts.append(H.tag("h3", "Failures", id=f"failures-{H.anchor(task)}"))
+        parts.append(H.table([[f"sub-{sub}", st["reason"], st.get("crash") or "(none: refused before running)"]
+                              for sub, st in failed], header=["subject", "reason", "crash file"],
+                             cell_classes=[["failed", None, None]] * len(failed)))
     return parts
 
 
