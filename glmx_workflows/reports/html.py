@@ -21,7 +21,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px so
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .none{color:#777}.warn{color:#a40}.flag{background:#fdd;font-weight:bold}.ok{background:#dfd}
 .failed{background:#fdd}.excluded{background:#eee;color:#666}.missing{background:#ffe9c6}
-code{background:#f4f4f4;padding:0 2px}nav ul{columns:3}figure{margin:1em 0}figcaption{font-size:.9em;color:#444}"""
+code{background:#f4f4f4;padding:0 2px}.scroll{overflow-x:auto;max-width:100%}nav ul{columns:3}figure{margin:1em 0}figcaption{font-size:.9em;color:#444}"""
 
 
 class Raw(str):
@@ -228,7 +228,7 @@ def table(rows, header=None, cell_classes=None, numeric=True):
     if hasattr(rows, "columns"):
         header = [str(c) for c in rows.columns] if header is None else header
         rows = rows.values.tolist()
-    out = ["<table>"]
+    out = ['<div class="scroll"><table>']
     if header:
         out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>")
     out.append("<tbody>")
@@ -243,7 +243,7 @@ def table(rows, header=None, cell_classes=None, numeric=True):
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{esc(_fmt(value))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return Raw("".join(out))
 
 
