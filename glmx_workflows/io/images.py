@@ -7,6 +7,7 @@ import numpy as np
 
 from ..core.errors import GlmxError
 from .atomic import atomic_path
+from .fastread import read_masked_run
 
 
 def load_image(path, what="image"):
@@ -65,7 +66,7 @@ def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
 
     Returns
     -------
-    Y : numpy.ndarray of shape (n_kept, n_voxels), float32
+    Y : numpy.ndarray of shape (n_kept, n_voxels), float32 (C-contiguous)
     mask : numpy.ndarray of bool, 3D
     affine : numpy.ndarray of shape (4, 4)
     """
@@ -74,15 +75,9 @@ def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
         raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
                         file=bold_path, field="BOLD")
     mask, affine = load_mask(mask_path, img, bold_path)
-    if smoothing_fwhm:
-        from nilearn.image import smooth_img
-
-        img = smooth_img(img, smoothing_fwhm)
-    data = np.asarray(img.get_fdata(dtype=np.float32) if img.get_data_dtype() != np.float32 else img.dataobj)
-    Y = data[mask].T
-    if keep is not None:
-        Y = Y[np.asarray(keep, bool)]
-    return np.ascontiguousarray(Y, dtype=np.float32), mask, img.affine
+    # one streaming pass (ISA-L gzip, per-volume scaling, smoothing and masking): no 4D array in memory
+    Y = read_masked_run(img, bold_path, mask, keep=keep, smoothing_fwhm=smoothing_fwhm)
+    return Y, mask, img.affine
 
 
 def unmask(values, mask, affine, dtype=np.float32):

@@ -1,0 +1,182 @@
+"""One streaming read of a 4D NIfTI run into float32 in-mask time series.
+
+nibabel decompresses ``.nii.gz`` with Python's ``gzip`` (about twice slower than ISA-L here),
+materialises the whole 4D array (1.3 GB for an MNI 2 mm run of 300 volumes, and a float64
+intermediate for scaled int16 files), and masking then copies it again. This reader parses the
+header with nibabel, then streams the data one volume at a time through ``isal.igzip_threaded``
+(decompression runs on a second thread and releases the GIL, so it overlaps the masking and
+smoothing of the previous volume), falling back to ``gzip``. Each volume is scaled
+(``scl_slope``/``scl_inter``) in float32, optionally smoothed with nilearn's kernel, and gathered
+into the output row: the peak is the (n_kept, n_voxels) float32 result plus a few volumes.
+"""
+
+import gzip
+import math
+
+import numpy as np
+
+from ..core.errors import GlmxError
+from ..core.smoothing import smooth_volume, smoothing_sigmas
+
+try:  # python-isal: ISA-L's inflate, about 2x Python's gzip on this data
+    from isal import igzip_threaded as _isal_threaded
+except ImportError:  # pragma: no cover - isal is a declared dependency
+    _isal_threaded = None
+
+__all__ = ["open_stream", "read_masked_run", "masked_indices", "fit_memory_gb"]
+
+
+def open_stream(path, threaded=True):
+    """Open a NIfTI file for sequential binary reading, decompressing ``.gz`` with ISA-L when available.
+
+    Parameters
+    ----------
+    path : str or Path
+    threaded : bool
+        Decompress on a background thread (``isal.igzip_threaded``) so that the caller's work overlaps it.
+
+    Returns
+    -------
+    A binary file object supporting ``read`` and ``readinto``.
+    """
+    path = str(path)
+    if not path.endswith(".gz"):
+        return open(path, "rb")
+    if _isal_threaded is not None:
+        # threads=0 is igzip.open (same thread); 1 is one decompression thread ahead of the reader
+        return _isal_threaded.open(path, "rb", threads=1 if threaded else 0)
+    return gzip.open(path, "rb")
+
+
+def masked_indices(mask):
+    """Positions of the mask's voxels in a Fortran-ordered (on-disk) volume, in numpy's ``data[mask]`` order.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool, 3D
+
+    Returns
+    -------
+    numpy.ndarray of intp, shape (n_voxels,)
+    """
+    return np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+
+
+def _readinto_full(fobj, view, path):
+    got = 0
+    total = len(view)
+    while got < total:
+        n = fobj.readinto(view[got:])
+        if not n:
+            raise GlmxError(f"BOLD file ends after {got} of {total} bytes of a volume (truncated?)", file=path)
+        got += n
+
+
+def _scaling(img):
+    proxy = img.dataobj
+    slope = float(getattr(proxy, "slope", 1.0))
+    inter = float(getattr(proxy, "inter", 0.0))
+    if not np.isfinite(slope) or slope == 0:  # nibabel's rule: an unusable slope means no scaling
+        slope, inter = 1.0, 0.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    return slope, inter
+
+
+def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None):
+    """Stream a 4D run and return its in-mask time series in float32.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image or Nifti2Image
+        The run as loaded lazily by nibabel (only its header, offset and scaling are used).
+    path : str or Path
+        The file behind ``img`` (read sequentially once).
+    mask : numpy.ndarray of bool, 3D
+        Voxels to keep, on the run's grid.
+    keep : array of bool of shape (n_volumes,), optional
+        Volumes to return (censoring); all by default.
+    smoothing_fwhm : float, optional
+        Gaussian smoothing (mm FWHM) of every volume before masking, with nilearn's ``smooth_img`` kernel
+        (non-finite values set to 0 first, as nilearn does).
+
+    Returns
+    -------
+    Y : numpy.ndarray of shape (n_kept, n_voxels), float32, C-contiguous
+        Equal to ``img.get_fdata(dtype=float32)[mask].T`` (rows ``keep``) within float32 rounding.
+    """
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) != 4:
+        raise GlmxError(f"BOLD image is {len(shape)}D with shape {shape}; expected a 4D run", file=path, field="BOLD")
+    shape3, n_vol = shape[:3], shape[3]
+    proxy = img.dataobj
+    if getattr(proxy, "order", "F") != "F":
+        raise GlmxError("BOLD data are not stored in NIfTI (Fortran) order", file=path)
+    dtype = np.dtype(img.get_data_dtype())
+    slope, inter = _scaling(img)
+    keep = np.ones(n_vol, bool) if keep is None else np.asarray(keep, bool)
+    if keep.shape != (n_vol,):
+        raise GlmxError(f"censoring has {keep.size} entries for a run of {n_vol} volumes", file=path)
+    idx = masked_indices(mask)
+    n_vox_full = math.prod(shape3)
+    Y = np.empty((int(keep.sum()), idx.size), dtype=np.float32)
+
+    raw = bytearray(n_vox_full * dtype.itemsize)
+    view = memoryview(raw)
+    vol_raw = np.frombuffer(raw, dtype=dtype)
+    sigmas = smoothing_sigmas(img.affine, smoothing_fwhm) if smoothing_fwhm else None
+    vol32 = np.empty(n_vox_full, np.float32) if sigmas is not None else None
+    scaled = slope != 1.0 or inter != 0.0
+
+    offset = int(proxy.offset)
+    with open_stream(path) as fobj:
+        skip = bytearray(offset)
+        if offset:
+            _readinto_full(fobj, memoryview(skip), path)
+        row = 0
+        for t in range(n_vol):
+            _readinto_full(fobj, view, path)
+            if not keep[t]:
+                continue
+            out = Y[row]
+            if sigmas is None:
+                # gather first (230k of 1.08M voxels), then cast and scale only what is kept
+                if scaled:  # scaled in float64 per volume, as nibabel does for the whole run, then rounded
+                    np.copyto(out, vol_raw[idx] * slope + inter, casting="unsafe")
+                else:
+                    np.copyto(out, vol_raw[idx], casting="unsafe")
+            else:
+                if scaled:
+                    np.copyto(vol32, vol_raw * slope + inter, casting="unsafe")
+                else:
+                    np.copyto(vol32, vol_raw, casting="unsafe")
+                smooth_volume(vol32.reshape(shape3, order="F"), sigmas)
+                np.take(vol32, idx, out=out)
+            row += 1
+    return Y
+
+
+def fit_memory_gb(n_voxels, n_volumes, smoothing=False):
+    """Memory (GB) to request for fitting one run with ``FitGLM`` (glmx estimator).
+
+    The fit holds the float32 in-mask data (``n_voxels * n_volumes * 4`` bytes) about three times at
+    its peak (the read result, its percent-signal-change copy, the OLS residuals of a chunk and the
+    per-bin refits), plus about 0.5 GB of interpreter, nipype and numpy/scipy (measured with
+    ``benchmarks/first_level.py``). A safety margin of 25 % covers allocator slack.
+
+    Parameters
+    ----------
+    n_voxels : int
+        In-mask voxels.
+    n_volumes : int
+        Volumes of the run.
+    smoothing : bool
+        Whether volumes are smoothed on the read (adds a few float32 volumes only).
+
+    Returns
+    -------
+    float, GB (rounded up to 0.01)
+    """
+    data_gb = n_voxels * n_volumes * 4 / 1e9
+    gb = 1.25 * (0.5 + 3.0 * data_gb) + (0.05 if smoothing else 0.0)
+    return math.ceil(gb * 100) / 100
