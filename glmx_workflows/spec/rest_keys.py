@@ -57,7 +57,7 @@ REST_KEYS = {
         {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 3,
                                                     "maxItems": 3}}, {},
         "Seed-based connectivity: {name: [x, y, z]} MNI mm; each gives a voxelwise Fisher-z map "
-        "(desc-<name>_stat-z_boldmap).", {"PCC": [0, -52, 26]}),
+        "(stat-z_desc-<name>_boldmap).", {"PCC": [0, -52, 26]}),
     "seed_radius": ({"type": "number", "exclusiveMinimum": 0}, 6.0, "Radius (mm) of the seed spheres.", 8),
     "connectivity_group_column": (
         {"anyOf": [{"type": "null"}, {"type": "string"}]}, None,
