@@ -42,7 +42,7 @@ def _mask(shape):
     # an ellipsoid of ~230k voxels on the MNI 2 mm grid, like fmriprep's brain mask
     g = np.indices(shape, dtype=np.float32)
     c = [(s - 1) / 2 for s in shape]
-    r = [0.46 * s for s in shape]
+    r = [0.37 * s for s in shape]
     return sum(((g[i] - c[i]) / r[i]) ** 2 for i in range(3)) <= 1.0
 
 
