@@ -134,6 +134,8 @@ def _cmd_example(args):
         add_rest_runs(out, seed=args.seed)
     print(f"example dataset written to {out}")
     print(f"next: glmx {out} {out}/derivatives/glmx participant --task flanker")
+    if args.rest:
+        print(f"      glmx {out} {out}/derivatives/glmx participant --task rest")
     return 0
 
 
