@@ -4,6 +4,17 @@ Hashing: nodes are cached with nipype's ``timestamp`` hash method (file size + m
 hashing would read every BOLD run (hundreds of MB each) on every rerun just to learn that nothing
 changed; a cached rerun of a large dataset must finish in seconds. The cost is that touching an
 input without changing it reruns what depends on it, which is safe.
+
+Resources: a node that needs more than nipype's defaults declares them when it is built,
+``pe.Node(..., mem_gb=..., n_procs=...)`` (``fit_glm``: ``mem_gb`` from the run's size, see
+``workflows/first_level.py``). MultiProc schedules nodes so that the declared memory and cores fit the
+machine; on SLURM/SGE each job requests them (``request_resources``). For the accounting to be true a
+node must not compute on more cores than it declared: ``fit_glm`` runs inside
+``threadpoolctl.threadpool_limits(n_procs)`` (its interface's ``num_threads``, which nipype sets from
+``n_procs``), and every cluster job starts with ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/
+``MKL_NUM_THREADS`` set to its node's ``n_procs``. Jobs run ``sys.executable`` (nipype writes it into
+each batch script) with the submitting environment (Slurm exports it by default, nipype's Grid
+Engine template has ``#$ -V``), so they use the same Python and installation as ``glmx``.
 """
 
 import glob
@@ -74,9 +85,14 @@ def crash_node(crash_file):
 
 
 def new_crash_files(crash_dir, since):
-    """Crash files written at or after ``since`` (a time.time() value)."""
+    """Crash files written at or after ``since`` (a time.time() value), oldest first.
+
+    Ordered by modification time: the first is the root cause when a failure made dependent jobs
+    fail too (Grid Engine's ``-hold_jid`` starts dependants whatever the exit status), and names
+    (second-resolution time stamps, then node names) cannot order failures within one second.
+    """
     files = glob.glob(os.path.join(str(crash_dir), "crash-*"))
-    return sorted(f for f in files if os.path.getmtime(f) >= since - 1)
+    return sorted((f for f in files if os.path.getmtime(f) >= since - 1), key=lambda f: (os.path.getmtime(f), f))
 
 
 def execute(wf, plugin, plugin_args):
@@ -106,42 +122,88 @@ CLUSTER_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph")
 GLMX_PLUGIN_KEYS = ("memory_resource", "parallel_environment")
 
 
-def job_requests(mem_gb, n_procs, plugin, plugin_args=None):
-    """Scheduler arguments that request a node's declared memory and cores, or ''.
+# BLAS/OpenMP libraries read these when they load, i.e. when the job's Python imports numpy
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def job_requests(mem_gb, n_procs, plugin, plugin_args=None, resources=True):
+    """Scheduler arguments for one job: the node's declared memory and cores, and its thread limit.
 
     Slurm: ``--mem`` and ``--cpus-per-task``. Grid Engine has no standard memory complex: memory is
     requested only when ``memory_resource`` names the site's (``-l <resource>=<mem>G``), and more
-    than one core only with a ``parallel_environment`` (``-pe <pe> <n>``).
+    than one core only with a ``parallel_environment`` (``-pe <pe> <n>``). Both: the job's
+    environment sets ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` to ``n_procs``
+    (Slurm ``--export=ALL,...``, unless your ``sbatch_args`` already has an ``--export``; Grid Engine
+    ``-v``), so a job computes on the cores it was given and no more.
+
+    Parameters
+    ----------
+    mem_gb : float
+        Memory the node declared (nipype's ``mem_gb``).
+    n_procs : int
+        Cores the node declared (nipype's ``n_procs``).
+    plugin : str
+        One of the cluster plugins (``SLURM``, ``SLURMGraph``, ``SGE``, ``SGEGraph``).
+    plugin_args : dict, optional
+        The run's plugin arguments (``sbatch_args``, ``memory_resource``, ``parallel_environment``).
+    resources : bool
+        Request memory and cores (False: thread limit only, for light nodes that Graph plugins
+        submit anyway; the site's default request fits them).
+
+    Returns
+    -------
+    str
+        Arguments to append to the job's ``sbatch``/``qsub`` arguments ('' when none apply).
     """
     import math
 
     plugin_args = plugin_args or {}
-    if plugin.startswith("SLURM"):
-        return f" --mem={max(int(math.ceil(mem_gb * 1024)), 1)}M --cpus-per-task={max(int(n_procs), 1)}"
+    n = max(int(n_procs or 1), 1)
+    threads = ",".join(f"{v}={n}" for v in THREAD_VARIABLES)
     out = ""
-    if plugin.startswith("SGE"):
-        if plugin_args.get("memory_resource"):
+    if plugin.startswith("SLURM"):
+        if resources:
+            out += f" --mem={max(int(math.ceil(mem_gb * 1024)), 1)}M --cpus-per-task={n}"
+        if "--export" not in str(plugin_args.get("sbatch_args", "")):
+            out += f" --export=ALL,{threads}"
+    elif plugin.startswith("SGE"):
+        if resources and plugin_args.get("memory_resource"):
             out += f" -l {plugin_args['memory_resource']}={mem_gb:.2f}G"
-        if plugin_args.get("parallel_environment") and n_procs > 1:
-            out += f" -pe {plugin_args['parallel_environment']} {int(n_procs)}"
+        if resources and plugin_args.get("parallel_environment") and n > 1:
+            out += f" -pe {plugin_args['parallel_environment']} {n}"
+        out += f" -v {threads}"
     return out
 
 
 def request_resources(wf, plugin, plugin_args=None):
-    """Add each node's ``mem_gb``/``n_procs`` to its own scheduler arguments (in place).
+    """Add each job's ``mem_gb``/``n_procs`` requests and thread limit to its scheduler arguments.
 
     nipype's SLURM/SGE plugins ignore both; without this every job gets the cluster's default
-    memory and one core whatever the node declared.
+    memory and one core whatever the node declared, and BLAS starts a thread per core of the
+    machine. Nodes that run in the submitting process (``run_without_submitting``) are left alone,
+    except under the Graph plugins, which submit every node: those get the thread limit only.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        The workflow about to run (changed in place).
+    plugin : str
+        The plugin it runs on; nothing is done for local plugins.
+    plugin_args : dict, optional
+        The run's plugin arguments.
     """
     if plugin not in CLUSTER_PLUGINS:
         return
     key = "sbatch_args" if plugin.startswith("SLURM") else "qsub_args"
     for node in wf._get_all_nodes():
-        if node.run_without_submitting:
+        light = node.run_without_submitting
+        if light and not plugin.endswith("Graph"):
             continue
-        extra = job_requests(node.mem_gb, node.n_procs, plugin, plugin_args)
-        if extra:
-            node.plugin_args = {**(node.plugin_args or {}), key: extra}
+        extra = job_requests(node.mem_gb, node.n_procs, plugin, plugin_args, resources=not light)
+        mine = dict(node.plugin_args or {})
+        # appended to what the node already asks for; a second run of the same workflow adds nothing
+        if extra and extra not in mine.get(key, ""):
+            node.plugin_args = {**mine, key: mine.get(key, "") + extra}
 
 
 def prepare_plugin(plugin, plugin_args):
@@ -166,61 +228,123 @@ def prepare_plugin(plugin, plugin_args):
     return args
 
 
-def _queued_jobs(scheduler):
-    """{job name: state} of the current user's queued or running jobs."""
+def _scheduler_output(cmd):
+    """stdout of a scheduler query; None when the scheduler did not answer (timeout, error)."""
     import subprocess
 
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _our_jobs(scheduler, batch_dir, known):
+    """{job id: (state, reason)} of the queued or running jobs whose script lies in ``batch_dir``.
+
+    Jobs are recognised by their batch script's path, not by name: the Graph plugins name jobs
+    ``j<i>_<node>`` in every run, so two runs of the same user would otherwise wait for each other.
+    ``known`` caches {job id: ours?} across polls (Grid Engine shows the script only per job).
+    Returns None when the scheduler does not answer.
+    """
+    user = os.environ.get("LOGNAME", "")
+    prefix = str(Path(batch_dir).resolve()) + os.sep
     if scheduler == "slurm":
-        out = subprocess.run(["squeue", "-h", "-u", os.environ.get("LOGNAME", ""), "-o", "%j|%T|%r|%i"],
-                             capture_output=True, text=True, timeout=60).stdout
+        out = _scheduler_output(["squeue", "-h", "-u", user, "-o", "%i|%T|%r|%o"])
+        if out is None:
+            return None
         jobs = {}
         for line in out.splitlines():
-            name, state, reason, jobid = line.split("|")
-            jobs[name] = (state, reason, jobid)
+            jobid, state, reason, command = line.split("|", 3)
+            if command.strip().startswith(prefix):
+                jobs[jobid] = (state, reason)
         return jobs
-    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=60).stdout
-    names = re.findall(r"<JB_name>(.*?)</JB_name>", out)
-    states = re.findall(r"<state>(.*?)</state>", out)
-    ids = re.findall(r"<JB_job_number>(.*?)</JB_job_number>", out)
-    return {n: (s, "", i) for n, s, i in zip(names, states, ids)}
+    out = _scheduler_output(["qstat", "-u", user, "-xml"])
+    if out is None:
+        return None
+    listed = re.findall(r"<JB_job_number>(\d+)</JB_job_number>.*?<state>(.*?)</state>", out, re.S)
+    unknown = [jobid for jobid, _ in listed if jobid not in known]
+    if unknown:
+        detail = _scheduler_output(["qstat", "-xml", "-j", ",".join(unknown)])
+        if detail is None:
+            return None
+        # the lookahead keeps a job without a script file from taking the next job's
+        scripts = dict(re.findall(r"<JB_job_number>(\d+)</JB_job_number>(?:(?!<JB_job_number>).)*?"
+                                  r"<JB_script_file>(.*?)</JB_script_file>", detail, re.S))
+        for jobid in unknown:
+            known[jobid] = scripts.get(jobid, "").startswith(prefix)
+    return {jobid: (state, "") for jobid, state in listed if known.get(jobid)}
 
 
-def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None):
+def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None, patience=300.0):
     """Block until every job a Graph plugin submitted from ``batch_dir`` has left the queue.
 
     nipype's SLURMGraph/SGEGraph return as soon as the jobs are submitted; outputs, failures and
     reruns must wait for them. A job that can never start because a job it depends on failed
     (Slurm's DependencyNeverSatisfied, Grid Engine's error states) is cancelled; the failure itself
     is reported through its crash file.
+
+    Parameters
+    ----------
+    batch_dir : path
+        The workflow's ``batch`` directory holding the plugin's ``submit_jobs.sh`` and job scripts.
+    scheduler : {"slurm", "sge"}
+        Which queue to poll (``squeue`` or ``qstat``).
+    poll : float
+        Seconds between queue queries.
+    progress : Progress, optional
+        Updated with the share of jobs that have left the queue.
+    patience : float
+        Seconds the scheduler may fail to answer in a row before GlmxError is raised.
     """
     import subprocess
 
     script = Path(batch_dir) / "submit_jobs.sh"
     if not script.is_file():
         return
-    flag = "-J" if scheduler == "slurm" else "-N"
-    names = set(re.findall(rf"\s{flag} (\S+)", script.read_text()))
-    last = None
+    submitted = len(re.findall(r"\$\((?:sbatch|qsub) ", script.read_text()))
+    known, last, silent_since = {}, None, None
     while True:
-        queued = {n: v for n, v in _queued_jobs(scheduler).items() if n in names}
+        queued = _our_jobs(scheduler, batch_dir, known)
+        if queued is None:
+            # a busy controller times out now and then; only a long silence is an error
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > patience:
+                raise GlmxError(f"the {scheduler} scheduler stopped answering while glmx waited for its jobs "
+                                f"(submitted from {script})")
+            time.sleep(poll)
+            continue
+        silent_since = None
         if not queued:
             if progress is not None:
                 progress.done = progress.total
             return
-        stuck = [jobid for state, reason, jobid in queued.values()
+        stuck = [jobid for jobid, (state, reason) in queued.items()
                  if "DependencyNeverSatisfied" in reason or (scheduler == "sge" and "E" in state)]
         if stuck:
             subprocess.run(["scancel" if scheduler == "slurm" else "qdel", *stuck], capture_output=True, timeout=60)
         if progress is not None and len(queued) != last:
             last = len(queued)
             # jobs stand for nodes here: the Graph plugins report nothing else
-            progress.done = round(progress.total * (len(names) - len(queued)) / max(len(names), 1))
+            progress.done = round(progress.total * (submitted - len(queued)) / max(submitted, 1))
             progress.show()
         time.sleep(poll)
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     """Run ``wf``; on failure raise GlmxError with the reason of the first crash.
+
+    The Graph plugins raise nothing when a job fails (nipype never sees the jobs end): after
+    waiting for their jobs, a crash file written during the run is a failure as with the others.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        A workflow set up by ``configure``.
+    plugin : str
+        One of ``PLUGINS``.
+    plugin_args : dict, optional
+        nipype plugin arguments, plus glmx's own (``memory_resource``, ``parallel_environment``).
 
     Returns
     -------
@@ -232,13 +356,17 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     crash_dir = wf.config["execution"]["crashdump_dir"]
     start = time.time()
     try:
-        return execute(wf, plugin, plugin_args)
+        graph = execute(wf, plugin, plugin_args)
+        failure = None
     except RuntimeError as exc:
-        crashes = new_crash_files(crash_dir, start)
-        if not crashes:
-            raise GlmxError(f"the workflow failed ({exc})") from None
-        raise GlmxError(f"{crash_reason(crashes[0])} (node {crash_node(crashes[0])}; crash file {crashes[0]})") \
-            from None
+        failure = exc
+    crashes = new_crash_files(crash_dir, start)
+    if failure is None and not crashes:
+        return graph
+    if not crashes:
+        raise GlmxError(f"the workflow failed ({failure})") from None
+    raise GlmxError(f"{crash_reason(crashes[0])} (node {crash_node(crashes[0])}; crash file {crashes[0]})") \
+        from None
 
 
 def parse_plugin_args(value):

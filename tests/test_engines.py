@@ -1,5 +1,10 @@
-"""The same two-subject dataset on a real Slurm and a real Grid Engine (started on localhost by
-tools/cluster/*.sh, which .ci/run runs) gives the same outputs as MultiProc."""
+"""glmx on a real Slurm and a real Grid Engine (one node on localhost, started by
+tools/cluster/slurm.sh and tools/cluster/sge.sh, which .ci/run runs) against MultiProc.
+
+The CLI runs of the module are started together and each test waits for its own: they spend most of
+their time waiting for job scheduling and Python start-up, so running them one after another would
+cost the sum of those waits. Without a scheduler the tests that need it skip and say why.
+"""
 
 import os
 import re
@@ -15,44 +20,90 @@ import pytest
 
 from glmx_workflows.io.example import make_example_dataset
 
+REPO = Path(__file__).resolve().parents[1]
 SGE_ENV = {"SGE_ROOT": os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
            "SGE_CELL": os.environ.get("SGE_CELL", "default")}
+os.environ.update(SGE_ENV)  # qsub/qstat in this process (the engine-level test) need them too
 
 
-def _answers(cmd, env=None):
+def _query(cmd):
+    """(stdout, None) of a scheduler command, or (None, why it gave no answer)."""
     if shutil.which(cmd[0]) is None:
-        return False
+        return None, f"`{cmd[0]}` not found"
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=10, env={**os.environ, **(env or {})}).returncode == 0
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
-        return False
+        return None, f"`{' '.join(cmd)}` did not answer within 10 s"
+    if proc.returncode != 0:
+        return None, f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()[:200]}"
+    return proc.stdout, None
 
 
-SLURM_UP = _answers(["sinfo", "-h"])
-SGE_UP = _answers(["qstat", "-f"], SGE_ENV)
-needs = {
-    "SLURM": pytest.mark.skipif(not SLURM_UP, reason="no Slurm answering here (start one: tools/cluster/slurm.sh)"),
-    "SGE": pytest.mark.skipif(not SGE_UP, reason="no Grid Engine answering here (start one: tools/cluster/sge.sh)"),
-}
+def _slurm_down():
+    out, why = _query(["sinfo", "-h", "-o", "%n %T"])
+    if why is None and not re.search(r"\b(idle|mixed|allocated)", out or ""):
+        why = f"no Slurm node takes jobs (sinfo: {out.strip() or 'no nodes'})"
+    return why
 
 
-def _glmx(root, out, *extra):
+def _sge_down():
+    out, why = _query(["qstat", "-f"])
+    # a queue instance line ends in its states; a(larm), u(nknown), d(isabled), E(rror) take no jobs
+    open_queues = [ln for ln in (out or "").splitlines()
+                   if re.match(r"^\S+@\S+\s", ln) and not re.search(r"\s[a-zA-Z]*[audE][a-zA-Z]*\s*$", ln)]
+    if why is None and not open_queues:
+        why = "no Grid Engine queue instance takes jobs (qstat -f)"
+    return why
+
+
+SLURM_DOWN = _slurm_down()
+SGE_DOWN = _sge_down()
+needs_slurm = pytest.mark.skipif(SLURM_DOWN is not None,
+                                 reason=f"no Slurm here: {SLURM_DOWN} (start one: tools/cluster/slurm.sh start)")
+needs_sge = pytest.mark.skipif(SGE_DOWN is not None,
+                               reason=f"no Grid Engine here: {SGE_DOWN} (start one: tools/cluster/sge.sh start)")
+
+
+def _start_glmx(root, out, *extra):
     env = {**os.environ, **SGE_ENV, "PYTHONWARNINGS": "ignore"}
-    env.pop("LOGNAME", None)  # as in CI containers: the engine must cope without it
-    return subprocess.run([sys.executable, "-m", "glmx_workflows.cli.run", str(root), str(out), "participant",
-                           "--task", "flanker", "--quiet", "--work-dir", str(out) + "_work", *extra],
-                          capture_output=True, text=True, env=env, cwd=Path(out).parent)
+    env.pop("LOGNAME", None)  # as in CI containers and cron: the engine must cope without it
+    return subprocess.Popen([sys.executable, "-m", "glmx_workflows.cli.run", str(root), str(out), "participant",
+                             "--task", "flanker", "--quiet", "--work-dir", str(out) + "_work", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(out).parent)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def runs(tmp_path_factory):
+    """Every CLI run of this module, started at once: {name: (Popen, output dir)}."""
     tmp = tmp_path_factory.mktemp("engines")
     root = tmp / "bids"
     make_example_dataset(root, n_subjects=2, n_runs=1, shape=(10, 12, 10), n_volumes=60, seed=12)
-    out = tmp / "multiproc"
-    proc = _glmx(root, out, "--plugin", "MultiProc")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, out
+    broken = tmp / "bids_broken"
+    shutil.copytree(root, broken)
+    bold = next((broken / "derivatives/fmriprep/sub-02/func").glob("*_desc-preproc_bold.nii.gz"))
+    data = bold.read_bytes()
+    bold.write_bytes(data[: len(data) // 2])  # the header reads, the data do not: fails inside fit_glm
+    plan = {"MultiProc": (root, ["--plugin", "MultiProc"])}
+    if SLURM_DOWN is None:
+        plan["SLURM"] = (root, ["--plugin", "SLURM", "--plugin-args", str(REPO / "configs/slurm.yml")])
+        plan["SLURMGraph-broken"] = (broken, ["--plugin", "SLURMGraph", "--plugin-args",
+                                              str(REPO / "configs/slurm.yml")])
+    if SGE_DOWN is None:
+        plan["SGE"] = (root, ["--plugin", "SGE", "--plugin-args", str(REPO / "configs/sge.yml")])
+    started = {name: (_start_glmx(data_root, tmp / name, *args), tmp / name)
+               for name, (data_root, args) in plan.items()}
+    yield started
+    for proc, _ in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _finish(runs, name):
+    proc, out = runs[name]
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, stdout, stderr, out
 
 
 def _files(out):
@@ -60,54 +111,152 @@ def _files(out):
                   if p.is_file() and p.name.endswith((".nii.gz", ".tsv")))
 
 
-def _same_outputs(a, b):
-    assert _files(a) == _files(b) and _files(a)
-    for rel in _files(a):
-        if rel.name.endswith(".nii.gz"):
-            x, y = nb.load(a / rel), nb.load(b / rel)
-            assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj)), rel
-            assert np.array_equal(x.affine, y.affine), rel
-        else:
-            assert pd.read_csv(a / rel, sep="\t").equals(pd.read_csv(b / rel, sep="\t")), rel
+def _assert_same(a, b, rel):
+    if rel.name.endswith(".nii.gz"):
+        x, y = nb.load(a / rel), nb.load(b / rel)
+        assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj), equal_nan=True), rel
+        assert np.array_equal(x.affine, y.affine), rel
+    else:
+        assert pd.read_csv(a / rel, sep="\t").equals(pd.read_csv(b / rel, sep="\t")), rel
 
 
-@pytest.mark.parametrize("plugin", [
-    pytest.param("SLURM", marks=needs["SLURM"]),
-    pytest.param("SLURMGraph", marks=needs["SLURM"]),
-    pytest.param("SGE", marks=needs["SGE"]),
-    pytest.param("SGEGraph", marks=needs["SGE"]),
-])
-def test_cluster_outputs_equal_multiproc(reference, tmp_path, plugin):
-    root, ref = reference
-    out = tmp_path / plugin
-    proc = _glmx(root, out, "--plugin", plugin, "--plugin-args", '{"max_jobs": 20}')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 subject(s) done, 0 failed" in proc.stdout
-    _same_outputs(ref, out)
-    assert not list(tmp_path.glob("crash-*"))
-    if plugin == "SLURM":
-        # each job asked for the memory its node declared (nipype's plugin alone would not)
-        jobs = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
-        fits = [ln for ln in jobs.splitlines() if re.search(r"JobName=_?fit_glm", ln) and str(out) in ln]
-        assert fits and all(re.search(r"MinMemoryNode=(\d+)M", ln) and
-                            int(re.search(r"MinMemoryNode=(\d+)M", ln).group(1)) >= 300 for ln in fits), fits
+def _reference(runs):
+    code, stdout, stderr, out = _finish(runs, "MultiProc")
+    assert code == 0, stderr[-3000:]
+    return out
 
 
-@needs["SLURM"]
-def test_graph_plugin_waits_and_reports_a_failing_subject(reference, tmp_path):
-    root0, _ = reference
-    root = tmp_path / "bids"
-    shutil.copytree(root0, root)
-    bold = next((root / "derivatives/fmriprep/sub-02/func").glob("*_desc-preproc_bold.nii.gz"))
-    data = bold.read_bytes()
-    bold.write_bytes(data[: len(data) // 2])  # header reads, data do not: fails inside fit_glm
-    out = tmp_path / "out"
-    proc = _glmx(root, out, "--plugin", "SLURMGraph")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    failed = [ln for ln in proc.stdout.splitlines() if "FAILED" in ln]
-    assert len(failed) == 1 and "sub-02" in failed[0] and "[crash file: " in failed[0]
-    assert len(list((out / "sub-01" / "func").glob("*_stat-z_statmap.nii.gz"))) > 3
-    # nothing of ours is left in the queue (jobs behind the failed one were cancelled)
-    queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
-    batch = (Path(str(out) + "_work") / "glmx_flanker" / "batch" / "submit_jobs.sh").read_text()
-    assert not [j for j in queue if f" -J {j} " in batch]
+def _check_cluster_run(runs, name):
+    ref = _reference(runs)
+    code, stdout, stderr, out = _finish(runs, name)
+    assert code == 0, stderr[-3000:]
+    assert "2 subject(s) done, 0 failed" in stdout
+    files = _files(out)
+    assert files == _files(ref) and len(files) > 50
+    for rel in files:
+        _assert_same(ref, out, rel)
+    # every job ran this Python (the same installation of glmx)
+    scripts = list(Path(str(out) + "_work").rglob("batchscript_*.sh"))
+    assert scripts and all(s.read_text().strip().splitlines()[-1].split()[0] == sys.executable for s in scripts)
+    return out
+
+
+@needs_slurm
+def test_slurm_outputs_equal_multiproc(runs):
+    out = _check_cluster_run(runs, "SLURM")
+    # each fit job asked for the memory and cores its node declared (nipype's plugin alone would not)
+    jobs = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
+    fits = [ln for ln in jobs.splitlines() if "fit_glm" in ln and str(out) + "_work" in ln]
+    assert len(fits) == 2, fits
+    for ln in fits:
+        assert int(re.search(r"MinMemoryNode=(\d+)M", ln).group(1)) >= 300, ln
+        assert re.search(r"NumCPUs=1\b", ln), ln
+
+
+@needs_sge
+def test_sge_outputs_equal_multiproc(runs):
+    _check_cluster_run(runs, "SGE")
+
+
+@needs_slurm
+def test_slurmgraph_waits_and_reports_the_failing_subject(runs):
+    """SLURMGraph returns once every job has left the queue: sub-01's outputs are all there and equal
+    MultiProc's, sub-02's broken BOLD run is named in the summary with its crash file, and the jobs
+    that depended on its fit (which Slurm would keep pending forever) were cancelled."""
+    ref = _reference(runs)
+    code, stdout, stderr, out = _finish(runs, "SLURMGraph-broken")
+    assert code == 1, stderr[-3000:]
+    failed = [ln for ln in stdout.splitlines() if "FAILED" in ln]
+    assert len(failed) == 1 and "sub-02" in failed[0], stdout
+    crash = re.search(r"\[crash file: (.+?)\]", failed[0]).group(1)
+    assert Path(crash).is_file() and Path(crash).parent == Path(str(out) + "_work") / "crash"
+    sub01 = [rel for rel in _files(ref) if rel.parts[0] == "sub-01"]
+    assert sub01 and [rel for rel in _files(out) if rel.parts[0] == "sub-01"] == sub01
+    for rel in sub01:
+        _assert_same(ref, out, rel)
+    assert not _queued_scripts("SLURM", Path(str(out) + "_work") / "glmx_flanker" / "batch")
+
+
+def _probe(marker_name):
+    import os
+    import sys
+
+    return [sys.executable, os.environ.get("OMP_NUM_THREADS"), os.environ.get(marker_name)]
+
+
+def _after(value):
+    import time
+
+    time.sleep(1)  # finishes well after the plugin has returned from submitting
+    return value
+
+
+def _fail(value):
+    raise ValueError("planted failure")
+
+
+@pytest.mark.parametrize("plugin", [pytest.param("SLURMGraph", marks=needs_slurm),
+                                    pytest.param("SGEGraph", marks=needs_sge)])
+def test_graph_plugin_jobs(tmp_path, monkeypatch, plugin):
+    """Through engine.run_workflow: the Graph plugins are waited for, report a failing job like the
+    other plugins, and their jobs run this Python with this environment and BLAS threads pinned to
+    the node's n_procs."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    from glmx_workflows.core.errors import GlmxError
+    from glmx_workflows.engine import configure, run_workflow
+
+    monkeypatch.delenv("LOGNAME", raising=False)
+    monkeypatch.setenv("GLMX_ENGINE_PROBE", plugin)
+    wf = pe.Workflow(name="probe_wf")
+    probe = pe.Node(Function(input_names=["marker_name"], output_names=["seen"], function=_probe),
+                    name="probe", n_procs=2, mem_gb=0.3)
+    probe.inputs.marker_name = "GLMX_ENGINE_PROBE"
+    after = pe.Node(Function(input_names=["value"], output_names=["value"], function=_after), name="after")
+    fail = pe.Node(Function(input_names=["value"], output_names=["value"], function=_fail), name="fail")
+    behind = pe.Node(Function(input_names=["value"], output_names=["value"], function=_after), name="behind_fail")
+    wf.connect([(probe, after, [("seen", "value")]), (probe, fail, [("seen", "value")]),
+                (fail, behind, [("value", "value")])])
+    crash_dir = configure(wf, tmp_path / "work", plugin=plugin)
+    args = {"sbatch_args": "--time=00:10:00"} if plugin == "SLURMGraph" else {"qsub_args": "-S /bin/bash"}
+    with pytest.raises(GlmxError, match="planted failure") as err:
+        run_workflow(wf, plugin, args)
+    assert str(crash_dir) in str(err.value) and crash_dir == tmp_path / "work" / "crash"
+    assert os.environ["LOGNAME"]
+    node_dir = tmp_path / "work" / "probe_wf"
+    executable, omp, marker = load_resultfile(next((node_dir / "probe").glob("result_*.pklz"))).outputs.seen
+    assert (executable, omp, marker) == (sys.executable, "2", plugin)
+    assert load_resultfile(next((node_dir / "after").glob("result_*.pklz"))).outputs.value[2] == plugin
+    assert not _queued_scripts(plugin, node_dir / "batch")
+
+
+def _queued_scripts(plugin, batch):
+    """Batch scripts under ``batch`` of jobs still in the queue."""
+    if plugin.startswith("SLURM"):
+        scripts = subprocess.run(["squeue", "-h", "-o", "%o"], capture_output=True, text=True).stdout.split()
+    else:
+        ids = re.findall(r"<JB_job_number>(\d+)<", subprocess.run(["qstat", "-xml"], capture_output=True,
+                                                                  text=True).stdout)
+        detail = subprocess.run(["qstat", "-xml", "-j", ",".join(ids)], capture_output=True, text=True).stdout \
+            if ids else ""
+        scripts = re.findall(r"<JB_script_file>(.*?)</JB_script_file>", detail)
+    return [s for s in scripts if s.startswith(str(batch))]
+
+
+def test_configs_parse_to_plugin_arguments():
+    """configs/*.yml are what --plugin-args reads: nipype's keys plus glmx's own, nothing else."""
+    from glmx_workflows.engine import job_requests, parse_plugin_args, prepare_plugin
+
+    slurm = parse_plugin_args(str(REPO / "configs/slurm.yml"))
+    sge = parse_plugin_args(str(REPO / "configs/sge.yml"))
+    assert set(slurm) == {"sbatch_args", "max_jobs", "stop_on_first_crash", "dont_resubmit_completed_jobs"}
+    assert set(sge) == {"qsub_args", "max_jobs", "stop_on_first_crash", "memory_resource", "parallel_environment",
+                        "dont_resubmit_completed_jobs"}
+    assert "memory_resource" not in prepare_plugin("SGE", sge)
+    assert job_requests(1.5, 4, "SLURM", slurm).split() == [
+        "--mem=1536M", "--cpus-per-task=4", "--export=ALL,OMP_NUM_THREADS=4,OPENBLAS_NUM_THREADS=4,MKL_NUM_THREADS=4"]
+    site = {**sge, "memory_resource": "h_vmem", "parallel_environment": "smp"}
+    assert job_requests(1.5, 4, "SGE", site).split() == [
+        "-l", "h_vmem=1.50G", "-pe", "smp", "4", "-v", "OMP_NUM_THREADS=4,OPENBLAS_NUM_THREADS=4,MKL_NUM_THREADS=4"]
