@@ -4,7 +4,6 @@ Everything that can be known without fitting is checked here (files, TR, events 
 patterns, contrast regressors), so a bad spec fails in a second with one line instead of in a node.
 """
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,14 +50,16 @@ class SubjectPlan:
         return self.run_map_entities()[0] != self.subject_entities() or len(self.runs) > 1
 
     def fit_mem_gb(self):
-        """Memory of the largest run's fit: the float32 in-mask data about 3 times over, plus 0.3 GB."""
-        from .io.images import load_image
+        """Memory of the largest run's fit, from its in-mask voxels and volumes (``io.fastread.fit_memory_gb``)."""
+        from .io.fastread import fit_memory_gb
 
-        worst = 0
+        worst = 0.0
         for r in self.runs:
             shape = load_image(r.bold, "BOLD run").shape
-            worst = max(worst, math.prod(shape[:3]) * shape[3] * 4)
-        return round(0.3 + 3 * worst / 1e9, 2)
+            n_vox = int(load_mask(r.mask)[0].sum())
+            worst = max(worst, fit_memory_gb(n_vox, shape[3], smoothing=bool(self.settings.get("smoothing_fwhm")),
+                                             estimator=self.settings.get("estimator", "glmx")))
+        return worst
 
     def workflow_inputs(self):
         return {

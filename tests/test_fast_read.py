@@ -147,3 +147,18 @@ def test_fit_memory_grows_with_the_run():
     # float32 in-mask data: 0.28 GB (300 vols) / 0.92 GB (1000 vols); the request covers ~3x plus overhead
     assert 0.28 * 3 < small < 2.0
     assert big > small + 3 * (0.92 - 0.28)
+
+
+def test_fit_node_requests_memory_from_the_runs_mask_and_length(tmp_path):
+    from glmx_workflows.api import Subject
+    from glmx_workflows.io.example import make_example_dataset
+
+    root = tmp_path / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=1, shape=(10, 12, 10), n_volumes=40, seed=4)
+    subj = Subject("01", "flanker", root, output_dir=tmp_path / "out", work_dir=tmp_path / "work")
+    plan = subj.plan()
+    run = plan.runs[0]
+    n_vox = int((np.asarray(nb.load(str(run.mask)).dataobj) > 0).sum())
+    assert plan.fit_mem_gb() == fastread.fit_memory_gb(n_vox, 40)
+    wf = subj.workflow(plan)
+    assert wf.get_node("fit_glm").mem_gb == plan.fit_mem_gb()

@@ -156,7 +156,7 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None):
     return Y
 
 
-def fit_memory_gb(n_voxels, n_volumes, smoothing=False):
+def fit_memory_gb(n_voxels, n_volumes, smoothing=False, estimator="glmx"):
     """Memory (GB) to request for fitting one run with ``FitGLM`` (glmx estimator).
 
     The fit holds the float32 in-mask data (``n_voxels * n_volumes * 4`` bytes) about three times at
@@ -172,11 +172,14 @@ def fit_memory_gb(n_voxels, n_volumes, smoothing=False):
         Volumes of the run.
     smoothing : bool
         Whether volumes are smoothed on the read (adds a few float32 volumes only).
+    estimator : {'glmx', 'nilearn'}
+        nilearn's ``run_glm`` holds float64 copies of the data and residuals: twice glmx's factor.
 
     Returns
     -------
     float, GB (rounded up to 0.01)
     """
     data_gb = n_voxels * n_volumes * 4 / 1e9
-    gb = 1.25 * (0.5 + 3.0 * data_gb) + (0.05 if smoothing else 0.0)
+    factor = 6.0 if estimator == "nilearn" else 3.0
+    gb = 1.25 * (0.5 + factor * data_gb) + (0.05 if smoothing else 0.0)
     return math.ceil(gb * 100) / 100
