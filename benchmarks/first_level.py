@@ -38,11 +38,11 @@ CONTRASTS = {"faces": {"faces": 1.0}, "faces-houses": {"faces": 1.0, "houses": -
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _mask(shape):
-    # an ellipsoid of ~230k voxels on the MNI 2 mm grid, like fmriprep's brain mask
+def _mask(shape, radius=0.37):
+    # an ellipsoid of ~230k voxels on the MNI 2 mm grid, like fmriprep's brain mask (radius 0.46: the head)
     g = np.indices(shape, dtype=np.float32)
     c = [(s - 1) / 2 for s in shape]
-    r = [0.37 * s for s in shape]
+    r = [radius * s for s in shape]
     return sum(((g[i] - c[i]) / r[i]) ** 2 for i in range(3)) <= 1.0
 
 
@@ -69,7 +69,7 @@ def generate(data_dir, n_vol, shape=SHAPE, seed=97):
     paths = {k: data_dir / f for k, f in (("bold", "bold.nii.gz"), ("int16", "bold_int16.nii.gz"),
                                          ("mask", "mask.nii.gz"), ("design", "design.tsv"))}
     stamp = data_dir / "params.json"
-    params = {"n_vol": n_vol, "shape": list(shape), "seed": seed}
+    params = {"n_vol": n_vol, "shape": list(shape), "seed": seed, "version": 2}
     if stamp.exists() and json.loads(stamp.read_text()) == params and all(p.exists() for p in paths.values()):
         return paths
     rng = np.random.default_rng(seed)
@@ -93,6 +93,11 @@ def generate(data_dir, n_vol, shape=SHAPE, seed=97):
     sig = np.column_stack([X[c] for c in CONDITIONS]).astype(np.float32)
     noise = np.zeros(n_vox, np.float32)
     idx = np.ravel_multi_index(np.nonzero(mask), shape, order="F")
+    # fmriprep's MNI-space BOLD is not masked: skull and scalp carry noisy signal (as incompressible as
+    # the brain's), only the corners of the box are zero -- this sets the .nii.gz size (~500 MB)
+    head = _mask(shape, 0.46) & ~mask
+    head_idx = np.ravel_multi_index(np.nonzero(head), shape, order="F")
+    head_base = rng.uniform(20, 300, head_idx.size).astype(np.float32)
 
     hdr32 = nb.Nifti1Header()
     hdr32.set_data_shape(shape + (n_vol,))
@@ -120,6 +125,7 @@ def generate(data_dir, n_vol, shape=SHAPE, seed=97):
             y = baseline * (1 + 0.01 * (sig[t] @ np.stack([betas[c] for c in CONDITIONS])))
             y += confounds.iloc[t].to_numpy(np.float32) @ conf_w + noise
             vol[idx] = y
+            vol[head_idx] = head_base + rng.standard_normal(head_idx.size, dtype=np.float32) * 15
             f32.write(vol.tobytes())
             f16.write(np.clip(np.rint(vol / slope), -32768, 32767).astype(np.int16).tobytes())
     os.replace(tmp32, paths["bold"])
