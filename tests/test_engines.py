@@ -35,7 +35,7 @@ def _query(cmd):
     except subprocess.TimeoutExpired:
         return None, f"`{' '.join(cmd)}` did not answer within 10 s"
     if proc.returncode != 0:
-        return None, f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()[:200]}"
+        return None, f"`{' '.join(cmd)}` failed: {' '.join((proc.stderr or proc.stdout).split())[:200]}"
     return proc.stdout, None
 
 
@@ -53,6 +53,10 @@ def _sge_down():
                    if re.match(r"^\S+@\S+\s", ln) and not re.search(r"\s[a-zA-Z]*[audE][a-zA-Z]*\s*$", ln)]
     if why is None and not open_queues:
         why = "no Grid Engine queue instance takes jobs (qstat -f)"
+    note = Path("/var/tmp/glmx-sge-setup.txt")  # left by tools/ci/setup.d/10-schedulers.sh when SGE failed
+    if why is not None and note.is_file():
+        lines = note.read_text(errors="replace").strip().splitlines()
+        why += f"; CI setup could not start it: {lines[-1] if lines else '(no output)'}"
     return why
 
 

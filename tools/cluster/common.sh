@@ -21,3 +21,10 @@ wait_for() {
   for i in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   return 1
 }
+# apt_install PKG...: Debian packages, non-interactively, after refreshing the package lists
+# (unless the caller already has: GLMX_APT_UPDATED=1, as tools/ci/setup.d/10-schedulers.sh sets).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "${GLMX_APT_UPDATED:-0}" != 1 ]; then apt-get update -qq; GLMX_APT_UPDATED=1; fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}

@@ -7,6 +7,8 @@ set -euo pipefail
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 QMASTER_PID=/var/spool/gridengine/qmaster/qmaster.pid
 EXECD_PID=/var/spool/gridengine/execd/localhost/execd.pid
+# Run a command, showing its output only when it fails (qconf reports successes on stderr).
+quiet() { local out; out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }; }
 queue_up() {
   qstat -f 2>/dev/null | grep -E '^all.q@localhost' | grep -qvE '\s(a|u|au|d|E)\s*$' &&
     qhost 2>/dev/null | grep -E '^localhost' | grep -qv -- ' - '
@@ -25,14 +27,12 @@ start) ;;
 *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
 esac
 
-export DEBIAN_FRONTEND=noninteractive
 if ! command -v sge_qmaster >/dev/null; then
   # debconf answers so that the master's postinst creates cell "default" with master "localhost"
   for p in gridengine-common gridengine-client gridengine-master; do
     printf '%s shared/gridengineconfig boolean true\n%s shared/gridenginecell string default\n%s shared/gridenginemaster string localhost\n' "$p" "$p" "$p"
   done | debconf-set-selections
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends gridengine-master gridengine-exec gridengine-client >/dev/null
+  apt_install gridengine-master gridengine-exec gridengine-client
 fi
 
 # The host name resolves to 127.0.0.1, whose reverse name is "localhost": qmaster refuses clients
@@ -49,10 +49,14 @@ wait_for 20 qconf -sh || { echo "sge: qmaster does not answer" >&2; exit 1; }
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 # root may submit (min_uid/min_gid default to 1000); schedule every second (default 15 s)
-qconf -sconf | grep -v '^#' | sed -E 's/^(min_uid\s+).*/\10/; s/^(min_gid\s+).*/\10/' > "$T/global"
-qconf -Mconf "$T/global" >/dev/null
-qconf -ssconf | sed -E 's/^(schedule_interval\s+).*/\10:0:1/; s/^(flush_submit_sec\s+).*/\11/; s/^(flush_finish_sec\s+).*/\11/' > "$T/sconf"
-qconf -Msconf "$T/sconf" >/dev/null
+# (changed only when they differ: a second start leaves the configuration alone)
+qconf -sconf | grep -v '^#' > "$T/global.now"
+sed -E 's/^(min_uid\s+).*/\10/; s/^(min_gid\s+).*/\10/' "$T/global.now" > "$T/global"
+cmp -s "$T/global.now" "$T/global" || quiet qconf -Mconf "$T/global"
+qconf -ssconf > "$T/sconf.now"
+sed -E 's/^(schedule_interval\s+).*/\10:0:1/; s/^(flush_submit_sec\s+).*/\11/; s/^(flush_finish_sec\s+).*/\11/' \
+  "$T/sconf.now" > "$T/sconf"
+cmp -s "$T/sconf.now" "$T/sconf" || quiet qconf -Msconf "$T/sconf"
 qconf -ss | grep -qx localhost || qconf -as localhost >/dev/null
 if ! qconf -sel 2>/dev/null | grep -qx localhost; then
   printf 'hostname localhost\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n' > "$T/exechost"

@@ -25,10 +25,8 @@ start) ;;
 *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
 esac
 
-export DEBIAN_FRONTEND=noninteractive
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  apt_install slurm-wlm munge
 fi
 if [ ! -s /etc/munge/munge.key ]; then
   mungekey --create --force --keyfile /etc/munge/munge.key
