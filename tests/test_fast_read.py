@@ -162,3 +162,14 @@ def test_fit_node_requests_memory_from_the_runs_mask_and_length(tmp_path):
     assert plan.fit_mem_gb() == fastread.fit_memory_gb(n_vox, 40)
     wf = subj.workflow(plan)
     assert wf.get_node("fit_glm").mem_gb == plan.fit_mem_gb()
+
+
+def test_float64_read_of_scaled_int16_is_nibabels_float64(tmp_path):
+    rng = np.random.default_rng(5)
+    mask = _mask(rng)
+    data = rng.integers(-30000, 30000, SHAPE, dtype=np.int16)
+    path = _write(tmp_path, "bold.nii.gz", data, _affine(), 0.0371, 12.5)
+    Y = fastread.read_masked_run(nb.load(str(path)), path, mask, dtype=np.float64)
+    ref = nb.load(str(path)).get_fdata()[mask].T
+    assert Y.dtype == np.float64
+    np.testing.assert_allclose(Y, ref, rtol=1e-15, atol=1e-12)
