@@ -32,6 +32,7 @@ import numpy as np
 
 SHAPE = (97, 115, 97)
 TR = 2.0
+THREADS = 1
 CONDITIONS = ("faces", "houses", "scrambled")
 CONTRASTS = {"faces": {"faces": 1.0}, "faces-houses": {"faces": 1.0, "houses": -1.0},
              "all": {"faces": 1.0, "houses": 1.0, "scrambled": 1.0}}
@@ -185,7 +186,10 @@ def _child(what, bold, mask, design, fwhm, out):
 def _run_child(what, bold, paths, fwhm, out):
     cmd = [sys.executable, __file__, "--child", what, "--bold", str(bold), "--mask", str(paths["mask"]),
            "--design", str(paths["design"]), "--out", out] + (["--fwhm", str(fwhm)] if fwhm else [])
-    subprocess.run(cmd, check=True)
+    # BLAS threads pinned as the fit_glm node pins them (n_procs): on a shared 2-core machine OpenBLAS's
+    # default of one thread per core, spinning against other processes, made single runs 5-10x slower
+    env = {**os.environ, **{k: str(THREADS) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    subprocess.run(cmd, check=True, env=env)
     return json.loads(Path(out + ".json").read_text())
 
 
@@ -196,6 +200,7 @@ def main():
     ap.add_argument("--volumes", type=int, default=300)
     ap.add_argument("--small", action="store_true", help="a 40x48x40 grid for a quick check of the script")
     ap.add_argument("--only", default="plain,smooth6,int16", help="variants to run (comma-separated)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of every child (default 1)")
     ap.add_argument("--child")
     ap.add_argument("--bold")
     ap.add_argument("--mask")
@@ -203,6 +208,8 @@ def main():
     ap.add_argument("--fwhm", type=float)
     ap.add_argument("--out")
     a = ap.parse_args()
+    global THREADS
+    THREADS = a.threads
     if a.child:
         return _child(a.child, a.bold, a.mask, a.design, a.fwhm, a.out)
 
@@ -228,7 +235,7 @@ def main():
                 results.setdefault((v, what), []).append(r)
                 print(f"  rep {rep} {v:8s} {what:8s} {r['seconds']:7.2f} s  peak {r['peak_gb']:.2f} GB", flush=True)
 
-    print(f"\nmedians of {a.repeats} cold runs (wall time after imports; peak RSS of the process)")
+    print(f"\nmedians of {a.repeats} cold runs, {THREADS} BLAS thread(s) (wall time after imports; peak RSS)")
     print(f"{'variant':9s} {'read s':>7s} {'glmx s':>7s} {'nilearn s':>9s} {'glmx/read':>9s} {'nilearn/glmx':>12s} "
           f"{'read GB':>7s} {'glmx GB':>7s} {'nilearn GB':>10s} {'max|dz|':>9s}")
     summary = {}
