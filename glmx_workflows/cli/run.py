@@ -21,12 +21,32 @@ from ..core.errors import GlmxError
 COMMANDS = ("example", "init", "validate")
 
 
+_EPILOG = """\
+Entries of the spec with "analysis": "connectivity" run resting-state connectivity instead of a GLM.
+
+outputs under OUTPUT_DIR (BIDS Derivatives):
+  sub-<s>/func/sub-<s>_task-<t>[_run-<r>]_space-<sp>_contrast-<c>_stat-<stat>_statmap.nii.gz
+  sub-<s>/sub-<s>_task-<t>_report.html   the subject's report (design diagnostics, maps, clusters)
+  group/task-<t>_...                      group level maps, cluster tables and report
+  index.html                              every report; subjects x contrasts: done / failed / excluded
+
+exit status: 0 every subject done; 1 some subject failed (each named with its reason and crash
+file); 2 bad input (one line on stderr naming the file and field; --debug for the traceback).
+
+examples:
+  glmx example /tmp/ex && glmx /tmp/ex /tmp/out participant --task flanker
+  glmx /tmp/ex /tmp/out group --task flanker --inference fdr tfce
+  glmx BIDS_DIR OUT participant --task flanker --plugin SLURM --plugin-args configs/slurm.yml
+"""
+
+
 def _app_parser():
     p = argparse.ArgumentParser(
         prog="glmx",
         description="First-level task GLMs on BIDS datasets preprocessed by fmriprep, as Nipype workflows. "
                     "Other commands: 'glmx example DIR', 'glmx init BIDS_DIR', 'glmx validate BIDS_DIR' "
-                    "(each has --help).")
+                    "(each has --help).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives outputs are written")
     p.add_argument("analysis_level", choices=["participant", "group"],
