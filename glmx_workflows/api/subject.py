@@ -271,6 +271,8 @@ class RunReport:
                  f"{len(self.outputs)} file(s) written"]
         for sub, (reason, crash) in sorted(self.failed.items()):
             lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
+        if self.index:
+            lines.append(f"reports: {self.index}")
         return "\n".join(lines)
 
 
