@@ -150,6 +150,8 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
                 # gather first (230k of 1.08M voxels), then cast and scale only what is kept
                 if scaled:  # scaled in float64 per volume, as nibabel does for the whole run, then rounded
                     np.copyto(out, vol_raw[idx] * slope + inter, casting="unsafe")
+                elif vol_raw.dtype == out.dtype:  # native float: straight into the output row
+                    np.take(vol_raw, idx, out=out)
                 else:
                     np.copyto(out, vol_raw[idx], casting="unsafe")
             else:
