@@ -16,6 +16,8 @@ _DROPPED = {"space": "", "res": "", "den": "", "cohort": ""}
 
 
 class SubjectReportInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`SubjectReport`: the outputs of the first-level nodes, per run and per subject."""
+
     design_manifests = InputMultiObject(File(exists=True), mandatory=True,
                                         desc="build_design's manifest of each run (design TSV and figure)")
     confounds_files = InputMultiObject(File(exists=True), mandatory=True,
@@ -37,6 +39,8 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
 
 
 class SubjectReportOutputSpec(TraitedSpec):
+    """Outputs of :class:`SubjectReport`."""
+
     report_file = File(exists=True, desc="the self-contained HTML report")
     manifest_file = File(exists=True, desc="JSON list for the sink: the report, named sub-<s>_task-<t>_report.html")
 

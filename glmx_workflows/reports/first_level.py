@@ -167,6 +167,7 @@ class _GlassBrains:
         self.title = self.fig.text(0.01, 0.94, "", fontsize=11)
 
     def render(self, z_img, title):
+        """The glass brain of one map as an embedded PNG (Raw HTML); the overlay is removed afterwards."""
         before = {ax: set(ax.get_children()) for ax in self.fig.axes}
         self.title.set_text(title)
         with warnings.catch_warnings():
@@ -181,6 +182,7 @@ class _GlassBrains:
                     artist.remove()
 
     def close(self):
+        """Release the figure."""
         plt.close(self.fig)
 
 
