@@ -13,6 +13,15 @@ from .errors import GlmxError
 def frame_times(n_scans, tr, slice_time_ref=0.0):
     """Acquisition times of the volumes, as nilearn's FirstLevelModel computes them.
 
+    Parameters
+    ----------
+    n_scans : int
+        Volumes in the run.
+    tr : float
+        Repetition time in seconds.
+    slice_time_ref : float
+        Reference slice time as a fraction of the TR (0: start of the volume).
+
     Returns
     -------
     numpy.ndarray of shape (n_scans,)
@@ -119,6 +128,10 @@ def check_design(design, n_kept=None, source=None):
 def regressor_correlations(design):
     """Pearson correlations between the non-constant regressors.
 
+    Parameters
+    ----------
+    design : pandas.DataFrame of shape (n_scans, n_regressors)
+
     Returns
     -------
     pandas.DataFrame of shape (n_nonconstant, n_nonconstant)
@@ -131,6 +144,12 @@ def variance_inflation(design, columns=None):
     """Variance inflation factor of each regressor in ``columns`` against all others.
 
     VIF_j = 1 / (1 - R_j^2), with R_j^2 from regressing column j on the others (constant included).
+
+    Parameters
+    ----------
+    design : pandas.DataFrame of shape (n_scans, n_regressors)
+    columns : list of str, optional
+        Regressors whose VIF is computed (default: all).
 
     Returns
     -------
