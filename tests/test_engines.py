@@ -255,8 +255,8 @@ def test_configs_parse_to_plugin_arguments():
 
     slurm = parse_plugin_args(str(REPO / "configs/slurm.yml"))
     sge = parse_plugin_args(str(REPO / "configs/sge.yml"))
-    assert set(slurm) == {"sbatch_args", "max_jobs", "stop_on_first_crash", "dont_resubmit_completed_jobs"}
-    assert set(sge) == {"qsub_args", "max_jobs", "stop_on_first_crash", "memory_resource", "parallel_environment",
+    assert set(slurm) == {"sbatch_args", "max_jobs", "dont_resubmit_completed_jobs"}
+    assert set(sge) == {"qsub_args", "max_jobs", "memory_resource", "parallel_environment",
                         "dont_resubmit_completed_jobs"}
     assert "memory_resource" not in prepare_plugin("SGE", sge)
     assert job_requests(1.5, 4, "SLURM", slurm).split() == [
