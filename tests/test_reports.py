@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from glmx_workflows.api import Aggregator
+from glmx_workflows.cli.run import main
 from glmx_workflows.io.example import make_example_dataset
 from glmx_workflows.reports import html as H
 from glmx_workflows.reports.first_level import build_subject_report, design_diagnostics
@@ -70,18 +71,25 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Three subjects: sub-01 fitted, sub-02 broken (confounds one row short), sub-03 excluded."""
+    """sub-01 and sub-04 fitted, sub-02 broken (confounds one row short), sub-03 excluded; then the group."""
     tmp = tmp_path_factory.mktemp("reports")
-    root = make_example_dataset(tmp / "bids", n_subjects=3, n_runs=2, shape=(23, 27, 23), n_volumes=100, seed=3)
+    root = make_example_dataset(tmp / "bids", n_subjects=4, n_runs=2, shape=(23, 27, 23), n_volumes=80, seed=3)
     spec = json.loads((root / "task_information.json").read_text())
     spec[TASK]["excludes"] = ["sub-03"]
     spec[TASK]["dummy_scans"] = DUMMY
     spec[TASK]["fd_threshold"] = FD
+    # the spec's contrasts only (no per-condition maps) and an intercept-only group model for two subjects:
+    # few figures, so the report node stays cheap
+    spec[TASK]["condition_maps"] = False
+    spec[TASK]["group_level_regressors"] = []
     (root / "task_information.json").write_text(json.dumps(spec, indent=1))
     broken = next((root / "derivatives").rglob("sub-02_task-flanker_run-1*desc-confounds_timeseries.tsv"))
     broken.write_text("".join(broken.read_text().splitlines(keepends=True)[:-1]))
     out = tmp / "out"
     report = Aggregator(root, TASK, output_dir=out, work_dir=tmp / "work").run(n_procs=2, progress=False)
+    code = main([str(root), str(out), "group", "--task", TASK, "--contrast", "incongruentVcongruent",
+                 "--inference", "uncorrected", "--work-dir", str(tmp / "group_work")])
+    assert code == 0
     return root, out, report
 
 
@@ -91,7 +99,7 @@ def _report_path(out):
 
 def test_first_level_report_content(dataset):
     root, out, run = dataset
-    assert run.done == ["01"] and list(run.failed) == ["02"] and run.excluded == ["03"]
+    assert run.done == ["01", "04"] and list(run.failed) == ["02"] and run.excluded == ["03"]
     text = _report_path(out).read_text()
     page = _Page(text)
 
@@ -128,10 +136,10 @@ def test_first_level_report_content(dataset):
     # every subject-level contrast has its section, two figures and a cluster table
     labels = sorted({re.search(r"contrast-([A-Za-z0-9]+)_stat", p.name)[1]
                      for p in (out / "sub-01" / "func").glob("sub-01_task-flanker_space-*_stat-z_statmap.nii.gz")})
-    assert len(labels) == 7
+    assert labels == ["incongruentVcongruent", "rt", "task"]
     for label in labels:
         assert f"contrast-{label}" in page.ids
-    assert text.count('alt="glass brain:') == 7 and text.count('alt="slices:') == 7
+    assert text.count('alt="glass brain:') == 3 and text.count('alt="slices:') == 3
 
     # the planted conflict effect (dACC, 0 22 40 mm) is the top cluster of its contrast
     section = text[text.index('id="contrast-incongruentVcongruent"'):]
@@ -173,10 +181,10 @@ def test_index_table_and_links(dataset):
     page = _Page(text)
     table = page.table_with(["subject", "status", "report"])
     rows = {r[0][1]: [c[1] for c in r[1:]] for r in table[1:]}
-    assert rows == {"sub-01": ["done", "report"] + ["done"] * 7, "sub-02": ["failed", ""] + ["failed"] * 7,
-                    "sub-03": ["excluded", ""] + ["excluded"] * 7}
+    assert rows == {"sub-01": ["done", "report"] + ["done"] * 3, "sub-02": ["failed", ""] + ["failed"] * 3,
+                    "sub-03": ["excluded", ""] + ["excluded"] * 3, "sub-04": ["done", "report"] + ["done"] * 3}
     failures = page.table_with(["subject", "reason"])
-    assert failures[1][0][1] == "sub-02" and "99 rows" in failures[1][1][1]
+    assert failures[1][0][1] == "sub-02" and "79 rows" in failures[1][1][1]
     # every link resolves, down to the contrast's anchor in the subject's report
     for href in page.links:
         if href.startswith("#"):
@@ -188,6 +196,7 @@ def test_index_table_and_links(dataset):
         if parts.fragment:
             assert f'id="{parts.fragment}"' in target.read_text(), href
     assert "sub-01/sub-01_task-flanker_report.html" in page.links
+    assert "group/task-flanker_report.html" in page.links  # the group run rebuilt the index
 
 
 def test_index_merges_batches_and_lists_group_reports(tmp_path):
@@ -238,22 +247,25 @@ _MEASURE = """return {
 
 def test_reports_render_in_headless_chromium(dataset, tmp_path):
     _, out, _ = dataset
+    group_report = out / "group" / "task-flanker_report.html"
     driver = _browser()
     try:
         pages = {}
-        for path in (_report_path(out), out / "index.html"):
+        for path in (_report_path(out), group_report, out / "index.html"):
             driver.get(path.resolve().as_uri())
             pages[path.name] = driver.execute_script(_MEASURE)
             severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not severe, (path.name, severe)
+            for alt, complete, width, height in pages[path.name]["images"]:
+                assert complete and width > 0 and height > 0, (path.name, alt)
+            for bbox_w, bbox_h, w, h in pages[path.name]["svgs"]:
+                assert min(bbox_w, bbox_h, w, h) > 0, path.name
         report = pages[_report_path(out).name]
         assert report["title"].startswith("sub-01") and report["text"] > 1000
-        assert len(report["images"]) >= 2 * 7 + 2  # per contrast glass brain + slices; a correlation matrix a run
-        for alt, complete, width, height in report["images"]:
-            assert complete and width > 0 and height > 0, alt
-        assert len(report["svgs"]) == 2
-        for bbox_w, bbox_h, w, h in report["svgs"]:
-            assert min(bbox_w, bbox_h, w, h) > 0
+        assert len(report["images"]) >= 2 * 3 + 2  # per contrast glass brain + slices; a correlation matrix a run
+        assert len(report["svgs"]) == 2  # a design matrix a run
+        group = pages[group_report.name]
+        assert group["text"] > 500 and group["images"] and group["svgs"]  # maps (PNG) and the group design (SVG)
         index = pages["index.html"]
         assert index["title"].startswith("glmx outputs") and not index["images"]
         # a broken image is caught (the check can fail)

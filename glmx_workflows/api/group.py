@@ -16,6 +16,7 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.bids import parse_space
 from ..io.derivatives import write_dataset_description
 from ..io.group_inputs import find_subject_maps, read_participants
+from ..reports.index import build_index
 from ..spec.group_keys import group_settings
 from ..spec.model import load_spec, normalize_subject, task_entry
 from ..workflows.group_level import init_group_level_wf
@@ -208,4 +209,5 @@ class GroupLevel:
         graph = run_workflow(wf, plugin, args)
         outputs = published_files(graph)
         report = next((f for f in outputs if f.endswith("_report.html")), None)
+        build_index(self.output_dir)  # the dataset index links the new group report
         return GroupResult(outputs=outputs, report=report, log=plan.log)
