@@ -144,9 +144,11 @@ def test_load_masked_bold_routes_through_stream(tmp_path):
 def test_fit_memory_grows_with_the_run():
     small = fastread.fit_memory_gb(230_000, 300)
     big = fastread.fit_memory_gb(230_000, 1000)
-    # float32 in-mask data: 0.28 GB (300 vols) / 0.92 GB (1000 vols); the request covers ~3x plus overhead
-    assert 0.28 * 3 < small < 2.0
-    assert big > small + 3 * (0.92 - 0.28)
+    # float32 in-mask data: 0.28 GB (300 vols) / 0.92 GB (1000 vols); the request covers the issue's 2.5x
+    # bound plus the interpreter, and stays within the few GB the issue allows a 1000-volume run
+    assert 0.28 * 2.5 + 0.3 < small < 1.5
+    assert small + 2.5 * (0.92 - 0.28) < big < 4.0
+    assert fastread.fit_memory_gb(230_000, 300, estimator="nilearn") > small
 
 
 def test_fit_node_requests_memory_from_the_runs_mask_and_length(tmp_path):

@@ -166,12 +166,12 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
 
 
 def fit_memory_gb(n_voxels, n_volumes, smoothing=False, estimator="glmx"):
-    """Memory (GB) to request for fitting one run with ``FitGLM`` (glmx estimator).
+    """Memory (GB) to request for fitting one run with ``FitGLM``.
 
-    The fit holds the float32 in-mask data (``n_voxels * n_volumes * 4`` bytes) about three times at
-    its peak (the read result, its percent-signal-change copy, the OLS residuals of a chunk and the
-    per-bin refits), plus about 0.5 GB of interpreter, nipype and numpy/scipy (measured with
-    ``benchmarks/first_level.py``). A safety margin of 25 % covers allocator slack.
+    The glmx fit is bounded by ~2.5x the float32 in-mask data (``n_voxels * n_volumes * 4`` bytes: the read
+    result, its percent-signal-change version and chunked working arrays) plus ~0.4 GB for the interpreter,
+    nipype, numpy and scipy; ``benchmarks/first_level.py`` measured a peak of 0.66 GB for 0.28 GB of data
+    (230k voxels x 300 volumes). A 20 % margin covers allocator slack and other BLAS builds.
 
     Parameters
     ----------
@@ -182,13 +182,13 @@ def fit_memory_gb(n_voxels, n_volumes, smoothing=False, estimator="glmx"):
     smoothing : bool
         Whether volumes are smoothed on the read (adds a few float32 volumes only).
     estimator : {'glmx', 'nilearn'}
-        nilearn's ``run_glm`` holds float64 copies of the data and residuals: twice glmx's factor.
+        nilearn's ``run_glm`` holds float64 copies of the data and residuals: factor 6 instead of 2.5.
 
     Returns
     -------
     float, GB (rounded up to 0.01)
     """
     data_gb = n_voxels * n_volumes * 4 / 1e9
-    factor = 6.0 if estimator == "nilearn" else 3.0
-    gb = 1.25 * (0.5 + factor * data_gb) + (0.05 if smoothing else 0.0)
+    factor = 6.0 if estimator == "nilearn" else 2.5
+    gb = 1.2 * (0.4 + factor * data_gb) + (0.05 if smoothing else 0.0)
     return math.ceil(gb * 100) / 100
