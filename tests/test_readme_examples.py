@@ -50,7 +50,7 @@ def test_readme_code_blocks_parse_and_import_real_names():
 
 def test_readme_embedding_example_runs(tmp_path):
     section, code = next(b for b in code_blocks(README) if b[0] == "Embedding in a Nipype pipeline")
-    bids = make_example_dataset(tmp_path / "bids", n_subjects=1, n_runs=2, shape=(12, 14, 12), n_volumes=70, seed=7)
+    bids = make_example_dataset(tmp_path / "bids", n_subjects=1, n_runs=1, shape=(8, 10, 8), n_volumes=50, seed=7)
     assert '"/data/bids", "/data/work"' in code
     script = tmp_path / "embedding_example.py"
     # nipype's Function node reads its function's source, so the example runs from a file, as a user's would
