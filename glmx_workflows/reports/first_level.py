@@ -167,7 +167,20 @@ class _GlassBrains:
         self.title = self.fig.text(0.01, 0.94, "", fontsize=11)
 
     def render(self, z_img, title):
-        """The glass brain of one map as an embedded PNG (Raw HTML); the overlay is removed afterwards."""
+        """The glass brain of one map as an embedded PNG; the overlay is removed afterwards.
+
+        Parameters
+        ----------
+        z_img : nibabel image
+            The z map (thresholded at the display's height when drawn).
+        title : str
+            Shown above the projections and used in the image's alt text.
+
+        Returns
+        -------
+        Raw
+            The ``<img>`` tag.
+        """
         before = {ax: set(ax.get_children()) for ax in self.fig.axes}
         self.title.set_text(title)
         with warnings.catch_warnings():
