@@ -18,7 +18,25 @@ from .io.tables import read_tsv
 
 @dataclass
 class SubjectPlan:
-    """What the first-level workflow of one subject needs, all checked."""
+    """What the first-level workflow of one subject needs, all checked.
+
+    Parameters
+    ----------
+    subject : str
+        Subject label, without ``sub-``.
+    task : str
+        Task label.
+    settings : dict
+        Subject settings (spec defaults, task entry and overrides merged), with the resolved ``tr`` (s).
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs, in BIDS order.
+    contrasts : dict
+        ``{name: {'label': str, 'rows': list of dict, 'type': 't' or 'F'}}`` from :func:`resolve_contrasts`.
+    design_files : list of str, optional
+        User design matrix TSV paths, one per run; empty when the designs are built from the events.
+    run_regressors : list of list of str, optional
+        Sorted regressor names of each run's design.
+    """
 
     subject: str
     task: str
@@ -33,6 +51,14 @@ class SubjectPlan:
         return len({r.session for r in self.runs}) > 1
 
     def subject_entities(self):
+        """BIDS entities of the subject-level outputs.
+
+        Returns
+        -------
+        dict
+            ``sub``, ``task``, ``space`` (+ ``res``/``den``/``cohort`` from the space, and ``ses`` when all
+            runs share one session).
+        """
         first = self.runs[0]
         ent = {"sub": self.subject, "task": self.task, "space": first.space, **_img_entities(first)}
         if first.session and not self.multi_session:
@@ -40,17 +66,43 @@ class SubjectPlan:
         return ent
 
     def run_map_entities(self):
+        """BIDS entities of each run's maps.
+
+        Returns
+        -------
+        list of dict
+            One per run: the run's entities plus ``space`` (+ ``res``/``den``/``cohort``).
+        """
         return [{**r.entities(), "space": r.space, **_img_entities(r)} for r in self.runs]
 
     def run_design_entities(self):
+        """BIDS entities of each run's design outputs (no space: designs are not images).
+
+        Returns
+        -------
+        list of dict
+            One per run, from :meth:`RunRecord.entities`.
+        """
         return [r.entities() for r in self.runs]
 
     def publish_run_maps(self):
-        """Per-run maps get their own names unless they would collide with the subject-level ones."""
+        """Whether per-run maps are published: unless their names would collide with the subject-level ones.
+
+        Returns
+        -------
+        bool
+            True with several runs, or when the single run's entities differ from the subject's.
+        """
         return self.run_map_entities()[0] != self.subject_entities() or len(self.runs) > 1
 
     def fit_mem_gb(self):
-        """Memory of the largest run's fit, from its in-mask voxels and volumes (``io.fastread.fit_memory_gb``)."""
+        """Memory of the largest run's fit, from its in-mask voxels and volumes (``io.fastread.fit_memory_gb``).
+
+        Returns
+        -------
+        float
+            Memory in GB to request for the ``fit_glm`` node.
+        """
         from .io.fastread import fit_memory_gb
 
         worst = 0.0
@@ -62,6 +114,15 @@ class SubjectPlan:
         return worst
 
     def workflow_inputs(self):
+        """Values for the first-level workflow's ``inputnode``.
+
+        Returns
+        -------
+        dict
+            Per-run lists ``bold_files``, ``mask_files``, ``events_files``, ``confounds_files``,
+            ``design_files`` (None per run without user designs), ``run_map_entities``,
+            ``run_design_entities``, and the dict ``subject_entities``.
+        """
         return {
             "bold_files": [r.bold for r in self.runs], "mask_files": [r.mask for r in self.runs],
             "events_files": [r.events for r in self.runs], "confounds_files": [r.confounds for r in self.runs],
@@ -80,6 +141,25 @@ def resolve_tr(settings, entry, runs):
 
     A task-level ``tr`` must agree with the sidecars (else an error naming both values and files); a
     subject-level ``tr`` (``overrides`` or a keyword argument) is an explicit correction and wins.
+
+    Parameters
+    ----------
+    settings : dict
+        Subject settings; ``settings['tr']`` is the subject-level TR (s) or None.
+    entry : dict
+        Task entry of the spec (``tr``, ``_spec_file``, ``_task``).
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs, with the sidecar TR (``tr``, s) and where it came from (``tr_source``).
+
+    Returns
+    -------
+    float
+        TR in seconds.
+
+    Raises
+    ------
+    GlmxError
+        No TR anywhere, the spec's TR disagrees with a sidecar, or the runs' TRs differ without an override.
     """
     spec_file = entry["_spec_file"]
     task_tr = entry.get("tr")
@@ -145,6 +225,18 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
         For messages.
     events_files : list of path, optional
         The runs' events files, named when a contrast asks for a condition they do not have.
+
+    Returns
+    -------
+    dict
+        ``{name: {'label': BIDS label, 'rows': list of {regressor: weight}, 'type': 't' or 'F'}}``; an F
+        contrast has one row per formula.
+
+    Raises
+    ------
+    GlmxError
+        'default' without events, a contrast naming unknown regressors or regressors no single run has
+        together, or two contrasts with the same output label.
     """
     raw = settings["design_contrasts"]
     if raw == "default":
@@ -188,7 +280,25 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
 
 
 def designs_from_dir(design_dir, runs):
-    """One ``..._run-<r>_design.tsv`` per run from a folder, matched on the run's entities."""
+    """One ``..._run-<r>_design.tsv`` per run from a folder, matched on the run's entities.
+
+    Parameters
+    ----------
+    design_dir : str or Path
+        Folder holding the design TSVs, directly or under ``sub-<s>/``.
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs.
+
+    Returns
+    -------
+    list of str
+        One design TSV path per run.
+
+    Raises
+    ------
+    GlmxError
+        The folder does not exist or a run has no design file.
+    """
     from .io.derivatives import bids_name
 
     design_dir = Path(design_dir)
@@ -205,7 +315,27 @@ def designs_from_dir(design_dir, runs):
 
 
 def read_user_designs(designs, runs, work_dir):
-    """User design matrices (DataFrames or TSV paths, one per run, or a folder) → TSV paths, rows checked."""
+    """User design matrices (DataFrames or TSV paths, one per run, or a folder) → TSV paths, rows checked.
+
+    Parameters
+    ----------
+    designs : list of (pandas.DataFrame or path), or str or Path
+        One design per run (rows = volumes, columns = regressors), or a folder for :func:`designs_from_dir`.
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs.
+    work_dir : str or Path
+        DataFrames are written to ``work_dir/user_designs/`` as TSV.
+
+    Returns
+    -------
+    list of str
+        One design TSV path per run.
+
+    Raises
+    ------
+    GlmxError
+        The number of designs differs from the number of runs, or a design's rows differ from the run's volumes.
+    """
     import pandas as pd
 
     from .io.tables import write_tsv
@@ -237,6 +367,7 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     Parameters
     ----------
     layout : bids.BIDSLayout
+        Layout of the raw dataset with the fmriprep derivatives.
     entry : dict
         Task entry of the spec (for the task-level TR and messages).
     settings : dict
@@ -249,6 +380,12 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     Returns
     -------
     SubjectPlan
+        The checked plan.
+
+    Raises
+    ------
+    GlmxError
+        Anything about the runs, TR, events, confounds, designs or contrasts that the fit would refuse.
     """
     subject, task = settings["_subject"], entry["_task"]
     spec_file = entry["_spec_file"]
