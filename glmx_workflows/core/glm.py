@@ -29,7 +29,8 @@ work in float32; its own result then depends on BLAS blocking and thread count, 
 voxel whose AR coefficient lies within ~1e-6 of a bin edge may land in a neighbouring
 bin (z maps otherwise agree to float32 precision).
 
-The only imports are numpy and scipy.
+The only imports are numpy, scipy and threadpoolctl (to keep the many small per-bin products on one
+BLAS thread).
 """
 
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as spl
 from scipy import stats as sps
+from threadpoolctl import threadpool_limits
 
 from glmx_workflows.core.errors import GlmxError
 
@@ -501,31 +503,35 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
     beta = ols_beta if work == np.float64 else np.empty((n_reg, n_vox), dtype=np.float64)
     del ols_beta
     dispersion = np.empty(n_vox, dtype=np.float64)
-    for start, stop in chunks:
-        lab = labels[start:stop]
-        order = np.argsort(lab, kind="stable")
-        sorted_lab = lab[order]
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_lab)) + 1, [order.size]])
-        # whiten the chunk with each voxel's own rho (elementwise, so the same bits as whitening
-        # bin by bin), then put the voxels of a bin side by side
-        yc = np.asarray(Y[:, start:stop], dtype=np.float64)
-        wy = np.empty(yc.shape)
-        wy[0] = yc[0]
-        np.multiply(yc[:-1], bin_rho[lab], out=wy[1:])
-        np.subtract(yc[1:], wy[1:], out=wy[1:])
-        del yc
-        wy = wy[:, order]
-        b_sorted = np.empty((n_reg, order.size))
-        d_sorted = np.empty(order.size)
-        for s, e in zip(bounds[:-1], bounds[1:]):
-            xw, pw, _ = models[sorted_lab[s]]
-            wy_k = wy[:, s:e]
-            b = np.dot(pw, wy_k)
-            wres = wy_k - np.dot(xw, b)
-            b_sorted[:, s:e] = b
-            d_sorted[s:e] = np.sum(wres**2, 0) / disp_den
-        beta[:, start + order] = b_sorted
-        dispersion[start + order] = d_sorted
+    # Each chunk's refit is ~100 small products (n_regressors x n_scans times a bin's voxels). A
+    # multi-threaded BLAS starts its threads for each: measured 35-90x slower than one thread when the
+    # cores are shared, and no faster on idle ones. The large products above keep the caller's threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start, stop in chunks:
+            lab = labels[start:stop]
+            order = np.argsort(lab, kind="stable")
+            sorted_lab = lab[order]
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_lab)) + 1, [order.size]])
+            # whiten the chunk with each voxel's own rho (elementwise, so the same bits as whitening
+            # bin by bin), then put the voxels of a bin side by side
+            yc = np.asarray(Y[:, start:stop], dtype=np.float64)
+            wy = np.empty(yc.shape)
+            wy[0] = yc[0]
+            np.multiply(yc[:-1], bin_rho[lab], out=wy[1:])
+            np.subtract(yc[1:], wy[1:], out=wy[1:])
+            del yc
+            wy = wy[:, order]
+            b_sorted = np.empty((n_reg, order.size))
+            d_sorted = np.empty(order.size)
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                xw, pw, _ = models[sorted_lab[s]]
+                wy_k = wy[:, s:e]
+                b = np.dot(pw, wy_k)
+                wres = wy_k - np.dot(xw, b)
+                b_sorted[:, s:e] = b
+                d_sorted[s:e] = np.sum(wres**2, 0) / disp_den
+            beta[:, start + order] = b_sorted
+            dispersion[start + order] = d_sorted
     return GLMFit(beta=beta, dispersion=dispersion, labels=labels, bin_rho=bin_rho,
                   bin_cov=np.stack([m[2] for m in models]),
                   bin_df=np.full(len(bin_rho), df_resid), noise_model="ar1")
