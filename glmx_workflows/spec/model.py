@@ -37,10 +37,20 @@ def _reject_constant(name):
 def read_spec_file(path):
     """Parse a spec file as strict JSON (no NaN/Infinity, no duplicate keys).
 
+    Parameters
+    ----------
+    path : str or Path
+        task_information.json.
+
     Returns
     -------
     dict
         ``{task: raw entry}``.
+
+    Raises
+    ------
+    GlmxError
+        The file is missing, not strict JSON, has a duplicate key, or is not a non-empty object.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,7 +125,22 @@ def _check_contrasts(contrasts, where, path):
 
 
 def validate_entry(entry, task, path):
-    """Validate one task entry (keys, types, contrast syntax, overrides)."""
+    """Validate one task entry (keys, types, contrast syntax, overrides).
+
+    Parameters
+    ----------
+    entry : dict
+        The raw task entry.
+    task : str
+        Task name, used as the field path in messages.
+    path : str or Path
+        The spec file, named in messages.
+
+    Raises
+    ------
+    GlmxError
+        An unknown key, a value of the wrong type, a contrast that does not parse, or a bad override.
+    """
     _check_keys(entry, task, path, TASK_KEYS)
     _check_types(entry, task, path)
     if "design_contrasts" in entry:
@@ -146,6 +171,11 @@ def load_spec(path, problems=None):
     -------
     dict
         ``{task: entry}`` with defaults filled in; each entry also carries ``_spec_file``.
+
+    Raises
+    ------
+    GlmxError
+        The file or an entry is invalid (entries only when ``problems`` is None).
     """
     path = Path(path)
     raw = read_spec_file(path)
@@ -169,13 +199,44 @@ def load_spec(path, problems=None):
 
 
 def normalize_subject(label):
-    """'sub-01' or '01' → '01'."""
+    """'sub-01' or '01' → '01'.
+
+    Parameters
+    ----------
+    label : str or int
+        Subject label, with or without ``sub-``.
+
+    Returns
+    -------
+    str
+        The label without ``sub-`` and surrounding whitespace.
+    """
     label = str(label).strip()
     return label[4:] if label.startswith("sub-") else label
 
 
 def task_entry(spec, task, path):
-    """The entry of ``task``, or an error listing the tasks the spec has."""
+    """The entry of ``task``, or an error listing the tasks the spec has.
+
+    Parameters
+    ----------
+    spec : dict
+        ``{task: entry}`` from :func:`load_spec`.
+    task : str
+        Task name.
+    path : str or Path
+        The spec file, named in the message.
+
+    Returns
+    -------
+    dict
+        The task's entry.
+
+    Raises
+    ------
+    GlmxError
+        The spec has no entry for ``task``.
+    """
     if task not in spec:
         raise GlmxError(f"task '{task}' is not in the spec{_suggest(task, spec)}; tasks: {', '.join(sorted(spec))}",
                         file=path, field=task)
@@ -197,7 +258,12 @@ def subject_settings(entry, subject, **overrides):
     Returns
     -------
     dict
-        A new dict of settings.
+        A new dict of settings, with ``_subject`` (label without ``sub-``).
+
+    Raises
+    ------
+    GlmxError
+        A keyword override is unknown, not overridable or of the wrong type.
     """
     sub = normalize_subject(subject)
     out = copy.deepcopy(entry)
