@@ -79,7 +79,13 @@ NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_le
 
 
 def defaults():
-    """A fresh dict of every key's default value."""
+    """A fresh dict of every key's default value.
+
+    Returns
+    -------
+    dict
+        ``{key: default}`` for every key of ``TASK_KEYS``, deep-copied so callers may mutate it.
+    """
     import copy
 
     return {k: copy.deepcopy(v[1]) for k, v in TASK_KEYS.items()}
