@@ -15,7 +15,35 @@ _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
 @dataclass
 class RunRecord:
-    """The files and facts of one preprocessed BOLD run."""
+    """The files and facts of one preprocessed BOLD run.
+
+    Parameters
+    ----------
+    subject : str
+        Subject label, without ``sub-``.
+    task : str
+        Task label.
+    bold : str
+        Preprocessed BOLD image (4D NIfTI).
+    mask : str
+        fmriprep brain mask of the run, on the BOLD's grid.
+    events : str
+        Raw events TSV.
+    confounds : str
+        fmriprep confounds TSV.
+    tr : float or None
+        RepetitionTime (s) from the BOLD sidecars, None when absent.
+    tr_source : str or None
+        Sidecar the TR came from.
+    n_scans : int
+        Number of volumes.
+    session, run : str, optional
+        Session and run labels, None when the dataset has none.
+    space : str, optional
+        Space name without modifiers.
+    extra : dict, optional
+        ``res``/``den``/``cohort`` entities of the BOLD file.
+    """
 
     subject: str
     task: str
@@ -32,16 +60,47 @@ class RunRecord:
     extra: dict = field(default_factory=dict)
 
     def entities(self):
-        """BIDS entities for output names (sub, ses, task, run, space + res/den if any)."""
+        """BIDS entities of the run for output names.
+
+        Returns
+        -------
+        dict
+            ``sub``, ``ses``, ``task``, ``run``, leaving out those that are None (no space: callers add it).
+        """
         ent = {"sub": self.subject, "ses": self.session, "task": self.task, "run": self.run}
         return {k: v for k, v in ent.items() if v is not None}
 
     def to_dict(self):
+        """The record as a plain dict (e.g. for JSON).
+
+        Returns
+        -------
+        dict
+            Every field by name.
+        """
         return asdict(self)
 
 
 def parse_space(space):
-    """'MNI152NLin2009cAsym:res-2' → ('MNI152NLin2009cAsym', {'res': '2'})."""
+    """'MNI152NLin2009cAsym:res-2' → ('MNI152NLin2009cAsym', {'res': '2'}).
+
+    Parameters
+    ----------
+    space : str
+        fmriprep space, optionally with ``:res-``, ``:den-`` or ``:cohort-`` modifiers.
+
+    Returns
+    -------
+    name : str
+        The space name.
+    extra : dict
+        ``{'res'|'den'|'cohort': value}`` from the modifiers.
+
+    Raises
+    ------
+    GlmxError
+        A modifier is not one of res/den/cohort or has no value.
+    """
     name, *mods = str(space).split(":")
     extra = {}
     for mod in mods:
@@ -68,6 +127,23 @@ def find_derivatives(bids_root, derivatives=None):
 
     Default ``BIDS_DIR/derivatives/fmriprep``, else any ``BIDS_DIR/derivatives/*`` whose
     dataset_description.json says fMRIPrep generated it.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        Raw BIDS dataset.
+    derivatives : str or Path, optional
+        Explicit derivatives folder (``--derivatives``); must exist and have a dataset_description.json.
+
+    Returns
+    -------
+    Path
+        The fmriprep derivatives folder.
+
+    Raises
+    ------
+    GlmxError
+        No such folder, or it has no dataset_description.json.
     """
     bids_root = Path(bids_root)
     if derivatives is not None:
@@ -92,7 +168,25 @@ def find_derivatives(bids_root, derivatives=None):
 
 
 def open_layout(bids_root, derivatives=None):
-    """A pybids layout of the raw dataset with the fmriprep derivatives attached."""
+    """A pybids layout of the raw dataset with the fmriprep derivatives attached.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        Raw BIDS dataset.
+    derivatives : str or Path, optional
+        fmriprep derivatives folder; found by :func:`find_derivatives` when None.
+
+    Returns
+    -------
+    bids.BIDSLayout
+        Unvalidated layout indexing both.
+
+    Raises
+    ------
+    GlmxError
+        Not a BIDS dataset, no derivatives found, or pybids cannot index it.
+    """
     import bids
 
     bids_root = Path(bids_root)
@@ -106,7 +200,18 @@ def open_layout(bids_root, derivatives=None):
 
 
 def list_subjects(layout):
-    """Subjects of the raw dataset (labels without 'sub-'), sorted."""
+    """Subjects of the raw dataset (labels without 'sub-'), sorted.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        From :func:`open_layout`.
+
+    Returns
+    -------
+    list of str
+        Subject labels.
+    """
     return sorted(layout.get_subjects(scope="raw"))
 
 
@@ -139,13 +244,19 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
     subject : str
         Label without 'sub-'.
     task : str
+        Task label.
     space : str
         fmriprep space, optionally with modifiers ('MNI152NLin2009cAsym:res-2').
 
     Returns
     -------
     list of RunRecord
-        Sorted by session and run.
+        Sorted by session and run (numerically).
+
+    Raises
+    ------
+    GlmxError
+        Unknown subject, no BOLD in the space, ambiguous BOLD files, or a run without mask, events or confounds.
     """
     from bids.layout import Query
 
