@@ -23,7 +23,7 @@ from glmx_workflows.io.example import make_example_dataset
 REPO = Path(__file__).resolve().parents[1]
 SGE_ENV = {"SGE_ROOT": os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
            "SGE_CELL": os.environ.get("SGE_CELL", "default")}
-os.environ.update(SGE_ENV)  # qsub/qstat in this process (the engine-level test) need them too
+ENV = {**os.environ, **SGE_ENV}  # for Grid Engine's tools; harmless to Slurm's
 
 
 def _query(cmd):
@@ -31,7 +31,7 @@ def _query(cmd):
     if shutil.which(cmd[0]) is None:
         return None, f"`{cmd[0]}` not found"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, env=ENV)
     except subprocess.TimeoutExpired:
         return None, f"`{' '.join(cmd)}` did not answer within 10 s"
     if proc.returncode != 0:
@@ -69,7 +69,7 @@ needs_sge = pytest.mark.skipif(SGE_DOWN is not None,
 
 
 def _start_glmx(root, out, *extra):
-    env = {**os.environ, **SGE_ENV, "PYTHONWARNINGS": "ignore"}
+    env = {**ENV, "PYTHONWARNINGS": "ignore"}
     env.pop("LOGNAME", None)  # as in CI containers and cron: the engine must cope without it
     return subprocess.Popen([sys.executable, "-m", "glmx_workflows.cli.run", str(root), str(out), "participant",
                              "--task", "flanker", "--quiet", "--work-dir", str(out) + "_work", *extra],
@@ -213,6 +213,8 @@ def test_graph_plugin_jobs(tmp_path, monkeypatch, plugin):
     from glmx_workflows.engine import configure, run_workflow
 
     monkeypatch.delenv("LOGNAME", raising=False)
+    for name, value in SGE_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("GLMX_ENGINE_PROBE", plugin)
     wf = pe.Workflow(name="probe_wf")
     probe = pe.Node(Function(input_names=["marker_name"], output_names=["seen"], function=_probe),
@@ -242,9 +244,9 @@ def _queued_scripts(plugin, batch):
         scripts = subprocess.run(["squeue", "-h", "-o", "%o"], capture_output=True, text=True).stdout.split()
     else:
         ids = re.findall(r"<JB_job_number>(\d+)<", subprocess.run(["qstat", "-xml"], capture_output=True,
-                                                                  text=True).stdout)
-        detail = subprocess.run(["qstat", "-xml", "-j", ",".join(ids)], capture_output=True, text=True).stdout \
-            if ids else ""
+                                                                  text=True, env=ENV).stdout)
+        detail = subprocess.run(["qstat", "-xml", "-j", ",".join(ids)], capture_output=True, text=True,
+                                env=ENV).stdout if ids else ""
         scripts = re.findall(r"<JB_script_file>(.*?)</JB_script_file>", detail)
     return [s for s in scripts if s.startswith(str(batch))]
 
