@@ -14,12 +14,19 @@ def read_tsv(path, what="table"):
     Parameters
     ----------
     path : str or Path
+        The TSV file.
     what : str
         What the file is, for messages ("events file", "confounds file").
 
     Returns
     -------
     pandas.DataFrame
+        The table, column names stripped, ``n/a`` (and empty cells) as NaN.
+
+    Raises
+    ------
+    GlmxError
+        The file is missing, empty or not a readable tab-separated table.
     """
     path = Path(path)
     if not path.is_file():
@@ -36,7 +43,22 @@ def read_tsv(path, what="table"):
 
 
 def write_tsv(frame, path, index=False):
-    """Write a DataFrame as a BIDS TSV (``n/a`` for missing), atomically."""
+    """Write a DataFrame as a BIDS TSV (``n/a`` for missing), atomically.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The table.
+    path : str or Path
+        Target file; folders are created.
+    index : bool, optional
+        Write the index as the first column.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=index, na_rep="n/a")
     return Path(path)
