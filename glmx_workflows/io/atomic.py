@@ -35,6 +35,16 @@ def atomic_path(target):
 
     The temporary name keeps the target's suffixes (``.nii.gz``, ``.tsv``) so that writers that
     choose a format from the file name behave as for the target.
+
+    Parameters
+    ----------
+    target : str or Path
+        Final path; its folder is created.
+
+    Yields
+    ------
+    Path
+        Temporary file to write to; on an exception it is deleted and ``target`` left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +63,20 @@ def atomic_path(target):
 
 
 def write_text(target, text):
-    """Write ``text`` to ``target`` atomically; an identical existing file is left untouched."""
+    """Write ``text`` to ``target`` atomically; an identical existing file is left untouched.
+
+    Parameters
+    ----------
+    target : str or Path
+        File to write.
+    text : str
+        Content, written as UTF-8.
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
     target = Path(target)
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return target
@@ -63,7 +86,20 @@ def write_text(target, text):
 
 
 def same_content(a, b, chunk=1 << 20):
-    """True when two files hold the same bytes."""
+    """True when two files hold the same bytes.
+
+    Parameters
+    ----------
+    a, b : str or Path
+        The files; a missing file is never the same.
+    chunk : int, optional
+        Bytes compared at a time.
+
+    Returns
+    -------
+    bool
+        Both exist, have the same size and the same bytes.
+    """
     a, b = Path(a), Path(b)
     if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
         return False
@@ -78,7 +114,20 @@ def same_content(a, b, chunk=1 << 20):
 
 def copy_file(source, target):
     """Copy ``source`` to ``target`` atomically (content only); an identical target is left untouched,
-    so a rerun that recomputes nothing leaves OUTPUT_DIR's timestamps as they were."""
+    so a rerun that recomputes nothing leaves OUTPUT_DIR's timestamps as they were.
+
+    Parameters
+    ----------
+    source : str or Path
+        File to copy.
+    target : str or Path
+        Destination; folders are created.
+
+    Returns
+    -------
+    Path
+        ``target``.
+    """
     import shutil
 
     if same_content(source, target):
@@ -102,7 +151,17 @@ def remove_stale_temporaries(folder):
     """Delete temporaries under ``folder`` left by killed writers of this host.
 
     A temporary of another host, or of a live process, may belong to a run still writing (a cluster
-    job) and is left alone. Returns the removed paths.
+    job) and is left alone.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Searched recursively; a missing folder removes nothing.
+
+    Returns
+    -------
+    list of Path
+        The removed temporaries.
     """
     host = socket.gethostname().replace("-", "_")
     removed = []
