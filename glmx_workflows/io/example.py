@@ -100,7 +100,19 @@ def _round(x, ndigits=6):
 
 
 def task_information(tr=2.0):
-    """The starter ``task_information.json`` content for the example dataset."""
+    """The starter ``task_information.json`` content for the example dataset.
+
+    Parameters
+    ----------
+    tr : float, optional
+        Repetition time (s) written as the task's ``tr``.
+
+    Returns
+    -------
+    dict
+        ``{'flanker': entry}`` with confounds, the ``response_time`` modulator, three contrasts and ``age``
+        as group regressor.
+    """
     return {TASK: {
         "tr": float(tr),
         "excludes": [],
