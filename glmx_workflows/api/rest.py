@@ -15,6 +15,7 @@ from ..engine import configure, run_workflow
 from ..io.atomic import remove_stale_temporaries
 from ..io.bids import _one, _tr_from_metadata, open_layout, parse_space
 from ..io.derivatives import write_dataset_description
+from ..reports.index import build_index
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
 from .subject import check_output_dir, default_spec_path, published_files, run_dataset, select_subjects
@@ -379,4 +380,6 @@ class RestingStateGroup:
         args = dict(plugin_args or {})
         if plugin == "MultiProc" and n_procs:
             args.setdefault("n_procs", int(n_procs))
-        return published_files(run_workflow(wf, plugin, args))
+        outputs = published_files(run_workflow(wf, plugin, args))
+        build_index(self.output_dir)  # the dataset index links the group outputs
+        return outputs

@@ -248,7 +248,10 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
         else:
             outputs = sorted(str(p) for p in output_dir.rglob("*") if p.is_file())
     display.show(final=True)
-    return RunReport([s for s in subjects if s not in failed], failed, excluded, outputs), display
+    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+    # the dataset index (OUTPUT_DIR/index.html) is rebuilt after every dataset run, GLM or connectivity
+    report.index = write_index(output_dir, task, report.done, report.failed, report.excluded)
+    return report, display
 
 
 class RunReport:
@@ -364,5 +367,4 @@ class Aggregator:
         wf, failed = self.workflow()
         report, self.progress = run_dataset(wf, subjects, excluded, failed, self.task, self.bids_root,
                                             self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
-        report.index = write_index(self.output_dir, self.task, report.done, report.failed, report.excluded)
         return report
