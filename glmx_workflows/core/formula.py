@@ -20,6 +20,16 @@ def sanitize_name(value):
 
     Characters other than letters, digits and ``_`` become ``_``; a leading digit gets a ``c``
     prefix. ``"parametric gain"`` → ``"parametric_gain"``, ``"2back"`` → ``"c2back"``.
+
+    Parameters
+    ----------
+    value : object
+        Label (converted with ``str`` and stripped).
+
+    Returns
+    -------
+    str
+        A valid regressor name (``"_"`` for an empty label).
     """
     name = re.sub(r"[^A-Za-z0-9_]", "_", str(value).strip())
     if not name:
@@ -34,6 +44,21 @@ def bids_label(name):
 
     Alphanumeric names are kept verbatim; otherwise the name is split on every other character and
     rejoined in camel case: ``"face_vs_house"`` → ``"faceVsHouse"``, ``"a-b"`` → ``"aB"``.
+
+    Parameters
+    ----------
+    name : str
+        Contrast name.
+
+    Returns
+    -------
+    str
+        Alphanumeric label for the ``contrast-`` entity.
+
+    Raises
+    ------
+    GlmxError
+        The name has no letter or digit.
     """
     if name.isalnum():
         return name
@@ -161,11 +186,35 @@ def contrast_matrix(weight_rows, columns):
 
 
 def unknown_regressors(weight_rows, known):
-    """Names used by the rows that are not in ``known`` (sorted)."""
+    """Names used by the rows that are not in ``known`` (sorted).
+
+    Parameters
+    ----------
+    weight_rows : iterable of dict
+        Parsed contrast rows, ``{regressor: weight}``.
+    known : iterable of str
+        Regressor names of the design.
+
+    Returns
+    -------
+    list of str
+        Unknown names, sorted.
+    """
     used = set(itertools.chain.from_iterable(weight_rows))
     return sorted(used - set(known))
 
 
 def valid_identifier(name):
-    """True when ``name`` can appear in a formula as is."""
+    """True when ``name`` can appear in a formula as is.
+
+    Parameters
+    ----------
+    name : str
+        Regressor name.
+
+    Returns
+    -------
+    bool
+        ``name`` is a letter or ``_`` followed by letters, digits or ``_``.
+    """
     return bool(_NAME_OK.match(name))
