@@ -149,7 +149,24 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
 
 def conditions_to_drop(frames, condition_column, conditions=None, drop_conditions=()):
     """Condition values left unmodelled: ``drop_conditions`` plus, when ``conditions`` lists the ones
-    to model, every other value found in the events (sorted)."""
+    to model, every other value found in the events (sorted).
+
+    Parameters
+    ----------
+    frames : list of pandas.DataFrame
+        Raw events tables of the runs.
+    condition_column : str
+        Column holding the condition (``condition_identifier``).
+    conditions : list of str, optional
+        Conditions to model; None models every condition present.
+    drop_conditions : iterable of str, optional
+        Conditions never modelled.
+
+    Returns
+    -------
+    list of str
+        Condition values to leave out, sorted.
+    """
     drop = set(map(str, drop_conditions))
     if conditions is not None:
         present = set()
@@ -161,12 +178,36 @@ def conditions_to_drop(frames, condition_column, conditions=None, drop_condition
 
 
 def regressor_names(events):
-    """Task regressor names a design built from ``events`` will have (sorted, as nilearn orders them)."""
+    """Task regressor names a design built from ``events`` will have (sorted, as nilearn orders them).
+
+    Parameters
+    ----------
+    events : pandas.DataFrame
+        Normalised events of one run (column ``trial_type``).
+
+    Returns
+    -------
+    list of str
+        Condition and modulator regressor names, sorted.
+    """
     return sorted(pd.unique(events["trial_type"]).tolist())
 
 
 def conditions_of(events, modulators=()):
-    """Condition regressors (not modulator regressors) present in normalised ``events`` (sorted)."""
+    """Condition regressors (not modulator regressors) present in normalised ``events`` (sorted).
+
+    Parameters
+    ----------
+    events : pandas.DataFrame
+        Normalised events of one run (column ``trial_type``).
+    modulators : iterable of str, optional
+        Modulator columns; regressors ending in ``_x_<modulator>`` are left out.
+
+    Returns
+    -------
+    list of str
+        Condition regressor names, sorted.
+    """
     suffixes = tuple(f"_x_{sanitize_name(m)}" for m in modulators)
     return sorted(t for t in pd.unique(events["trial_type"]) if not (suffixes and t.endswith(suffixes)))
 
@@ -184,6 +225,11 @@ def check_events_fit_run(events, n_scans, tr, source):
         Repetition time in seconds.
     source : str
         Events file (for messages).
+
+    Raises
+    ------
+    GlmxError
+        An onset is at or after ``n_scans * tr`` seconds.
     """
     end = n_scans * tr
     late = events["onset"].to_numpy() >= end
