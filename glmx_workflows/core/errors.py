@@ -25,7 +25,13 @@ class GlmxError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self):
-        """Return the message as a single line: ``file: field: message``."""
+        """Return the message as a single line: ``file: field: message``.
+
+        Returns
+        -------
+        str
+            The parts that are set, joined by ``": "``, newlines replaced by spaces.
+        """
         parts = []
         if self.file:
             parts.append(self.file)
