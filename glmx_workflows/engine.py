@@ -247,7 +247,10 @@ def _our_jobs(scheduler, batch_dir, known):
     ``known`` caches {job id: ours?} across polls (Grid Engine shows the script only per job).
     Returns None when the scheduler does not answer.
     """
-    user = os.environ.get("LOGNAME", "")
+    import pwd
+
+    # the account the jobs were submitted under, whatever LOGNAME says
+    user = pwd.getpwuid(os.getuid()).pw_name
     prefix = str(Path(batch_dir).resolve()) + os.sep
     if scheduler == "slurm":
         out = _scheduler_output(["squeue", "-h", "-u", user, "-o", "%i|%T|%r|%o"])
