@@ -5,7 +5,8 @@ Writes (seeded, cached in --data) the simulated flanker dataset of ``glmx exampl
 (a fresh process, empty work and output folders; nothing cached but the OS page cache) with the Linear
 plugin, so that node runtimes add up, and splits its wall time into:
 
-* ``start+imports``  -- Python start and ``import glmx_workflows.cli.run`` (timed in its own cold process);
+* ``start+imports``  -- Python start and the imports a run needs (glmx's facades, nilearn, pybids, nipype),
+  timed in its own cold process;
 * ``bids index``     -- pybids ``BIDSLayout`` of the raw dataset + fmriprep derivatives (own cold process);
 * ``planning``       -- the per-subject checks before any node runs (events, confounds, designs, contrasts);
 * ``other setup``    -- the rest until the first node starts (spec, workflow construction, nipype start);
@@ -64,7 +65,14 @@ def generate(data_dir, subjects, runs, shape, volumes):
 def _child_setup(bids_root, task, out):
     """Cold timings of the imports, the pybids index and the planning of every subject."""
     t0 = time.perf_counter()
-    import glmx_workflows.cli.run  # noqa: F401  (what the CLI imports before anything else)
+    # what a participant run imports before its first node: the facades (nilearn, pandas, scipy),
+    # pybids, nipype's engine and the workflow builders
+    import bids  # noqa: F401
+    import nipype.pipeline.engine  # noqa: F401
+
+    import glmx_workflows.api  # noqa: F401
+    import glmx_workflows.cli.run  # noqa: F401
+    import glmx_workflows.workflows.first_level  # noqa: F401
     from glmx_workflows.api.subject import default_spec_path
     from glmx_workflows.io.bids import list_subjects, open_layout
     from glmx_workflows.planning import plan_subject
