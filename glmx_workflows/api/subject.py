@@ -21,7 +21,25 @@ from ..workflows.first_level import init_first_level_wf
 
 
 def check_output_dir(output_dir, bids_root):
-    """Refuse an OUTPUT_DIR inside the raw dataset (outside derivatives/) or one that cannot be written."""
+    """Refuse an OUTPUT_DIR inside the raw dataset (outside derivatives/) or one that cannot be written.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        OUTPUT_DIR; need not exist yet (its nearest existing parent is probed with a real write).
+    bids_root : str or Path
+        The raw BIDS dataset.
+
+    Returns
+    -------
+    Path
+        ``output_dir`` resolved.
+
+    Raises
+    ------
+    GlmxError
+        OUTPUT_DIR is the dataset or inside it outside ``derivatives/``, or is not writable.
+    """
     out = Path(output_dir).resolve()
     root = Path(bids_root).resolve()
     if out == root or (root in out.parents and (root / "derivatives") not in [out, *out.parents]):
@@ -44,7 +62,18 @@ def check_output_dir(output_dir, bids_root):
 
 
 def default_spec_path(bids_root):
-    """``BIDS_DIR/task_information.json``."""
+    """``BIDS_DIR/task_information.json``.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        The raw BIDS dataset.
+
+    Returns
+    -------
+    Path
+        The default spec path (not checked).
+    """
     return Path(bids_root) / "task_information.json"
 
 
@@ -95,7 +124,23 @@ class Subject:
         return self._layout
 
     def plan(self, design_matrices=None):
-        """Check inputs and spec for this subject; return the :class:`~glmx_workflows.planning.SubjectPlan`."""
+        """Check inputs and spec for this subject.
+
+        Parameters
+        ----------
+        design_matrices : list or str or Path, optional
+            User designs, one per run (DataFrame or TSV path), or a folder of them.
+
+        Returns
+        -------
+        glmx_workflows.planning.SubjectPlan
+            The checked plan.
+
+        Raises
+        ------
+        GlmxError
+            Anything about the inputs or the spec that the fit would refuse.
+        """
         return plan_subject(self.layout, self.entry, self.settings, design_matrices, self.work_dir)
 
     def workflow(self, plan=None, name=None, output_dir=True):
@@ -109,6 +154,11 @@ class Subject:
             Workflow name (default ``sub_<label>_<task>``).
         output_dir : bool
             False builds no ``ds_*`` sinks (for embedding the workflow elsewhere).
+
+        Returns
+        -------
+        nipype.pipeline.engine.Workflow
+            The first-level workflow, its ``inputnode`` filled from the plan.
         """
         plan = plan or self.plan()
         wf = init_first_level_wf(plan.settings, plan.contrasts,
@@ -138,6 +188,11 @@ class Subject:
         -------
         list of str
             Paths of the files written under OUTPUT_DIR.
+
+        Raises
+        ------
+        GlmxError
+            A bad OUTPUT_DIR, spec or input (before anything runs).
         """
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan(design_matrices)
@@ -153,7 +208,18 @@ class Subject:
 
 
 def published_files(graph):
-    """Files written by the ``ds_*`` nodes of an executed graph (sorted)."""
+    """Files written by the ``ds_*`` nodes of an executed graph (sorted).
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        Executed graph of nipype nodes (from ``run_workflow``/``execute``).
+
+    Returns
+    -------
+    list of str
+        Published paths, sorted.
+    """
     out = []
     for node in graph.nodes():
         if node.name.startswith("ds_") and node.result is not None and node.result.outputs is not None:
@@ -169,6 +235,7 @@ def select_subjects(layout, participant_label, excludes, bids_root):
     Parameters
     ----------
     layout : bids.BIDSLayout
+        Layout of the dataset.
     participant_label : list of str or None
         Requested subjects ('01' or 'sub-01'); None: every subject of the raw dataset.
     excludes : list of str
@@ -178,7 +245,15 @@ def select_subjects(layout, participant_label, excludes, bids_root):
 
     Returns
     -------
-    (to_run, excluded) : two lists of labels
+    to_run : list of str
+        Labels to run, without 'sub-'.
+    excluded : list of str
+        Requested labels left out by ``excludes``.
+
+    Raises
+    ------
+    GlmxError
+        A requested subject is not in the dataset.
     """
     from ..io.bids import list_subjects
 
@@ -213,7 +288,15 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
 
     Returns
     -------
-    (RunReport, engine.Progress)
+    report : RunReport
+        Subjects done, failed and excluded, files written, and the dataset index.
+    progress : engine.Progress
+        The progress display, with the final node counts.
+
+    Raises
+    ------
+    GlmxError
+        Unknown plugin.
     """
     import time
 
@@ -255,7 +338,19 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
 
 
 class RunReport:
-    """What a dataset-level run did: subjects done, failed (with reason and crash file), excluded."""
+    """What a dataset-level run did: subjects done, failed (with reason and crash file), excluded.
+
+    Parameters
+    ----------
+    done : iterable of str, optional
+        Subjects that completed.
+    failed : dict, optional
+        ``{subject: (reason, crash file or None)}``.
+    excluded : iterable of str, optional
+        Subjects left out by the spec's ``excludes``.
+    outputs : iterable of str, optional
+        Files written under OUTPUT_DIR.
+    """
 
     def __init__(self, done=(), failed=None, excluded=(), outputs=()):
         self.done = list(done)
@@ -266,10 +361,17 @@ class RunReport:
 
     @property
     def ok(self):
+        """True when no subject failed."""
         return not self.failed
 
     def summary(self):
-        """Human-readable lines: one per failed subject with its reason."""
+        """Human-readable lines: one per failed subject with its reason.
+
+        Returns
+        -------
+        str
+            A counts line, one line per failed subject, and the index path when written.
+        """
         lines = [f"{len(self.done)} subject(s) done, {len(self.failed)} failed, {len(self.excluded)} excluded; "
                  f"{len(self.outputs)} file(s) written"]
         for sub, (reason, crash) in sorted(self.failed.items()):
@@ -285,7 +387,9 @@ class Aggregator:
     Parameters
     ----------
     bids_root : str or Path
+        The raw BIDS dataset.
     task : str
+        Task name (a key of the spec).
     spec, derivatives, output_dir, work_dir
         As for :class:`Subject`.
     participant_label : list of str, optional
@@ -312,12 +416,19 @@ class Aggregator:
 
     @property
     def layout(self):
+        """The pybids layout (indexed on first use)."""
         if self._layout is None:
             self._layout = open_layout(self.bids_root, self.derivatives)
         return self._layout
 
     def subjects(self):
-        """(subjects to run, subjects excluded by the spec)."""
+        """Subjects to run and subjects excluded by the spec.
+
+        Returns
+        -------
+        to_run, excluded : list of str
+            As for :func:`select_subjects`.
+        """
         return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
     def _subject(self, sub):
@@ -327,7 +438,20 @@ class Aggregator:
         return subj
 
     def workflow(self):
-        """Build the dataset workflow; returns (workflow, {subject: planning failure reason})."""
+        """Build the dataset workflow; a subject that fails planning is left out and reported.
+
+        Returns
+        -------
+        workflow : nipype.pipeline.engine.Workflow
+            ``glmx_<task>`` with one ``sub_<s>_<task>`` sub-workflow per planned subject.
+        failures : dict
+            ``{subject: (reason, None)}`` for subjects that failed planning.
+
+        Raises
+        ------
+        GlmxError
+            Planning failed and only one subject was asked for.
+        """
         from nipype.pipeline import engine as pe
 
         subjects, _ = self.subjects()
@@ -361,6 +485,7 @@ class Aggregator:
         Returns
         -------
         RunReport
+            Subjects done, failed and excluded; files written.
         """
         subjects, excluded = self.subjects()
         check_output_dir(self.output_dir, self.bids_root)
