@@ -22,9 +22,11 @@ def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, partici
     Parameters
     ----------
     bids_root : str or Path
+        The raw BIDS dataset.
     spec : str or Path, optional
         Default ``bids_root/task_information.json``.
     derivatives : str or Path, optional
+        fmriprep derivatives folder (found under ``bids_root/derivatives`` by default).
     tasks : list of str, optional
         Default: every task entry of the spec.
     participant_label : list of str, optional
@@ -32,9 +34,16 @@ def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, partici
 
     Returns
     -------
-    (checked, problems)
-        ``checked``: list of (task, subject, summary) that passed; ``problems``: list of
-        (task, subject or None, one-line message).
+    checked : list of tuple
+        ``(task, subject, summary)`` of each subject that passed (only ``analysis: glm`` tasks are planned).
+    problems : list of tuple
+        ``(task or None, subject or None, one-line message)``.
+
+    Raises
+    ------
+    GlmxError
+        The spec file cannot be read or the dataset cannot be indexed (problems of entries and subjects are
+        collected instead).
     """
     spec_path = Path(spec) if spec else default_spec_path(bids_root)
     invalid = []
@@ -77,7 +86,29 @@ def _condition_column(events):
 
 
 def starter_spec(bids_root, derivatives=None):
-    """A starter task_information.json (dict) with one entry per task found in the dataset."""
+    """A starter task_information.json (dict) with one entry per task found in the dataset.
+
+    Tasks with events get conditions from the events' condition column and ``"default"`` contrasts; tasks
+    without events get ``analysis: connectivity``. Only starter confound patterns that match the dataset's
+    confounds file are kept.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        The raw BIDS dataset.
+    derivatives : str or Path, optional
+        fmriprep derivatives folder.
+
+    Returns
+    -------
+    dict
+        ``{task: entry}``.
+
+    Raises
+    ------
+    GlmxError
+        The dataset cannot be indexed or has no task.
+    """
     layout = open_layout(bids_root, derivatives)
     spec = {}
     for task in sorted(layout.get_tasks()):
@@ -115,7 +146,31 @@ def starter_spec(bids_root, derivatives=None):
 
 def write_starter_spec(bids_root, path=None, derivatives=None, force=False):
     """Write :func:`starter_spec` to ``path`` (default ``bids_root/task_information.json``); refuse to
-    overwrite an existing file unless ``force``."""
+    overwrite an existing file unless ``force``.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        The raw BIDS dataset.
+    path : str or Path, optional
+        Spec file to write.
+    derivatives : str or Path, optional
+        fmriprep derivatives folder.
+    force : bool, optional
+        Overwrite an existing file.
+
+    Returns
+    -------
+    path : Path
+        The written file.
+    spec : dict
+        Its content.
+
+    Raises
+    ------
+    GlmxError
+        The file exists and ``force`` is false, or :func:`starter_spec` fails.
+    """
     path = Path(path) if path else default_spec_path(bids_root)
     if path.exists() and not force:
         raise GlmxError("spec file already exists; pass --force to overwrite it", file=path, field="--spec")
