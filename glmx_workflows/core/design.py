@@ -89,7 +89,8 @@ def collinear_sets(design, tol=1e-8):
     names = list(design.columns[~zero])
     if xn.shape[1] == 0:
         return groups
-    _, s, vt = np.linalg.svd(xn, full_matrices=False)
+    # thin SVD unless there are fewer rows than columns (then the null space needs the full vt)
+    _, s, vt = np.linalg.svd(xn, full_matrices=xn.shape[0] < xn.shape[1])
     rank = int((s > tol * s[0]).sum()) if s.size else 0
     for vec in vt[rank:xn.shape[1]]:
         weight = np.abs(vec)
