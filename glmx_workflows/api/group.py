@@ -28,7 +28,23 @@ _SPACE_ENTITY = {"resolution": "res", "density": "den", "cohort": "cohort"}
 
 @dataclass
 class GroupPlan:
-    """What the group level will model: per first-level contrast, its subjects and maps."""
+    """What the group level will model: per first-level contrast, its subjects and maps.
+
+    Parameters
+    ----------
+    contrasts : dict
+        ``{contrast: {'subjects', 'effect_files', 'variance_files'}}``, lists in subject order.
+    excluded : list of str
+        Subjects left out by the spec's ``excludes``.
+    missing : dict
+        ``{contrast: [subjects expected but without maps]}``.
+    base_entities : dict
+        Entities of the group outputs (``task``, ``space``, ...).
+    participants_file : str, optional
+        participants.tsv used for the covariates, None without one.
+    log : list of str, optional
+        Lines saying what was left out.
+    """
 
     contrasts: dict
     excluded: list
@@ -40,14 +56,30 @@ class GroupPlan:
 
 @dataclass
 class GroupResult:
-    """Outcome of :meth:`GroupLevel.run`: files written, the report, and the log lines."""
+    """Outcome of :meth:`GroupLevel.run`: files written, the report, and the log lines.
+
+    Parameters
+    ----------
+    outputs : list of str
+        Files written under ``OUTPUT_DIR/group``.
+    report : str or None
+        The group report (HTML).
+    log : list of str
+        Lines saying what was left out.
+    """
 
     outputs: list
     report: str
     log: list
 
     def summary(self):
-        """Human-readable lines: what was left out, and how many files were written."""
+        """Human-readable lines: what was left out, and how many files were written.
+
+        Returns
+        -------
+        str
+            The log lines and a last line with the file count and the report path.
+        """
         return "\n".join(self.log + [f"{len(self.outputs)} file(s) written under "
                                      f"{Path(self.report).parent if self.report else '?'}; report: {self.report}"])
 
@@ -95,7 +127,13 @@ class GroupLevel:
         return self.output_dir / "group"
 
     def z_threshold(self):
-        """The height in z (group_z_threshold, or the z of group_p_threshold)."""
+        """The height in z (group_z_threshold, or the z of group_p_threshold).
+
+        Returns
+        -------
+        float
+            The z threshold.
+        """
         return cg.z_threshold(self.settings["group_p_threshold"], self.settings["group_z_threshold"])
 
     def _dataset_subjects(self):
@@ -107,6 +145,7 @@ class GroupLevel:
         Returns
         -------
         GroupPlan
+            Subjects and maps of every contrast, exclusions and log lines.
 
         Raises
         ------
@@ -167,6 +206,7 @@ class GroupLevel:
         Returns
         -------
         nipype.pipeline.engine.Workflow
+            ``group_<task>`` with one ``contrast_<c>`` sub-workflow per contrast.
         """
         plan = plan or self.plan()
         wf = init_group_level_wf(self.task, list(plan.contrasts), self.settings, self.z_threshold(),
@@ -190,12 +230,19 @@ class GroupLevel:
         plugin : str
             Nipype plugin (Linear, MultiProc, SLURM, SLURMGraph, SGE, SGEGraph).
         plugin_args : dict, optional
+            Passed to the plugin.
         n_procs : int, optional
             Processes for MultiProc.
 
         Returns
         -------
         GroupResult
+            Files written, the report path and the log lines.
+
+        Raises
+        ------
+        GlmxError
+            A bad OUTPUT_DIR or any problem found by :meth:`plan`.
         """
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan()
