@@ -145,8 +145,12 @@ class _GlassBrains:
     """nilearn glass brains sharing one drawn schematic.
 
     Drawing the brain outlines takes most of ``plot_glass_brain``'s time (hundreds of patches per
-    view); the outlines are drawn once and each map is added as an overlay, saved, and removed.
+    view, 60 % of a render). The outlines are drawn once, into a layer kept as pixels; each map is
+    drawn as an overlay with the outlines hidden, the outline pixels are laid over it (where
+    matplotlib would draw them too: patches lie above images), and the overlay is removed.
     """
+
+    DPI = 90
 
     def __init__(self, vmax, threshold):
         from matplotlib.cm import ScalarMappable
@@ -165,6 +169,18 @@ class _GlassBrains:
         bar.ax.tick_params(labelsize=9)
         bar.set_label("z", fontsize=10)
         self.title = self.fig.text(0.01, 0.94, "", fontsize=11)
+        self.fig.set_dpi(self.DPI)
+        outlines = [patch for ax in self.display.axes.values() for patch in ax.ax.patches]
+        with_outlines = self._pixels()
+        for patch in outlines:
+            patch.set_visible(False)
+        # pixels the outlines change on the bare figure (white there): drawn over every map
+        self.outline_mask = (with_outlines != self._pixels()).any(axis=-1)
+        self.outline_pixels = with_outlines[self.outline_mask]
+
+    def _pixels(self):
+        self.fig.canvas.draw()
+        return np.array(self.fig.canvas.buffer_rgba())
 
     def render(self, z_img, title):
         """The glass brain of one map as an embedded PNG; the overlay is removed afterwards.
@@ -188,7 +204,15 @@ class _GlassBrains:
             self.display.add_overlay(z_img, threshold=self.threshold, cmap=self.cmap, vmin=-self.vmax,
                                      vmax=self.vmax, colorbar=False)
         try:
-            return H.figure(self.fig, f"glass brain: {title}", dpi=90, close=False)
+            import io
+
+            from PIL import Image
+
+            pixels = self._pixels()
+            pixels[self.outline_mask] = self.outline_pixels
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="png")
+            return H.png_tag(buf.getvalue(), f"glass brain: {title}")
         finally:
             for ax, old in before.items():
                 for artist in set(ax.get_children()) - old:
