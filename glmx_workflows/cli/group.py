@@ -11,6 +11,7 @@ def add_group_arguments(parser):
     Parameters
     ----------
     parser : argparse.ArgumentParser
+        Parser to add the ``group level`` argument group to.
     """
     grp = parser.add_argument_group("group level")
     grp.add_argument("--inference", nargs="+", metavar="METHOD",
@@ -25,7 +26,18 @@ def add_group_arguments(parser):
 
 
 def group_options_given(args):
-    """Names of group-only options set on the command line (for refusing them at the participant level)."""
+    """Names of group-only options set on the command line (for refusing them at the participant level).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments.
+
+    Returns
+    -------
+    list of str
+        Option names as typed (``--n-permutations``, ...).
+    """
     return ["--" + name.replace("_", "-") for name in GROUP_ONLY if getattr(args, name, None) is not None]
 
 
@@ -35,10 +47,12 @@ def run_group(args):
     Parameters
     ----------
     args : argparse.Namespace
+        Parsed arguments of ``glmx BIDS_DIR OUTPUT_DIR group``.
 
     Returns
     -------
     int
+        0 (errors are raised as ``GlmxError`` and turned into exit code 2 by the CLI).
     """
     from ..api.group import GroupLevel
     from ..engine import parse_plugin_args
