@@ -60,12 +60,14 @@ def fill_nans(frame, source=None):
     Parameters
     ----------
     frame : pandas.DataFrame of shape (n_scans, n_confounds)
+        Selected confound columns (``n/a`` read as NaN, e.g. the first volume's derivatives).
     source : str, optional
         Confounds file (for messages).
 
     Returns
     -------
-    pandas.DataFrame of shape (n_scans, n_confounds), float64, no NaN.
+    pandas.DataFrame of shape (n_scans, n_confounds)
+        float64, no NaN, same index and columns.
 
     Raises
     ------
@@ -148,8 +150,11 @@ def censor_run(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN
     table : pandas.DataFrame of shape (n_scans, n_columns)
         fmriprep's confounds table (``framewise_displacement`` is read when ``fd_threshold`` is set).
     n_scans : int
+        Volumes in the run.
     dummy_scans : int
+        Leading volumes dropped (scanner warm-up).
     fd_threshold : float or None
+        Volumes with framewise displacement (mm) strictly above it are censored; None censors none.
     min_volumes : int
         Refuse the run when fewer volumes remain.
     source : str, optional
@@ -158,8 +163,15 @@ def censor_run(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN
     Returns
     -------
     keep : numpy.ndarray of shape (n_scans,), bool
+        True where the volume is kept.
     reasons : list of str
         ``""`` for kept volumes, ``"dummy"`` or ``"fd"`` for dropped ones.
+
+    Raises
+    ------
+    GlmxError
+        ``fd_threshold`` is set without a ``framewise_displacement`` column, or fewer than ``min_volumes``
+        volumes remain.
     """
     fd = None
     if fd_threshold is not None:
