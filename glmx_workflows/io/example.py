@@ -338,6 +338,7 @@ def read_planted_effects(dataset_dir):
     Parameters
     ----------
     dataset_dir : str or path-like
+        Root of a dataset written by :func:`make_example_dataset`.
 
     Returns
     -------
