@@ -145,42 +145,6 @@ def _check_cluster_run(runs, name):
     return out
 
 
-@needs_slurm
-def test_slurm_outputs_equal_multiproc(runs):
-    out = _check_cluster_run(runs, "SLURM")
-    # each fit job asked for the memory and cores its node declared (nipype's plugin alone would not)
-    jobs = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
-    fits = [ln for ln in jobs.splitlines() if "fit_glm" in ln and str(out) + "_work" in ln]
-    assert len(fits) == 2, fits
-    for ln in fits:
-        assert int(re.search(r"MinMemoryNode=(\d+)M", ln).group(1)) >= 300, ln
-        assert re.search(r"NumCPUs=1\b", ln), ln
-
-
-@needs_sge
-def test_sge_outputs_equal_multiproc(runs):
-    _check_cluster_run(runs, "SGE")
-
-
-@needs_slurm
-def test_slurmgraph_waits_and_reports_the_failing_subject(runs):
-    """SLURMGraph returns once every job has left the queue: sub-01's outputs are all there and equal
-    MultiProc's, sub-02's broken BOLD run is named in the summary with its crash file, and the jobs
-    that depended on its fit (which Slurm would keep pending forever) were cancelled."""
-    ref = _reference(runs)
-    code, stdout, stderr, out = _finish(runs, "SLURMGraph-broken")
-    assert code == 1, stderr[-3000:]
-    failed = [ln for ln in stdout.splitlines() if "FAILED" in ln]
-    assert len(failed) == 1 and "sub-02" in failed[0], stdout
-    crash = re.search(r"\[crash file: (.+?)\]", failed[0]).group(1)
-    assert Path(crash).is_file() and Path(crash).parent == Path(str(out) + "_work") / "crash"
-    sub01 = [rel for rel in _files(ref) if rel.parts[0] == "sub-01"]
-    assert sub01 and [rel for rel in _files(out) if rel.parts[0] == "sub-01"] == sub01
-    for rel in sub01:
-        _assert_same(ref, out, rel)
-    assert not _queued_scripts("SLURM", Path(str(out) + "_work") / "glmx_flanker" / "batch")
-
-
 def _probe(marker_name):
     import os
     import sys
@@ -201,10 +165,10 @@ def _fail(value):
 
 @pytest.mark.parametrize("plugin", [pytest.param("SLURMGraph", marks=needs_slurm),
                                     pytest.param("SGEGraph", marks=needs_sge)])
-def test_graph_plugin_jobs(tmp_path, monkeypatch, plugin):
+def test_graph_plugin_jobs(runs, tmp_path, monkeypatch, plugin):
     """Through engine.run_workflow: the Graph plugins are waited for, report a failing job like the
     other plugins, and their jobs run this Python with this environment and BLAS threads pinned to
-    the node's n_procs."""
+    the node's n_procs. (``runs`` only starts the module's CLI runs, so that they go on meanwhile.)"""
     from nipype.interfaces.utility import Function
     from nipype.pipeline import engine as pe
     from nipype.pipeline.engine.utils import load_resultfile
@@ -249,6 +213,42 @@ def _queued_scripts(plugin, batch):
                                 env=ENV).stdout if ids else ""
         scripts = re.findall(r"<JB_script_file>(.*?)</JB_script_file>", detail)
     return [s for s in scripts if s.startswith(str(batch))]
+
+
+@needs_slurm
+def test_slurm_outputs_equal_multiproc(runs):
+    out = _check_cluster_run(runs, "SLURM")
+    # each fit job asked for the memory and cores its node declared (nipype's plugin alone would not)
+    jobs = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True).stdout
+    fits = [ln for ln in jobs.splitlines() if "fit_glm" in ln and str(out) + "_work" in ln]
+    assert len(fits) == 2, fits
+    for ln in fits:
+        assert int(re.search(r"MinMemoryNode=(\d+)M", ln).group(1)) >= 300, ln
+        assert re.search(r"NumCPUs=1\b", ln), ln
+
+
+@needs_sge
+def test_sge_outputs_equal_multiproc(runs):
+    _check_cluster_run(runs, "SGE")
+
+
+@needs_slurm
+def test_slurmgraph_waits_and_reports_the_failing_subject(runs):
+    """SLURMGraph returns once every job has left the queue: sub-01's outputs are all there and equal
+    MultiProc's, sub-02's broken BOLD run is named in the summary with its crash file, and the jobs
+    that depended on its fit (which Slurm would keep pending forever) were cancelled."""
+    ref = _reference(runs)
+    code, stdout, stderr, out = _finish(runs, "SLURMGraph-broken")
+    assert code == 1, stderr[-3000:]
+    failed = [ln for ln in stdout.splitlines() if "FAILED" in ln]
+    assert len(failed) == 1 and "sub-02" in failed[0], stdout
+    crash = re.search(r"\[crash file: (.+?)\]", failed[0]).group(1)
+    assert Path(crash).is_file() and Path(crash).parent == Path(str(out) + "_work") / "crash"
+    sub01 = [rel for rel in _files(ref) if rel.parts[0] == "sub-01"]
+    assert sub01 and [rel for rel in _files(out) if rel.parts[0] == "sub-01"] == sub01
+    for rel in sub01:
+        _assert_same(ref, out, rel)
+    assert not _queued_scripts("SLURM", Path(str(out) + "_work") / "glmx_flanker" / "batch")
 
 
 def test_configs_parse_to_plugin_arguments():
