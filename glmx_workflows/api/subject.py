@@ -279,10 +279,13 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
     wf : nipype Workflow
         Sub-workflows named ``sub_<s>_<task>``.
     subjects, excluded : list of str
+        Subjects in the workflow and subjects excluded by the spec (labels without 'sub-').
     failed : dict
         Subjects that already failed while planning: ``{sub: (reason, None)}``; completed here.
     task : str
+        Task label (names the sub-workflows and the index).
     bids_root, output_dir, work_dir : path
+        Raw dataset, OUTPUT_DIR and Nipype work directory.
     plugin, plugin_args, n_procs, progress
         As for :meth:`Aggregator.run`.
 
