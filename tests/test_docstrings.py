@@ -80,7 +80,8 @@ def _public_objects(module, path):
             continue
         if not (inspect.isfunction(obj) or inspect.isclass(obj)):
             continue
-        if Path(inspect.getsourcefile(obj)).resolve() != path:
+        # unwrap decorated functions (contextmanager) to find the file they were written in
+        if Path(inspect.getsourcefile(inspect.unwrap(obj))).resolve() != path:
             continue
         yield name, obj
         if inspect.isclass(obj):
