@@ -154,7 +154,7 @@ def _child(what, bold, mask, design, fwhm, out):
         t0 = time.perf_counter()
         X = pd.read_csv(design, sep="\t")
         Y, _, _ = load_masked_bold(bold, mask, None, fwhm)
-        Y, _ = mean_scaling(Y)
+        Y, _ = mean_scaling(Y, copy=False)  # in place, as the fit_glm node does
         fit = fit_glm(Y, X.to_numpy(float), noise_model="ar1")
         del Y
         z = {}
