@@ -33,6 +33,24 @@ def configure(wf, work_dir, crash_dir=None, plugin="MultiProc", verbose=False):
 
     Local plugins poll for finished nodes every 50 ms (nipype's 2 s default dominated small runs);
     cluster plugins keep 2 s so that the scheduler is not queried in a tight loop.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        Workflow to configure; its ``base_dir`` and ``config`` are changed.
+    work_dir : str or Path
+        Nipype work directory (created when missing).
+    crash_dir : str or Path, optional
+        Where crash files go; default ``<work_dir>/crash``.
+    plugin : str, optional
+        Nipype plugin name the workflow will run on (sets the polling interval).
+    verbose : bool, optional
+        Show nipype's INFO log messages instead of silencing them.
+
+    Returns
+    -------
+    Path
+        The resolved crash directory.
     """
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +77,19 @@ def configure(wf, work_dir, crash_dir=None, plugin="MultiProc", verbose=False):
 
 
 def crash_reason(crash_file):
-    """The last meaningful line of a nipype crash file: our GlmxError line when there is one."""
+    """The last meaningful line of a nipype crash file: our GlmxError line when there is one.
+
+    Parameters
+    ----------
+    crash_file : str or Path
+        Nipype text crash file.
+
+    Returns
+    -------
+    str
+        The GlmxError message when one is recorded, else the last ``...Error``/``...Exception`` line,
+        else the file's last line.
+    """
     text = Path(crash_file).read_text(errors="replace")
     ours = re.findall(r"GlmxError: (.+)", text)
     if ours:
@@ -69,7 +99,22 @@ def crash_reason(crash_file):
 
 
 def crash_subject(crash_file, subjects, task):
-    """Which of ``subjects`` a crash file belongs to (its node ran under ``sub_<s>_<task>/``)."""
+    """Which of ``subjects`` a crash file belongs to (its node ran under ``sub_<s>_<task>/``).
+
+    Parameters
+    ----------
+    crash_file : str or Path
+        Nipype text crash file.
+    subjects : iterable of str
+        Subject labels (without ``sub-``) to look for.
+    task : str
+        Task label used in the per-subject sub-workflow names.
+
+    Returns
+    -------
+    str or None
+        The first subject whose sub-workflow path appears in the file, or None.
+    """
     text = Path(crash_file).read_text(errors="replace")
     for sub in subjects:
         if f"/sub_{sub}_{task}/" in text or f".sub_{sub}_{task}." in text:
@@ -78,7 +123,18 @@ def crash_subject(crash_file, subjects, task):
 
 
 def crash_node(crash_file):
-    """Node name recorded in a nipype text crash file."""
+    """Node name recorded in a nipype text crash file.
+
+    Parameters
+    ----------
+    crash_file : str or Path
+        Nipype text crash file.
+
+    Returns
+    -------
+    str
+        The ``Node:`` line's value, or the file name when the file records none.
+    """
     text = Path(crash_file).read_text(errors="replace")
     found = re.search(r"^Node: (.+)$", text, re.M)
     return found.group(1).strip() if found else Path(crash_file).name
@@ -90,6 +146,18 @@ def new_crash_files(crash_dir, since):
     Ordered by modification time: the first is the root cause when a failure made dependent jobs
     fail too (Grid Engine's ``-hold_jid`` starts dependants whatever the exit status), and names
     (second-resolution time stamps, then node names) cannot order failures within one second.
+
+    Parameters
+    ----------
+    crash_dir : str or Path
+        Directory holding ``crash-*`` files.
+    since : float
+        Start time of the run (``time.time()``); files up to 1 s older are included.
+
+    Returns
+    -------
+    list of str
+        Paths of the crash files, oldest first.
     """
     files = glob.glob(os.path.join(str(crash_dir), "crash-*"))
     return sorted((f for f in files if os.path.getmtime(f) >= since - 1), key=lambda f: (os.path.getmtime(f), f))
@@ -100,6 +168,22 @@ def execute(wf, plugin, plugin_args):
 
     nipype's MultiProc calls ``gc.collect()`` each time it submits nodes; with a pybids index in
     memory each call cost ~0.15 s, most of a small run's wall time. Frozen objects are not scanned.
+    Resource requests are added to the nodes first; with a Graph plugin, waits until every submitted
+    job has left the scheduler's queue.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        Configured workflow (see `configure`).
+    plugin : str
+        Nipype plugin name.
+    plugin_args : dict or None
+        Plugin arguments, including glmx's own keys (removed before nipype sees them).
+
+    Returns
+    -------
+    networkx.DiGraph
+        The execution graph ``wf.run`` returns.
     """
     import gc
 
@@ -214,6 +298,20 @@ def prepare_plugin(plugin, plugin_args):
     - the Graph plugins fail on empty arguments and resubmit finished nodes unless told not to:
       ``dont_resubmit_completed_jobs`` defaults to true, so a rerun submits only what changed.
     - the Graph plugins cannot report progress: a ``status_callback`` is kept for our own waiting.
+
+    Glmx's own keys (``memory_resource``, ``parallel_environment``) are removed.
+
+    Parameters
+    ----------
+    plugin : str
+        Nipype plugin name.
+    plugin_args : dict or None
+        Plugin arguments as given by the user.
+
+    Returns
+    -------
+    dict
+        A new dict of the arguments to pass to ``wf.run``.
     """
     import getpass
 
@@ -373,7 +471,25 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
 
 
 def parse_plugin_args(value):
-    """``--plugin-args``: inline JSON, or a path to a YAML/JSON file → dict."""
+    """``--plugin-args``: inline JSON, or a path to a YAML/JSON file → dict.
+
+    Parameters
+    ----------
+    value : str or None
+        Inline JSON object, or the path of a YAML/JSON file (a top-level ``plugin_args`` mapping is
+        unwrapped).
+
+    Returns
+    -------
+    dict
+        The plugin arguments; empty when ``value`` is None.
+
+    Raises
+    ------
+    GlmxError
+        When the file is not valid YAML, the text is neither a file nor JSON, or the result is not
+        a mapping.
+    """
     import json
 
     if value is None:
@@ -449,12 +565,29 @@ class Progress:
         return max(self.total - self.done - self.failed - len(self.running), 0)
 
     def line(self):
+        """The progress line: share done, done / running / pending (/ failed) counts, elapsed time.
+
+        Returns
+        -------
+        str
+            One line of text, without line terminator.
+        """
         share = 100 * (self.done + self.failed) // max(self.total, 1)
         return (f"[glmx] {min(share, 100):3d}% nodes: {self.done} done, {len(self.running)} running, "
                 f"{self.pending} pending" + (f", {self.failed} failed" if self.failed else "")
                 + f" ({time.monotonic() - self.started:.0f} s)")
 
     def show(self, final=False):
+        """Write the progress line to the stream.
+
+        On a terminal the line overwrites itself; in a log file a line is written only per tenth of
+        the work or every 10 s, unless ``final``.
+
+        Parameters
+        ----------
+        final : bool, optional
+            Write the line (ended by a newline) whatever the throttling.
+        """
         if self.stream is None:
             return
         tty = self.stream.isatty()
@@ -474,6 +607,16 @@ def count_nodes(wf):
     A MapNode reports each subnode and then itself; identity nodes report nothing. A MapNode whose
     iterfield comes from another node is counted with the longest list its sub-workflow is given
     (in glmx every MapNode of a subject iterates over that subject's runs).
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        Workflow to count.
+
+    Returns
+    -------
+    int
+        Expected number of node executions (the ``total`` of `Progress`).
     """
     from nipype.interfaces.utility import IdentityInterface
     from nipype.pipeline.engine import MapNode
@@ -507,6 +650,18 @@ def executed_nodes(work_dir, since):
     nipype rewrites ``result_<node>.pklz`` only when it runs a node; a node found in the cache keeps
     its old file. Returns node paths relative to ``work_dir`` (MapNode subnodes as
     ``<node>/mapflow/_<node><i>``), sorted.
+
+    Parameters
+    ----------
+    work_dir : str or Path
+        Directory searched recursively for ``result_*.pklz`` files.
+    since : float
+        Start time of the run (``time.time()``).
+
+    Returns
+    -------
+    list of str
+        Sorted node directories relative to ``work_dir``.
     """
     work_dir = Path(work_dir)
     out = []

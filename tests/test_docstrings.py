@@ -21,7 +21,7 @@ PACKAGE_DIR = Path(glmx_workflows.__file__).resolve().parent
 DOCUMENTED = [
     "planning.py", "spec/model.py", "spec/keys.py", "io/bids.py", "io/derivatives.py", "io/tables.py",
     "io/atomic.py", "io/example.py", "core/formula.py", "core/events.py", "core/confounds.py",
-    "core/errors.py", "api/subject.py", "api/dataset.py", "api/group.py", "cli/group.py",
+    "core/errors.py", "api/subject.py", "api/dataset.py", "api/group.py", "cli/group.py", "engine.py",
 ]
 
 
@@ -59,11 +59,42 @@ def _params(obj):
     return [p for p in sig.parameters if p not in ("self", "cls")]
 
 
+def _nipype_kind(obj):
+    """``"interface"``, ``"spec"`` or None: Nipype classes document their parameters as traits."""
+    if not inspect.isclass(obj):
+        return None
+    from nipype.interfaces.base import BaseInterface, BaseTraitedSpec
+    if issubclass(obj, BaseInterface):
+        return "interface"
+    if issubclass(obj, BaseTraitedSpec):
+        return "spec"
+    return None
+
+
+def _undescribed_traits(spec_class):
+    """Names of the traits a spec class adds (not Nipype's own) that have no ``desc=``."""
+    from nipype.interfaces.base import BaseInterfaceInputSpec, TraitedSpec
+    inherited = set(BaseInterfaceInputSpec().trait_names()) | set(TraitedSpec().trait_names())
+    spec = spec_class()
+    return [name for name in spec.trait_names()
+            if name not in inherited and not name.startswith("trait_")
+            and not (spec.trait(name).desc or "").strip()]
+
+
 def problems_of(obj, what):
     """Missing parts of one object's docstring, as messages."""
     doc = inspect.getdoc(obj) if obj.__doc__ else ""
     if not doc or not doc.strip():
         return [f"{what}: no docstring"]
+    kind = _nipype_kind(obj)
+    if kind is not None:
+        # a Nipype interface's parameters are its input traits, documented by desc=; a spec class's
+        # traits are documented the same way
+        spec = obj.input_spec if kind == "interface" else obj
+        missing = _undescribed_traits(spec) if spec is not None else []
+        if kind == "interface" and obj.output_spec is not None:
+            missing += _undescribed_traits(obj.output_spec)
+        return [f"{what}: trait {name} has no desc" for name in missing]
     out = []
     if _params(obj) and "Parameters\n----------" not in doc:
         out.append(f"{what}: takes {', '.join(_params(obj))} but has no Parameters section")
@@ -163,3 +194,29 @@ def test_checker_flags_what_it_should():
     assert problems_of(nested_return_only, "f") == []
     assert problems_of(Undocumented, "C") == ["C: no docstring"]
     assert _returns_value(no_doc) and not _returns_value(nested_return_only)
+
+
+def test_checker_judges_nipype_classes_by_their_traits():
+    from nipype.interfaces.base import BaseInterfaceInputSpec, SimpleInterface, TraitedSpec, traits
+
+    class InSpec(BaseInterfaceInputSpec):
+        """Inputs."""
+        described = traits.Int(desc="a described input")
+        bare = traits.Int()
+
+    class OutSpec(TraitedSpec):
+        """Outputs."""
+        out = traits.Int(desc="a described output")
+
+    class Iface(SimpleInterface):
+        """An interface."""
+        input_spec = InSpec
+        output_spec = OutSpec
+
+    class Undocumented(SimpleInterface):
+        input_spec = InSpec
+
+    assert problems_of(OutSpec, "S") == []
+    assert problems_of(InSpec, "S") == ["S: trait bare has no desc"]
+    assert problems_of(Iface, "I") == ["I: trait bare has no desc"]
+    assert problems_of(Undocumented, "I") == ["I: no docstring"]
