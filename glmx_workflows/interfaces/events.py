@@ -10,6 +10,8 @@ from ..io.tables import read_tsv, write_tsv
 
 
 class LoadEventsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`LoadEvents` (each trait is described by its ``desc``)."""
+
     events_files = InputMultiObject(File(exists=True), mandatory=True, desc="BIDS events.tsv, one per run")
     condition_identifier = traits.Str("trial_type", usedefault=True, desc="events column used as trial_type")
     modulators = traits.List(traits.Str, usedefault=True, desc="parametric modulator columns")
@@ -20,12 +22,23 @@ class LoadEventsInputSpec(BaseInterfaceInputSpec):
 
 
 class LoadEventsOutputSpec(TraitedSpec):
+    """Outputs of :class:`LoadEvents` (each trait is described by its ``desc``)."""
+
     events_files = OutputMultiObject(File(exists=True), desc="normalised events (onset, duration, trial_type, "
                                                              "modulation), one per run, same order")
 
 
 class LoadEvents(SimpleInterface):
-    """Read every run's events, split by block, add centred modulators, write one TSV per run."""
+    """Read every run's events, split by block, add centred modulators, write one TSV per run.
+
+    Parameters are the traits of `LoadEventsInputSpec`; outputs those of `LoadEventsOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When an events file is unreadable, a column is missing or malformed, or a modulator has n/a
+        values for a modelled event (see `glmx_workflows.core.events.normalize_events`).
+    """
 
     input_spec = LoadEventsInputSpec
     output_spec = LoadEventsOutputSpec
