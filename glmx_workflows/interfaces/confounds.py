@@ -12,6 +12,8 @@ from ..io.tables import read_tsv, write_tsv
 
 
 class SelectConfoundsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`SelectConfounds` (each trait is described by its ``desc``)."""
+
     confounds_file = File(exists=True, mandatory=True, desc="fmriprep desc-confounds_timeseries.tsv")
     bold_file = File(exists=True, mandatory=True, desc="the run's BOLD (its length is checked)")
     confound_regressors = traits.List(traits.Str, usedefault=True, desc="column names or shell wildcards")
@@ -23,12 +25,25 @@ class SelectConfoundsInputSpec(BaseInterfaceInputSpec):
 
 
 class SelectConfoundsOutputSpec(TraitedSpec):
+    """Outputs of :class:`SelectConfounds` (each trait is described by its ``desc``)."""
+
     confounds_file = File(exists=True, desc="selected, NaN-filled regressors (n_scans rows)")
     censor_file = File(exists=True, desc="TSV: volume, kept (1/0), reason")
 
 
 class SelectConfounds(SimpleInterface):
-    """Pick the spec's confound columns, fill NaNs, and decide which volumes the fit keeps."""
+    """Pick the spec's confound columns, fill NaNs, and decide which volumes the fit keeps.
+
+    Parameters are the traits of `SelectConfoundsInputSpec`; outputs those of
+    `SelectConfoundsOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When the confounds table is unreadable, its row count differs from the BOLD run's volumes, a
+        requested pattern matches no column, a column is non-numeric or all n/a, or too few volumes
+        are left after censoring.
+    """
 
     input_spec = SelectConfoundsInputSpec
     output_spec = SelectConfoundsOutputSpec
