@@ -16,6 +16,8 @@ from ..reports.figures import plot_design
 
 
 class BuildDesignInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`BuildDesign` (each trait is described by its ``desc``)."""
+
     events_file = File(exists=True, mandatory=True, desc="normalised events TSV from load_events")
     confounds_file = File(exists=True, mandatory=True, desc="selected confounds TSV from select_confounds")
     censor_file = File(exists=True, mandatory=True, desc="kept-volume TSV from select_confounds")
@@ -31,13 +33,24 @@ class BuildDesignInputSpec(BaseInterfaceInputSpec):
 
 
 class BuildDesignOutputSpec(TraitedSpec):
+    """Outputs of :class:`BuildDesign` (each trait is described by its ``desc``)."""
+
     design_file = File(exists=True, desc="design matrix TSV, one row per volume")
     figure_file = File(exists=True, desc="design matrix figure (SVG)")
     manifest_file = File(exists=True, desc="JSON list of the files to publish with their BIDS suffix")
 
 
 class BuildDesign(SimpleInterface):
-    """Make (or check the user's) design matrix and refuse one that cannot be estimated."""
+    """Make (or check the user's) design matrix and refuse one that cannot be estimated.
+
+    Parameters are the traits of `BuildDesignInputSpec`; outputs those of `BuildDesignOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When a user design has the wrong number of rows or non-numeric/n/a values, an event starts
+        after the run ends, or the design (on the kept volumes) cannot be estimated.
+    """
 
     input_spec = BuildDesignInputSpec
     output_spec = BuildDesignOutputSpec
