@@ -9,6 +9,8 @@ from ..io.derivatives import publish
 
 
 class DerivativesSinkInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`DerivativesSink` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, mandatory=True, desc="JSON list of {path, entities, suffix}")
     entities = traits.Dict(traits.Str, traits.Str, mandatory=True, desc="base entities: sub, ses, task, run, space")
     out_dir = Directory(mandatory=True, desc="OUTPUT_DIR of the derivatives dataset")
@@ -17,11 +19,17 @@ class DerivativesSinkInputSpec(BaseInterfaceInputSpec):
 
 
 class DerivativesSinkOutputSpec(TraitedSpec):
+    """Outputs of :class:`DerivativesSink` (each trait is described by its ``desc``)."""
+
     out_files = OutputMultiObject(File(exists=True), desc="published files")
 
 
 class DerivativesSink(SimpleInterface):
-    """Copy each listed file to ``OUTPUT_DIR/sub-<s>/[ses-<x>/]func/<BIDS name>`` atomically."""
+    """Copy each listed file to ``OUTPUT_DIR/sub-<s>/[ses-<x>/]func/<BIDS name>`` atomically.
+
+    Parameters are the traits of `DerivativesSinkInputSpec`; outputs those of
+    `DerivativesSinkOutputSpec`.
+    """
 
     input_spec = DerivativesSinkInputSpec
     output_spec = DerivativesSinkOutputSpec
