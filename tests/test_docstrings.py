@@ -23,7 +23,7 @@ DOCUMENTED = [
     "io/atomic.py", "io/example.py", "core/formula.py", "core/events.py", "core/confounds.py",
     "core/errors.py", "api/subject.py", "api/dataset.py", "api/group.py", "cli/group.py", "engine.py",
     "workflows/first_level.py", "workflows/group_level.py", "workflows/rest.py", "interfaces/events.py",
-    "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py",
+    "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py", "interfaces/report.py",
 ]
 
 
