@@ -58,6 +58,8 @@ def _write_map(values, mask, affine, cwd, name):
 
 
 class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`LoadGroupMaps` (each trait is described by its ``desc``)."""
+
     effect_files = InputMultiObject(File(exists=True), mandatory=True, desc="subject-level stat-effect maps")
     variance_files = traits.List(traits.Either(None, File(exists=True)), desc="matching stat-variance maps or None")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, one per map")
@@ -65,12 +67,24 @@ class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
 
 
 class LoadGroupMapsOutputSpec(TraitedSpec):
+    """Outputs of :class:`LoadGroupMaps` (each trait is described by its ``desc``)."""
+
     data_file = File(exists=True, desc="NPZ: Y (n_subjects, n_voxels), mask, affine, subjects")
     mask_file = File(exists=True, desc="group mask NIfTI (voxels defined in every subject)")
 
 
 class LoadGroupMaps(SimpleInterface):
-    """Read the subject maps on one grid, keep the voxels every subject defines, smooth if asked."""
+    """Read the subject maps on one grid, keep the voxels every subject defines, smooth if asked.
+
+    Parameters are the traits of `LoadGroupMapsInputSpec`; outputs those of
+    `LoadGroupMapsOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When a map cannot be read, the maps are not all on one grid, or no voxel is defined (finite,
+        non-zero, positive variance) in every subject.
+    """
 
     input_spec = LoadGroupMapsInputSpec
     output_spec = LoadGroupMapsOutputSpec
@@ -110,6 +124,8 @@ class LoadGroupMaps(SimpleInterface):
 
 
 class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`BuildGroupDesign` (each trait is described by its ``desc``)."""
+
     participants_file = traits.Either(None, File(exists=True), usedefault=True, desc="participants.tsv")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, design rows in this order")
     regressors = traits.List(traits.Str, usedefault=True, desc="participants.tsv columns (group_level_regressors)")
@@ -118,6 +134,8 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
 
 
 class BuildGroupDesignOutputSpec(TraitedSpec):
+    """Outputs of :class:`BuildGroupDesign` (each trait is described by its ``desc``)."""
+
     design_file = File(exists=True, desc="design TSV: participant_id then one column per regressor")
     contrasts_file = File(exists=True, desc="JSON list of {name, desc, weights}")
     manifest_file = File(exists=True, desc="the design TSV to publish")
@@ -154,11 +172,15 @@ def _read_design(path):
 
 
 class FitGroupInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`FitGroup` (each trait is described by its ``desc``)."""
+
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV from build_design")
 
 
 class FitGroupOutputSpec(TraitedSpec):
+    """Outputs of :class:`FitGroup` (each trait is described by its ``desc``)."""
+
     fit_file = File(exists=True, desc="NPZ of the OLS fit")
 
 
@@ -179,6 +201,8 @@ class FitGroup(SimpleInterface):
 
 
 class ComputeGroupContrastsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`ComputeGroupContrasts` (each trait is described by its ``desc``)."""
+
     fit_file = File(exists=True, mandatory=True, desc="NPZ from fit_group")
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps (mask and affine)")
     contrasts_file = File(exists=True, mandatory=True, desc="JSON from build_design")
@@ -186,6 +210,8 @@ class ComputeGroupContrastsInputSpec(BaseInterfaceInputSpec):
 
 
 class ComputeGroupContrastsOutputSpec(TraitedSpec):
+    """Outputs of :class:`ComputeGroupContrasts` (each trait is described by its ``desc``)."""
+
     maps_file = File(exists=True, desc="JSON list of group contrasts with their map paths and dof")
     manifest_file = File(exists=True, desc="maps to publish")
 
@@ -224,6 +250,8 @@ def _volume_values(path, mask):
 
 
 class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`ThresholdGroupMaps` (each trait is described by its ``desc``)."""
+
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps (mask and affine)")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
@@ -235,6 +263,8 @@ class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
 
 
 class InferenceOutputSpec(TraitedSpec):
+    """Outputs of :class:`ThresholdGroupMaps` and :class:`PermuteGroup` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="thresholded and corrected maps to publish")
     inference_file = File(exists=True, desc="JSON: per group contrast, {method: {'z': path, 'p': path, ...}}")
 
@@ -283,6 +313,8 @@ class ThresholdGroupMaps(SimpleInterface):
 
 
 class PermuteGroupInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`PermuteGroup` (each trait is described by its ``desc``)."""
+
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV")
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
@@ -338,6 +370,8 @@ class PermuteGroup(SimpleInterface):
 
 
 class ClusterTablesInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`ClusterTables` (each trait is described by its ``desc``)."""
+
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     inference_files = InputMultiObject(File(exists=True), desc="JSON from threshold_maps / permute")
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps (mask, affine)")
@@ -347,6 +381,8 @@ class ClusterTablesInputSpec(BaseInterfaceInputSpec):
 
 
 class ClusterTablesOutputSpec(TraitedSpec):
+    """Outputs of :class:`ClusterTables` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="cluster TSVs to publish")
     tables_file = File(exists=True, desc="JSON {group contrast: TSV path}")
 
@@ -392,6 +428,8 @@ class ClusterTables(SimpleInterface):
 
 
 class PlotGroupInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`PlotGroup` (each trait is described by its ``desc``)."""
+
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV")
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
@@ -402,6 +440,8 @@ class PlotGroupInputSpec(BaseInterfaceInputSpec):
 
 
 class PlotGroupOutputSpec(TraitedSpec):
+    """Outputs of :class:`PlotGroup` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="design figure and subject mosaic to publish")
     section_file = File(exists=True, desc="JSON section of the report for this contrast")
 
@@ -456,6 +496,8 @@ class PlotGroup(SimpleInterface):
 
 
 class GroupReportInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`GroupReport` (each trait is described by its ``desc``)."""
+
     section_files = InputMultiObject(File(exists=True), mandatory=True, desc="JSON sections from plot_figures")
     task = traits.Str(mandatory=True, desc="task name")
     excluded = traits.List(traits.Str, usedefault=True, desc="subjects excluded by the spec")
@@ -464,6 +506,8 @@ class GroupReportInputSpec(BaseInterfaceInputSpec):
 
 
 class GroupReportOutputSpec(TraitedSpec):
+    """Outputs of :class:`GroupReport` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="the report to publish")
 
 
