@@ -40,12 +40,16 @@ def write_matrix(matrix, labels, path):
     Parameters
     ----------
     matrix : numpy.ndarray of shape (n, n)
+        Values to write.
     labels : list of str, length n
+        Region names, used as header and as the ``region`` index column.
     path : str or Path
+        Output TSV (written atomically).
 
     Returns
     -------
     Path
+        The written file.
     """
     frame = pd.DataFrame(np.asarray(matrix, float), index=list(labels), columns=list(labels))
     frame.index.name = "region"
@@ -58,11 +62,19 @@ def read_matrix(path):
     Parameters
     ----------
     path : str or Path
+        TSV with a ``region`` index column and one column per region.
 
     Returns
     -------
     matrix : numpy.ndarray of shape (n, n)
+        Values (n/a read as NaN).
     labels : list of str
+        Region names, in column order.
+
+    Raises
+    ------
+    GlmxError
+        When the file is missing or not a readable table.
     """
     frame = read_tsv(path, "connectivity matrix").set_index("region")
     return frame.to_numpy(float), [str(c) for c in frame.columns]
@@ -74,11 +86,19 @@ def read_timeseries(path):
     Parameters
     ----------
     path : str or Path
+        TSV with one row per volume and one column per region.
 
     Returns
     -------
     series : numpy.ndarray of shape (n_volumes, n_regions)
+        Region signals.
     labels : list of str
+        Region names, in column order.
+
+    Raises
+    ------
+    GlmxError
+        When the file is missing or not a readable table.
     """
     frame = read_tsv(path, "time series")
     return frame.to_numpy(float), [str(c) for c in frame.columns]
@@ -107,6 +127,8 @@ def _tag(entities):
 
 
 class DenoiseRunInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`DenoiseRun` (each trait is described by its ``desc``)."""
+
     bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D)")
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
     confounds_file = File(exists=True, mandatory=True, desc="fmriprep desc-confounds_timeseries.tsv")
@@ -129,6 +151,8 @@ class DenoiseRunInputSpec(BaseInterfaceInputSpec):
 
 
 class DenoiseRunOutputSpec(TraitedSpec):
+    """Outputs of :class:`DenoiseRun` (each trait is described by its ``desc``)."""
+
     timeseries_file = File(exists=True, desc="denoised region series TSV (labels as header)")
     outliers_file = File(exists=True, desc="per-volume censoring TSV")
     regions_file = File(exists=True, desc="TSV of region name, x, y, z (centres) and network")
@@ -137,7 +161,16 @@ class DenoiseRunOutputSpec(TraitedSpec):
 
 
 class DenoiseRun(SimpleInterface):
-    """Cut dummy scans, scrub by FD, extract region series, clean them (and the seed maps) as nilearn does."""
+    """Cut dummy scans, scrub by FD, extract region series, clean them (and the seed maps) as nilearn does.
+
+    Parameters are the traits of `DenoiseRunInputSpec`; outputs those of `DenoiseRunOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When the BOLD is not 4D, the confounds' row count differs from its volumes, ``fd_threshold``
+        is set without a framewise_displacement column, or MNI seeds are asked for a non-MNI space.
+    """
 
     input_spec = DenoiseRunInputSpec
     output_spec = DenoiseRunOutputSpec
@@ -210,6 +243,8 @@ class DenoiseRun(SimpleInterface):
 
 
 class ComputeConnectivityInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`ComputeConnectivity` (each trait is described by its ``desc``)."""
+
     timeseries_files = InputMultiObject(File(exists=True), mandatory=True, desc="denoised series, one per run")
     seeds_files = InputMultiObject(File(exists=True), mandatory=True, desc="seeds JSON, one per run")
     run_entities = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True, desc="per run, same order")
@@ -218,12 +253,24 @@ class ComputeConnectivityInputSpec(BaseInterfaceInputSpec):
 
 
 class ComputeConnectivityOutputSpec(TraitedSpec):
+    """Outputs of :class:`ComputeConnectivity` (each trait is described by its ``desc``)."""
+
     matrices_file = File(exists=True, desc="JSON list of {kind, level, path} (level: run tag or 'subject')")
     manifest_file = File(exists=True, desc="matrices (and combined series/seed maps) to publish")
 
 
 class ComputeConnectivity(SimpleInterface):
-    """Per-run matrices, and the subject-level matrix (average in Fisher z, or of the concatenated series)."""
+    """Per-run matrices, and the subject-level matrix (average in Fisher z, or of the concatenated series).
+
+    Parameters are the traits of `ComputeConnectivityInputSpec`; outputs those of
+    `ComputeConnectivityOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When ``run_entities`` does not match the time series files one to one, or the runs have
+        different regions.
+    """
 
     input_spec = ComputeConnectivityInputSpec
     output_spec = ComputeConnectivityOutputSpec
@@ -283,6 +330,8 @@ class ComputeConnectivity(SimpleInterface):
 
 
 class RestReportInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`RestReport` (each trait is described by its ``desc``)."""
+
     matrices_file = File(exists=True, mandatory=True, desc="from compute_connectivity")
     regions_file = File(exists=True, mandatory=True, desc="region names and centres")
     outliers_files = InputMultiObject(File(exists=True), mandatory=True, desc="per-run censoring tables")
@@ -293,6 +342,8 @@ class RestReportInputSpec(BaseInterfaceInputSpec):
 
 
 class RestReportOutputSpec(TraitedSpec):
+    """Outputs of :class:`RestReport` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="the HTML report to publish")
 
 
@@ -325,6 +376,8 @@ class RestReport(SimpleInterface):
 
 
 class RestGroupInputSpec(BaseInterfaceInputSpec):
+    """Inputs of :class:`RestGroup` (each trait is described by its ``desc``)."""
+
     matrix_files = InputMultiObject(File(exists=True), mandatory=True,
                                     desc="subject-level pearsoncorrelation relmats, one per subject")
     timeseries_files = traits.List(traits.List(File(exists=True)), mandatory=True,
@@ -336,11 +389,21 @@ class RestGroupInputSpec(BaseInterfaceInputSpec):
 
 
 class RestGroupOutputSpec(TraitedSpec):
+    """Outputs of :class:`RestGroup` (each trait is described by its ``desc``)."""
+
     manifest_file = File(exists=True, desc="group matrices to publish")
 
 
 class RestGroup(SimpleInterface):
-    """Group mean (Fisher z), tangent-space mean of the subjects, two-group edge comparison with FDR."""
+    """Group mean (Fisher z), tangent-space mean of the subjects, two-group edge comparison with FDR.
+
+    Parameters are the traits of `RestGroupInputSpec`; outputs those of `RestGroupOutputSpec`.
+
+    Raises
+    ------
+    GlmxError
+        When the subjects' matrices have different regions.
+    """
 
     input_spec = RestGroupInputSpec
     output_spec = RestGroupOutputSpec
