@@ -13,7 +13,21 @@ from ..io.atomic import atomic_path  # noqa: E402
 
 
 def plot_design(design, path):
-    """Draw a design matrix (nilearn's layout: regressors as columns, scans down) to ``path``."""
+    """Draw a design matrix (nilearn's layout: regressors as columns, scans down) to ``path``.
+
+    Parameters
+    ----------
+    design : pandas.DataFrame
+        Design matrix, one row per scan and one column per regressor.
+    path : str or Path
+        Output figure; its suffix gives the format (SVG when it has none). Written atomically, with
+        no date in SVG metadata so that reruns give identical files.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     from nilearn.plotting import plot_design_matrix
 
     width = min(2 + 0.35 * design.shape[1], 24)
