@@ -24,7 +24,7 @@ DOCUMENTED = [
     "core/errors.py", "api/subject.py", "api/dataset.py", "api/group.py", "cli/group.py", "engine.py",
     "workflows/first_level.py", "workflows/group_level.py", "workflows/rest.py", "interfaces/events.py",
     "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py", "interfaces/report.py",
-    "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py",
+    "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py", "reports/index.py",
 ]
 
 
