@@ -177,7 +177,21 @@ def _cmd_participant(args):
 
 
 def main(argv=None):
-    """Entry point of the ``glmx`` console script; returns the exit code."""
+    """Entry point of the ``glmx`` console script; returns the exit code.
+
+    Dispatches to ``example``, ``init``, ``validate``, resting-state, group or participant runs.
+    A GlmxError is printed as one ``glmx: error: ...`` line (re-raised with ``--debug``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 every subject done; 1 some subject failed; 2 bad input (a GlmxError); 130 interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
