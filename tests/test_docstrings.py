@@ -25,7 +25,7 @@ DOCUMENTED = [
     "workflows/first_level.py", "workflows/group_level.py", "workflows/rest.py", "interfaces/events.py",
     "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py", "interfaces/report.py",
     "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py", "reports/index.py",
-    "reports/html.py", "reports/group.py", "reports/rest.py", "cli/run.py", "cli/rest.py",
+    "reports/html.py", "reports/group.py", "reports/rest.py", "cli/run.py", "cli/rest.py", "api/rest.py",
 ]
 
 

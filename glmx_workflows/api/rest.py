@@ -25,7 +25,23 @@ _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
 @dataclass
 class RestRun:
-    """Files and facts of one preprocessed rest run."""
+    """Files and facts of one preprocessed rest run.
+
+    Parameters
+    ----------
+    bold : str
+        Preprocessed BOLD run (4D NIfTI).
+    mask : str
+        Brain mask on the BOLD grid.
+    confounds : str
+        fmriprep confounds TSV of the run.
+    tr : float
+        Repetition time in seconds.
+    entities : dict
+        BIDS entities that tell the run apart (session, run).
+    extra : dict
+        Further entities kept in output names.
+    """
 
     bold: str
     mask: str
@@ -51,7 +67,9 @@ def find_rest_runs(layout, subject, task, space, tr=None):
     Parameters
     ----------
     layout : bids.BIDSLayout
+        Layout of the raw dataset and its fmriprep derivatives.
     subject, task : str
+        Subject label (without ``sub-``) and task name.
     space : str
         fmriprep space, optionally with modifiers.
     tr : float, optional
@@ -61,6 +79,12 @@ def find_rest_runs(layout, subject, task, space, tr=None):
     -------
     list of RestRun
         Sorted by session and run.
+
+    Raises
+    ------
+    GlmxError
+        When the subject is unknown, no BOLD is found, a run misses its mask or confounds, the TR is
+        unknown or disagrees with the sidecar, or the runs have different TRs.
     """
     from bids.layout import Query
 
@@ -152,7 +176,13 @@ class RestingState:
         return self._layout
 
     def runs(self):
-        """The subject's runs (:class:`RestRun`)."""
+        """The subject's runs (:class:`RestRun`).
+
+        Returns
+        -------
+        list of RestRun
+            Sorted by session and run (see :func:`find_rest_runs`).
+        """
         return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], self.settings["tr"])
 
     def workflow(self, runs=None, output_dir=True):
@@ -161,6 +191,7 @@ class RestingState:
         Parameters
         ----------
         runs : list of RestRun, optional
+            Runs to analyse (default: :meth:`runs`).
         output_dir : bool
             False builds no sinks and no report (for embedding).
 
@@ -190,12 +221,19 @@ class RestingState:
         plugin : str
             Nipype plugin.
         plugin_args : dict, optional
+            Nipype plugin arguments.
         n_procs : int, optional
+            Processes for MultiProc (when ``plugin_args`` does not set ``n_procs``).
 
         Returns
         -------
         list of str
             Files written.
+
+        Raises
+        ------
+        GlmxError
+            When OUTPUT_DIR is not usable or a node fails (with the first crash's reason).
         """
         check_output_dir(self.output_dir, self.bids_root)
         wf = self.workflow()
@@ -235,7 +273,13 @@ class RestingStateDataset:
         self.layout = open_layout(self.bids_root, derivatives)
 
     def subjects(self):
-        """(subjects to run, subjects excluded by the spec)."""
+        """(subjects to run, subjects excluded by the spec).
+
+        Returns
+        -------
+        tuple of (list of str, list of str)
+            Subjects to run and subjects the spec's ``excludes`` removed.
+        """
         return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
@@ -303,6 +347,14 @@ class RestingStateGroup:
         Returns
         -------
         dict
+            ``subjects``, ``matrix_files``, ``timeseries_files`` (list per subject), ``groups`` (empty
+            without ``connectivity_group_column``), ``atlas`` (seg label) and ``space``.
+
+        Raises
+        ------
+        GlmxError
+            When fewer than two subjects have a subject-level matrix, a subject has only per-run
+            matrices, or the group column is missing or has no value for a subject.
         """
         from ..io.atlases import PACKAGED, seg_label
 
@@ -365,10 +417,24 @@ class RestingStateGroup:
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
         """Write the group matrices under ``OUTPUT_DIR/group``.
 
+        Parameters
+        ----------
+        plugin : str
+            Nipype plugin.
+        plugin_args : dict, optional
+            Nipype plugin arguments.
+        n_procs : int, optional
+            Processes for MultiProc (when ``plugin_args`` does not set ``n_procs``).
+
         Returns
         -------
         list of str
             Files written.
+
+        Raises
+        ------
+        GlmxError
+            As :meth:`inputs`, or when a node fails.
         """
         inputs = self.inputs()
         wf = init_rest_group_wf(self.task, inputs["atlas"], str((self.output_dir / "group").resolve()),
