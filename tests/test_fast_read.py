@@ -175,3 +175,25 @@ def test_float64_read_of_scaled_int16_is_nibabels_float64(tmp_path):
     ref = nb.load(str(path)).get_fdata()[mask].T
     assert Y.dtype == np.float64
     np.testing.assert_allclose(Y, ref, rtol=1e-15, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["inside", "touching_edges"])
+def test_smoothing_only_what_the_mask_needs_is_bitwise_the_whole_volume(where):
+    from glmx_workflows.core.smoothing import smooth_volume, smoothing_box
+
+    rng = np.random.default_rng(21)
+    shape = (30, 34, 28)
+    vol = np.asfortranarray(rng.standard_normal(shape).astype(np.float32) * 100 + 500)
+    mask = np.zeros(shape, bool)
+    if where == "inside":
+        mask[9:20, 11:25, 8:19] = rng.random((11, 14, 11)) > 0.3
+    else:  # the box widened by the kernel is cut at the grid's edges (reflection there)
+        mask[0:12, 20:34, 2:28] = rng.random((12, 14, 26)) > 0.3
+    sigmas = smoothing_sigmas(np.diag([2.0, 2.5, 3.0, 1.0]), [6.0, 6.0, 0.0])  # one axis not smoothed
+    full = smooth_volume(vol.copy(order="F"), sigmas)
+    box = smoothing_box(mask, sigmas)
+    part = smooth_volume(vol.copy(order="F"), sigmas, box)
+    np.testing.assert_array_equal(part[mask], full[mask])
+    inner, outer = box
+    assert any(o.stop - o.start < s for o, s in zip(outer, shape))  # the crop did leave work out
+    assert outer[2] == inner[2]  # no kernel on the unsmoothed axis, no margin

@@ -10,9 +10,11 @@ int16 images). Doing the same volume by volume gives the same numbers without a 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-__all__ = ["smoothing_sigmas", "smooth_volume"]
+__all__ = ["smoothing_sigmas", "smooth_volume", "smoothing_box"]
 
 FWHM_OVER_SIGMA = np.sqrt(8 * np.log(2))
+#: scipy's default: the kernel reaches ``int(TRUNCATE * sigma + 0.5)`` voxels either side
+TRUNCATE = 4.0
 
 
 def smoothing_sigmas(affine, fwhm):
@@ -34,13 +36,50 @@ def smoothing_sigmas(affine, fwhm):
     return np.broadcast_to(fwhm / (FWHM_OVER_SIGMA * vox_size), (3,)).copy()
 
 
-def smooth_volume(vol, sigmas):
+def smoothing_box(mask, sigmas):
+    """The part of the grid whose smoothed values inside ``mask`` depend on, for :func:`smooth_volume`.
+
+    A separable filter truncated at ``r`` voxels needs, for the mask's bounding box, the box widened by
+    ``r`` on every side; and each later pass needs the earlier one only on the axes it has not yet
+    filtered. Filtering only there gives bit for bit the values of filtering the whole volume inside the
+    bounding box (the same products in the same order; the widened box is cut at the grid's edges, where
+    the reflection is the whole volume's).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool, 3D
+    sigmas : array of 3 floats (from :func:`smoothing_sigmas`)
+
+    Returns
+    -------
+    (inner, outer) : two tuples of 3 slices
+        The mask's bounding box and the box widened by each axis's kernel radius (clipped to the grid).
+    """
+    mask = np.asarray(mask, bool)
+    inner, outer = [], []
+    for axis, sigma in enumerate(np.asarray(sigmas, float)):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            lo, hi = 0, mask.shape[axis]
+        else:
+            lo, hi = int(hits[0]), int(hits[-1]) + 1
+        radius = int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+        inner.append(slice(lo, hi))
+        outer.append(slice(max(lo - radius, 0), min(hi + radius, mask.shape[axis])))
+    return tuple(inner), tuple(outer)
+
+
+def smooth_volume(vol, sigmas, box=None):
     """Smooth a 3D float volume in place (non-finite values become 0 first, as in nilearn).
 
     Parameters
     ----------
     vol : numpy.ndarray, 3D, float32 or float64, writeable
     sigmas : array of 3 floats (from :func:`smoothing_sigmas`)
+    box : (inner, outer) from :func:`smoothing_box`, optional
+        Filter only what the values inside ``inner`` depend on (about half of an MNI-grid run's work);
+        values outside ``inner`` are then left partly filtered. None filters the whole volume.
 
     Returns
     -------
@@ -49,7 +88,15 @@ def smooth_volume(vol, sigmas):
     bad = ~np.isfinite(vol)
     if bad.any():
         vol[bad] = 0
+    if box is None:
+        for axis, sigma in enumerate(sigmas):
+            if sigma > 0.0:
+                gaussian_filter1d(vol, float(sigma), axis=axis, output=vol, truncate=TRUNCATE)
+        return vol
+    inner, outer = box
     for axis, sigma in enumerate(sigmas):
+        # axes already filtered are needed only inside the box; the ones still to come, widened
+        view = vol[tuple(inner[a] if a < axis else outer[a] for a in range(3))]
         if sigma > 0.0:
-            gaussian_filter1d(vol, float(sigma), axis=axis, output=vol)
+            gaussian_filter1d(view, float(sigma), axis=axis, output=view, truncate=TRUNCATE)
     return vol

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ..core.errors import GlmxError
-from ..core.smoothing import smooth_volume, smoothing_sigmas
+from ..core.smoothing import smooth_volume, smoothing_box, smoothing_sigmas
 
 try:  # python-isal: ISA-L's inflate, about 2x Python's gzip on this data
     from isal import igzip_threaded as _isal_threaded
@@ -132,6 +132,7 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
     view = memoryview(raw)
     vol_raw = np.frombuffer(raw, dtype=dtype)
     sigmas = smoothing_sigmas(img.affine, smoothing_fwhm) if smoothing_fwhm else None
+    box = smoothing_box(mask, sigmas) if sigmas is not None else None
     vol32 = np.empty(n_vox_full, out_dtype) if sigmas is not None else None
     scaled = slope != 1.0 or inter != 0.0
 
@@ -159,7 +160,7 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
                     np.copyto(vol32, vol_raw * slope + inter, casting="unsafe")
                 else:
                     np.copyto(vol32, vol_raw, casting="unsafe")
-                smooth_volume(vol32.reshape(shape3, order="F"), sigmas)
+                smooth_volume(vol32.reshape(shape3, order="F"), sigmas, box)
                 np.take(vol32, idx, out=out)
             row += 1
     return Y
