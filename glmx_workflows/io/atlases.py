@@ -37,6 +37,31 @@ class Atlas:
     ``kind`` is 'labels', 'maps' or 'spheres'; ``names`` one label per region; ``centres`` (n, 3) world
     coordinates for plots; plus ``labels``/``label_values`` (labels), ``maps`` (maps) or
     ``coords``/``radius`` (spheres). ``source`` names the file(s) the atlas came from.
+
+    Parameters
+    ----------
+    kind : {'labels', 'maps', 'spheres'}
+        How regions are defined.
+    name : str
+        Atlas name (becomes the ``seg`` label of outputs).
+    names : list of str
+        One label per region.
+    centres : numpy.ndarray of shape (n_regions, 3)
+        World coordinates of the regions, for plots.
+    source : str
+        The file(s) or package dataset the atlas came from.
+    labels : numpy.ndarray, optional
+        Label image data (kind 'labels').
+    label_values : list of int, optional
+        Label value of each region in ``labels``.
+    maps : numpy.ndarray, optional
+        4D region maps (weights), one volume per region (kind 'maps').
+    coords : numpy.ndarray of shape (n_regions, 3), optional
+        Sphere centres in world coordinates (kind 'spheres').
+    radius : float, optional
+        Sphere radius in mm.
+    networks : list of str, optional
+        Network of each region, when the atlas gives one (empty otherwise).
     """
 
     kind: str
