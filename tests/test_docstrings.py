@@ -26,7 +26,7 @@ DOCUMENTED = [
     "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py", "interfaces/report.py",
     "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py", "reports/index.py",
     "reports/html.py", "reports/group.py", "reports/rest.py", "cli/run.py", "cli/rest.py", "api/rest.py",
-    "core/group.py", "core/tfce.py", "core/connectivity.py", "io/atlases.py",
+    "core/group.py", "core/tfce.py", "core/connectivity.py", "io/atlases.py", "io/group_inputs.py",
 ]
 
 

@@ -18,6 +18,17 @@ def parse_bids_name(path):
     """``sub-01_task-x_contrast-a_stat-z_statmap.nii.gz`` → (``{'sub': '01', ...}``, 'statmap', '.nii.gz').
 
     Returns None when the name is not a BIDS name (a part is not ``key-value``, or a key repeats).
+
+    Parameters
+    ----------
+    path : str or Path
+        File path; only its name is parsed.
+
+    Returns
+    -------
+    tuple of (dict, str, str) or None
+        Entities in name order, suffix, and extension (``.nii.gz`` kept whole); None when the name
+        is not a BIDS name.
     """
     name = Path(path).name
     ext = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
