@@ -32,7 +32,19 @@ PLANT_RADIUS_MM = 10.0
 
 
 def rest_spec_entry(tr=2.0):
-    """The ``rest`` entry written to the example's task_information.json."""
+    """The ``rest`` entry written to the example's task_information.json.
+
+    Parameters
+    ----------
+    tr : float, optional
+        Repetition time of the simulated rest runs, in seconds.
+
+    Returns
+    -------
+    dict
+        The spec entry: Dosenbach 2010 spheres, 24P denoising, FD scrubbing at 0.5 mm, Pearson and
+        covariance matrices averaged over runs, a PCC seed and the ``group`` column for the group step.
+    """
     return {
         "description": "Resting-state connectivity of the simulated rest runs: Dosenbach 2010 spheres (packaged "
                        "with nilearn), 24P denoising (36P leaves too few degrees of freedom in 120 band-passed "
