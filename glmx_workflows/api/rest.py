@@ -252,7 +252,9 @@ class RestingStateDataset:
     Parameters
     ----------
     bids_root : str or Path
+        The raw BIDS dataset.
     task : str
+        Task name (default 'rest'); its spec entry must say ``"analysis": "connectivity"``.
     spec, derivatives, output_dir, work_dir
         As for :class:`RestingState`.
     participant_label : list of str, optional
@@ -288,14 +290,24 @@ class RestingStateDataset:
         Parameters
         ----------
         plugin : str
+            Nipype plugin.
         plugin_args : dict, optional
+            Nipype plugin arguments.
         n_procs : int, optional
+            Processes for MultiProc (when ``plugin_args`` does not set ``n_procs``).
         progress : bool
             Show progress on stderr.
 
         Returns
         -------
         RunReport
+            Per subject: done, failed (with reason and crash file) or excluded; a subject whose
+            workflow cannot be built is reported failed.
+
+        Raises
+        ------
+        GlmxError
+            When OUTPUT_DIR is not usable, or the only subject's workflow cannot be built.
         """
         from nipype.pipeline import engine as pe
 
@@ -324,11 +336,13 @@ class RestingStateGroup:
     Parameters
     ----------
     task : str
+        Connectivity task name.
     bids_root : str or Path
         The raw dataset (participants.tsv gives the groups).
     spec, output_dir, work_dir
         As for :class:`RestingState`.
     participant_label : list of str, optional
+        Subjects to include (with or without ``sub-``; default: every subject with a matrix).
     """
 
     def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, participant_label=None):
