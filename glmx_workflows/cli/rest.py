@@ -14,10 +14,12 @@ def is_connectivity(args):
     Parameters
     ----------
     args : argparse.Namespace
+        Parsed ``glmx`` arguments (``spec``, ``bids_dir``, ``task`` are read).
 
     Returns
     -------
     bool
+        True when the task's entry has ``"analysis": "connectivity"``.
     """
     from ..spec.model import load_spec
 
@@ -35,10 +37,18 @@ def run_rest(args):
     Parameters
     ----------
     args : argparse.Namespace
+        Parsed ``glmx`` arguments.
 
     Returns
     -------
     int
+        0 when every subject (or the group step) succeeded, 1 when some subject failed.
+
+    Raises
+    ------
+    GlmxError
+        When GLM-only options are given for a connectivity task, ``--plugin-args`` is invalid, or
+        the inputs are not usable (printed by :func:`glmx_workflows.cli.run.main`).
     """
     from ..api.rest import RestingStateDataset, RestingStateGroup
     from ..engine import parse_plugin_args
