@@ -29,6 +29,7 @@ def denoise_parameters(settings):
     Returns
     -------
     dict
+        Keyword inputs of :class:`DenoiseRun` (atlas as JSON, band-pass split into high/low pass).
     """
     from pathlib import Path
 
@@ -60,6 +61,7 @@ def init_rest_wf(settings, tr, subject, task, output_dir=None, base_entities=Non
     tr : float
         Repetition time (s) of the runs.
     subject, task : str
+        Subject label (without ``sub-``) and task name.
     output_dir : str, optional
         OUTPUT_DIR; None builds no sinks and no report (for embedding).
     base_entities : dict, optional
@@ -70,6 +72,7 @@ def init_rest_wf(settings, tr, subject, task, output_dir=None, base_entities=Non
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        Workflow with ``inputnode`` and ``outputnode`` (below); not run.
 
     Notes
     -----
@@ -131,6 +134,7 @@ def init_rest_group_wf(task, atlas, output_dir, base_entities, alpha=0.05, name=
     Parameters
     ----------
     task, atlas : str
+        Task name and the atlas's seg label (names the outputs).
     output_dir : str
         ``OUTPUT_DIR/group``.
     base_entities : dict
@@ -138,10 +142,12 @@ def init_rest_group_wf(task, atlas, output_dir, base_entities, alpha=0.05, name=
     alpha : float
         FDR level of the edge comparison.
     name : str, optional
+        Default ``group_<task>``.
 
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        Workflow with ``inputnode`` and ``outputnode`` (below); not run.
 
     Notes
     -----
