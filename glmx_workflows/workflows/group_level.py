@@ -37,6 +37,7 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        Workflow with ``inputnode`` and ``outputnode`` (below); not run.
 
     Notes
     -----
@@ -135,6 +136,7 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
     Parameters
     ----------
     task : str
+        Task name.
     contrasts : list of str
         First-level contrast labels; each gets a sub-workflow ``contrast_<label>`` (see
         :func:`init_group_contrast_wf`) whose ``inputnode`` the caller fills.
@@ -154,6 +156,7 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        The task's group workflow; not run.
     """
     wf = pe.Workflow(name=name or f"group_{task}")
     subs = [init_group_contrast_wf(c, settings, z_threshold, output_dir, base_entities) for c in contrasts]
