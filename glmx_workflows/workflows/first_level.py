@@ -51,6 +51,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        Workflow with ``inputnode`` and ``outputnode`` (below); not run.
 
     Notes
     -----
