@@ -51,6 +51,7 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
     output_dir : str or Path
         OUTPUT_DIR of the first level.
     task : str
+        Task whose maps are collected.
     space : str, optional
         Space entity to keep (default: every space; more than one found is an error).
     space_extra : dict, optional
@@ -116,12 +117,19 @@ def read_participants(bids_root, required=False):
     Parameters
     ----------
     bids_root : str or Path
+        The raw BIDS dataset.
     required : bool
         True when group regressors are named: a missing file is then an error.
 
     Returns
     -------
     (pandas.DataFrame or None, Path)
+        The table (None when the file is missing and not required) and the file's path.
+
+    Raises
+    ------
+    GlmxError
+        When the file is required but missing, unreadable, or has no ``participant_id`` column.
     """
     path = Path(bids_root) / "participants.tsv"
     if not path.is_file():
