@@ -83,10 +83,17 @@ def seg_label(name):
     Parameters
     ----------
     name : str
+        Atlas name as given (file stem or the spec's ``name``).
 
     Returns
     -------
     str
+        ``name`` without any character other than letters and digits.
+
+    Raises
+    ------
+    GlmxError
+        When nothing is left (the name has no letter or digit).
     """
     label = re.sub(r"[^A-Za-z0-9]", "", str(name))
     if not label:
@@ -106,6 +113,12 @@ def packaged_coordinates_file(key):
     Returns
     -------
     pathlib.Path
+        ``nilearn/datasets/data/<key>.csv``.
+
+    Raises
+    ------
+    GlmxError
+        When the installed nilearn does not ship that file.
     """
     import nilearn
 
@@ -127,12 +140,22 @@ def read_coordinates(path):
     Parameters
     ----------
     path : str or Path
+        CSV (or ``.tsv``) with x, y, z columns and optionally name/label/roi/number and network.
 
     Returns
     -------
     coords : numpy.ndarray of shape (n, 3)
+        World coordinates, one row per region.
     names : list of str
+        Region names (row numbers when the table has none; prefixed by the row number when they
+        repeat).
     networks : list of str
+        Network of each region; empty without a network column.
+
+    Raises
+    ------
+    GlmxError
+        When the file is missing or unreadable, lacks x/y/z, or a coordinate is not a number.
     """
     path = Path(path)
     if not path.is_file():
@@ -204,6 +227,13 @@ def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
     Returns
     -------
     Atlas
+        The regions, with label or map images checked to be on the BOLD grid.
+
+    Raises
+    ------
+    GlmxError
+        When an atlas file is missing or unreadable, not on the BOLD grid or in another space, its
+        labels table does not match, or the spec names no known atlas form.
     """
     spec = DEFAULT_ATLAS if spec is None else spec
     if isinstance(spec, str):
@@ -277,13 +307,18 @@ def region_signals(atlas, data, affine, mask):
     Parameters
     ----------
     atlas : Atlas
+        Regions (from :func:`load_atlas`).
     data : numpy.ndarray of shape (x, y, z, n_scans)
+        BOLD data.
     affine : numpy.ndarray of shape (4, 4)
+        Voxel-to-world transform of ``data``.
     mask : numpy.ndarray of bool, shape (x, y, z)
+        Brain mask; voxels outside it are ignored.
 
     Returns
     -------
     signals : numpy.ndarray of shape (n_scans, n_regions)
+        Region series: label means, map-weighted signals, or sphere means.
     names : list of str
         Labels of the returned regions (maps outside the mask are dropped, as nilearn does; spheres
         outside it keep a NaN column so that every subject has the same regions).
