@@ -318,7 +318,7 @@ def region_signals(atlas, data, affine, mask):
     Returns
     -------
     signals : numpy.ndarray of shape (n_scans, n_regions)
-        Region series: label means, map-weighted signals, or sphere means.
+        Region series: label means, least-squares map signals (as NiftiMapsMasker), or sphere means.
     names : list of str
         Labels of the returned regions (maps outside the mask are dropped, as nilearn does; spheres
         outside it keep a NaN column so that every subject has the same regions).
