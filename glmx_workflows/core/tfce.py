@@ -110,7 +110,9 @@ def cluster_measures(maps, threshold, connectivity=1, two_sided=False):
     Returns
     -------
     max_size : numpy.ndarray of int, shape (n_maps,)
+        Voxel count of each map's largest cluster (0 when none).
     max_mass : numpy.ndarray of float64, shape (n_maps,)
+        Largest cluster mass of each map (0 when none).
     """
     stack, _ = _as_stack(maps)
     stack = np.nan_to_num(stack, nan=0.0)
@@ -141,9 +143,11 @@ def label_clusters(stat_map, threshold, connectivity=1):
     Parameters
     ----------
     stat_map : numpy.ndarray, shape (x, y, z)
+        Statistic map.
     threshold : float
         Voxels with a value strictly above it form clusters.
     connectivity : {1, 2, 3}
+        1: faces (6 neighbours), 2: + edges (18), 3: + corners (26).
 
     Returns
     -------
