@@ -33,13 +33,16 @@ def plot_matrix(matrix, labels, path, title=""):
     matrix : numpy.ndarray of shape (n, n)
         NaN rows (regions without data) are shown blank.
     labels : list of str
+        Region names, in matrix order.
     path : str or Path
         PNG file.
     title : str
+        Figure title.
 
     Returns
     -------
     Path
+        ``path``.
     """
     m = np.array(matrix, dtype=float)
     off = m.copy()
@@ -71,12 +74,14 @@ def plot_connectome_glass(matrix, centres, path, title="", edge_threshold="98%")
     path : str or Path
         PNG file.
     title : str
+        Figure title.
     edge_threshold : str or float
         Edges kept (nilearn's syntax: a percentile string or a value).
 
     Returns
     -------
     Path
+        ``path``.
     """
     from nilearn.plotting import plot_connectome
 
@@ -96,10 +101,12 @@ def plot_censoring(outliers, path):
     outliers : list of (str, pandas.DataFrame)
         Run tag and its outliers table (``framewise_displacement``, ``reason``).
     path : str or Path
+        PNG file.
 
     Returns
     -------
     Path
+        ``path``.
     """
     fig, axes = plt.subplots(len(outliers), 1, figsize=(8, 1.4 * len(outliers) + 0.4), squeeze=False)
     for ax, (tag, table) in zip(axes[:, 0], outliers):
@@ -129,6 +136,7 @@ def subject_report(path, subject, task, matrices, regions, outliers, settings, w
     path : str or Path
         The HTML file.
     subject, task : str
+        Subject label (without ``sub-``) and task name.
     matrices : list of (kind, level, matrix, labels)
         ``level`` is a run tag or 'subject'.
     regions : pandas.DataFrame
@@ -143,6 +151,7 @@ def subject_report(path, subject, task, matrices, regions, outliers, settings, w
     Returns
     -------
     Path
+        The written report.
     """
     work_dir = Path(work_dir)
     parts = [f"<h1>sub-{html.escape(subject)} · task {html.escape(task)} · connectivity</h1>",
