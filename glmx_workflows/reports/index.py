@@ -27,7 +27,9 @@ def status_path(output_dir, task):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
     task : str
+        Task name.
 
     Returns
     -------
@@ -43,7 +45,9 @@ def record_status(output_dir, task, done=(), failed=None, excluded=()):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
     task : str
+        Task name.
     done : iterable of str
         Subjects that finished.
     failed : dict, optional
@@ -75,7 +79,9 @@ def read_status(output_dir, task):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
     task : str
+        Task name.
 
     Returns
     -------
@@ -97,6 +103,7 @@ def find_subject_maps(output_dir):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
 
     Returns
     -------
@@ -118,6 +125,7 @@ def find_reports(output_dir):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
 
     Returns
     -------
@@ -189,10 +197,12 @@ def build_index(output_dir):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
 
     Returns
     -------
     Path
+        ``OUTPUT_DIR/index.html``.
     """
     root = Path(output_dir).resolve()
     maps = find_subject_maps(root)
@@ -230,7 +240,9 @@ def write_index(output_dir, task, done=(), failed=None, excluded=()):
     Parameters
     ----------
     output_dir : str or Path
+        OUTPUT_DIR of the run.
     task : str
+        Task name.
     done, failed, excluded
         As :func:`record_status`.
 
