@@ -46,15 +46,20 @@ def plot_subject_mosaic(Y, mask, subjects, path, title=""):
     Parameters
     ----------
     Y : numpy.ndarray, shape (n_subjects, n_voxels)
+        Subject maps, in-mask voxels only.
     mask : numpy.ndarray of bool, shape (x, y, z)
+        Group mask whose True voxels are the columns of ``Y``.
     subjects : list of str
+        Subject labels, in the row order of ``Y`` (panel titles).
     path : str or Path
         PNG or SVG.
     title : str
+        Figure title.
 
     Returns
     -------
     Path
+        The written figure.
     """
     Y = np.asarray(Y, dtype=np.float64)
     vmax = float(np.nanpercentile(np.abs(Y), 99)) or 1.0
@@ -84,16 +89,20 @@ def plot_stat_figures(z_img, out_prefix, threshold=None, title="", kinds=("glass
     Parameters
     ----------
     z_img : nibabel image
+        z map to draw.
     out_prefix : str or Path
         ``<prefix>_glass.png`` and ``<prefix>_slices.png`` are written.
     threshold : float, optional
         Values with smaller magnitude are not drawn.
     title : str
+        Figure title.
     kinds : sequence of {'glass', 'slices'}
+        Figures to draw.
 
     Returns
     -------
     list of Path
+        The written figures (glass brain first when both are drawn).
     """
     import warnings
 
@@ -157,6 +166,7 @@ def build_group_report(task, sections, summary, path):
     Parameters
     ----------
     task : str
+        Task name.
     sections : list of dict
         One per first-level contrast: ``contrast``, ``subjects``, ``missing`` (subjects without a map),
         ``design_figure`` (SVG path), ``mosaic`` (PNG path), ``group_contrasts``: a list of
@@ -164,10 +174,12 @@ def build_group_report(task, sections, summary, path):
     summary : dict
         ``excluded`` (list of subjects), ``settings`` (dict shown as a table).
     path : str or Path
+        The HTML file (self-contained: figures are embedded).
 
     Returns
     -------
     Path
+        The written report.
     """
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>glmx group level: task {html.escape(task)}"
              f"</title><style>{_STYLE}</style></head><body>",
