@@ -39,6 +39,7 @@ def esc(value):
     Returns
     -------
     str
+        The escaped text (quotes included), or the :class:`Raw` value itself.
     """
     if isinstance(value, Raw):
         return value
@@ -51,10 +52,12 @@ def join(*parts):
     Parameters
     ----------
     *parts : str or Raw
+        Text (escaped) or HTML (:class:`Raw`, kept).
 
     Returns
     -------
     Raw
+        The concatenated HTML.
     """
     return Raw("".join(esc(p) for p in parts))
 
@@ -74,6 +77,7 @@ def tag(name, content="", **attrs):
     Returns
     -------
     Raw
+        The element's HTML.
     """
     text = "".join(f' {"class" if k == "cls" else k.replace("_", "-")}="{esc(v)}"'
                    for k, v in attrs.items() if v is not None)
@@ -86,10 +90,13 @@ def anchor(text):
     Parameters
     ----------
     text : str
+        Any text (e.g. a contrast name).
 
     Returns
     -------
     str
+        Runs of other characters than letters, digits, ``_`` and ``-`` replaced by ``-``; ``'x'``
+        when nothing is left.
     """
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-")
     return slug or "x"
@@ -108,6 +115,12 @@ def png_tag(data, alt):
     Returns
     -------
     Raw
+        The ``<img>`` element.
+
+    Raises
+    ------
+    ValueError
+        When the data is not a PNG.
     """
     if not isinstance(data, bytes):
         data = Path(data).read_bytes()
@@ -139,6 +152,12 @@ def svg_inline(svg, prefix, alt=""):
     Returns
     -------
     Raw
+        A ``<div class="svg">`` holding the ``<svg>`` element.
+
+    Raises
+    ------
+    ValueError
+        When the text holds no ``<svg>`` element.
     """
     text = svg if isinstance(svg, str) and svg.lstrip().startswith("<") else Path(svg).read_text(encoding="utf-8")
     start = text.find("<svg")
@@ -160,13 +179,16 @@ def image(path, alt, prefix=None):
     Parameters
     ----------
     path : str or Path
+        PNG or SVG file (by suffix).
     alt : str
+        Alternative text.
     prefix : str, optional
         Id prefix of an SVG (default: the file name).
 
     Returns
     -------
     Raw
+        The embedded image (see :func:`png_tag`, :func:`svg_inline`).
     """
     path = Path(path)
     if path.suffix.lower() == ".svg":
@@ -180,8 +202,11 @@ def figure(fig, alt, fmt="png", dpi=80, prefix=None, close=True):
     Parameters
     ----------
     fig : matplotlib.figure.Figure
+        Figure to render.
     alt : str
+        Alternative text.
     fmt : {'png', 'svg'}
+        Embedded format.
     dpi : int
         Resolution of a PNG.
     prefix : str, optional
@@ -192,6 +217,7 @@ def figure(fig, alt, fmt="png", dpi=80, prefix=None, close=True):
     Returns
     -------
     Raw
+        The embedded image.
     """
     import matplotlib.pyplot as plt
 
@@ -224,6 +250,8 @@ def table(rows, header=None, cell_classes=None, numeric=True):
     Returns
     -------
     Raw
+        The table, wrapped in a scrolling ``<div>``; floats shown with 3 significant digits, NaN as
+        n/a.
     """
     if hasattr(rows, "columns"):
         header = [str(c) for c in rows.columns] if header is None else header
@@ -272,6 +300,7 @@ def page(title, body):
     Returns
     -------
     str
+        The document, with the report style sheet inlined.
     """
     if isinstance(body, (list, tuple)):
         body = join(*body)
@@ -286,11 +315,15 @@ def write_page(path, title, body):
     Parameters
     ----------
     path : str or Path
+        The HTML file.
     title : str
+        Document title.
     body : str or Raw or list
+        As for :func:`page`.
 
     Returns
     -------
     Path
+        The written file.
     """
     return write_text(path, page(title, body))
