@@ -250,8 +250,7 @@ def table(rows, header=None, cell_classes=None, numeric=True):
     Returns
     -------
     Raw
-        The table, wrapped in a scrolling ``<div>``; floats shown with 3 significant digits, NaN as
-        n/a.
+        The table, wrapped in a scrolling ``<div>``; floats are rounded for display (NaN as n/a).
     """
     if hasattr(rows, "columns"):
         header = [str(c) for c in rows.columns] if header is None else header
