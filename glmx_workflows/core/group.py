@@ -60,10 +60,12 @@ def is_numeric_column(values):
     Parameters
     ----------
     values : pandas.Series
+        A participants.tsv column (n/a read as NaN).
 
     Returns
     -------
     bool
+        True also for a column with no defined value.
     """
     defined = values.dropna()
     if defined.empty:
@@ -168,8 +170,15 @@ def check_design(design, source=None):
     Parameters
     ----------
     design : pandas.DataFrame, shape (n_subjects, n_columns)
+        Group design (columns named after the regressors).
     source : str, optional
         File named in errors.
+
+    Raises
+    ------
+    GlmxError
+        When a regressor other than the intercept is zero after centring, the design is
+        rank-deficient, or there are no more subjects than columns.
     """
     X = design.to_numpy(float)
     n, p = X.shape
@@ -192,6 +201,7 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
     Parameters
     ----------
     design_columns : list of str
+        Column names of the design, in order.
     mean_weights : dict
         From :func:`group_design`.
     formulas : dict, optional
@@ -231,11 +241,14 @@ def fit_group_model(Y, X):
     Parameters
     ----------
     Y : numpy.ndarray, shape (n_subjects, n_voxels)
+        Subject maps, in-mask voxels.
     X : numpy.ndarray, shape (n_subjects, n_columns)
+        Group design.
 
     Returns
     -------
     GLMFit
+        Betas, residual variance and degrees of freedom of the OLS fit.
     """
     return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
 
@@ -246,7 +259,9 @@ def contrast_maps(fit, weights):
     Parameters
     ----------
     fit : GLMFit
+        From :func:`fit_group_model`.
     weights : array-like, shape (n_columns,)
+        Contrast weights over the design columns.
 
     Returns
     -------
@@ -264,6 +279,7 @@ def fdr_qvalues(p):
     Parameters
     ----------
     p : numpy.ndarray, shape (n,)
+        Uncorrected p-values.
 
     Returns
     -------
@@ -288,10 +304,12 @@ def bonferroni(p):
     Parameters
     ----------
     p : numpy.ndarray, shape (n,)
+        Uncorrected p-values.
 
     Returns
     -------
     numpy.ndarray, shape (n,)
+        Corrected p-values.
     """
     p = np.asarray(p, dtype=np.float64)
     return np.minimum(p * p.size, 1.0)
@@ -303,11 +321,19 @@ def z_threshold(p_threshold=None, z=None):
     Parameters
     ----------
     p_threshold : float, optional
+        Uncorrected one-sided p (used when ``z`` is None).
     z : float, optional
+        Height in z, returned as given.
 
     Returns
     -------
     float
+        The height in z.
+
+    Raises
+    ------
+    GlmxError
+        When ``z`` is None and ``p_threshold`` is not strictly between 0 and 1.
     """
     if z is not None:
         return float(z)
@@ -323,13 +349,18 @@ def cluster_extent_mask(stat_map, threshold, min_size, connectivity=1):
     Parameters
     ----------
     stat_map : numpy.ndarray, shape (x, y, z)
+        Statistic map.
     threshold : float
+        Height: voxels strictly above it form clusters.
     min_size : int
+        Smallest cluster kept, in voxels.
     connectivity : {1, 2, 3}
+        1: faces (6 neighbours), 2: + edges (18), 3: + corners (26).
 
     Returns
     -------
     numpy.ndarray of bool, shape (x, y, z)
+        True in the kept clusters.
     """
     labels, sizes, _ = label_clusters(stat_map, threshold, connectivity)
     keep = sizes >= max(int(min_size), 1)
