@@ -391,6 +391,7 @@ def cluster_table(stat_map, affine, threshold, min_size=0, min_distance=8.0, n_s
     stat_map : numpy.ndarray, shape (x, y, z)
         z (or t) map, zero outside the mask.
     affine : numpy.ndarray, shape (4, 4)
+        Voxel-to-world transform (peak coordinates are reported in mm).
     threshold : float
         Cluster-forming height (voxels strictly above it).
     min_size : int
@@ -458,17 +459,25 @@ def partition_design(X, weights, tol=1e-10):
     Parameters
     ----------
     X : numpy.ndarray, shape (n, p)
+        Design.
     weights : numpy.ndarray, shape (p,)
+        Contrast weights ``c``.
     tol : float
         Relative tolerance for the rank of Z and for "x is constant".
 
     Returns
     -------
     x : numpy.ndarray, shape (n,)
+        The regressor of interest, ``X c / (c'c)``.
     Z : numpy.ndarray, shape (n, q)
         Orthonormal basis of the nuisance space (q may be 0).
     sign_flip : bool
         True when x is constant: the test is on a mean (sign flips), otherwise rows are permuted.
+
+    Raises
+    ------
+    GlmxError
+        When ``weights`` does not have one value per column, or is all zero.
     """
     X = np.asarray(X, dtype=np.float64)
     c = np.asarray(weights, dtype=np.float64).ravel()
@@ -505,13 +514,21 @@ def draw_transforms(n, n_permutations, sign_flip, seed):
         How many to draw; when it reaches the number of distinct non-identity ones
         (``2**n - 1`` sign flips, ``n! - 1`` permutations), all of them are enumerated instead.
     sign_flip : bool
+        Draw sign flips (True) or row permutations (False).
     seed : int
+        Seed of the random generator (unused when enumerating).
 
     Returns
     -------
     transforms : numpy.ndarray, shape (K, n)
         Sign vectors (int8, +1/-1) or row orders (int32).
     exhaustive : bool
+        True when every distinct transform was enumerated.
+
+    Raises
+    ------
+    GlmxError
+        When ``n_permutations`` is less than 1.
     """
     n_permutations = int(n_permutations)
     if n_permutations < 1:
@@ -697,10 +714,13 @@ def t_threshold(p_threshold, dof):
     Parameters
     ----------
     p_threshold : float
+        Uncorrected one-sided p.
     dof : float
+        Degrees of freedom of the t statistic.
 
     Returns
     -------
     float
+        The t value whose upper-tail probability is ``p_threshold``.
     """
     return float(sps.t.isf(p_threshold, dof))
