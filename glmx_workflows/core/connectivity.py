@@ -59,6 +59,12 @@ def confound_patterns(preset=None, patterns=()):
     Returns
     -------
     list of str
+        The preset's patterns, then the user's patterns not already in it.
+
+    Raises
+    ------
+    GlmxError
+        When ``preset`` is not a known preset.
     """
     if preset is not None and preset not in CONFOUND_PRESETS:
         raise GlmxError(f"unknown confound preset '{preset}'; expected one of {', '.join(CONFOUND_PRESETS)}",
@@ -75,7 +81,9 @@ def select_rest_confounds(frame, preset=None, patterns=(), source=None):
     frame : pandas.DataFrame of shape (n_scans, n_columns)
         fmriprep's confounds table.
     preset : str or None
+        A key of :data:`CONFOUND_PRESETS`, or None.
     patterns : sequence of str
+        Further fmriprep column names or shell wildcards.
     source : str, optional
         Confounds file (for messages).
 
@@ -103,6 +111,7 @@ def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50
     Parameters
     ----------
     n_scans : int
+        Volumes of the run.
     dummy_scans : int
         Leading volumes cut off.
     fd : array of shape (n_scans,), optional
@@ -147,12 +156,14 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
     signals : numpy.ndarray of shape (n_scans, n_signals)
         Region or voxel series of the whole run; all-NaN columns (regions outside the mask) stay NaN.
     confounds : numpy.ndarray or DataFrame of shape (n_scans, n_confounds), optional
+        Regressors projected out (whole run, dummy scans included).
     t_r : float
         Repetition time (s).
     outliers : DataFrame from :func:`censoring`, optional
         Dummy volumes are removed before cleaning; FD-censored ones are passed as nilearn's
         ``sample_mask`` (interpolated for the filter, then dropped).
     detrend : bool
+        Remove a linear trend.
     high_pass, low_pass : float or None
         Band edges in Hz (Butterworth); None disables that edge.
     standardize : bool
@@ -161,6 +172,7 @@ def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_
     Returns
     -------
     numpy.ndarray of shape (n_kept, n_signals), float64
+        Cleaned series of the kept volumes.
     """
     from nilearn.signal import clean
 
@@ -215,12 +227,14 @@ def denoise_many(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, 
     Parameters
     ----------
     signals : numpy.ndarray of shape (n_scans, n_signals)
+        Series of the whole run.
     confounds, t_r, outliers, detrend, high_pass, low_pass, standardize
         As for :func:`denoise`.
 
     Returns
     -------
     numpy.ndarray of shape (n_kept, n_signals), float64
+        Cleaned series of the kept volumes, as :func:`denoise` gives them.
     """
     signals = np.asarray(signals, dtype=np.float64)
     operator = denoise(np.eye(signals.shape[0]), confounds, t_r, outliers, detrend, high_pass, low_pass,
