@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as spl
+from scipy import special as sps_special
 from scipy import stats as sps
 from threadpoolctl import threadpool_limits
 
@@ -707,8 +708,15 @@ def contrast_statistics(est):
     if est.stat_type == "t":
         effect = est.effect[0]
         stat = effect / np.sqrt(np.maximum(est.variance, TINY))
-        p = sps.t.sf(stat, dof)
-        one_minus_p = sps.t.cdf(stat, dof)
+        # scipy's t.sf / t.cdf are stdtr(dof, -t) / stdtr(dof, t) behind argument checks that cost as much
+        # as the function; and the cdf is needed only where the z score is negative (about half the
+        # voxels). Same numbers as nilearn's Contrast, at about half the cost per contrast.
+        p = sps_special.stdtr(dof, -stat)
+        z = -sps_special.ndtri(np.clip(p, 1.0e-300, 1.0 - 1.0e-16))
+        neg = z < 0
+        if neg.any():
+            z[neg] = sps_special.ndtri(np.clip(sps_special.stdtr(dof, stat[neg]), 1.0e-300, 1.0 - 1.0e-16))
+        return {"stat": stat, "p": p, "z": z, "effect": effect, "variance": est.variance, "dof": float(dof)}
     elif est.stat_type == "F":
         effect = est.effect
         stat = np.sum(effect**2, 0) / est.dim / np.maximum(est.variance, TINY)
