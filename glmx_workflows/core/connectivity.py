@@ -256,7 +256,9 @@ def labels_signals(data, labels, mask=None, label_values=None):
     Parameters
     ----------
     data : numpy.ndarray of shape (x, y, z, n_scans)
+        BOLD data.
     labels : numpy.ndarray of int, shape (x, y, z)
+        Label image on the BOLD grid (0 is background).
     mask : numpy.ndarray of bool, shape (x, y, z), optional
         Voxels outside it are ignored.
     label_values : sequence of int, optional
@@ -265,7 +267,14 @@ def labels_signals(data, labels, mask=None, label_values=None):
     Returns
     -------
     signals : numpy.ndarray of shape (n_scans, n_labels)
+        Mean series of each label's voxels.
     label_values : list of int
+        The labels, in column order.
+
+    Raises
+    ------
+    GlmxError
+        When a requested label has no voxel inside the mask.
     """
     labels = np.asarray(labels).astype(int)
     if mask is not None:
@@ -294,12 +303,16 @@ def maps_signals(data, maps, mask=None):
     Parameters
     ----------
     data : numpy.ndarray of shape (x, y, z, n_scans)
+        BOLD data.
     maps : numpy.ndarray of shape (x, y, z, n_maps)
+        Region maps on the BOLD grid.
     mask : numpy.ndarray of bool, shape (x, y, z), optional
+        Voxels outside it are ignored (default: every voxel).
 
     Returns
     -------
     signals : numpy.ndarray of shape (n_scans, n_kept_maps)
+        Least-squares coefficients of the kept maps at each scan.
     kept : list of int
         Indices of the maps that overlap the mask (others are dropped, as nilearn does).
     """
@@ -325,7 +338,9 @@ def sphere_members(coords, affine, mask, radius, allow_empty=False):
     coords : array of shape (n_spheres, 3)
         Centres in world (mm) coordinates of the image's space.
     affine : numpy.ndarray of shape (4, 4)
+        Voxel-to-world transform of the image.
     mask : numpy.ndarray of bool, shape (x, y, z)
+        Brain mask; only its voxels can belong to a sphere.
     radius : float or None
         Radius in mm; voxels whose centre is within it (inclusive) belong to the sphere, and the voxel
         nearest to the centre always does when it is in the mask. None: the nearest voxel only.
@@ -369,10 +384,15 @@ def spheres_signals(data, coords, affine, mask, radius, allow_empty=False):
     Parameters
     ----------
     data : numpy.ndarray of shape (x, y, z, n_scans)
+        BOLD data.
     coords : array of shape (n_spheres, 3), world mm
+        Sphere centres.
     affine : numpy.ndarray of shape (4, 4)
+        Voxel-to-world transform of ``data``.
     mask : numpy.ndarray of bool, shape (x, y, z)
+        Brain mask; only its voxels are averaged.
     radius : float or None
+        As for :func:`sphere_members`.
     allow_empty : bool
         A sphere outside the mask gives a column of NaN (instead of an error), so that an atlas keeps
         the same regions, in the same order, for every subject.
@@ -380,6 +400,12 @@ def spheres_signals(data, coords, affine, mask, radius, allow_empty=False):
     Returns
     -------
     numpy.ndarray of shape (n_scans, n_spheres)
+        Mean series of each sphere's voxels.
+
+    Raises
+    ------
+    GlmxError
+        When a sphere holds no voxel of the mask and ``allow_empty`` is False.
     """
     flat = np.asarray(data, dtype=np.float64)[np.asarray(mask, bool)]
     members = sphere_members(coords, affine, mask, radius, allow_empty)
@@ -395,10 +421,12 @@ def fisher_z(r):
     Parameters
     ----------
     r : numpy.ndarray of shape (n, n)
+        Correlations (clipped just inside (-1, 1)).
 
     Returns
     -------
     numpy.ndarray of shape (n, n)
+        z values, zero on the diagonal of a square matrix.
     """
     z = np.arctanh(np.clip(np.asarray(r, float), -1 + 1e-12, 1 - 1e-12))
     if z.ndim == 2 and z.shape[0] == z.shape[1]:
@@ -412,10 +440,12 @@ def inverse_fisher_z(z):
     Parameters
     ----------
     z : numpy.ndarray of shape (n, n)
+        Fisher z values.
 
     Returns
     -------
     numpy.ndarray of shape (n, n)
+        Correlations, one on the diagonal of a square matrix.
     """
     r = np.tanh(np.asarray(z, float))
     if r.ndim == 2 and r.shape[0] == r.shape[1]:
