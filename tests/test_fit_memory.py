@@ -124,3 +124,20 @@ def test_chunking_over_voxels_changes_no_result(noise_model, monkeypatch):
         np.testing.assert_allclose(part.dispersion, whole.dispersion, rtol=1e-9)
         z = contrast_statistics(estimate_contrast(part, con))["z"]
         assert np.max(np.abs(z - z_whole)) < 1e-8
+
+
+@pytest.mark.parametrize("dof", [7.0, 270.0, 1e12])
+def test_t_statistics_are_nilearns_bit_for_bit(dof):
+    """contrast_statistics takes scipy's special functions directly (and the cdf only where z < 0)."""
+    from nilearn.glm.contrasts import Contrast
+
+    from glmx_workflows.core.glm import ContrastEstimate
+
+    rng = np.random.default_rng(4)
+    effect = np.concatenate([rng.standard_normal(20000) * 6, [0.0, 1e-30, -1e-30, 60.0, -60.0]])[None]
+    variance = np.concatenate([rng.uniform(0.01, 2, 20000), [0.0, 0.0, 1.0, 1e-60, 1e-3]])
+    ours = contrast_statistics(ContrastEstimate(effect, variance, dof, "t"))
+    ref = Contrast(effect=effect[0], variance=variance, dof=dof, stat_type="t")
+    np.testing.assert_array_equal(ours["z"], ref.z_score())
+    np.testing.assert_array_equal(ours["p"], ref.p_value())
+    np.testing.assert_array_equal(ours["stat"], ref.stat())
