@@ -468,6 +468,12 @@ def connectivity(timeseries, kind):
     Returns
     -------
     numpy.ndarray of shape (n_regions, n_regions)
+        The matrix (unit diagonal for the correlation kinds).
+
+    Raises
+    ------
+    GlmxError
+        When ``kind`` is unknown, or a partial correlation is asked with no more volumes than regions.
     """
     X = np.asarray(timeseries, dtype=np.float64)
     missing = np.isnan(X).all(axis=0)
@@ -509,10 +515,12 @@ def precision_to_partial(precision):
     Parameters
     ----------
     precision : numpy.ndarray of shape (n, n)
+        Inverse covariance.
 
     Returns
     -------
     numpy.ndarray of shape (n, n)
+        Partial correlations.
     """
     d = np.sqrt(np.diag(precision))
     partial = -precision / np.outer(d, d)
@@ -526,11 +534,14 @@ def average_matrices(matrices, kind):
     Parameters
     ----------
     matrices : sequence of numpy.ndarray of shape (n, n)
+        One matrix per run, same regions.
     kind : str
+        Connectivity kind of the matrices (see :func:`connectivity`).
 
     Returns
     -------
     numpy.ndarray of shape (n, n)
+        The averaged matrix.
     """
     stack = np.stack([np.asarray(m, float) for m in matrices])
     if kind in CORRELATION_KINDS:
@@ -578,8 +589,14 @@ def tangent_matrices(timeseries):
     Returns
     -------
     tangents : numpy.ndarray of shape (n_subjects, n_regions, n_regions)
+        Each subject's tangent-space matrix.
     mean : numpy.ndarray of shape (n_regions, n_regions)
         The geometric-mean covariance the tangents are taken at.
+
+    Raises
+    ------
+    GlmxError
+        When fewer than two subjects are given.
     """
     from nilearn.connectome import ConnectivityMeasure
     from sklearn.covariance import LedoitWolf
