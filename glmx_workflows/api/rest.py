@@ -198,6 +198,7 @@ class RestingState:
         Returns
         -------
         nipype.pipeline.engine.Workflow
+            The subject's workflow (see :func:`glmx_workflows.workflows.rest.init_rest_wf`).
         """
         runs = runs or self.runs()
         space, _ = parse_space(self.settings["space"])
