@@ -29,6 +29,13 @@ def stack_structure(connectivity=1):
     Returns
     -------
     numpy.ndarray of bool, shape (3, 3, 3, 3)
+        scipy's 3D structure of ``connectivity`` in the middle of the first (map) axis, so that no
+        cluster spans two maps.
+
+    Raises
+    ------
+    GlmxError
+        When ``connectivity`` is not 1, 2 or 3.
     """
     if connectivity not in (1, 2, 3):
         raise GlmxError(f"connectivity must be 1, 2 or 3, got {connectivity!r}")
