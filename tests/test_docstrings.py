@@ -27,7 +27,7 @@ DOCUMENTED = [
     "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py", "reports/index.py",
     "reports/html.py", "reports/group.py", "reports/rest.py", "cli/run.py", "cli/rest.py", "api/rest.py",
     "core/group.py", "core/tfce.py", "core/connectivity.py", "io/atlases.py", "io/group_inputs.py",
-    "io/example_rest.py",
+    "io/example_rest.py", "interfaces/glm.py",
 ]
 
 

@@ -22,6 +22,8 @@ F_STATS = ("F", "z", "p")
 
 
 class FitGLMInputSpec(BaseInterfaceInputSpec):
+    """Inputs of FitGLM: one run's BOLD, mask, design, kept volumes and fit options."""
+
     bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI)")
     mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
     design_file = File(exists=True, mandatory=True, desc="design matrix TSV (all volumes)")
@@ -33,6 +35,8 @@ class FitGLMInputSpec(BaseInterfaceInputSpec):
 
 
 class FitGLMOutputSpec(TraitedSpec):
+    """Output of FitGLM: the stored fit."""
+
     fit_file = File(exists=True, desc="NPZ with the fitted model (betas, per-bin covariances, design columns)")
 
 
@@ -90,6 +94,8 @@ def _save_estimate(est, path):
 
 
 class ComputeContrastsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of ComputeContrasts: a stored fit, its mask and the contrasts to compute."""
+
     fit_file = File(exists=True, mandatory=True, desc="NPZ from fit_glm")
     mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
     contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
@@ -97,6 +103,8 @@ class ComputeContrastsInputSpec(BaseInterfaceInputSpec):
 
 
 class ComputeContrastsOutputSpec(TraitedSpec):
+    """Outputs of ComputeContrasts: the stat-map manifest and the per-contrast estimates."""
+
     manifest_file = File(exists=True, desc="JSON list of stat maps with their BIDS entities")
     estimates_file = File(exists=True, desc="JSON {contrast: NPZ of the estimate} for fixed effects")
 
@@ -129,11 +137,15 @@ class ComputeContrasts(SimpleInterface):
 
 
 class FixedEffectsInputSpec(BaseInterfaceInputSpec):
+    """Inputs of FixedEffects: the contrast estimates of every run."""
+
     estimates_files = InputMultiObject(File(exists=True), mandatory=True,
                                        desc="estimates.json of every run from compute_contrasts")
 
 
 class FixedEffectsOutputSpec(TraitedSpec):
+    """Output of FixedEffects: the subject-level stat-map manifest."""
+
     manifest_file = File(exists=True, desc="JSON list of subject-level stat maps with their BIDS entities")
 
 
