@@ -76,7 +76,7 @@ class GLMFit:
     Voxels share per-bin quantities: voxel ``v`` was fitted with the whitened design of
     bin ``labels[v]`` (AR(1) coefficient ``bin_rho[labels[v]]``).
 
-    Attributes
+    Parameters
     ----------
     beta : numpy.ndarray, shape (n_regressors, n_voxels)
         Parameter estimates.  float64, except for an OLS fit of float32 data with a
@@ -176,7 +176,7 @@ class ContrastEstimate:
     whitened by ``sqrtm(inv(C cov C'))`` and the variance is the dispersion, so that
     ``F = sum(effect**2, 0) / q / variance``.
 
-    Attributes
+    Parameters
     ----------
     effect : numpy.ndarray of float64, shape (q, n_voxels)
         t contrast: ``q == 1``, the contrast of the betas.  F contrast: ``q`` rows of
