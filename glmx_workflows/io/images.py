@@ -11,7 +11,25 @@ from .fastread import read_masked_run
 
 
 def load_image(path, what="image"):
-    """Load a NIfTI image lazily, with an error that names the file."""
+    """Load a NIfTI image lazily, with an error that names the file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The NIfTI file.
+    what : str
+        What the file is, used in error messages.
+
+    Returns
+    -------
+    nibabel.spatialimages.SpatialImage
+        The image (data not read yet).
+
+    Raises
+    ------
+    GlmxError
+        If the file does not exist or nibabel cannot read it.
+    """
     path = Path(path)
     if not path.is_file():
         raise GlmxError(f"{what} not found", file=path)
@@ -22,7 +40,23 @@ def load_image(path, what="image"):
 
 
 def bold_length(path):
-    """Number of volumes of a 4D BOLD run (header only)."""
+    """Number of volumes of a 4D BOLD run (header only).
+
+    Parameters
+    ----------
+    path : str or Path
+        The BOLD run.
+
+    Returns
+    -------
+    int
+        Length of the fourth dimension.
+
+    Raises
+    ------
+    GlmxError
+        If the file is missing, unreadable or not 4D.
+    """
     img = load_image(path, "BOLD run")
     if len(img.shape) != 4:
         raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
@@ -32,6 +66,15 @@ def bold_length(path):
 
 def load_mask(path, reference=None, reference_path=None):
     """Load a brain mask as a boolean array, checked against a reference image grid.
+
+    Parameters
+    ----------
+    path : str or Path
+        The mask image (3D, or 4D with one volume); voxels > 0 are in the mask.
+    reference : nibabel image, optional
+        Image whose grid (first three dimensions of the shape, and affine) the mask must match.
+    reference_path : str or Path, optional
+        Path of ``reference``, named in the error message.
 
     Returns
     -------
@@ -81,7 +124,24 @@ def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
 
 
 def unmask(values, mask, affine, dtype=np.float32):
-    """(n_voxels,) values → NIfTI image on the mask's grid (zero outside)."""
+    """(n_voxels,) values → NIfTI image on the mask's grid (zero outside).
+
+    Parameters
+    ----------
+    values : array-like of shape (n_voxels,)
+        One value per in-mask voxel, in the mask's C order.
+    mask : numpy.ndarray of bool, 3D
+        The mask.
+    affine : numpy.ndarray of shape (4, 4)
+        Affine of the output image.
+    dtype : numpy dtype
+        Data type of the output volume.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The 3D image, spatial units mm.
+    """
     vol = np.zeros(mask.shape, dtype=dtype)
     vol[mask] = values
     img = nb.Nifti1Image(vol, affine)
@@ -90,7 +150,20 @@ def unmask(values, mask, affine, dtype=np.float32):
 
 
 def write_image(img, path):
-    """Write a NIfTI image atomically."""
+    """Write a NIfTI image atomically.
+
+    Parameters
+    ----------
+    img : nibabel image
+        The image to save.
+    path : str or Path
+        Destination (its extension selects the format, e.g. ``.nii.gz``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_path(path) as tmp:
         nb.save(img, str(tmp))
     return Path(path)
