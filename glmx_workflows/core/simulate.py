@@ -122,6 +122,13 @@ def mni_grid(shape):
 def voxel_coordinates(shape, affine):
     """MNI mm coordinates of every voxel centre.
 
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Grid shape.
+    affine : numpy.ndarray, shape (4, 4)
+        Voxel-to-mm affine of the grid.
+
     Returns
     -------
     numpy.ndarray, shape ``shape + (3,)``
@@ -276,6 +283,13 @@ def beta_maps(weights, scales=None, effects=PLANTED_EFFECTS):
 
 def simulate_participants(n_subjects, rng):
     """participants.tsv content.
+
+    Parameters
+    ----------
+    n_subjects : int
+        Number of rows.
+    rng : numpy.random.Generator
+        Source of the ages.
 
     Returns
     -------
@@ -444,6 +458,15 @@ def framewise_displacement(motion, radius=50.0):
 
 def cosine_basis(n_volumes, tr, period_cut=128.0):
     """fmriprep's (nipype's) discrete cosine high-pass basis, without the constant.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Number of volumes.
+    tr : float
+        Repetition time (s).
+    period_cut : float
+        Cut-off period (s) of the high-pass filter.
 
     Returns
     -------
