@@ -459,24 +459,37 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
                       bin_rho=np.zeros(1), bin_cov=cov[None], bin_df=np.array([df_resid]),
                       noise_model="ols")
 
-    # --- OLS betas
-    ols_beta = np.empty((n_reg, n_vox), dtype=work)
+    if work == np.float64:
+        return _fit_ar1_moments(Y, X, bins, chunks, pinv_x, df_resid, disp_den)
+    return _fit_ar1_direct(Y, X, bins, chunks, pinv_x, work, df_resid, disp_den)
+
+
+def _ols_betas(Y, pinv_x, chunks, work):
+    """nilearn's OLS betas ``pinv(X) @ Y``, chunk by chunk (the same bits as one product)."""
+    beta = np.empty((pinv_x.shape[0], Y.shape[1]), dtype=work)
     for start, stop in chunks:
         Yc = Y[:, start:stop]
         _check_finite(Yc)
-        ols_beta[:, start:stop] = np.dot(pinv_x, Yc)
+        beta[:, start:stop] = np.dot(pinv_x, Yc)
+    return beta
 
-    # --- global mean of the OLS residuals, summed in the memory order of nilearn's (C-ordered) residuals
+
+def _residual_mean(Y, X, ols_beta):
+    """Global mean of the OLS residuals, summed in the memory order of nilearn's (C-ordered) residuals."""
+    n_scans, n_vox = Y.shape
     stream = _StreamSum(n_scans * n_vox)
     rows = max(1, _CHUNK_ELEMENTS // n_vox)
     for t0 in range(0, n_scans, rows):
         resid = Y[t0:t0 + rows] - np.dot(X[t0:t0 + rows], ols_beta)
         stream.feed(np.ravel(resid, order="C"))
     total = stream.total()
-    mean = total.dtype.type(total / np.intp(n_scans * n_vox))
+    return total.dtype.type(total / np.intp(n_scans * n_vox))
 
-    # --- Yule-Walker AR(1) coefficient of every voxel
-    rho = np.empty(n_vox)
+
+def _yule_walker_rho(Y, X, ols_beta, mean, chunks):
+    """nilearn's Yule-Walker AR(1) coefficient of every voxel, from explicit residuals (its arithmetic)."""
+    n_scans = Y.shape[0]
+    rho = np.empty(Y.shape[1])
     for start, stop in chunks:
         Yc = Y[:, start:stop]
         y = (Yc - np.dot(X, ols_beta[:, start:stop])) - mean
@@ -484,29 +497,44 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
             r0, r1 = _lag_sums_f64(y, y), _lag_sums_f64(y[:-1], y[1:])
         else:
             r0, r1 = _lag_sums_f32(y, y), _lag_sums_f32(y[:-1], y[1:])
-        r0 = r0.astype(np.float64) / (n_scans * n_scans)
-        r1 = r1.astype(np.float64) / ((n_scans - 1) * n_scans)
-        zero = r0 == 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho[start:stop] = np.where(zero, 0.0, r1 / np.where(zero, 1.0, r0))
+        rho[start:stop] = _rho_from_sums(r0, r1, n_scans)
+    return rho
 
-    binned = (rho * bins).astype(np.int64) * 1.0 / bins
-    bin_rho, labels = np.unique(binned, return_inverse=True)
-    labels = labels.astype(np.intp).reshape(n_vox)
-    del rho, binned
 
-    # --- refit every bin with its whitened design
+def _rho_from_sums(r0, r1, n_scans):
+    """``r1 / r0`` with nilearn's normalisations (and rho 0 where nilearn's system is singular)."""
+    r0 = np.asarray(r0, dtype=np.float64) / (n_scans * n_scans)
+    r1 = np.asarray(r1, dtype=np.float64) / ((n_scans - 1) * n_scans)
+    zero = r0 == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(zero, 0.0, r1 / np.where(zero, 1.0, r0))
+
+
+def _bin_models(X, bin_rho):
+    """Whitened design, its pseudo-inverse and the normalized covariance of beta for every bin."""
     models = []
     for r in bin_rho:
         xw = _whiten(X, r)
         pw = spl.pinv(xw)
         models.append((xw, pw, np.dot(pw, pw.T)))
-    beta = ols_beta if work == np.float64 else np.empty((n_reg, n_vox), dtype=np.float64)
-    del ols_beta
-    dispersion = np.empty(n_vox, dtype=np.float64)
+    return models
+
+
+def _bin_labels(rho, bins):
+    binned = (rho * bins).astype(np.int64) * 1.0 / bins
+    bin_rho, labels = np.unique(binned, return_inverse=True)
+    return bin_rho, labels.astype(np.intp).reshape(rho.shape)
+
+
+def _refit_direct(Y, labels, bin_rho, models, disp_den, chunks, beta, dispersion, columns=None):
+    """Refit voxels with their bin's whitened design by explicit whitening (nilearn's arithmetic).
+
+    ``columns`` (optional) maps the columns of ``Y`` to columns of ``beta`` / ``dispersion``.
+    """
+    n_reg = beta.shape[0]
     # Each chunk's refit is ~100 small products (n_regressors x n_scans times a bin's voxels). A
     # multi-threaded BLAS starts its threads for each: measured 35-90x slower than one thread when the
-    # cores are shared, and no faster on idle ones. The large products above keep the caller's threads.
+    # cores are shared, and no faster on idle ones.
     with threadpool_limits(limits=1, user_api="blas"):
         for start, stop in chunks:
             lab = labels[start:stop]
@@ -531,11 +559,151 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
                 wres = wy_k - np.dot(xw, b)
                 b_sorted[:, s:e] = b
                 d_sorted[s:e] = np.sum(wres**2, 0) / disp_den
-            beta[:, start + order] = b_sorted
-            dispersion[start + order] = d_sorted
+            dest = start + order if columns is None else columns[start + order]
+            beta[:, dest] = b_sorted
+            dispersion[dest] = d_sorted
+
+
+def _ar1_fit(beta, dispersion, labels, bin_rho, models, df_resid):
     return GLMFit(beta=beta, dispersion=dispersion, labels=labels, bin_rho=bin_rho,
                   bin_cov=np.stack([m[2] for m in models]),
                   bin_df=np.full(len(bin_rho), df_resid), noise_model="ar1")
+
+
+def _fit_ar1_direct(Y, X, bins, chunks, pinv_x, work, df_resid, disp_den):
+    """AR(1) fit by nilearn's own sequence of passes (used when nilearn itself works in float32)."""
+    ols_beta = _ols_betas(Y, pinv_x, chunks, work)
+    mean = _residual_mean(Y, X, ols_beta)
+    rho = _yule_walker_rho(Y, X, ols_beta, mean, chunks)
+    del ols_beta
+    bin_rho, labels = _bin_labels(rho, bins)
+    models = _bin_models(X, bin_rho)
+    n_reg, n_vox = X.shape[1], Y.shape[1]
+    beta = np.empty((n_reg, n_vox))
+    dispersion = np.empty(n_vox)
+    _refit_direct(Y, labels, bin_rho, models, disp_den, chunks, beta, dispersion)
+    return _ar1_fit(beta, dispersion, labels, bin_rho, models, df_resid)
+
+
+#: A voxel whose residual sum of squares is below this fraction of its sum of squares is refitted
+#: from explicit residuals: the moment formulas would lose more than ~8 of float64's 16 digits.
+_CANCELLATION = 1e-8
+#: Bound, relative to ``sum(y**2) / sum(r**2)``, on the rounding error of an AR coefficient computed from
+#: moments (~100x the float64 epsilon times the handful of terms; generous so that every voxel that
+#: could round into another bin is recomputed by nilearn's arithmetic).
+_RHO_ROUNDING = 1e-11
+
+
+def _moment_matrix(X):
+    """Rows that turn one product with the data into every moment of the AR(1) fit.
+
+    For a voxel's series y: ``X' y`` (p rows), ``sum_t X[t] y[t-1] + X[t-1] y[t]`` (p rows), ``sum y``.
+    """
+    n_scans, n_reg = X.shape
+    K = np.zeros((2 * n_reg + 1, n_scans))
+    K[:n_reg] = X.T
+    K[n_reg:2 * n_reg, :-1] += X[1:].T
+    K[n_reg:2 * n_reg, 1:] += X[:-1].T
+    K[2 * n_reg] = 1.0
+    return K
+
+
+def _fit_ar1_moments(Y, X, bins, chunks, pinv_x, df_resid, disp_den):
+    """AR(1) fit from one pass over the data: every quantity of nilearn's fit is a moment of the series.
+
+    With ``W`` nilearn's whitening (``y[t] - rho y[t-1]``, first scan kept), ``Xw' Yw`` and ``Yw' Yw``
+    are polynomials in rho of ``X' y``, ``sum_t X[t] y[t-1] + X[t-1] y[t]``, ``X[-1] y[-1]``,
+    ``sum y**2``, ``sum y[t] y[t-1]`` and ``y[-1]**2``; the OLS residuals' Yule-Walker sums are the same
+    moments at the OLS betas. One float64 product of the data with ``2 p + 1`` rows gives them all; each
+    bin's betas are then ``cov_bin @ Xw' Yw`` (``pinv(Xw) = cov_bin Xw'``) and its residual sum of
+    squares ``Yw' Yw - beta . Xw' Yw``. Two kinds of voxels go back to nilearn's explicit arithmetic:
+    those whose AR coefficient lies within rounding of a bin edge (so every voxel gets nilearn's bin)
+    and those whose residuals are so small that the moment differences cancel (e.g. constant voxels).
+    """
+    n_scans, n_reg = X.shape
+    n_vox = Y.shape[1]
+    K = _moment_matrix(X)
+    xty = np.empty((n_reg, n_vox))
+    lag = np.empty((n_reg, n_vox))
+    ysum = np.empty(n_vox)
+    s0 = np.empty(n_vox)
+    s1 = np.empty(n_vox)
+    first = np.empty(n_vox)
+    last = np.empty(n_vox)
+    for start, stop in chunks:
+        yc = np.asarray(Y[:, start:stop], dtype=np.float64)
+        _check_finite(yc)
+        m = np.dot(K, yc)
+        xty[:, start:stop] = m[:n_reg]
+        lag[:, start:stop] = m[n_reg:2 * n_reg]
+        ysum[start:stop] = m[2 * n_reg]
+        s0[start:stop] = np.einsum("tv,tv->v", yc, yc)
+        s1[start:stop] = np.einsum("tv,tv->v", yc[1:], yc[:-1])
+        first[start:stop] = yc[0]
+        last[start:stop] = yc[-1]
+        del yc, m
+
+    # OLS at rho 0: betas, residual sums and the Yule-Walker sums of the residuals
+    cov0 = np.dot(pinv_x, pinv_x.T)
+    b0 = np.dot(cov0, xty)
+    rss = s0 - np.einsum("pv,pv->v", b0, xty)
+    cross = np.dot(X[1:].T, X[:-1])
+    lag_rss = s1 - np.einsum("pv,pv->v", b0, lag) + np.einsum("pv,pv->v", b0, np.dot(cross, b0))
+    rsum = ysum - np.dot(X.sum(0), b0)
+    r_first = first - np.dot(X[0], b0)
+    r_last = last - np.dot(X[-1], b0)
+    del b0, first
+    degenerate = ~(rss > _CANCELLATION * s0)
+    if degenerate.any():
+        # the bins of these voxels are decided by rounding noise: reproduce nilearn's global mean bit for bit
+        mean = _residual_mean(Y, X, _ols_betas(Y, pinv_x, chunks, np.float64))
+    else:
+        mean = rsum.sum() / (n_scans * n_vox)
+    r0 = rss - 2.0 * mean * rsum + n_scans * mean * mean
+    r1 = lag_rss - mean * (2.0 * rsum - r_first - r_last) + (n_scans - 1) * mean * mean
+    rho = _rho_from_sums(r0, r1, n_scans)
+    del rsum, r_first, r_last, lag_rss
+    scaled = rho * bins
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tolerance = bins * _RHO_ROUNDING * s0 / rss
+    unsure = degenerate | (np.abs(scaled - np.round(scaled)) <= tolerance)
+    del scaled, tolerance
+    exact = np.flatnonzero(unsure)
+    if exact.size:
+        Ye = np.asarray(Y[:, exact])
+        sub_chunks = _chunks(exact.size, chunks[0][1] - chunks[0][0])
+        rho[exact] = _yule_walker_rho(Ye, X, _ols_betas(Ye, pinv_x, sub_chunks, np.float64), mean, sub_chunks)
+    bin_rho, labels = _bin_labels(rho, bins)
+    del rho
+    models = _bin_models(X, bin_rho)
+
+    # refit every bin from the moments
+    beta = np.empty((n_reg, n_vox))
+    dispersion = np.empty(n_vox)
+    refit = np.zeros(n_vox, dtype=bool)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(labels[order])) + 1, [n_vox]])
+    x_last = X[-1][:, None]
+    with threadpool_limits(limits=1, user_api="blas"):
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            sel = order[s:e]
+            k = labels[sel[0]]
+            r = bin_rho[k]
+            a = xty[:, sel]
+            c = a - r * lag[:, sel] + (r * r) * (a - x_last * last[sel])
+            b = np.dot(models[k][2], c)
+            yw2 = s0[sel] - 2.0 * r * s1[sel] + (r * r) * (s0[sel] - last[sel] ** 2)
+            sse = yw2 - np.einsum("pv,pv->v", b, c)
+            beta[:, sel] = b
+            dispersion[sel] = sse / disp_den
+            refit[sel] = ~(sse > _CANCELLATION * yw2)
+    del xty, lag
+    redo = np.flatnonzero(refit | degenerate)
+    if redo.size:
+        Yr = np.asarray(Y[:, redo])
+        _refit_direct(Yr, labels[redo], bin_rho, models, disp_den, _chunks(redo.size, chunks[0][1] - chunks[0][0]),
+                      beta, dispersion, columns=redo)
+    return _ar1_fit(beta, dispersion, labels, bin_rho, models, df_resid)
 
 
 # ----------------------------------------------------------------------------------------------
