@@ -7,14 +7,11 @@ patterns, contrast regressors), so a bad spec fails in a second with one line in
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.confounds import censor_run, select_confounds
-from .core.design import build_design, check_design
 from .core.errors import GlmxError
-from .core.events import check_events_fit_run, conditions_of, conditions_to_drop, normalize_events, regressor_names
-from .core.formula import bids_label, default_contrasts, parse_formula, unknown_regressors
 from .io.bids import find_runs
-from .io.images import load_image, load_mask
-from .io.tables import read_tsv
+
+# The modelling modules (nilearn, nibabel, pandas: seconds of imports) are imported where they are used:
+# a rerun whose plans come from the plan cache never needs them.
 
 @dataclass
 class SubjectPlan:
@@ -104,13 +101,17 @@ class SubjectPlan:
             Memory in GB to request for the ``fit_glm`` node.
         """
         from .io.fastread import fit_memory_gb
+        from .io.images import load_image, load_mask
 
+        if getattr(self, "_fit_mem_gb", None) is not None:  # reading every run's header and mask once is enough
+            return self._fit_mem_gb
         worst = 0.0
         for r in self.runs:
             shape = load_image(r.bold, "BOLD run").shape
             n_vox = int(load_mask(r.mask)[0].sum())
             worst = max(worst, fit_memory_gb(n_vox, shape[3], smoothing=bool(self.settings.get("smoothing_fwhm")),
                                              estimator=self.settings.get("estimator", "glmx")))
+        self._fit_mem_gb = worst
         return worst
 
     def workflow_inputs(self):
@@ -185,6 +186,11 @@ def resolve_tr(settings, entry, runs):
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
+    from .core.confounds import censor_run, select_confounds
+    from .core.design import build_design, check_design
+    from .core.events import check_events_fit_run
+    from .io.tables import read_tsv
+
     table = read_tsv(run.confounds, "confounds file")
     if len(table) != run.n_scans:
         raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
@@ -205,6 +211,8 @@ def _checked_design(settings, run, events=None, user_design=None):
 
 def _check_mask(run):
     """The mask must be a non-empty 3D image on the BOLD's grid."""
+    from .io.images import load_image, load_mask
+
     load_mask(run.mask, reference=load_image(run.bold, "BOLD run"), reference_path=run.bold)
 
 
@@ -238,6 +246,8 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
         'default' without events, a contrast naming unknown regressors or regressors no single run has
         together, or two contrasts with the same output label.
     """
+    from .core.formula import bids_label, default_contrasts, parse_formula, unknown_regressors
+
     raw = settings["design_contrasts"]
     if raw == "default":
         if conditions is None:
@@ -338,7 +348,7 @@ def read_user_designs(designs, runs, work_dir):
     """
     import pandas as pd
 
-    from .io.tables import write_tsv
+    from .io.tables import read_tsv, write_tsv
 
     if isinstance(designs, (str, Path)):
         designs = designs_from_dir(designs, runs)
@@ -387,6 +397,9 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     GlmxError
         Anything about the runs, TR, events, confounds, designs or contrasts that the fit would refuse.
     """
+    from .core.events import conditions_of, conditions_to_drop, normalize_events, regressor_names
+    from .io.tables import read_tsv
+
     subject, task = settings["_subject"], entry["_task"]
     spec_file = entry["_spec_file"]
     runs = find_runs(layout, subject, task, settings["space"])
@@ -416,3 +429,208 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
                         file=spec_file, field=f"{task}.design_contrasts")
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
                        design_files=design_files, run_regressors=[sorted(r) for r in regressors])
+
+
+def digest(material):
+    """A stable hex digest of JSON-able material (dict keys sorted, other objects by ``str``).
+
+    Parameters
+    ----------
+    material : object
+        Nested dicts, lists, strings and numbers.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest.
+    """
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_CODE = None
+
+
+def code_fingerprint():
+    """What the package is: its version, the (name, size, mtime_ns) of its modules, and the versions of
+    the libraries its plans and models depend on.
+
+    Cached plans and subjects recorded as done are reused only with the same code: an edited module or
+    an upgraded nilearn makes the next run plan and check again (nipype's node cache then decides what
+    actually recomputes).
+
+    Returns
+    -------
+    list
+        JSON-able, equal between two processes running the same installation.
+    """
+    global _CODE
+    if _CODE is None:
+        import os
+        from importlib import metadata
+
+        from . import __version__
+
+        pkg = Path(__file__).resolve().parent
+        files = []
+        for top, dirs, names in os.walk(pkg):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    st = os.stat(os.path.join(top, name))
+                    files.append((os.path.relpath(os.path.join(top, name), pkg), st.st_size, st.st_mtime_ns))
+        libs = {}
+        for dist in ("pybids", "nipype", "nilearn", "nibabel", "numpy", "pandas", "scipy"):
+            try:
+                libs[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                libs[dist] = None
+        _CODE = [__version__, libs, files]
+    return _CODE
+
+
+class PlanCache:
+    """Plans of one task's subjects, kept in the work directory between runs.
+
+    Planning a subject queries pybids for each run and reads its events, confounds, mask and BOLD
+    header to build and check the designs: about a second per subject. A rerun on an unchanged dataset
+    reuses the plans instead. Each plan is stored with the key it was made under (see
+    :func:`subject_plan_key`): the spec entry and options, the code, and the size and modification time
+    of every file of the dataset the subject's plan could read; a different key (any file added,
+    removed, rewritten or touched) plans the subject again. The subject list is kept the same way under
+    a key covering the whole dataset.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cache file (a pickle written atomically); missing or unreadable means empty.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, path):
+        import pickle
+
+        self.path = Path(path)
+        self.changed = False
+        data = None
+        try:
+            with open(self.path, "rb") as fh:
+                data = pickle.load(fh)
+        except Exception:  # missing, truncated, or written by other code: plan again
+            data = None
+        if not isinstance(data, dict) or data.get("format") != self.FORMAT:
+            data = {"format": self.FORMAT, "dataset": None, "subjects": {}}
+        self.data = data
+
+    def subjects(self, key):
+        """The cached ``(to_run, excluded)`` subject lists when made under ``key``, else None.
+
+        Parameters
+        ----------
+        key : str
+            The dataset key.
+
+        Returns
+        -------
+        tuple of (list of str, list of str), or None
+        """
+        entry = self.data["dataset"]
+        return (list(entry[1]), list(entry[2])) if entry and entry[0] == key else None
+
+    def set_subjects(self, key, to_run, excluded):
+        """Remember the subject lists under ``key``.
+
+        Parameters
+        ----------
+        key : str
+            The dataset key.
+        to_run, excluded : list of str
+            As from :func:`glmx_workflows.api.subject.select_subjects`.
+        """
+        self.data["dataset"] = (key, list(to_run), list(excluded))
+        self.changed = True
+
+    def plan(self, subject, key):
+        """The cached plan of ``subject`` when made under ``key``, else None.
+
+        Parameters
+        ----------
+        subject : str
+            Label without 'sub-'.
+        key : str
+            The subject's plan key.
+
+        Returns
+        -------
+        SubjectPlan or None
+        """
+        entry = self.data["subjects"].get(subject)
+        return entry[1] if entry and entry[0] == key else None
+
+    def set_plan(self, subject, key, plan):
+        """Remember ``plan`` for ``subject`` under ``key``.
+
+        Parameters
+        ----------
+        subject : str
+            Label without 'sub-'.
+        key : str
+            The subject's plan key.
+        plan : SubjectPlan
+            A successful plan (failures are not cached: they are planned again each run).
+        """
+        self.data["subjects"][subject] = (key, plan)
+        self.changed = True
+
+    def save(self):
+        """Write the cache (atomically) if anything changed; a failure to write is not an error.
+
+        Returns
+        -------
+        bool
+            True when written.
+        """
+        import pickle
+
+        from .io.atomic import atomic_path
+
+        if not self.changed:
+            return False
+        try:
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as fh:
+                    pickle.dump(self.data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError:
+            return False
+        self.changed = False
+        return True
+
+
+def plan_keys(options, file_stats, subjects):
+    """Keys of a dataset's subject list and of each subject's plan.
+
+    Parameters
+    ----------
+    options : dict
+        Everything besides the dataset's files that planning depends on: the spec entry, overrides,
+        ``participant_label``, folders, the design folder's file stats, :func:`code_fingerprint`.
+    file_stats : dict
+        From :func:`glmx_workflows.io.bids.input_file_stats`: ``{'sub-<s>' or '': [(path, size, mtime_ns)]}``.
+    subjects : iterable of str
+        Labels (without 'sub-') whose plan keys are wanted.
+
+    Returns
+    -------
+    dataset_key : str
+        Covers every file: the subject list may depend on any of them.
+    subject_keys : dict
+        ``{subject: key}`` covering the files outside any subject folder (top-level sidecars, ...) and
+        those of the subject's own folders, so that another subject's change leaves it valid.
+    """
+    common = file_stats.get("", [])
+    dataset_key = digest(["dataset", options, file_stats])
+    return dataset_key, {s: digest(["subject", s, options, common, file_stats.get(f"sub-{s}", [])])
+                         for s in subjects}

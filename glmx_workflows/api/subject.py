@@ -14,10 +14,10 @@ from ..engine import configure, run_workflow
 from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
-from ..planning import plan_subject
-from ..reports.index import write_index
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
-from ..workflows.first_level import init_first_level_wf
+
+# planning, the workflow builders and the reports import nilearn, nipype, pandas and matplotlib (seconds):
+# they are imported where used, so that a rerun with nothing to do (see Aggregator.run) never loads them.
 
 
 def check_output_dir(output_dir, bids_root):
@@ -141,6 +141,8 @@ class Subject:
         GlmxError
             Anything about the inputs or the spec that the fit would refuse.
         """
+        from ..planning import plan_subject
+
         return plan_subject(self.layout, self.entry, self.settings, design_matrices, self.work_dir)
 
     def workflow(self, plan=None, name=None, output_dir=True):
@@ -160,6 +162,8 @@ class Subject:
         nipype.pipeline.engine.Workflow
             The first-level workflow, its ``inputnode`` filled from the plan.
         """
+        from ..workflows.first_level import init_first_level_wf
+
         plan = plan or self.plan()
         wf = init_first_level_wf(plan.settings, plan.contrasts,
                                  output_dir=str(self.output_dir.resolve()) if output_dir else None,
@@ -207,13 +211,15 @@ class Subject:
         return published_files(graph)
 
 
-def published_files(graph):
+def published_files(graph, unit=None):
     """Files written by the ``ds_*`` nodes of an executed graph (sorted).
 
     Parameters
     ----------
     graph : networkx.DiGraph
         Executed graph of nipype nodes (from ``run_workflow``/``execute``).
+    unit : str, optional
+        Only the nodes of the sub-workflow of that name (e.g. ``sub_01_flanker``).
 
     Returns
     -------
@@ -222,10 +228,36 @@ def published_files(graph):
     """
     out = []
     for node in graph.nodes():
+        if unit is not None and unit not in node.fullname.split(".")[:-1]:
+            continue
         if node.name.startswith("ds_") and node.result is not None and node.result.outputs is not None:
             files = node.result.outputs.out_files
             for item in files if isinstance(files, list) else [files]:
                 out.extend(item if isinstance(item, list) else [item])
+    return sorted(str(f) for f in out if f)
+
+
+def _unit_outputs(wf, unit, since):
+    """Files published by sub-workflow ``unit`` of ``wf`` in a run started at ``since``, from the sinks'
+    result files; None unless every sink of the unit ran in that run (a run that raised returns no graph)."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    sub_wf = wf.get_node(unit)
+    if sub_wf is None:
+        return None
+    out = []
+    for node in sub_wf._graph.nodes():
+        if not node.name.startswith("ds_"):
+            continue
+        result_file = Path(wf.base_dir) / wf.name / unit / node.name / f"result_{node.name}.pklz"
+        try:
+            if result_file.stat().st_mtime < since:
+                return None
+            files = load_resultfile(str(result_file)).outputs.out_files
+        except Exception:  # missing or unreadable: the unit is not known to be complete
+            return None
+        for item in files if isinstance(files, list) else [files]:
+            out.extend(item if isinstance(item, list) else [item])
     return sorted(str(f) for f in out if f)
 
 
@@ -271,7 +303,7 @@ def select_subjects(layout, participant_label, excludes, bids_root):
 
 
 def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, work_dir, plugin="MultiProc",
-                plugin_args=None, n_procs=None, progress=True):
+                plugin_args=None, n_procs=None, progress=True, skipped=None):
     """Run a dataset workflow (one sub-workflow per subject) and account for every subject.
 
     Parameters
@@ -288,11 +320,15 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
         Raw dataset, OUTPUT_DIR and Nipype work directory.
     plugin, plugin_args, n_procs, progress
         As for :meth:`Aggregator.run`.
+    skipped : dict, optional
+        ``{sub: published files}`` of subjects left out of ``wf`` because nothing changed since their
+        last complete run (counted as done, their files among the outputs). ``wf`` may then be None.
 
     Returns
     -------
     report : RunReport
-        Subjects done, failed and excluded, files written, and the dataset index.
+        Subjects done, failed and excluded, files written, and the dataset index; ``unit_outputs``
+        maps each subject that completed in ``wf`` to the files its sinks published.
     progress : engine.Progress
         The progress display, with the final node counts.
 
@@ -304,22 +340,32 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
     import time
 
     from ..engine import PLUGINS, Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
+    from ..reports.index import write_index
 
     if plugin not in PLUGINS:
         raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
     output_dir = Path(output_dir)
-    crash_dir = configure(wf, work_dir, plugin=plugin)
+    skipped = dict(skipped or {})
+    runs = wf is not None and wf._graph.number_of_nodes() > 0
     args = dict(plugin_args or {})
-    if plugin == "MultiProc" and n_procs:
-        args.setdefault("n_procs", int(n_procs))
-    display = Progress(count_nodes(wf), stream="stderr" if progress else None)
-    args.setdefault("status_callback", display)
+    if runs:
+        crash_dir = configure(wf, work_dir, plugin=plugin)
+        if plugin == "MultiProc" and n_procs:
+            args.setdefault("n_procs", int(n_procs))
+        display = Progress(count_nodes(wf), stream="stderr" if progress else None)
+        args.setdefault("status_callback", display)
+    else:
+        display = Progress(0, stream="stderr" if progress else None)
+    if skipped and progress:
+        print(f"[glmx] {len(skipped)} subject(s) unchanged since their last complete run: not run again",
+              file=display.stream)
     remove_stale_temporaries(output_dir)
     write_dataset_description(output_dir, __version__, [bids_root])
     start = time.time()
     failed = dict(failed)
     outputs = []
-    if wf._graph.number_of_nodes():
+    unit_outputs = {}
+    if runs:
         try:
             graph = execute(wf, plugin, args)
         except RuntimeError:
@@ -333,8 +379,20 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
             outputs = published_files(graph)
         else:
             outputs = sorted(str(p) for p in output_dir.rglob("*") if p.is_file())
-    display.show(final=True)
+        # what each subject that completed in this run published (for its done stamp)
+        for sub in subjects:
+            unit = f"sub_{sub}_{task}"
+            if sub in failed or sub in skipped or wf.get_node(unit) is None:
+                continue
+            files = published_files(graph, unit) if graph is not None else _unit_outputs(wf, unit, start)
+            if files:
+                unit_outputs[sub] = files
+    if skipped:
+        outputs = sorted(set(outputs).union(*skipped.values()))
+    if runs or not skipped:
+        display.show(final=True)
     report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+    report.unit_outputs = unit_outputs
     # the dataset index (OUTPUT_DIR/index.html) is rebuilt after every dataset run, GLM or connectivity
     report.index = write_index(output_dir, task, report.done, report.failed, report.excluded)
     return report, display
@@ -360,6 +418,7 @@ class RunReport:
         self.failed = dict(failed or {})
         self.excluded = list(excluded)
         self.outputs = list(outputs)
+        self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
         self.index = None  # OUTPUT_DIR/index.html once the run has written it
 
     @property
@@ -440,6 +499,86 @@ class Aggregator:
         subj._layout = self.layout
         return subj
 
+    def _plan_options(self, derivatives_dir):
+        """Everything besides the dataset's files that a plan depends on (see PlanCache)."""
+        from ..engine import file_stats
+        from ..planning import code_fingerprint
+
+        design = None
+        if self.design_dir is not None:
+            folder = Path(self.design_dir)
+            design = (file_stats(sorted(p for p in folder.rglob("*") if p.is_file())) if folder.is_dir()
+                      else str(folder))
+        return {"entry": self.entry, "overrides": self.overrides, "participant_label": self.participant_label,
+                "bids_root": str(self.bids_root.resolve()), "derivatives": str(Path(derivatives_dir).resolve()),
+                "work_dir": str(self.work_dir.resolve()), "design_dir": design, "code": code_fingerprint()}
+
+    def plans(self):
+        """Subjects and their checked plans; unchanged subjects' plans come from the plan cache.
+
+        The cache (``<work_dir>/glmx_state/task-<task>/plans.pkl``, see
+        :class:`glmx_workflows.planning.PlanCache`) is keyed on the spec entry, options, code and the
+        size and modification time of every file of the dataset a plan could read; a subject with any
+        such change is planned again with pybids, the others are not (and with no change at all the
+        dataset is not indexed).
+
+        Returns
+        -------
+        to_run, excluded : list of str
+            As for :func:`select_subjects`.
+        plans : dict
+            ``{subject: SubjectPlan}`` of the subjects planned successfully.
+        failures : dict
+            ``{subject: (reason, None)}`` for subjects that failed planning.
+
+        Raises
+        ------
+        GlmxError
+            Not a BIDS dataset, a requested subject missing, or planning failed and only one subject was
+            asked for.
+        """
+        from ..io.bids import dataset_folders, input_file_stats
+        from ..planning import PlanCache, plan_keys
+
+        deriv = dataset_folders(self.bids_root, self.derivatives)
+        stats = input_file_stats(self.bids_root, deriv, exclude=(self.output_dir, self.work_dir, self.spec_path))
+        options = self._plan_options(deriv)
+        cache = PlanCache(self.work_dir / "glmx_state" / f"task-{self.task}" / "plans.pkl")
+        dataset_key, _ = plan_keys(options, stats, ())
+        listed = cache.subjects(dataset_key)
+        if listed is None:
+            listed = self.subjects()
+            cache.set_subjects(dataset_key, *listed)
+        to_run, excluded = listed
+        _, keys = plan_keys(options, stats, to_run)
+        plans, failures = {}, {}
+        for sub in to_run:
+            plan = cache.plan(sub, keys[sub])
+            if plan is None:
+                try:
+                    plan = self._subject(sub).plan(self.design_dir)
+                    plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
+                except GlmxError as exc:
+                    if len(to_run) == 1:
+                        raise
+                    failures[sub] = (exc.one_line(), None)
+                    continue
+                cache.set_plan(sub, keys[sub], plan)
+            plans[sub] = plan
+        cache.save()
+        return to_run, excluded, plans, failures
+
+    def _done_key(self, plan):
+        """Key of a subject's done stamp: its plan, the files its workflow reads, the workflow's options."""
+        from dataclasses import asdict
+
+        from ..engine import file_stats
+        from ..planning import code_fingerprint, digest
+
+        inputs = [f for r in plan.runs for f in (r.bold, r.mask, r.events, r.confounds)] + list(plan.design_files)
+        return digest(["done", self.task, asdict(plan), file_stats(inputs), str(self.output_dir.resolve()),
+                       plan.publish_run_maps(), plan.fit_mem_gb(), code_fingerprint()])
+
     def workflow(self):
         """Build the dataset workflow; a subject that fails planning is left out and reported.
 
@@ -457,18 +596,10 @@ class Aggregator:
         """
         from nipype.pipeline import engine as pe
 
-        subjects, _ = self.subjects()
+        _, _, plans, failures = self.plans()
         parent = pe.Workflow(name=f"glmx_{self.task}")
-        failures = {}
-        for sub in subjects:
-            try:
-                subj = self._subject(sub)
-                plan = subj.plan(self.design_dir)
-                parent.add_nodes([subj.workflow(plan)])
-            except GlmxError as exc:
-                if len(subjects) == 1:
-                    raise
-                failures[sub] = (exc.one_line(), None)
+        for sub, plan in plans.items():
+            parent.add_nodes([self._subject(sub).workflow(plan)])
         return parent, failures
 
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
@@ -490,9 +621,33 @@ class Aggregator:
         RunReport
             Subjects done, failed and excluded; files written.
         """
-        subjects, excluded = self.subjects()
-        check_output_dir(self.output_dir, self.bids_root)
-        wf, failed = self.workflow()
+        from ..engine import done_stamp_path, forget_done_stamp, read_done_stamp, write_done_stamp
+
+        check_output_dir(self.output_dir, self.bids_root)  # before the plan cache is written to the work dir
+        subjects, excluded, plans, failed = self.plans()
+        # A subject whose inputs, plan, options and code are those of its last complete run, and whose
+        # published files are all still there unmodified, is not built into the workflow: nipype would
+        # only find every node cached. Anything else goes through nipype, which reruns what changed.
+        keys, skipped, todo = {}, {}, []
+        for sub, plan in plans.items():
+            keys[sub] = self._done_key(plan)
+            stamp = done_stamp_path(self.work_dir, self.task, sub)
+            files = read_done_stamp(stamp, keys[sub])
+            if files is None:
+                forget_done_stamp(stamp)
+                todo.append(sub)
+            else:
+                skipped[sub] = files
+        wf = None
+        if todo:
+            from nipype.pipeline import engine as pe
+
+            wf = pe.Workflow(name=f"glmx_{self.task}")
+            for sub in todo:
+                wf.add_nodes([self._subject(sub).workflow(plans[sub])])
         report, self.progress = run_dataset(wf, subjects, excluded, failed, self.task, self.bids_root,
-                                            self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
+                                            self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress,
+                                            skipped=skipped)
+        for sub, files in report.unit_outputs.items():
+            write_done_stamp(done_stamp_path(self.work_dir, self.task, sub), keys[sub], files)
         return report
