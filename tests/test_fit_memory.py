@@ -127,8 +127,9 @@ def test_chunking_over_voxels_changes_no_result(noise_model, monkeypatch):
 
 
 @pytest.mark.parametrize("dof", [7.0, 270.0, 1e12])
-def test_t_statistics_are_nilearns_bit_for_bit(dof):
-    """contrast_statistics takes scipy's special functions directly (and the cdf only where z < 0)."""
+def test_t_statistics_are_nilearns(dof):
+    """t statistics equal nilearn's bit for bit; p and z (tabulated between exact nodes, see
+    ``core.glm.t_to_p_z``) to 1e-9 in z and 1e-8 relative in p, including zero and huge t."""
     from nilearn.glm.contrasts import Contrast
 
     from glmx_workflows.core.glm import ContrastEstimate
@@ -138,6 +139,6 @@ def test_t_statistics_are_nilearns_bit_for_bit(dof):
     variance = np.concatenate([rng.uniform(0.01, 2, 20000), [0.0, 0.0, 1.0, 1e-60, 1e-3]])
     ours = contrast_statistics(ContrastEstimate(effect, variance, dof, "t"))
     ref = Contrast(effect=effect[0], variance=variance, dof=dof, stat_type="t")
-    np.testing.assert_array_equal(ours["z"], ref.z_score())
-    np.testing.assert_array_equal(ours["p"], ref.p_value())
+    assert np.abs(ours["z"] - ref.z_score()).max() < 1e-9
+    np.testing.assert_allclose(ours["p"], ref.p_value(), rtol=1e-8, atol=1e-300)
     np.testing.assert_array_equal(ours["stat"], ref.stat())
