@@ -197,3 +197,19 @@ def test_smoothing_only_what_the_mask_needs_is_bitwise_the_whole_volume(where):
     inner, outer = box
     assert any(o.stop - o.start < s for o, s in zip(outer, shape))  # the crop did leave work out
     assert outer[2] == inner[2]  # no kernel on the unsmoothed axis, no margin
+
+
+def test_stored_read_of_scaled_int16_is_the_raw_integers(tmp_path):
+    """dtype='stored' returns the file's integers unscaled (and their scaling from read_scaling)."""
+    rng = np.random.default_rng(6)
+    mask = _mask(rng)
+    data = rng.integers(-30000, 30000, SHAPE, dtype=np.int16)
+    path = _write(tmp_path, "bold.nii.gz", data, _affine(), 0.0371, 12.5)
+    img = nb.load(str(path))
+    keep = np.arange(SHAPE[3]) % 3 != 0
+    Y = fastread.read_masked_run(img, path, mask, keep=keep, dtype="stored")
+    assert Y.dtype == np.int16
+    np.testing.assert_array_equal(Y, np.asanyarray(img.dataobj.get_unscaled())[mask].T[keep])
+    assert fastread.read_scaling(img) == pytest.approx((0.0371, 12.5))
+    with pytest.raises(GlmxError, match="cannot be smoothed"):
+        fastread.read_masked_run(img, path, mask, smoothing_fwhm=5.0, dtype="stored")

@@ -25,6 +25,24 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def dataset_int16(tmp_path_factory):
+    """The two-run dataset with its BOLD stored as int16 + scl_slope / scl_inter, as some pipelines write it."""
+    root = tmp_path_factory.mktemp("ds16") / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=2, shape=(14, 16, 14), n_volumes=100, seed=3)
+    for bold in (root / "derivatives" / "fmriprep").rglob("*_desc-preproc_bold.nii.gz"):
+        img = nb.load(str(bold))
+        data = img.get_fdata()
+        inter = float(data.min())
+        slope = float(data.max() - inter) / 32000
+        out = nb.Nifti1Image(np.round((data - inter) / slope).astype(np.int16), img.affine, img.header)
+        out.header.set_data_dtype(np.int16)
+        out.header.set_slope_inter(slope, inter)
+        nb.save(out, str(bold))
+        assert nb.load(str(bold)).get_data_dtype() == np.int16
+    return root
+
+
+@pytest.fixture(scope="module")
 def dataset_one_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds1") / "bids"
     make_example_dataset(root, n_subjects=1, n_runs=1, shape=(14, 16, 14), n_volumes=90, seed=5)
@@ -100,6 +118,8 @@ CASES = {
                                          block=None),
     "ar1_smoothing": dict(entry={"smoothing_fwhm": 5.0}, runs=2, modulators=(), block=None),
     "nilearn_estimator": dict(entry={"estimator": "nilearn"}, runs=2, modulators=(), block=None),
+    # int16 + scl_slope: nilearn reads float64 values; glmx keeps the integers and hands the fit the same numbers
+    "ar1_int16_scaled": dict(entry={}, runs=2, modulators=(), block=None, int16=True),
 }
 
 
@@ -119,9 +139,9 @@ def _sample_masks(runs, entry):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_z_maps_match_nilearn(dataset, dataset_one_run, tmp_path, case):
+def test_z_maps_match_nilearn(dataset, dataset_one_run, dataset_int16, tmp_path, case):
     cfg = CASES[case]
-    root = dataset if cfg["runs"] == 2 else dataset_one_run
+    root = dataset_int16 if cfg.get("int16") else dataset if cfg["runs"] == 2 else dataset_one_run
     runs = _runs(root)
     spec = _spec(root, tmp_path, **cfg["entry"])
     out = tmp_path / "out"

@@ -42,6 +42,7 @@ from scipy import stats as sps
 from threadpoolctl import threadpool_limits
 
 from glmx_workflows.core.errors import GlmxError
+from glmx_workflows.core.signal import ScaledIntegerRun
 
 __all__ = [
     "GLMFit",
@@ -259,7 +260,8 @@ def _check_inputs(Y, X, noise_model, bins):
         raise GlmxError(f"unknown noise model {noise_model!r}; expected 'ols' or 'ar1'", field="noise_model")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise GlmxError(f"bins must be a positive integer, got {bins!r}", field="bins")
-    Y = np.asarray(Y)
+    if not isinstance(Y, ScaledIntegerRun):  # that one hands out float64 blocks; never materialized whole
+        Y = np.asarray(Y)
     X = np.asarray(X)
     if Y.ndim != 2:
         raise GlmxError(f"data must be a 2-D array (n_scans, n_voxels), got shape {Y.shape}")
@@ -397,8 +399,9 @@ def fit_glm(Y, X, noise_model="ar1", bins=100, chunk_size=None):
 
     Parameters
     ----------
-    Y : numpy.ndarray, shape (n_scans, n_voxels)
-        The data (float32 or float64; it is never copied as a whole).
+    Y : numpy.ndarray or ScaledIntegerRun, shape (n_scans, n_voxels)
+        The data (float32 or float64, or an integer-stored run read block by block; never copied as a
+        whole).
     X : numpy.ndarray, shape (n_scans, n_regressors)
         The design matrix; may be rank-deficient (a pseudo-inverse is used).
     noise_model : {'ar1', 'ols'}
@@ -611,6 +614,13 @@ def _bin_model(X, r):
     return xw, pw, np.dot(pw, pw.T)
 
 
+def _scan_sums(Y, chunk=8192):
+    """Sum over voxels of every scan, in float64."""
+    if isinstance(Y, np.ndarray):
+        return Y.sum(axis=1, dtype=np.float64)
+    return sum(Y[:, start:start + chunk].sum(axis=1) for start in range(0, Y.shape[1], chunk))
+
+
 def _rowdot(a, b):
     return np.einsum("vp,vp->v", a, b)
 
@@ -638,7 +648,7 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
     x_sum = X.sum(0)
     ones = np.ones(n_scans)
     mean_weights = ones - np.dot(X, np.dot(pinv_x, ones))
-    mean = np.dot(mean_weights, Y.sum(axis=1, dtype=np.float64)) / (n_scans * n_vox)
+    mean = np.dot(mean_weights, _scan_sums(Y)) / (n_scans * n_vox)
 
     models = {}
     keys = np.empty(n_vox, dtype=np.int64)

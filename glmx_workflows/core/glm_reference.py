@@ -30,7 +30,7 @@ def fit_glm_nilearn(Y, X, noise_model="ar1", bins=100):
 
     if Y.shape[0] != X.shape[0]:
         raise GlmxError(f"data have {Y.shape[0]} scans but the design has {X.shape[0]} rows")
-    labels, results = run_glm(Y, X, noise_model=noise_model, bins=bins)
+    labels, results = run_glm(np.asarray(Y), X, noise_model=noise_model, bins=bins)
     keys = sorted(results, key=float)
     index = {k: i for i, k in enumerate(keys)}
     n_vox = Y.shape[1]

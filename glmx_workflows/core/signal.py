@@ -27,3 +27,62 @@ def mean_scaling(Y, copy=True):
     out -= 1
     out *= 100
     return out, mean
+
+
+class ScaledIntegerRun:
+    """An integer-stored run, read as percent signal change in float64 one block at a time.
+
+    nilearn reads an int16 run with ``scl_slope`` as float64 (``raw * slope + inter``) and scales that to
+    percent signal change. Holding those float64 values would take four times the stored integers; their
+    float32 rounding (1 part in 1e7) moves voxels whose AR(1) coefficient sits at a bin edge into the
+    neighbouring bin. This keeps the stored integers and hands out, for any block of rows or columns,
+    exactly nilearn's float64 numbers: ``100 * ((raw * slope + inter) / max(mean, 1) - 1)`` with
+    ``mean`` nilearn's voxel means (summed scan by scan, as numpy reduces over the first axis).
+
+    Parameters
+    ----------
+    raw : numpy.ndarray of int, shape (n_scans, n_voxels)
+        The stored values of the in-mask voxels.
+    slope, inter : float
+        The file's scaling (``scl_slope``, ``scl_inter``).
+    chunk : int
+        Voxels converted at once while computing the means.
+
+    Attributes
+    ----------
+    mean : numpy.ndarray of float64, shape (n_voxels,)
+        Voxel means of the scaled values (before percent signal change).
+    """
+
+    dtype = np.dtype(np.float64)
+    ndim = 2
+
+    def __init__(self, raw, slope=1.0, inter=0.0, chunk=8192):
+        self.raw = raw
+        self.slope = float(slope)
+        self.inter = float(inter)
+        self.shape = raw.shape
+        self.mean = np.empty(raw.shape[1])
+        for start in range(0, raw.shape[1], chunk):
+            self.mean[start:start + chunk] = self._values((slice(None), slice(start, start + chunk))).mean(axis=0)
+        self._safe = np.maximum(self.mean, 1.0)
+
+    def _values(self, key):
+        values = self.raw[key].astype(np.float64)
+        values *= self.slope
+        values += self.inter
+        return values
+
+    def __getitem__(self, key):
+        """Percent signal change of ``raw[key]`` (key: rows, or (rows, columns)), float64."""
+        if not isinstance(key, tuple):
+            key = (key, slice(None))
+        values = self._values(key)
+        values /= self._safe[key[1]]
+        values -= 1
+        values *= 100
+        return values
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)

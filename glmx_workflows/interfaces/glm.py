@@ -12,9 +12,8 @@ from ..core.formula import contrast_matrix
 from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contrast_statistics, estimate_contrast,
                         fit_glm, subset_estimate)
 from ..core.glm_reference import fit_glm_nilearn
-from ..core.signal import mean_scaling
 from ..io.atomic import atomic_path, write_text
-from ..io.images import load_mask, load_masked_bold, unmask, write_image
+from ..io.images import load_mask, load_scaled_bold, unmask, write_image
 from ..io.tables import read_tsv
 
 T_STATS = ("effect", "variance", "t", "z", "p")
@@ -55,8 +54,9 @@ class FitGLM(SimpleInterface):
     def _fit(self, runtime):
         keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
         design = read_tsv(self.inputs.design_file)
-        Y, _, _ = load_masked_bold(self.inputs.bold_file, self.inputs.mask_file, keep, self.inputs.smoothing_fwhm)
-        Y, _ = mean_scaling(Y, copy=False)  # the run is held once: peak ~ the float32 in-mask data + work
+        # the run is held once (float32 scaled in place, or its stored integers): peak ~ the in-mask data + work
+        Y, _, _, _ = load_scaled_bold(self.inputs.bold_file, self.inputs.mask_file, keep,
+                                      self.inputs.smoothing_fwhm)
         X = design.to_numpy(float)[keep]
         engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
         fit = engine(Y, X, noise_model=self.inputs.noise_model)

@@ -72,7 +72,18 @@ def _readinto_full(fobj, view, path):
         got += n
 
 
-def _scaling(img):
+def read_scaling(img):
+    """The scaling nibabel applies to a run's stored values (``scl_slope``, ``scl_inter``).
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image or Nifti2Image
+
+    Returns
+    -------
+    slope, inter : float
+        ``(1.0, 0.0)`` when the header's slope is unusable (zero or not finite), as nibabel does.
+    """
     proxy = img.dataobj
     slope = float(getattr(proxy, "slope", 1.0))
     inter = float(getattr(proxy, "inter", 0.0))
@@ -99,15 +110,18 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
     smoothing_fwhm : float, optional
         Gaussian smoothing (mm FWHM) of every volume before masking, with nilearn's ``smooth_img`` kernel
         (non-finite values set to 0 first, as nilearn does).
-    dtype : numpy float dtype
-        float32 (default) or float64. nilearn reads scaled int16 runs in float64; float32 rounding of the
+    dtype : numpy float dtype or 'stored'
+        float32 (default) or float64; ``'stored'`` returns the stored values unscaled, in the file's
+        type (no smoothing), for :class:`~glmx_workflows.core.signal.ScaledIntegerRun` with
+        :func:`read_scaling`: nilearn reads scaled int16 runs in float64, and float32 rounding of the
         scaled values (1 part in 1e7) moves the few voxels whose AR(1) coefficient lies at a bin edge to
-        the neighbouring bin (|dz| ~1e-2 there). float64 reproduces nilearn's input at twice the memory.
+        the neighbouring bin (|dz| ~1e-2 there).
 
     Returns
     -------
     Y : numpy.ndarray of shape (n_kept, n_voxels), ``dtype``, C-contiguous
-        Equal to ``img.get_fdata(dtype=dtype)[mask].T`` (rows ``keep``) within rounding.
+        Equal to ``img.get_fdata(dtype=dtype)[mask].T`` (rows ``keep``) within rounding
+        (``np.asanyarray(img.dataobj)[mask].T`` for ``'stored'``).
     """
     shape = tuple(int(s) for s in img.shape)
     if len(shape) != 4:
@@ -116,11 +130,14 @@ def read_masked_run(img, path, mask, keep=None, smoothing_fwhm=None, dtype=np.fl
     proxy = img.dataobj
     if getattr(proxy, "order", "F") != "F":
         raise GlmxError("BOLD data are not stored in NIfTI (Fortran) order", file=path)
-    out_dtype = np.dtype(dtype)
-    if out_dtype not in (np.float32, np.float64):
-        raise GlmxError(f"read_masked_run returns float32 or float64, not {out_dtype}", file=path)
+    stored = isinstance(dtype, str) and dtype == "stored"
+    out_dtype = np.dtype(img.get_data_dtype()) if stored else np.dtype(dtype)
+    if not stored and out_dtype not in (np.float32, np.float64):
+        raise GlmxError(f"read_masked_run returns float32, float64 or the stored type, not {out_dtype}", file=path)
+    if stored and smoothing_fwhm:
+        raise GlmxError("stored values cannot be smoothed on the read", file=path)
     dtype = np.dtype(img.get_data_dtype())
-    slope, inter = _scaling(img)
+    slope, inter = (1.0, 0.0) if stored else read_scaling(img)
     keep = np.ones(n_vol, bool) if keep is None else np.asarray(keep, bool)
     if keep.shape != (n_vol,):
         raise GlmxError(f"censoring has {keep.size} entries for a run of {n_vol} volumes", file=path)

@@ -6,8 +6,9 @@ import nibabel as nb
 import numpy as np
 
 from ..core.errors import GlmxError
+from ..core.signal import ScaledIntegerRun, mean_scaling
 from .atomic import atomic_path
-from .fastread import read_masked_run
+from .fastread import read_masked_run, read_scaling
 
 
 def load_image(path, what="image"):
@@ -121,6 +122,42 @@ def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     # one streaming pass (ISA-L gzip, per-volume scaling, smoothing and masking): no 4D array in memory
     Y = read_masked_run(img, bold_path, mask, keep=keep, smoothing_fwhm=smoothing_fwhm)
     return Y, mask, img.affine
+
+
+def load_scaled_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
+    """Read a BOLD run once and return its in-mask percent signal change, as nilearn's FirstLevelModel.
+
+    A run stored as integers (int16 with ``scl_slope``, typically) and not smoothed is kept as its
+    stored integers in a :class:`~glmx_workflows.core.signal.ScaledIntegerRun`, which hands the fit
+    nilearn's float64 values block by block (half the memory of float32, and nilearn's exact numbers).
+    Any other run is read in float32 and scaled in place.
+
+    Parameters
+    ----------
+    bold_path, mask_path : str or Path
+    keep : array of shape (n_scans,) of bool, optional
+        Volumes to return (censoring); all by default.
+    smoothing_fwhm : float, optional
+        Gaussian smoothing (mm FWHM) of every volume before masking, with nilearn's kernel.
+
+    Returns
+    -------
+    Y : numpy.ndarray of float32 or ScaledIntegerRun, shape (n_kept, n_voxels)
+        Percent signal change ``100 * (y / max(mean, 1) - 1)``.
+    mean : numpy.ndarray of shape (n_voxels,)
+        Voxel means before scaling.
+    mask : numpy.ndarray of bool, 3D
+    affine : numpy.ndarray of shape (4, 4)
+    """
+    img = load_image(bold_path, "BOLD run")
+    if len(img.shape) == 4 and not smoothing_fwhm and np.issubdtype(img.get_data_dtype(), np.integer):
+        mask, affine = load_mask(mask_path, img, bold_path)
+        raw = read_masked_run(img, bold_path, mask, keep=keep, dtype="stored")
+        Y = ScaledIntegerRun(raw, *read_scaling(img))
+        return Y, Y.mean, mask, affine
+    Y, mask, affine = load_masked_bold(bold_path, mask_path, keep, smoothing_fwhm)
+    Y, mean = mean_scaling(Y, copy=False)  # in place: the run is held once
+    return Y, mean, mask, affine
 
 
 def unmask(values, mask, affine, dtype=np.float32):
