@@ -148,13 +148,11 @@ def _child(what, bold, mask, design, fwhm, out):
     elif what == "glmx":
         from glmx_workflows.core.formula import contrast_matrix
         from glmx_workflows.core.glm import contrast_statistics, estimate_contrast, fit_glm
-        from glmx_workflows.core.signal import mean_scaling
-        from glmx_workflows.io.images import load_masked_bold
+        from glmx_workflows.io.images import load_scaled_bold
 
         t0 = time.perf_counter()
         X = pd.read_csv(design, sep="\t")
-        Y, _, _ = load_masked_bold(bold, mask, None, fwhm)
-        Y, _ = mean_scaling(Y, copy=False)  # in place, as the fit_glm node does
+        Y, _, _, _ = load_scaled_bold(bold, mask, None, fwhm)  # as the fit_glm node reads and scales
         fit = fit_glm(Y, X.to_numpy(float), noise_model="ar1")
         del Y
         z = {}
