@@ -97,6 +97,15 @@ def load_mask(path, reference=None, reference_path=None):
     return mask, img.affine
 
 
+def _open_run(bold_path, mask_path):
+    img = load_image(bold_path, "BOLD run")
+    if len(img.shape) != 4:
+        raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
+                        file=bold_path, field="BOLD")
+    mask, _ = load_mask(mask_path, img, bold_path)
+    return img, mask
+
+
 def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     """Read a BOLD run once and return the in-mask time series.
 
@@ -114,18 +123,14 @@ def load_masked_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     mask : numpy.ndarray of bool, 3D
     affine : numpy.ndarray of shape (4, 4)
     """
-    img = load_image(bold_path, "BOLD run")
-    if len(img.shape) != 4:
-        raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
-                        file=bold_path, field="BOLD")
-    mask, affine = load_mask(mask_path, img, bold_path)
+    img, mask = _open_run(bold_path, mask_path)
     # one streaming pass (ISA-L gzip, per-volume scaling, smoothing and masking): no 4D array in memory
     Y = read_masked_run(img, bold_path, mask, keep=keep, smoothing_fwhm=smoothing_fwhm)
     return Y, mask, img.affine
 
 
 def load_scaled_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
-    """Read a BOLD run once and return its in-mask percent signal change, as nilearn's FirstLevelModel.
+    """:func:`load_masked_bold`, scaled to percent signal change as nilearn's FirstLevelModel does.
 
     A run stored as integers (int16 with ``scl_slope``, typically) and not smoothed is kept as its
     stored integers in a :class:`~glmx_workflows.core.signal.ScaledIntegerRun`, which hands the fit
@@ -134,11 +139,8 @@ def load_scaled_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
 
     Parameters
     ----------
-    bold_path, mask_path : str or Path
-    keep : array of shape (n_scans,) of bool, optional
-        Volumes to return (censoring); all by default.
-    smoothing_fwhm : float, optional
-        Gaussian smoothing (mm FWHM) of every volume before masking, with nilearn's kernel.
+    bold_path, mask_path, keep, smoothing_fwhm
+        As for :func:`load_masked_bold`.
 
     Returns
     -------
@@ -149,15 +151,13 @@ def load_scaled_bold(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     mask : numpy.ndarray of bool, 3D
     affine : numpy.ndarray of shape (4, 4)
     """
-    img = load_image(bold_path, "BOLD run")
-    if len(img.shape) == 4 and not smoothing_fwhm and np.issubdtype(img.get_data_dtype(), np.integer):
-        mask, affine = load_mask(mask_path, img, bold_path)
-        raw = read_masked_run(img, bold_path, mask, keep=keep, dtype="stored")
-        Y = ScaledIntegerRun(raw, *read_scaling(img))
-        return Y, Y.mean, mask, affine
-    Y, mask, affine = load_masked_bold(bold_path, mask_path, keep, smoothing_fwhm)
+    img, mask = _open_run(bold_path, mask_path)
+    if not smoothing_fwhm and np.issubdtype(img.get_data_dtype(), np.integer):
+        Y = ScaledIntegerRun(read_masked_run(img, bold_path, mask, keep=keep, dtype="stored"), *read_scaling(img))
+        return Y, Y.mean, mask, img.affine
+    Y = read_masked_run(img, bold_path, mask, keep=keep, smoothing_fwhm=smoothing_fwhm)
     Y, mean = mean_scaling(Y, copy=False)  # in place: the run is held once
-    return Y, mean, mask, affine
+    return Y, mean, mask, img.affine
 
 
 def unmask(values, mask, affine, dtype=np.float32):
