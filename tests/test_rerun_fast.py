@@ -1,0 +1,136 @@
+"""The fast path of a rerun (plan cache + per-subject done stamps) gives up nothing of the cache's correctness:
+an unchanged subject is not even built, any change sends its subject through nipype (which reruns only what
+changed), and outputs are always those of a run from scratch. Asserted from nipype's own result files and the
+outputs' modification times and contents."""
+
+import json
+import time
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from glmx_workflows.api import Aggregator
+from glmx_workflows.engine import executed_nodes
+from glmx_workflows.io.example import make_example_dataset
+
+MODELLING = ("load_events", "select_confounds", "build_design", "fit_glm", "compute_contrasts", "fixed_effects")
+Z_TASK = "sub-{}_task-flanker_space-MNI152NLin2009cAsym_contrast-task_stat-z_statmap.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerun") / "bids"
+    make_example_dataset(root, n_subjects=2, n_runs=2, shape=(10, 12, 10), n_volumes=60, seed=7)
+    return root
+
+
+def _run(root, out, spec):
+    start = time.time()
+    time.sleep(0.01)
+    agg = Aggregator(root, "flanker", spec=spec, output_dir=out, work_dir=str(out) + "_work")
+    report = agg.run(plugin="Linear", progress=False)
+    assert report.ok and report.done == ["01", "02"], report.summary()
+    nodes = executed_nodes(str(out) + "_work", start)
+    return agg, report, nodes
+
+
+def _steps(nodes):
+    """'glmx_flanker/sub_01_flanker/fit_glm/mapflow/_fit_glm1' -> ('01', 'fit_glm'), modelling nodes only."""
+    return {(n.split("/")[1].split("_")[1], n.split("/")[2]) for n in nodes if n.split("/")[2] in MODELLING}
+
+
+def _subjects(nodes):
+    return {n.split("/")[1].split("_")[1] for n in nodes}
+
+
+def _snapshot(out, sub):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (out / f"sub-{sub}").rglob("*") if p.is_file()}
+
+
+def _z(out, sub):
+    return np.asarray(nb.load(out / f"sub-{sub}" / "func" / Z_TASK.format(sub)).dataobj)
+
+
+def test_rerun_skips_only_what_is_unchanged(data, tmp_path):
+    spec = tmp_path / "spec.json"
+    entry = json.loads((data / "task_information.json").read_text())
+    spec.write_text(json.dumps(entry))
+    out = tmp_path / "out"
+
+    _, first, nodes = _run(data, out, spec)
+    assert {s for _, s in _steps(nodes)} == set(MODELLING) and _subjects(nodes) == {"01", "02"}
+    before = {s: _snapshot(out, s) for s in ("01", "02")}
+    z_before = {s: _z(out, s) for s in ("01", "02")}
+
+    # nothing changed: no node runs at all (not even the sinks), the dataset is not indexed, outputs untouched
+    agg, report, nodes = _run(data, out, spec)
+    assert nodes == []
+    assert agg._layout is None, "an unchanged dataset was indexed with pybids again"
+    assert {s: _snapshot(out, s) for s in ("01", "02")} == before
+    assert sorted(report.outputs) == sorted(first.outputs)
+
+    # one subject's events change: that subject reruns (from its events on), its maps change; the other is
+    # not built and its files keep their times
+    events = data / "sub-02" / "func" / "sub-02_task-flanker_run-1_events.tsv"
+    original = events.read_text()
+    table = pd.read_csv(events, sep="\t")
+    table["onset"] = table["onset"] + 4.0
+    table.to_csv(events, sep="\t", index=False)
+    try:
+        _, _, nodes = _run(data, out, spec)
+        assert _subjects(nodes) == {"02"}
+        # from the events on: the confounds' selection stays cached
+        assert {s for _, s in _steps(nodes)} == set(MODELLING) - {"select_confounds"}
+        assert _snapshot(out, "01") == before["01"]
+        assert not np.allclose(_z(out, "02"), z_before["02"])
+    finally:
+        events.write_text(original)
+
+    # inputs with a new mtime and the content of the first run (the events written back, a confounds file
+    # touched): that subject goes through nipype (timestamp hashing reruns the nodes reading them), the other
+    # is skipped, and the maps are those of the first run, bit for bit
+    confounds = next((data / "derivatives" / "fmriprep" / "sub-02" / "func").glob("*run-2*_desc-confounds_timeseries.tsv"))
+    confounds.touch()
+    _, _, nodes = _run(data, out, spec)
+    assert _subjects(nodes) == {"02"} and ("02", "select_confounds") in _steps(nodes)
+    assert _snapshot(out, "01") == before["01"]
+    assert np.array_equal(_z(out, "02"), z_before["02"])
+    # and the stamps are recorded again: the next run does nothing
+    _, _, nodes = _run(data, out, spec)
+    assert nodes == []
+    before["02"] = _snapshot(out, "02")
+
+    # a deleted output and an overwritten one are written again, by the sinks only; the other subject is skipped
+    z = out / "sub-01" / "func" / Z_TASK.format("01")
+    z.unlink()
+    report_html = out / "sub-01" / "sub-01_task-flanker_report.html"
+    html = report_html.read_bytes()
+    report_html.write_bytes(b"<html>edited</html>")
+    _, _, nodes = _run(data, out, spec)
+    assert np.array_equal(_z(out, "01"), z_before["01"]) and report_html.read_bytes() == html
+    assert _subjects(nodes) == {"01"} and _steps(nodes) == set()
+    assert _snapshot(out, "02") == before["02"]
+
+    # a file added to a subject's folder is seen: the dataset is indexed and that subject planned again (a raw
+    # events file without a preprocessed BOLD adds no run: same plan, nothing runs)
+    extra = data / "sub-01" / "func" / "sub-01_task-flanker_run-3_events.tsv"
+    extra.write_text(original)
+    try:
+        agg, _, nodes = _run(data, out, spec)
+        assert agg._layout is not None and nodes == []
+    finally:
+        extra.unlink()
+
+    # the spec's contrasts change: every subject reruns its contrasts (and what consumes them), not its fit
+    entry["flanker"]["design_contrasts"]["congruentOnly"] = "congruent"
+    spec.write_text(json.dumps(entry))
+    _, _, nodes = _run(data, out, spec)
+    assert _steps(nodes) == {(s, n) for s in ("01", "02") for n in ("compute_contrasts", "fixed_effects")}
+    for s in ("01", "02"):
+        assert (out / f"sub-{s}" / "func" / Z_TASK.format(s).replace("contrast-task", "contrast-congruentOnly")).is_file()
+        assert np.array_equal(_z(out, s), z_before[s])
+    _, _, nodes = _run(data, out, spec)
+    assert nodes == []
+
