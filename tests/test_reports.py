@@ -17,7 +17,7 @@ from glmx_workflows.api import Aggregator
 from glmx_workflows.cli.run import main
 from glmx_workflows.io.example import make_example_dataset
 from glmx_workflows.reports import html as H
-from glmx_workflows.reports.first_level import build_subject_report, design_diagnostics
+from glmx_workflows.reports.first_level import build_subject_report, cluster_table, design_diagnostics
 from glmx_workflows.reports.index import build_index, read_status, record_status
 
 TASK = "flanker"
@@ -173,6 +173,49 @@ def test_correlated_regressors_are_flagged(tmp_path):
     assert [c[1] for c in pairs[1][:2]] == ["cond", "motion"] and "flag" in pairs[1][2][0].split()
     assert "2 of 80 volumes censored" in path.read_text() and "0–1" in path.read_text()
     assert "No subject-level map" in path.read_text()
+
+
+def _smooth_map(seed, shape=(30, 36, 30)):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    data = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    return (data / data.std() * 2.5).astype(np.float32)
+
+
+AFFINE_2MM = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("seed,height,extent,two_sided", [(0, 3.09, 5, True), (1, 2.3, 0, True), (2, 3.09, 5, False)])
+def test_cluster_table_equals_nilearns(seed, height, extent, two_sided):
+    """Same rows (ids, peaks, sub-peaks, sizes) as nilearn's get_clusters_table, value for value."""
+    from nilearn.reporting import get_clusters_table
+
+    img = nb.Nifti1Image(_smooth_map(seed), AFFINE_2MM)
+    ref = get_clusters_table(img, stat_threshold=height, cluster_threshold=extent, two_sided=two_sided)
+    ours = cluster_table(img, height, extent, two_sided=two_sided)
+    assert len(ref) > 20  # several clusters with sub-peaks, both signs when two-sided
+    assert list(ours.columns) == list(ref.columns)
+    assert (ours.astype(str).to_numpy() == ref.astype(str).to_numpy()).all()
+    assert ours.attrs["n_clusters"] == ref["Cluster Size (mm3)"].astype(str).str.len().gt(0).sum()
+
+
+def test_cluster_table_plateaus_and_truncation():
+    from nilearn.reporting import get_clusters_table
+
+    data = np.zeros((20, 20, 20), np.float32)
+    data[3:6, 3:6, 3:6] = 5  # a flat cube: its centre is the peak
+    data[12:18, 3:9, 3:9] = 4
+    data[14:16, 5:7, 5:7] = 0  # a hollow cube: the centre of mass is outside, the nearest voxel is reported
+    data[15, 15, 14:17] = 6
+    data[8:10, 12:18, 14] = -5
+    img = nb.Nifti1Image(data, AFFINE_2MM)
+    ref = get_clusters_table(img, stat_threshold=3.09, cluster_threshold=1, two_sided=True)
+    ours = cluster_table(img, 3.09, 1, two_sided=True)
+    assert len(ref) == 4 and (ours.astype(str).to_numpy() == ref.astype(str).to_numpy()).all()
+    top = cluster_table(img, 3.09, 1, two_sided=True, max_clusters=1)
+    assert list(top["Cluster ID"]) == [1, 2] and top["Peak Stat"].tolist() == [6.0, -5.0]
+    assert top.attrs["n_clusters"] == 4
 
 
 def test_index_table_and_links(dataset):

@@ -34,13 +34,15 @@ class FitGLMInputSpec(BaseInterfaceInputSpec):
 
 
 class FitGLMOutputSpec(TraitedSpec):
-    """Output of FitGLM: the stored fit."""
+    """Outputs of FitGLM: the stored fit and the run's mean image."""
 
     fit_file = File(exists=True, desc="NPZ with the fitted model (betas, per-bin covariances, design columns)")
+    mean_file = File(exists=True, desc="mean of the kept volumes in the mask (0 outside), float32 NIfTI: the "
+                                       "report's underlay, so that the run is not read a second time")
 
 
 class FitGLM(SimpleInterface):
-    """Read the run once, scale to percent signal change, fit OLS or AR(1)."""
+    """Read the run once, scale to percent signal change, fit OLS or AR(1); keep the run's mean image."""
 
     input_spec = FitGLMInputSpec
     output_spec = FitGLMOutputSpec
@@ -55,8 +57,10 @@ class FitGLM(SimpleInterface):
         keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
         design = read_tsv(self.inputs.design_file)
         # the run is held once (float32 scaled in place, or its stored integers): peak ~ the in-mask data + work
-        Y, _, _, _ = load_scaled_bold(self.inputs.bold_file, self.inputs.mask_file, keep,
-                                      self.inputs.smoothing_fwhm)
+        Y, mean, mask, affine = load_scaled_bold(self.inputs.bold_file, self.inputs.mask_file, keep,
+                                                 self.inputs.smoothing_fwhm)
+        self._results["mean_file"] = str(write_image(unmask(mean, mask, affine),
+                                                     os.path.join(runtime.cwd, "mean.nii.gz")))
         X = design.to_numpy(float)[keep]
         engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
         fit = engine(Y, X, noise_model=self.inputs.noise_model)

@@ -25,8 +25,8 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
     censor_files = InputMultiObject(File(exists=True), mandatory=True,
                                     desc="select_confounds' kept-volume table of each run")
     subject_manifest = File(exists=True, mandatory=True, desc="fixed_effects' manifest of the subject-level maps")
-    bold_files = InputMultiObject(File(exists=True), mandatory=True,
-                                  desc="the runs' BOLD; the first run's mean is the slices' underlay")
+    mean_files = InputMultiObject(File(exists=True), mandatory=True,
+                                  desc="fit_glm's mean image of each run; the first is the slices' underlay")
     run_entities = traits.List(traits.Dict(traits.Str, traits.Str), mandatory=True,
                                desc="BIDS entities of each run (sub, ses, task, run), same order")
     subject_entities = traits.Dict(traits.Str, traits.Str, mandatory=True,
@@ -57,8 +57,6 @@ class SubjectReport(SimpleInterface):
             return self._report(runtime)
 
     def _report(self, runtime):
-        from nilearn.image import mean_img
-
         inp = self.inputs
         runs = []
         for i, (manifest, confounds, censor, ent) in enumerate(zip(inp.design_manifests, inp.confounds_files,
@@ -79,7 +77,7 @@ class SubjectReport(SimpleInterface):
         ent = inp.subject_entities
         path = os.path.join(runtime.cwd, "report.html")
         build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
-                             background=mean_img(inp.bold_files[0]), settings=json.loads(inp.settings),
+                             background=inp.mean_files[0], settings=json.loads(inp.settings),
                              threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"))
         manifest = [{"path": path, "suffix": "report", "entities": dict(_DROPPED), "datatype": ""}]
         self._results["report_file"] = path

@@ -22,6 +22,7 @@ from .figures import plt
 # z of a one-sided p of 0.001: the customary uncorrected height of a first-level map
 Z_THRESHOLD = 3.090232306167813
 CLUSTER_EXTENT = 5  # voxels: isolated noise voxels out, small true blobs (8 mm voxels) in
+MAX_CLUSTERS = 25  # per sign in a contrast's table: an unsmoothed 2 mm map can have thousands
 CORRELATION_FLAG = 0.8
 VIF_FLAG = 5.0
 _NUISANCE = re.compile(r"^(cosine\d+|drift_\d+|constant|intercept)$")
@@ -96,18 +97,25 @@ def plot_correlations(corr, flag=CORRELATION_FLAG, title=""):
     """
     n = len(corr)
     size = min(3 + 0.22 * n, 11)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    font = 8 if n <= 30 else 6
+    # margins from the longest label instead of tight_layout, which lays every tick label out twice more
+    label_in = max(len(str(c)) for c in corr.columns) * font * 0.62 / 72 + 0.15
+    width, height = size + 1.5 + label_in, size + label_in
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((label_in / width, label_in / height, size / width, (size - 0.35) / height))
     m = corr.to_numpy(float)
     im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    font = 8 if n <= 30 else 6
     ax.set_xticks(range(n), [str(c) for c in corr.columns], rotation=90, fontsize=font)
     ax.set_yticks(range(n), [str(c) for c in corr.index], fontsize=font)
     rows, cols = np.nonzero((np.abs(m) >= flag) & ~np.eye(n, dtype=bool))
-    for i, j in zip(rows, cols):
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="k", lw=1.2))
-    fig.colorbar(im, ax=ax, shrink=0.7, label="r")
+    if rows.size:  # one collection instead of a patch per flagged cell
+        from matplotlib.collections import PatchCollection
+
+        ax.add_collection(PatchCollection([plt.Rectangle((j - 0.5, i - 0.5), 1, 1) for i, j in zip(rows, cols)],
+                                          facecolor="none", edgecolor="k", linewidth=1.2))
+    cax = fig.add_axes(((label_in + size + 0.3) / width, 0.25, 0.2 / width, 0.5))
+    fig.colorbar(im, cax=cax, label="r")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -141,123 +149,282 @@ def contrast_rows(contrasts, columns):
     return frame[used], absent
 
 
-class _GlassBrains:
-    """nilearn glass brains sharing one drawn schematic.
+class _MapFigures:
+    """Glass brains and orthogonal slices of the contrasts' z maps, drawn as pixels.
 
-    Drawing the brain outlines takes most of ``plot_glass_brain``'s time (hundreds of patches per
-    view, 60 % of a render). The outlines are drawn once, into a layer kept as pixels; each map is
-    drawn as an overlay with the outlines hidden, the outline pixels are laid over it (where
-    matplotlib would draw them too: patches lie above images), and the overlay is removed.
+    nilearn's ``plot_glass_brain`` and ``plot_stat_map`` build a matplotlib figure per map (brain
+    schematics of hundreds of patches, three axes, tick and annotation texts): about a second per
+    contrast. Here the three views are composed with numpy on the map's own grid (RAS orientation,
+    voxels repeated to a displayable size; slices through the map's peak over the mean BOLD, glass
+    brains as signed maximum-intensity projections inside the outline of the brain), with the shared
+    colour bar as a strip on the right, and written as PNG directly (titles and the colour scale's
+    numbers are the page's text, not rendered glyphs).
     """
 
     DPI = 90
+    HEIGHT = 200  # pixels of the views
 
-    def __init__(self, vmax, threshold):
-        from matplotlib.cm import ScalarMappable
+    def __init__(self, vmax, threshold, background=None):
         from matplotlib.colors import Normalize
-        from nilearn import plotting
 
         self.cmap = plt.get_cmap("RdBu_r")
-        self.vmax, self.threshold = vmax, threshold
-        self.fig = plt.figure(figsize=(8, 2.8))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.display = plotting.plot_glass_brain(None, display_mode="ortho", figure=self.fig, plot_abs=False,
-                                                     colorbar=False, axes=(0, 0, 0.9, 0.9))
-        cax = self.fig.add_axes((0.92, 0.12, 0.015, 0.7))
-        bar = self.fig.colorbar(ScalarMappable(Normalize(-vmax, vmax), self.cmap), cax=cax)
-        bar.ax.tick_params(labelsize=9)
-        bar.set_label("z", fontsize=10)
-        self.title = self.fig.text(0.01, 0.94, "", fontsize=11)
-        self.fig.set_dpi(self.DPI)
-        outlines = [patch for ax in self.display.axes.values() for patch in ax.ax.patches]
-        with_outlines = self._pixels()
-        for patch in outlines:
-            patch.set_visible(False)
-        # pixels the outlines change on the bare figure (white there): drawn over every map
-        self.outline_mask = (with_outlines != self._pixels()).any(axis=-1)
-        self.outline_pixels = with_outlines[self.outline_mask]
+        self.vmax = vmax
+        self.norm = Normalize(-vmax, vmax)
+        self.threshold = threshold
+        self.background = background
+        self._cache = {}
 
-    def _pixels(self):
-        self.fig.canvas.draw()
-        return np.array(self.fig.canvas.buffer_rgba())
+    def _grids(self, z_img):
+        """(z, background, zooms, affine) on the RAS grid; the background is reoriented once per grid."""
+        import nibabel as nb
 
-    def render(self, z_img, title):
-        """The glass brain of one map as an embedded PNG; the overlay is removed afterwards.
+        img = nb.as_closest_canonical(nb.squeeze_image(z_img))
+        z = np.nan_to_num(np.asanyarray(img.dataobj, dtype=np.float32))
+        key = (z_img.shape[:3], np.round(np.asarray(z_img.affine), 3).tobytes())
+        if key not in self._cache:
+            bg = None
+            if self.background is not None:
+                back = nb.squeeze_image(self.background)
+                if back.shape[:3] != z_img.shape[:3] or not np.allclose(back.affine, z_img.affine, atol=1e-3):
+                    from nilearn.image import resample_to_img
+
+                    back = resample_to_img(back, z_img, interpolation="continuous", force_resample=True,
+                                           copy_header=True)
+                bg = np.nan_to_num(np.asanyarray(nb.as_closest_canonical(back).dataobj, dtype=np.float32))
+            self._cache[key] = bg
+        zooms = np.asarray(img.header.get_zooms()[:3], float)
+        return z, self._cache[key], zooms, img.affine
+
+    def _compose(self, views, zooms):
+        """Three (x|y|z-plane) RGB arrays of the RAS grid -> one image, voxels repeated to square mm."""
+        pairs = ((1, 2), (0, 2), (0, 1))  # sagittal (y, z), coronal (x, z), axial (x, y)
+        scale = max(1, int(round(self.HEIGHT / max(v.shape[1] * zooms[b] / zooms.min()
+                                                   for v, (_, b) in zip(views, pairs)))))
+        panels = []
+        for view, (a, b) in zip(views, pairs):
+            ra, rb = (max(1, int(round(scale * zooms[k] / zooms.min()))) for k in (a, b))
+            panel = np.repeat(np.repeat(view, ra, axis=0), rb, axis=1)
+            panels.append(np.transpose(panel, (1, 0, 2))[::-1])  # rows: superior (or anterior) on top
+        height = max(p.shape[0] for p in panels)
+        gap = np.ones((height, 6, 3), np.float32)
+        out = []
+        for p in panels:
+            pad = height - p.shape[0]
+            p = np.pad(p, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)), constant_values=1.0)
+            out += [p, gap]
+        return np.concatenate(out[:-1], axis=1)
+
+    def _overlay(self, rgb, values):
+        above = np.abs(values) >= self.threshold
+        rgb[above] = self.cmap(self.norm(values[above]))[:, :3]
+        return rgb
+
+    def _render(self, rgb, alt):
+        import io
+
+        from PIL import Image
+
+        # the colour bar: a strip beside the views, -vmax at the bottom, +vmax at the top
+        height = rgb.shape[0]
+        ramp = self.cmap(np.linspace(1, 0, height))[:, None, :3]
+        bar = np.concatenate([np.ones((height, 12, 3)), np.repeat(ramp, 14, axis=1)], axis=1)
+        pixels = np.concatenate([rgb, bar.astype(np.float32)], axis=1)
+        buf = io.BytesIO()
+        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buf, format="png", compress_level=1)
+        return H.png_tag(buf.getvalue(), alt)
+
+    def scale(self):
+        """The colour bar's legend (page text).
+
+        Returns
+        -------
+        str
+        """
+        return (f"Colour bar (right): z from −{self.vmax:.1f} (blue, bottom) to {self.vmax:.1f} (red, top); "
+                f"|z| < {self.threshold:.2f} not shown.")
+
+    def glass(self, z_img, title):
+        """Signed maximum-intensity projections (the largest \\|z\\| along each axis) in the brain outline.
 
         Parameters
         ----------
         z_img : nibabel image
-            The z map (thresholded at the display's height when drawn).
         title : str
-            Shown above the projections and used in the image's alt text.
 
         Returns
         -------
         Raw
             The ``<img>`` tag.
         """
-        before = {ax: set(ax.get_children()) for ax in self.fig.axes}
-        self.title.set_text(title)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.display.add_overlay(z_img, threshold=self.threshold, cmap=self.cmap, vmin=-self.vmax,
-                                     vmax=self.vmax, colorbar=False)
-        try:
-            import io
+        from scipy import ndimage
 
-            from PIL import Image
+        z, bg, zooms, _ = self._grids(z_img)
+        brain = (z != 0) if bg is None else (bg != 0) | (z != 0)
+        views = []
+        for axis in (0, 1, 2):
+            idx = np.expand_dims(np.abs(z).argmax(axis=axis), axis)
+            proj = np.take_along_axis(z, idx, axis=axis).squeeze(axis)
+            inside = brain.any(axis=axis)
+            edge = inside & ~ndimage.binary_erosion(inside)
+            rgb = np.ones(proj.shape + (3,), np.float32)
+            rgb[inside] = 0.93
+            rgb[edge] = 0.45
+            views.append(self._overlay(rgb, proj))
+        return self._render(self._compose(views, zooms), f"glass brain: {title}")
 
-            pixels = self._pixels()
-            pixels[self.outline_mask] = self.outline_pixels
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="png")
-            return H.png_tag(buf.getvalue(), f"glass brain: {title}")
-        finally:
-            for ax, old in before.items():
-                for artist in set(ax.get_children()) - old:
-                    artist.remove()
+    def slices(self, z_img, title):
+        """Sagittal, coronal and axial slices through the map's peak (largest \\|z\\|), over the background.
+
+        Parameters
+        ----------
+        z_img : nibabel image
+        title : str
+
+        Returns
+        -------
+        (Raw, list of 3 float)
+            The ``<img>`` tag and the peak's position (mm).
+        """
+        z, bg, zooms, affine = self._grids(z_img)
+        peak = np.unravel_index(np.abs(z).argmax(), z.shape)
+        if bg is not None and bg.any():
+            inside = bg[bg != 0]
+            lo, hi = np.percentile(inside, (2, 99))
+            gray = np.clip((bg - lo) / max(hi - lo, 1e-12), 0, 1) * 0.8 + 0.1
+            gray[bg == 0] = 0.0
+        else:
+            gray = np.where(z != 0, 0.5, 0.0).astype(np.float32)
+        views = []
+        for axis in (0, 1, 2):
+            cut = [slice(None)] * 3
+            cut[axis] = peak[axis]
+            g = gray[tuple(cut)]
+            views.append(self._overlay(np.repeat(g[..., None], 3, axis=-1).astype(np.float32), z[tuple(cut)]))
+        mm = [float(v) for v in np.asarray(affine @ [*peak, 1])[:3]]
+        return self._render(self._compose(views, zooms), f"slices: {title}"), mm
 
     def close(self):
-        """Release the figure."""
-        plt.close(self.fig)
+        """Forget the cached background."""
+        self._cache.clear()
 
 
-def _ortho(z_img, background, threshold, vmax, title):
-    from nilearn import plotting
+def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided=True, min_distance=8.0,
+                  max_clusters=None):
+    """Clusters of the thresholded map: the table of nilearn's ``get_clusters_table``, computed per cluster.
 
-    fig = plt.figure(figsize=(8, 2.8))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plotting.plot_stat_map(z_img, bg_img=background, threshold=threshold, vmax=vmax, display_mode="ortho",
-                               figure=fig, colorbar=True, cmap="RdBu_r", title=title, draw_cross=False,
-                               dim=-0.3 if background is not None else "auto")
-    return H.figure(fig, f"slices: {title}", dpi=90)
-
-
-def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided=True):
-    """Clusters of the thresholded map (nilearn's ``get_clusters_table``).
+    nilearn's function scans the whole volume once per cluster (extent filter, peak, sub-peaks), which
+    takes minutes on an unsmoothed 2 mm map with thousands of supra-threshold clusters. Here the map is
+    labelled once, cluster sizes and peaks come from one pass each, and the sub-peaks of a cluster are
+    searched in its bounding box only, with nilearn's rules (3x3x3 local maxima, plateaus by centre of
+    mass, peaks at least ``min_distance`` mm apart as nilearn pares them, at most 3 sub-peaks).
+    ``tests/test_reports.py`` checks the result against nilearn's.
 
     Parameters
     ----------
     z_img : nibabel image
     threshold : float
-        Height (\\|z\\| for two-sided maps).
+        Height (\\|z\\| for two-sided maps); > 0.
     extent : int
         Smallest cluster listed (voxels).
     two_sided : bool
         Negative clusters too (t contrasts); F contrasts give positive z only.
+    min_distance : float
+        Minimum distance between a cluster's listed peaks (mm).
+    max_clusters : int, optional
+        List only the clusters with the highest peaks, this many per sign (all by default).
 
     Returns
     -------
     pandas.DataFrame
-        ``Cluster ID, X, Y, Z, Peak Stat, Cluster Size (mm3)`` (mm), empty when nothing survives.
+        ``Cluster ID, X, Y, Z, Peak Stat, Cluster Size (mm3)`` (mm), empty when nothing survives; its
+        ``attrs['n_clusters']`` is the number of clusters before ``max_clusters``.
     """
-    from nilearn.reporting import get_clusters_table
+    import nibabel as nb
+    from scipy import ndimage
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_clusters_table(z_img, stat_threshold=threshold, cluster_threshold=extent, two_sided=two_sided)
+    cols = ["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"]
+    data = np.array(np.asanyarray(z_img.dataobj))  # nilearn works in the image's own dtype
+    data[~np.isfinite(data)] = 0
+    # nilearn's threshold_img: below the height -> 0, then clusters smaller than the extent -> 0
+    if two_sided:
+        data[(-threshold < data) & (data < threshold)] = 0.0
+    else:
+        data[data < threshold] = 0.0
+    faces = ndimage.generate_binary_structure(3, 1)
+    if extent > 0:
+        for sign in (-1, 1):
+            labels, _ = ndimage.label(data * sign > 0, faces)
+            small = np.bincount(labels.ravel()) < extent
+            small[0] = False
+            data[small[labels]] = 0.0
+    voxel_mm3 = np.prod(nb.Nifti1Image(np.zeros((1, 1, 1), np.uint8), z_img.affine).header.get_zooms())
+    rows, n_clusters = [], 0
+    for sign in ((1, -1) if two_sided else (1,)):
+        offset = len(rows)  # nilearn numbers the negative clusters after the rows (peaks and sub-peaks) so far
+        signed = data * sign
+        labels, n = ndimage.label(signed > threshold, faces)
+        if not n:
+            continue
+        n_clusters += n
+        ids = np.arange(1, n + 1)
+        flat = labels.ravel()
+        inside = np.flatnonzero(flat)
+        lab, val = flat[inside], signed.ravel()[inside]
+        by = np.lexsort((val, lab))  # by cluster, then value: each cluster's maximum comes last
+        ends = np.append(np.flatnonzero(np.diff(lab[by])), by.size - 1)
+        peaks = val[by][ends]  # clusters 1..n in order (labels are consecutive)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        boxes = ndimage.find_objects(labels)
+        order = ids[(-peaks).argsort()]
+        for rank, c in enumerate(order[:max_clusters]):
+            lo = [max(s.start - 1, 0) for s in boxes[c - 1]]
+            crop = tuple(slice(a, min(s.stop + 1, dim)) for a, s, dim in zip(lo, boxes[c - 1], data.shape))
+            masked = np.where(labels[crop] == c, signed[crop], 0.0).astype(signed.dtype)
+            ijk, vals = _cluster_peaks(masked, np.array(lo), z_img.affine, min_distance)
+            xyz = nb.affines.apply_affine(z_img.affine, ijk)
+            cid = rank + offset + 1
+            for k in range(len(vals)):
+                rows.append([cid if k == 0 else f"{cid}{'abc'[k - 1]}", *xyz[k], vals[k] * sign,
+                             int(sizes[c] * voxel_mm3) if k == 0 else ""])
+    table = pd.DataFrame(rows, columns=cols)
+    table.attrs["n_clusters"] = n_clusters
+    return table
+
+
+def _cluster_peaks(masked, origin, affine, min_distance, n_peaks=4):
+    """Peak and sub-peaks of one cluster (values > 0 inside it, 0 around) as nilearn finds them."""
+    import nibabel as nb
+    from scipy import ndimage
+
+    data_max = ndimage.maximum_filter(masked, 3)
+    maxima = masked == data_max
+    nonzero = masked != 0
+    maxima[~nonzero] = False
+    if not np.isclose(masked[nonzero].max(), masked[nonzero].min()):
+        maxima[(data_max - ndimage.minimum_filter(masked, 3)) <= 0] = False  # flat patches are no maxima
+    labeled, n = ndimage.label(maxima)
+    index = np.arange(1, n + 1)
+    ijk = np.round(np.array(ndimage.center_of_mass(masked, labeled, index)) + origin).astype(int) - origin
+    outside = labeled[ijk[:, 0], ijk[:, 1], ijk[:, 2]] != index
+    if outside.any():  # a plateau's centre of mass off the plateau: its nearest voxel (nilearn's rule)
+        points = np.argwhere(labeled > 0)
+        which = labeled[labeled > 0]
+        for i in np.flatnonzero(outside):
+            cand = points[which == index[i]]
+            ijk[i] = cand[np.argmin(np.linalg.norm(cand - ijk[i], axis=1))]
+    vals = masked[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    order = (-vals).argsort()
+    ijk, vals = ijk[order] + origin, vals[order]
+    xyz = nb.affines.apply_affine(affine, ijk)
+    # nilearn's pairwise paring keeps a peak when it is farther than min_distance from the last kept one
+    kept, last = [0], 0
+    for j in range(1, len(vals)):
+        if len(kept) == n_peaks:
+            break
+        if np.linalg.norm(xyz[last] - xyz[j]) > min_distance:
+            kept.append(j)
+            last = j
+    return ijk[kept], vals[kept]
 
 
 def _run_section(i, run, contrasts):
@@ -410,11 +577,13 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
                             f"(p < {_p_of(threshold):.2g} one-sided, uncorrected); cluster tables list clusters of at "
                             f"least {extent} voxels (coordinates in mm)."))
     imgs = {name: nb.load(str(p)) if not hasattr(p, "affine") else p for name, p in z_maps.items()}
+    # read each map once (figures, counts and the cluster table all use it)
+    imgs = {name: nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header) for name, img in imgs.items()}
     peaks = [float(np.nanmax(np.abs(np.asanyarray(img.dataobj)))) for img in imgs.values()]
     vmax = max([threshold + 1.0, *[p for p in peaks if np.isfinite(p)]])
     if background is not None and not hasattr(background, "affine"):
         background = nb.load(str(background))
-    glass = _GlassBrains(vmax, threshold) if imgs else None
+    figures = _MapFigures(vmax, threshold, background) if imgs else None
     try:
         for name, spec in sorted(contrasts.items()):
             if name not in imgs:
@@ -428,21 +597,26 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
             n_above = int((np.abs(data) >= threshold).sum())
             parts.append(H.tag("p", f"{n_above} voxel(s) at |z| ≥ {threshold:.2f}; peak |z| = "
                                     f"{np.abs(data).max():.2f}.", cls=None if n_above else "none"))
-            parts.append(H.tag("figure", H.join(glass.render(img, f"{name}: z, |z| ≥ {threshold:.2f}"),
-                                                H.tag("figcaption", "Glass brain (maximum-intensity projections; "
-                                                      "the outline assumes MNI space)."))))
-            parts.append(H.tag("figure", H.join(_ortho(img, background, threshold, vmax, name),
-                                                H.tag("figcaption", "Orthogonal slices through the peak over the "
-                                                      + ("mean BOLD." if background is not None else
-                                                         "MNI template.")))))
-            table = cluster_table(img, threshold, extent, two_sided=kind == "t")
+            parts.append(H.tag("figure", H.join(figures.glass(img, f"{name}: z, |z| ≥ {threshold:.2f}"),
+                                                H.tag("figcaption", "Glass brain: maximum-intensity projections of "
+                                                      "the signed z (sagittal, coronal, axial; left on the left). "
+                                                      + figures.scale()))))
+            tag, mm = figures.slices(img, name)
+            parts.append(H.tag("figure", H.join(tag, H.tag(
+                "figcaption", f"Slices through the peak (x={mm[0]:.0f}, y={mm[1]:.0f}, z={mm[2]:.0f} mm) over the "
+                + ("mean BOLD. " if background is not None else "map's own support. ") + figures.scale()))))
+            table = cluster_table(img, threshold, extent, two_sided=kind == "t", max_clusters=MAX_CLUSTERS)
             if len(table):
                 parts.append(H.table(table))
+                listed = (table["Cluster Size (mm3)"] != "").sum()
+                if table.attrs["n_clusters"] > listed:
+                    parts.append(H.tag("p", f"{table.attrs['n_clusters']} clusters in all; the {MAX_CLUSTERS} with "
+                                            "the highest peaks of each sign are listed.", cls="warn"))
             else:
                 parts.append(H.tag("p", f"No cluster of at least {extent} voxels above the threshold.", cls="none"))
     finally:
-        if glass is not None:
-            glass.close()
+        if figures is not None:
+            figures.close()
     missing = sorted(set(contrasts) - set(imgs))
     if missing:
         parts.append(H.tag("p", "No subject-level map (no run carries the contrast): " + ", ".join(missing) + ".",

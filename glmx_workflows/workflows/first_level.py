@@ -142,8 +142,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (build_design, report, [("manifest_file", "design_manifests")]),
             (select_confounds, report, [("confounds_file", "confounds_files"), ("censor_file", "censor_files")]),
             (fixed_effects, report, [("manifest_file", "subject_manifest")]),
-            (inputnode, report, [("bold_files", "bold_files"), ("run_design_entities", "run_entities"),
-                                 ("subject_entities", "subject_entities")]),
+            (fit_glm, report, [("mean_file", "mean_files")]),
+            (inputnode, report, [("run_design_entities", "run_entities"), ("subject_entities", "subject_entities")]),
             (report, ds_report, [("manifest_file", "manifest_file")]),
             (inputnode, ds_report, [("subject_entities", "entities")]),
         ])
