@@ -350,6 +350,14 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
         data[(-threshold < data) & (data < threshold)] = 0.0
     else:
         data[data < threshold] = 0.0
+    voxel_mm3 = np.prod(nb.Nifti1Image(np.zeros((1, 1, 1), np.uint8), z_img.affine).header.get_zooms())
+    # the rest works in the box around the surviving voxels (a voxel of margin: the 3x3x3 filters of the
+    # sub-peak search see what they would see in the whole volume); labels keep their raster order
+    survivors = np.nonzero(data)
+    if not survivors[0].size:
+        return _empty_table(cols)
+    corner = np.array([max(int(ax.min()) - 1, 0) for ax in survivors])
+    data = data[tuple(slice(c, int(ax.max()) + 2) for c, ax in zip(corner, survivors))]
     faces = ndimage.generate_binary_structure(3, 1)
     if extent > 0:
         for sign in (-1, 1):
@@ -357,7 +365,6 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
             small = np.bincount(labels.ravel()) < extent
             small[0] = False
             data[small[labels]] = 0.0
-    voxel_mm3 = np.prod(nb.Nifti1Image(np.zeros((1, 1, 1), np.uint8), z_img.affine).header.get_zooms())
     rows, n_clusters = [], 0
     for sign in ((1, -1) if two_sided else (1,)):
         offset = len(rows)  # nilearn numbers the negative clusters after the rows (peaks and sub-peaks) so far
@@ -380,7 +387,7 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
             lo = [max(s.start - 1, 0) for s in boxes[c - 1]]
             crop = tuple(slice(a, min(s.stop + 1, dim)) for a, s, dim in zip(lo, boxes[c - 1], data.shape))
             masked = np.where(labels[crop] == c, signed[crop], 0.0).astype(signed.dtype)
-            ijk, vals = _cluster_peaks(masked, np.array(lo), z_img.affine, min_distance)
+            ijk, vals = _cluster_peaks(masked, np.array(lo) + corner, z_img.affine, min_distance)
             xyz = nb.affines.apply_affine(z_img.affine, ijk)
             cid = rank + offset + 1
             for k in range(len(vals)):
@@ -388,6 +395,12 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
                              int(sizes[c] * voxel_mm3) if k == 0 else ""])
     table = pd.DataFrame(rows, columns=cols)
     table.attrs["n_clusters"] = n_clusters
+    return table
+
+
+def _empty_table(cols):
+    table = pd.DataFrame([], columns=cols)
+    table.attrs["n_clusters"] = 0
     return table
 
 
