@@ -5,6 +5,13 @@ hashing would read every BOLD run (hundreds of MB each) on every rerun just to l
 changed; a cached rerun of a large dataset must finish in seconds. The cost is that touching an
 input without changing it reruns what depends on it, which is safe.
 
+Done stamps: even with every node cached, nipype spends about a second per subject building,
+hashing and checking its nodes. A dataset run therefore records, for each subject that completed,
+the key of everything its results depend on and the size and mtime of every file it published
+(:func:`write_done_stamp`); on the next run a subject with the same key and all its outputs
+unmodified is not built into the workflow at all (:func:`read_done_stamp`). Anything else goes
+through nipype, whose node cache stays the mechanism for partial changes.
+
 Resources: a node that needs more than nipype's defaults declares them when it is built,
 ``pe.Node(..., mem_gb=..., n_procs=...)`` (``fit_glm``: ``mem_gb`` from the run's size, see
 ``workflows/first_level.py``). MultiProc schedules nodes so that the declared memory and cores fit the
@@ -140,7 +147,29 @@ def crash_node(crash_file):
     return found.group(1).strip() if found else Path(crash_file).name
 
 
-def new_crash_files(crash_dir, since):
+def crash_files(crash_dir):
+    """The crash files present now, with their modification times.
+
+    Parameters
+    ----------
+    crash_dir : str or Path
+        Directory holding ``crash-*`` files.
+
+    Returns
+    -------
+    dict
+        ``{path: mtime}``; pass it as ``known`` to :func:`new_crash_files` after the run.
+    """
+    out = {}
+    for f in glob.glob(os.path.join(str(crash_dir), "crash-*")):
+        try:
+            out[f] = os.path.getmtime(f)
+        except OSError:
+            pass
+    return out
+
+
+def new_crash_files(crash_dir, since, known=None):
     """Crash files written at or after ``since`` (a time.time() value), oldest first.
 
     Ordered by modification time: the first is the root cause when a failure made dependent jobs
@@ -152,15 +181,20 @@ def new_crash_files(crash_dir, since):
     crash_dir : str or Path
         Directory holding ``crash-*`` files.
     since : float
-        Start time of the run (``time.time()``); files up to 1 s older are included.
+        Start time of the run (``time.time()``); files up to 1 s older are included (coarse
+        file-system clocks), unless listed in ``known``.
+    known : dict, optional
+        From :func:`crash_files` before the run: those files, unchanged, are a previous run's (a rerun
+        started within a second of a failed run must not inherit its failures).
 
     Returns
     -------
     list of str
         Paths of the crash files, oldest first.
     """
-    files = glob.glob(os.path.join(str(crash_dir), "crash-*"))
-    return sorted((f for f in files if os.path.getmtime(f) >= since - 1), key=lambda f: (os.path.getmtime(f), f))
+    known = known or {}
+    found = [(t, f) for f, t in crash_files(crash_dir).items() if t >= since - 1 and known.get(f) != t]
+    return [f for _, f in sorted(found)]
 
 
 def execute(wf, plugin, plugin_args):
@@ -455,13 +489,14 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     if plugin not in PLUGINS:
         raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
     crash_dir = wf.config["execution"]["crashdump_dir"]
+    known = crash_files(crash_dir)
     start = time.time()
     try:
         graph = execute(wf, plugin, plugin_args)
         failure = None
     except RuntimeError as exc:
         failure = exc
-    crashes = new_crash_files(crash_dir, start)
+    crashes = new_crash_files(crash_dir, start, known)
     if failure is None and not crashes:
         return graph
     if not crashes:

@@ -26,12 +26,12 @@ def data(tmp_path_factory):
     return root
 
 
-def _run(root, out, spec):
+def _run(root, out, spec, done=("01", "02")):
     start = time.time()
     time.sleep(0.01)
     agg = Aggregator(root, "flanker", spec=spec, output_dir=out, work_dir=str(out) + "_work")
     report = agg.run(plugin="Linear", progress=False)
-    assert report.ok and report.done == ["01", "02"], report.summary()
+    assert report.done == list(done) and report.ok == (len(done) == 2), report.summary()
     nodes = executed_nodes(str(out) + "_work", start)
     return agg, report, nodes
 
@@ -88,14 +88,28 @@ def test_rerun_skips_only_what_is_unchanged(data, tmp_path):
     finally:
         events.write_text(original)
 
-    # inputs with a new mtime and the content of the first run (the events written back, a confounds file
-    # touched): that subject goes through nipype (timestamp hashing reruns the nodes reading them), the other
-    # is skipped, and the maps are those of the first run, bit for bit
-    confounds = next((data / "derivatives" / "fmriprep" / "sub-02" / "func").glob("*run-2*_desc-confounds_timeseries.tsv"))
-    confounds.touch()
+    # sub-01: an input with a new mtime and the same content; sub-02: its events back as in the first run and
+    # its BOLD cut short (the header reads, the data do not: the fit fails). sub-01 goes through nipype
+    # (timestamp hashing reruns the nodes reading the events) and its maps are those of the first run; its
+    # stamp is recorded from the sinks' result files although the run as a whole failed
+    events_01 = data / "sub-01" / "func" / "sub-01_task-flanker_run-2_events.tsv"
+    events_01.touch()
+    bold = next((data / "derivatives" / "fmriprep" / "sub-02" / "func").glob("*run-2*_desc-preproc_bold.nii.gz"))
+    bold_bytes = bold.read_bytes()
+    bold.write_bytes(bold_bytes[: len(bold_bytes) // 2])
+    try:
+        _, report, nodes = _run(data, out, spec, done=("01",))
+        assert set(report.failed) == {"02"}
+        assert ("01", "load_events") in _steps(nodes) and ("01", "select_confounds") not in _steps(nodes)
+        assert np.array_equal(_z(out, "01"), z_before["01"])
+        before["01"] = _snapshot(out, "01")
+        # still failing: only the failing subject is tried again
+        _, _, nodes = _run(data, out, spec, done=("01",))
+        assert _subjects(nodes) == {"02"} and _snapshot(out, "01") == before["01"]
+    finally:
+        bold.write_bytes(bold_bytes)
     _, _, nodes = _run(data, out, spec)
-    assert _subjects(nodes) == {"02"} and ("02", "select_confounds") in _steps(nodes)
-    assert _snapshot(out, "01") == before["01"]
+    assert _subjects(nodes) == {"02"} and ("02", "fit_glm") in _steps(nodes)
     assert np.array_equal(_z(out, "02"), z_before["02"])
     # and the stamps are recorded again: the next run does nothing
     _, _, nodes = _run(data, out, spec)

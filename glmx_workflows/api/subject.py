@@ -339,7 +339,8 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
     """
     import time
 
-    from ..engine import PLUGINS, Progress, count_nodes, crash_reason, crash_subject, execute, new_crash_files
+    from ..engine import (PLUGINS, Progress, count_nodes, crash_files, crash_reason, crash_subject, execute,
+                          new_crash_files)
     from ..reports.index import write_index
 
     if plugin not in PLUGINS:
@@ -361,6 +362,7 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
               file=display.stream)
     remove_stale_temporaries(output_dir)
     write_dataset_description(output_dir, __version__, [bids_root])
+    known = crash_files(crash_dir) if runs else {}
     start = time.time()
     failed = dict(failed)
     outputs = []
@@ -371,7 +373,7 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
         except RuntimeError:
             graph = None
         # Graph plugins raise nothing when a job fails: the crash files are the record for all
-        for crash in new_crash_files(crash_dir, start):
+        for crash in new_crash_files(crash_dir, start, known):
             sub = crash_subject(crash, subjects, task)
             if sub is not None and sub not in failed:
                 failed[sub] = (crash_reason(crash), crash)

@@ -258,8 +258,45 @@ def _tr_from_metadata(layout, bold, raw_bold):
     return None, None
 
 
+class _Absent:
+    """Stands for 'entity must be absent' in :func:`_select` (pybids' Query.NONE)."""
+
+
+ABSENT = _Absent()
+
+
+def _select(files, **query):
+    """The ``(path, entities)`` pairs of ``files`` matching ``query`` as ``layout.get`` would: a value must
+    equal the file's entity (a list: any of them), ``ABSENT`` requires the entity to be missing."""
+    out = []
+    for path, ent in files:
+        for key, want in query.items():
+            have = ent.get(key, ABSENT)
+            if want is ABSENT:
+                if have is not ABSENT:
+                    break
+            elif have is ABSENT or not (have in want if isinstance(want, list) else have == want):
+                break
+        else:
+            out.append((path, ent))
+    return out
+
+
+def _only(hits, what, bold):
+    if not hits:
+        return None
+    if len(hits) > 1:
+        raise GlmxError(f"several {what} files match the run: {', '.join(Path(h).name for h, _ in hits)}",
+                        file=bold, field=what)
+    return hits[0][0]
+
+
 def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
     """Every preprocessed run of a subject and task, with its mask, events and confounds.
+
+    The subject's files are fetched from the index once per scope (raw, derivatives) and matched on
+    their entities here: a query per file kind and run cost pybids ~30 ms each, most of planning a
+    subject.
 
     Parameters
     ----------
@@ -282,52 +319,51 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
     GlmxError
         Unknown subject, no BOLD in the space, ambiguous BOLD files, or a run without mask, events or confounds.
     """
-    from bids.layout import Query
-
     from .images import bold_length
 
-    if subject not in layout.get_subjects():
+    space_name, extra = parse_space(space)
+    raw = [(f.path, f.get_entities()) for f in layout.get(subject=subject, scope="raw", return_type="object")]
+    deriv = [(f.path, f.get_entities())
+             for f in layout.get(subject=subject, scope="derivatives", return_type="object")]
+    # no file of the subject anywhere: not in the dataset (layout.get_subjects() reads every file's entities)
+    if not raw and not deriv:
         raise GlmxError(f"subject 'sub-{subject}' not found in the dataset "
                         f"(subjects: {', '.join('sub-' + s for s in list_subjects(layout)[:10])})",
                         file=layout.root, field=f"sub-{subject}")
-    space_name, extra = parse_space(space)
-    bolds = layout.get(subject=subject, task=task, suffix="bold", desc="preproc", space=space_name,
-                       extension=[".nii.gz", ".nii"], scope="derivatives", **extra)
+    nifti = [".nii.gz", ".nii"]
+    bolds = sorted(_select(deriv, task=task, suffix="bold", desc="preproc", space=space_name, extension=nifti,
+                           **extra))
     if not bolds:
-        spaces = sorted(set(layout.get_spaces(subject=subject, task=task, suffix="bold", scope="derivatives")))
+        spaces = sorted({str(e["space"]) for _, e in _select(deriv, task=task, suffix="bold") if "space" in e})
         raise GlmxError(f"no preprocessed BOLD for task '{task}' in space '{space}' "
                         f"(spaces found: {', '.join(spaces) or 'none'})", file=layout.root, field=f"sub-{subject}")
     seen = {}
     records = []
-    for bf in bolds:
-        ent = bf.get_entities()
+    for bold, ent in bolds:
         run_ent = {k: ent[k] for k in _RUN_ENTITIES if k in ent}
         key = tuple(sorted((k, str(v)) for k, v in run_ent.items()))
         if key in seen:
-            raise GlmxError(f"several preprocessed BOLD files for one run: {Path(seen[key]).name}, {bf.filename}; "
-                            "narrow 'space' with modifiers, e.g. 'MNI152NLin2009cAsym:res-2'", file=bf.path,
+            raise GlmxError(f"several preprocessed BOLD files for one run: {Path(seen[key]).name}, {Path(bold).name}; "
+                            "narrow 'space' with modifiers, e.g. 'MNI152NLin2009cAsym:res-2'", file=bold,
                             field="space")
-        seen[key] = bf.path
-        null = {k: Query.NONE for k in _RUN_ENTITIES if k not in run_ent}
+        seen[key] = bold
+        null = {k: ABSENT for k in _RUN_ENTITIES if k not in run_ent}
         img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
-        mask = _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
-                    extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent,
-                    **{k: v for k, v in null.items()})
-        confounds = _one(layout, "confounds", bf.path, subject=subject, desc="confounds",
-                         suffix=["timeseries", "regressors"], extension=".tsv", scope="derivatives", **run_ent,
-                         **null)
-        events = _one(layout, "events", bf.path, subject=subject, suffix="events", extension=".tsv", scope="raw",
-                      **{k: v for k, v in run_ent.items() if k != "echo"},
-                      **{k: v for k, v in null.items() if k != "echo"})
-        raw_bold = _one(layout, "raw bold", bf.path, subject=subject, suffix="bold", extension=[".nii.gz", ".nii"],
-                        scope="raw", **run_ent, **null)
+        mask = _only(_select(deriv, suffix="mask", desc="brain", extension=nifti, **run_ent, **img_ent, **null),
+                     "brain mask", bold)
+        confounds = _only(_select(deriv, desc="confounds", suffix=["timeseries", "regressors"], extension=".tsv",
+                                  **run_ent, **null), "confounds", bold)
+        events = _only(_select(raw, suffix="events", extension=".tsv",
+                               **{k: v for k, v in run_ent.items() if k != "echo"},
+                               **{k: v for k, v in null.items() if k != "echo"}), "events", bold)
+        raw_bold = _only(_select(raw, suffix="bold", extension=nifti, **run_ent, **null), "raw bold", bold)
         for what, path in (("brain mask", mask), ("confounds", confounds), ("events", events)):
             if path is None:
-                raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
-        tr, tr_source = _tr_from_metadata(layout, bf.path, raw_bold)
+                raise GlmxError(f"no {what} file for this run", file=bold, field=what)
+        tr, tr_source = _tr_from_metadata(layout, bold, raw_bold)
         records.append(RunRecord(
-            subject=subject, task=task, bold=bf.path, mask=mask, events=events, confounds=confounds,
-            tr=tr, tr_source=tr_source, n_scans=bold_length(bf.path),
+            subject=subject, task=task, bold=bold, mask=mask, events=events, confounds=confounds,
+            tr=tr, tr_source=tr_source, n_scans=bold_length(bold),
             session=str(ent["session"]) if "session" in ent else None,
             run=str(ent["run"]) if "run" in ent else None,
             # the file's own res/den/cohort name the outputs, whether or not 'space' asked for them
