@@ -22,7 +22,7 @@ from .figures import plt
 # z of a one-sided p of 0.001: the customary uncorrected height of a first-level map
 Z_THRESHOLD = 3.090232306167813
 CLUSTER_EXTENT = 5  # voxels: isolated noise voxels out, small true blobs (8 mm voxels) in
-MAX_CLUSTERS = 25  # per sign in a contrast's table: an unsmoothed 2 mm map can have thousands
+MAX_CLUSTERS = 20  # per sign in a contrast's table: an unsmoothed 2 mm map can have thousands
 CORRELATION_FLAG = 0.8
 VIF_FLAG = 5.0
 _NUISANCE = re.compile(r"^(cosine\d+|drift_\d+|constant|intercept)$")
