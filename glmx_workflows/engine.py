@@ -221,6 +221,7 @@ def execute(wf, plugin, plugin_args):
     """
     import gc
 
+    drop_stale_results(wf)
     request_resources(wf, plugin, plugin_args)
     args = prepare_plugin(plugin, plugin_args)
     gc.collect()
@@ -233,6 +234,61 @@ def execute(wf, plugin, plugin_args):
         wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", "slurm" if plugin.startswith("SLURM") else "sge",
                             progress=plugin_args.get("status_callback") if plugin_args else None)
     return graph
+
+
+def drop_stale_results(wf):
+    """Delete cached node results that lack an output the node's interface now declares.
+
+    nipype reuses a node's result when its inputs hash the same, whatever code wrote it; after an
+    upgrade that adds an output to an interface (and a connection from it), the cached result has no
+    such field and the run stops with a KeyError in nipype. Such a node (and a MapNode's subnodes) is
+    made to run again instead. Results are only read (one small pickle per cached node), so a rerun
+    with everything up to date pays a few milliseconds per node.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        A configured workflow (``base_dir`` set).
+
+    Returns
+    -------
+    list of str
+        Node directories whose results were dropped.
+    """
+    from nipype.pipeline.engine import MapNode
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    dropped = []
+    if not wf.base_dir:
+        return dropped
+    for node in wf._create_flat_graph().nodes():
+        try:
+            declared = set(node.interface.output_spec().copyable_trait_names())
+        except Exception:  # interfaces without a static output spec
+            continue
+        if not declared:
+            continue
+        folder = Path(wf.base_dir, *(node._hierarchy or wf.name).split("."), node.name)
+        result_file = folder / f"result_{node.name}.pklz"
+        if not result_file.is_file():
+            continue
+        try:
+            outputs = load_resultfile(str(result_file), resolve=False).outputs
+            have = set(outputs.trait_get() if hasattr(outputs, "trait_get") else outputs.dictcopy())
+        except Exception:  # unreadable: nipype will rerun it anyway
+            continue
+        if declared <= have:
+            continue
+        stale = [result_file]
+        if isinstance(node, MapNode):
+            stale += list((folder / "mapflow").glob("*/result_*.pklz"))
+        for path in stale:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        dropped.append(str(folder))
+    return dropped
 
 
 CLUSTER_PLUGINS = ("SLURM", "SLURMGraph", "SGE", "SGEGraph")

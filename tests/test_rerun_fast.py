@@ -4,7 +4,9 @@ changed), and outputs are always those of a run from scratch. Asserted from nipy
 outputs' modification times and contents."""
 
 import json
+import os
 import time
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -53,7 +55,7 @@ def _z(out, sub):
     return np.asarray(nb.load(out / f"sub-{sub}" / "func" / Z_TASK.format(sub)).dataobj)
 
 
-def test_rerun_skips_only_what_is_unchanged(data, tmp_path):
+def test_rerun_skips_only_what_is_unchanged(data, tmp_path, monkeypatch):
     spec = tmp_path / "spec.json"
     entry = json.loads((data / "task_information.json").read_text())
     spec.write_text(json.dumps(entry))
@@ -70,6 +72,12 @@ def test_rerun_skips_only_what_is_unchanged(data, tmp_path):
     assert agg._layout is None, "an unchanged dataset was indexed with pybids again"
     assert {s: _snapshot(out, s) for s in ("01", "02")} == before
     assert sorted(report.outputs) == sorted(first.outputs)
+    # the same, named with paths relative to another working directory
+    monkeypatch.chdir(data.parent)
+    rel_out = Path(os.path.relpath(out, data.parent))
+    _, _, nodes = _run(Path("bids"), rel_out, Path(os.path.relpath(spec, data.parent)))
+    assert nodes == []
+    monkeypatch.chdir(tmp_path)
 
     # one subject's events change: that subject reruns (from its events on), its maps change; the other is
     # not built and its files keep their times

@@ -511,7 +511,11 @@ class Aggregator:
             folder = Path(self.design_dir)
             design = (file_stats(sorted(p for p in folder.rglob("*") if p.is_file())) if folder.is_dir()
                       else str(folder))
-        return {"entry": self.entry, "overrides": self.overrides, "participant_label": self.participant_label,
+            # a plan names the design files as found under the folder given: relative paths hold in one cwd only
+            design = [os.getcwd() if not folder.is_absolute() else None, design]
+        # paths as the user typed them differ between working directories; what they name does not
+        entry = {**self.entry, "_spec_file": str(Path(self.entry["_spec_file"]).resolve())}
+        return {"entry": entry, "overrides": self.overrides, "participant_label": self.participant_label,
                 "bids_root": str(self.bids_root.resolve()), "derivatives": str(Path(derivatives_dir).resolve()),
                 "work_dir": str(self.work_dir.resolve()), "design_dir": design, "code": code_fingerprint()}
 
@@ -556,7 +560,11 @@ class Aggregator:
         plans, failures = {}, {}
         for sub in to_run:
             plan = cache.plan(sub, keys[sub])
-            if plan is None:
+            if plan is not None:
+                # the spec as named in this invocation (the key has it resolved: the cached plan may come from
+                # another working directory)
+                plan.settings = {**plan.settings, "_spec_file": self.entry["_spec_file"]}
+            else:
                 try:
                     plan = self._subject(sub).plan(self.design_dir)
                     plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
@@ -578,7 +586,11 @@ class Aggregator:
         from ..planning import code_fingerprint, digest
 
         inputs = [f for r in plan.runs for f in (r.bold, r.mask, r.events, r.confounds)] + list(plan.design_files)
-        return digest(["done", self.task, asdict(plan), file_stats(inputs), str(self.output_dir.resolve()),
+        inputs = [str(Path(f).resolve()) for f in inputs]
+        material = asdict(plan)
+        material["settings"]["_spec_file"] = str(Path(self.entry["_spec_file"]).resolve())
+        material["design_files"] = [str(Path(f).resolve()) for f in plan.design_files]
+        return digest(["done", self.task, material, file_stats(inputs), str(self.output_dir.resolve()),
                        plan.publish_run_maps(), plan.fit_mem_gb(), code_fingerprint()])
 
     def workflow(self):
