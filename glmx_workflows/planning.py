@@ -100,11 +100,11 @@ class SubjectPlan:
         float
             Memory in GB to request for the ``fit_glm`` node.
         """
-        from .io.fastread import fit_memory_gb
-        from .io.images import load_image, load_mask
-
         if getattr(self, "_fit_mem_gb", None) is not None:  # reading every run's header and mask once is enough
             return self._fit_mem_gb
+        from .io.fastread import fit_memory_gb  # scipy.ndimage: imported only when computed
+        from .io.images import load_image, load_mask
+
         worst = 0.0
         for r in self.runs:
             shape = load_image(r.bold, "BOLD run").shape
