@@ -239,7 +239,7 @@ def published_files(graph, unit=None):
 
 def _unit_outputs(wf, unit, since):
     """Files published by sub-workflow ``unit`` of ``wf`` in a run started at ``since``, from the sinks'
-    result files; None unless every sink of the unit ran in that run (a run that raised returns no graph)."""
+    result files; None unless every sink of the unit ran in that run."""
     from nipype.pipeline.engine.utils import load_resultfile
 
     sub_wf = wf.get_node(unit)
@@ -386,7 +386,9 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
             unit = f"sub_{sub}_{task}"
             if sub in failed or sub in skipped or wf.get_node(unit) is None:
                 continue
-            files = published_files(graph, unit) if graph is not None else _unit_outputs(wf, unit, start)
+            # from the sinks' result files, each written in this run: a stale result (a node that did not
+            # run although no crash file named its subject) never vouches for a subject
+            files = _unit_outputs(wf, unit, start)
             if files:
                 unit_outputs[sub] = files
     if skipped:
