@@ -621,6 +621,11 @@ class Aggregator:
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject; a failing subject does not stop the others.
 
+        A subject whose plan, input files (size and mtime), options and code are those of its last
+        complete run, and whose published files are all unmodified, is not run again (see
+        :func:`glmx_workflows.engine.read_done_stamp`); every other subject goes through nipype, whose
+        node cache recomputes only what changed.
+
         Parameters
         ----------
         plugin : str
