@@ -148,6 +148,36 @@ def test_first_level_report_content(dataset):
     assert np.linalg.norm(peak - [0, 22, 40]) < 16, peak  # two 8 mm voxels
     z = nb.load(next((out / "sub-01" / "func").glob("*_contrast-incongruentVcongruent_stat-z_statmap.nii.gz")))
     assert float(clusters[1][4][1]) == pytest.approx(float(np.asanyarray(z.dataobj).max()), abs=0.01)
+    # the slices cut through the top cluster's peak
+    cut = re.search(r"Slices through the peak of the top cluster \(x=(-?\d+), y=(-?\d+), z=(-?\d+) mm\)", section)
+    assert np.allclose([float(v) for v in cut.groups()], peak, atol=0.5)
+
+
+def test_fit_writes_the_mean_image_the_report_shows(tmp_path):
+    """fit_glm's mean image (the report's underlay, instead of a second read of the run) is nilearn's mean
+    of the kept volumes, inside the mask."""
+    from nilearn.image import mean_img
+
+    from glmx_workflows.interfaces.glm import FitGLM
+
+    root = make_example_dataset(tmp_path / "bids", n_subjects=1, n_runs=1, shape=(16, 19, 16), n_volumes=40, seed=1)
+    bold = next((root / "derivatives").rglob("*_desc-preproc_bold.nii.gz"))
+    mask = next((root / "derivatives").rglob("*_desc-brain_mask.nii.gz"))
+    keep = np.ones(40, bool)
+    keep[:3] = False
+    pd.DataFrame({"volume": range(40), "kept": keep.astype(int)}).to_csv(tmp_path / "censor.tsv", sep="\t",
+                                                                         index=False)
+    frame = np.arange(40) * 2.0
+    pd.DataFrame({"cos": np.cos(frame / 40), "constant": np.ones(40)}).to_csv(tmp_path / "design.tsv", sep="\t",
+                                                                             index=False)
+    result = FitGLM(bold_file=str(bold), mask_file=str(mask), design_file=str(tmp_path / "design.tsv"),
+                    censor_file=str(tmp_path / "censor.tsv"), noise_model="ols").run(cwd=str(tmp_path))
+    ours = nb.load(result.outputs.mean_file)
+    inside = np.asanyarray(nb.load(str(mask)).dataobj) > 0
+    reference = mean_img(nb.load(str(bold)).slicer[..., 3:], copy_header=True).get_fdata()
+    assert ours.shape == inside.shape and np.allclose(ours.affine, nb.load(str(bold)).affine)
+    assert np.allclose(ours.get_fdata()[inside], reference[inside], rtol=1e-5)
+    assert not ours.get_fdata()[~inside].any()
 
 
 def test_correlated_regressors_are_flagged(tmp_path):

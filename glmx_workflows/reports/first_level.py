@@ -161,7 +161,6 @@ class _MapFigures:
     numbers are the page's text, not rendered glyphs).
     """
 
-    DPI = 90
     HEIGHT = 200  # pixels of the views
 
     def __init__(self, vmax, threshold, background=None):
@@ -272,13 +271,15 @@ class _MapFigures:
             views.append(self._overlay(rgb, proj))
         return self._render(self._compose(views, zooms), f"glass brain: {title}")
 
-    def slices(self, z_img, title):
-        """Sagittal, coronal and axial slices through the map's peak (largest \\|z\\|), over the background.
+    def slices(self, z_img, title, at=None):
+        """Sagittal, coronal and axial slices through a point (default the largest \\|z\\|), over the background.
 
         Parameters
         ----------
         z_img : nibabel image
         title : str
+        at : array-like of 3 float, optional
+            The point (mm) the slices go through, e.g. the top cluster's peak.
 
         Returns
         -------
@@ -286,7 +287,11 @@ class _MapFigures:
             The ``<img>`` tag and the peak's position (mm).
         """
         z, bg, zooms, affine = self._grids(z_img)
-        peak = np.unravel_index(np.abs(z).argmax(), z.shape)
+        if at is None:
+            peak = np.unravel_index(np.abs(z).argmax(), z.shape)
+        else:
+            ijk = np.rint(np.linalg.solve(affine, [*np.asarray(at, float), 1.0])[:3]).astype(int)
+            peak = tuple(int(np.clip(v, 0, n - 1)) for v, n in zip(ijk, z.shape))
         if bg is not None and bg.any():
             inside = bg[bg != 0]
             lo, hi = np.percentile(inside, (2, 99))
@@ -614,11 +619,14 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
                                                 H.tag("figcaption", "Glass brain: maximum-intensity projections of "
                                                       "the signed z (sagittal, coronal, axial; left on the left). "
                                                       + figures.scale()))))
-            tag, mm = figures.slices(img, name)
-            parts.append(H.tag("figure", H.join(tag, H.tag(
-                "figcaption", f"Slices through the peak (x={mm[0]:.0f}, y={mm[1]:.0f}, z={mm[2]:.0f} mm) over the "
-                + ("mean BOLD. " if background is not None else "map's own support. ") + figures.scale()))))
             table = cluster_table(img, threshold, extent, two_sided=kind == "t", max_clusters=MAX_CLUSTERS)
+            # through the peak of the strongest cluster (not an isolated voxel), else the largest |z|
+            at = table[["X", "Y", "Z"]].to_numpy(float)[0] if len(table) else None
+            tag, mm = figures.slices(img, name, at)
+            where = "the peak of the top cluster" if at is not None else "the largest |z|"
+            parts.append(H.tag("figure", H.join(tag, H.tag(
+                "figcaption", f"Slices through {where} (x={mm[0]:.0f}, y={mm[1]:.0f}, z={mm[2]:.0f} mm) over the "
+                + ("mean BOLD. " if background is not None else "map's own support. ") + figures.scale()))))
             if len(table):
                 parts.append(H.table(table))
                 listed = (table["Cluster Size (mm3)"] != "").sum()
