@@ -15,7 +15,11 @@ plugin, so that node runtimes add up, and splits its wall time into:
   writing their NIfTI maps), ``publish`` (copying outputs into OUTPUT_DIR), ``report`` (figures + HTML);
 * ``nipype overhead`` -- between the first node's start and the last node's end, the time in no node
   (hashing inputs, writing result files, scheduling);
-* ``after engine``   -- from the last node's end to the process exit (dataset index.html, summary).
+* ``after engine``   -- from the last node's end to the process exit: the dataset's index.html and the
+  summary (tens of ms), then the interpreter's teardown (~0.8 s for a run that loaded nilearn, pybids,
+  nipype and matplotlib; ``os._exit`` after flushing would skip it).
+
+``benchmarks/end_to_end.py`` reuses :func:`measure` and ``ROWS`` for its breakdown.
 
 Medians of --repeats runs. Not a test: ``python benchmarks/participant.py`` (takes a few minutes).
 
