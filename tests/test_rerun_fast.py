@@ -135,6 +135,20 @@ def test_rerun_skips_only_what_is_unchanged(data, tmp_path, monkeypatch):
     assert _subjects(nodes) == {"01"} and _steps(nodes) == set()
     assert _snapshot(out, "02") == before["02"]
 
+    # a cached result written before its interface gained an output (an upgrade): the node runs again
+    # instead of the run stopping in nipype with a KeyError
+    from nipype.utils.filemanip import loadpkl, savepkl
+
+    from glmx_workflows.interfaces.glm import FitGLM
+
+    result_file = Path(str(out) + "_work") / "glmx_flanker" / "sub_01_flanker" / "fit_glm" / "result_fit_glm.pklz"
+    result = loadpkl(str(result_file))
+    vars(result.outputs).pop(sorted(FitGLM.output_spec().copyable_trait_names())[0])
+    savepkl(str(result_file), result)
+    z.unlink()  # the subject must go through nipype
+    _, _, nodes = _run(data, out, spec)
+    assert ("01", "fit_glm") in _steps(nodes) and np.array_equal(_z(out, "01"), z_before["01"])
+
     # a file added to a subject's folder is seen: the dataset is indexed and that subject planned again (a raw
     # events file without a preprocessed BOLD adds no run: same plan, nothing runs)
     extra = data / "sub-01" / "func" / "sub-01_task-flanker_run-3_events.tsv"
