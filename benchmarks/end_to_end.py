@@ -235,7 +235,9 @@ def main():
     if len(sides) == 2:
         ratios = [n / g for g, n in zip(walls["glmx"], walls["nilearn"])]
         summary["ratio"] = med["nilearn"] / med["glmx"]
-        print(f"  nilearn / glmx = {summary['ratio']:.2f} (per repeat: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        summary["ratio_per_repeat"] = ratios
+        print(f"  nilearn / glmx = {summary['ratio']:.2f} (ratio of the medians); per repeat "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}; "
               f"max |dz| in the mask {dz:.1e}")
         summary["max_abs_dz"] = dz
     if rows_all:
