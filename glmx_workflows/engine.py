@@ -522,6 +522,28 @@ def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None, patience=
         time.sleep(poll)
 
 
+def plugin_arguments(plugin, plugin_args=None, n_procs=None):
+    """nipype plugin arguments with ``n_procs`` for MultiProc (unless ``plugin_args`` sets it).
+
+    Parameters
+    ----------
+    plugin : str
+        One of ``PLUGINS``.
+    plugin_args : dict, optional
+        The caller's plugin arguments (not modified).
+    n_procs : int, optional
+        Worker processes for MultiProc.
+
+    Returns
+    -------
+    dict
+    """
+    args = dict(plugin_args or {})
+    if plugin == "MultiProc" and n_procs:
+        args.setdefault("n_procs", int(n_procs))
+    return args
+
+
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     """Run ``wf``; on failure raise GlmxError with the reason of the first crash.
 

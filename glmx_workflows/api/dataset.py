@@ -10,7 +10,7 @@ from ..io.bids import list_subjects, open_layout
 from ..io.tables import read_tsv
 from ..planning import plan_subject
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
-from .subject import default_spec_path
+from .base import default_spec_path
 
 # Tried in order by `glmx init`; only patterns that match the dataset's confounds file are kept.
 STARTER_CONFOUNDS = ["trans_?", "rot_?", "trans_?_derivative1", "rot_?_derivative1", "a_comp_cor_0[0-4]"]

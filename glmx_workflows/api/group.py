@@ -8,19 +8,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__
 from ..core import group as cg
 from ..core.errors import GlmxError
-from ..engine import configure, run_workflow
-from ..io.atomic import remove_stale_temporaries
 from ..io.bids import parse_space
-from ..io.derivatives import write_dataset_description
 from ..io.group_inputs import find_subject_maps, read_participants
 from ..reports.index import build_index
 from ..spec.group_keys import group_settings
-from ..spec.model import load_spec, normalize_subject, task_entry
+from ..spec.model import normalize_subject
 from ..workflows.group_level import init_group_level_wf
-from .subject import check_output_dir, default_spec_path, published_files
+from .base import Project
+from .subject import check_output_dir, published_files
 
 LOG = logging.getLogger("glmx_workflows.group")
 _SPACE_ENTITY = {"resolution": "res", "density": "den", "cohort": "cohort"}
@@ -84,7 +81,7 @@ class GroupResult:
                                      f"{Path(self.report).parent if self.report else '?'}; report: {self.report}"])
 
 
-class GroupLevel:
+class GroupLevel(Project):
     """Second-level models of one task over the first level's subject-level maps.
 
     Parameters
@@ -111,14 +108,9 @@ class GroupLevel:
 
     def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, contrasts=None,
                  participant_label=None, **overrides):
-        self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        super().__init__(task, bids_root, spec, output_dir=output_dir, work_dir=work_dir)
         self.wanted_contrasts = list(contrasts) if contrasts else None
         self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self.settings = group_settings(self.entry, **overrides)
 
     @property
@@ -246,15 +238,8 @@ class GroupLevel:
         """
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan()
-        wf = self.workflow(plan)
-        configure(wf, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        remove_stale_temporaries(self.group_dir)
-        write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        graph = run_workflow(wf, plugin, args)
-        outputs = published_files(graph)
+        outputs = published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs,
+                                                publish_dir=self.group_dir))
         report = next((f for f in outputs if f.endswith("_report.html")), None)
         build_index(self.output_dir)  # the dataset index links the new group report
         return GroupResult(outputs=outputs, report=report, log=plan.log)

@@ -7,18 +7,14 @@ the workflow → run it on the engine (same plugins and cache as the GLMs).
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from .. import __version__
 from ..core.errors import GlmxError
-from ..engine import configure, run_workflow
-from ..io.atomic import remove_stale_temporaries
-from ..io.bids import _one, _tr_from_metadata, open_layout, parse_space
-from ..io.derivatives import write_dataset_description
+from ..io.bids import _one, _tr_from_metadata, parse_space
 from ..reports.index import build_index
-from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
-from .subject import check_output_dir, default_spec_path, published_files, run_dataset, select_subjects
+from .base import Project
+from .subject import check_output_dir, published_files, run_dataset, select_subjects
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
@@ -129,7 +125,7 @@ def find_rest_runs(layout, subject, task, space, tr=None):
     return runs
 
 
-class RestingState:
+class RestingState(Project):
     """Resting-state connectivity of one subject.
 
     Parameters
@@ -157,23 +153,9 @@ class RestingState:
         if bids_root is None:
             raise GlmxError("bids_root is required", field="bids_root")
         self.sub_id = normalize_subject(sub_id)
-        self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
         _check_connectivity(self.entry, task, self.spec_path)
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
-        self._layout = None
-
-    @property
-    def layout(self):
-        """The pybids layout (indexed on first use)."""
-        if self._layout is None:
-            self._layout = open_layout(self.bids_root, self.derivatives)
-        return self._layout
 
     def runs(self):
         """The subject's runs (:class:`RestRun`).
@@ -237,17 +219,10 @@ class RestingState:
             When OUTPUT_DIR is not usable or a node fails (with the first crash's reason).
         """
         check_output_dir(self.output_dir, self.bids_root)
-        wf = self.workflow()
-        configure(wf, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        remove_stale_temporaries(self.output_dir)
-        write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        return published_files(run_workflow(wf, plugin, args))
+        return published_files(self._execute(self.workflow(), plugin, plugin_args, n_procs))
 
 
-class RestingStateDataset:
+class RestingStateDataset(Project):
     """Connectivity of every subject of a task as one workflow (a failing subject does not stop the others).
 
     Parameters
@@ -264,16 +239,10 @@ class RestingStateDataset:
 
     def __init__(self, bids_root, task="rest", spec=None, derivatives=None, output_dir=None, work_dir=None,
                  participant_label=None):
-        self.bids_root = Path(bids_root)
-        self.task = task
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
         self.participant_label = participant_label
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         _check_connectivity(self.entry, task, self.spec_path)
-        self.layout = open_layout(self.bids_root, derivatives)
+        self.layout  # noqa: B018 -- index now: a dataset that cannot be indexed fails here, as before
 
     def subjects(self):
         """(subjects to run, subjects excluded by the spec).
@@ -331,7 +300,7 @@ class RestingStateDataset:
         return report
 
 
-class RestingStateGroup:
+class RestingStateGroup(Project):
     """Group step of a connectivity task over OUTPUT_DIR's subject-level matrices.
 
     Parameters
@@ -347,13 +316,8 @@ class RestingStateGroup:
     """
 
     def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, participant_label=None):
-        self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        super().__init__(task, bids_root, spec, output_dir=output_dir, work_dir=work_dir)
         self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         _check_connectivity(self.entry, task, self.spec_path)
 
     def inputs(self):
@@ -457,10 +421,7 @@ class RestingStateGroup:
                                 name=f"group_{self.task}")
         for key in ("matrix_files", "timeseries_files", "subjects", "groups"):
             setattr(wf.inputs.inputnode, key, inputs[key])
-        configure(wf, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        outputs = published_files(run_workflow(wf, plugin, args))
+        outputs = published_files(self._execute(wf, plugin, plugin_args, n_procs,
+                                                publish_dir=self.output_dir / "group"))
         build_index(self.output_dir)  # the dataset index links the group outputs
         return outputs

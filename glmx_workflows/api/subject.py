@@ -10,11 +10,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.errors import GlmxError
-from ..engine import configure, run_workflow
+from ..engine import configure, plugin_arguments
 from ..io.atomic import remove_stale_temporaries
-from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
-from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
+from ..spec.model import normalize_subject, subject_settings
+from .base import Project
 
 # planning, the workflow builders and the reports import nilearn, nipype, pandas and matplotlib (seconds):
 # they are imported where used, so that a rerun with nothing to do (see Aggregator.run) never loads them.
@@ -61,23 +61,7 @@ def check_output_dir(output_dir, bids_root):
     return out
 
 
-def default_spec_path(bids_root):
-    """``BIDS_DIR/task_information.json``.
-
-    Parameters
-    ----------
-    bids_root : str or Path
-        The raw BIDS dataset.
-
-    Returns
-    -------
-    Path
-        The default spec path (not checked).
-    """
-    return Path(bids_root) / "task_information.json"
-
-
-class Subject:
+class Subject(Project):
     """First-level task GLM of one subject.
 
     Parameters
@@ -105,23 +89,9 @@ class Subject:
     def __init__(self, sub_id, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None,
                  **overrides):
         self.sub_id = normalize_subject(sub_id)
-        self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
         self.overrides = overrides
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
-        self._layout = None
-
-    @property
-    def layout(self):
-        """The pybids layout (indexed on first use)."""
-        if self._layout is None:
-            self._layout = open_layout(self.bids_root, self.derivatives)
-        return self._layout
 
     def plan(self, design_matrices=None):
         """Check inputs and spec for this subject.
@@ -200,15 +170,7 @@ class Subject:
         """
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan(design_matrices)
-        wf = self.workflow(plan)
-        configure(wf, self.work_dir, plugin=plugin)
-        args = dict(plugin_args or {})
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
-        remove_stale_temporaries(self.output_dir)
-        write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        graph = run_workflow(wf, plugin, args)
-        return published_files(graph)
+        return published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
 
 
 def published_files(graph, unit=None):
@@ -348,11 +310,9 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
     output_dir = Path(output_dir)
     skipped = dict(skipped or {})
     runs = wf is not None and wf._graph.number_of_nodes() > 0
-    args = dict(plugin_args or {})
+    args = plugin_arguments(plugin, plugin_args, n_procs)
     if runs:
         crash_dir = configure(wf, work_dir, plugin=plugin)
-        if plugin == "MultiProc" and n_procs:
-            args.setdefault("n_procs", int(n_procs))
         display = Progress(count_nodes(wf), stream="stderr" if progress else None)
         args.setdefault("status_callback", display)
     else:
@@ -447,7 +407,7 @@ class RunReport:
         return "\n".join(lines)
 
 
-class Aggregator:
+class Aggregator(Project):
     """First level of every subject of a task, as one workflow the engine fans out.
 
     Parameters
@@ -468,24 +428,10 @@ class Aggregator:
 
     def __init__(self, bids_root, task, spec=None, derivatives=None, output_dir=None, work_dir=None,
                  participant_label=None, design_dir=None, **overrides):
-        self.bids_root = Path(bids_root)
-        self.task = task
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
         self.participant_label = participant_label
         self.design_dir = design_dir
         self.overrides = overrides
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
-        self._layout = None
-
-    @property
-    def layout(self):
-        """The pybids layout (indexed on first use)."""
-        if self._layout is None:
-            self._layout = open_layout(self.bids_root, self.derivatives)
-        return self._layout
 
     def subjects(self):
         """Subjects to run and subjects excluded by the spec.

@@ -1,0 +1,89 @@
+"""What every facade shares: a dataset and its spec entry, OUTPUT_DIR and the work directory, a pybids
+layout indexed on first use, and running a workflow on the engine with the dataset's bookkeeping."""
+
+from pathlib import Path
+
+from .. import __version__
+from ..core.errors import GlmxError
+from ..engine import configure, plugin_arguments, run_workflow
+from ..io.atomic import remove_stale_temporaries
+from ..io.bids import open_layout
+from ..io.derivatives import write_dataset_description
+from ..spec.model import load_spec, task_entry
+
+
+def default_spec_path(bids_root):
+    """``BIDS_DIR/task_information.json``.
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        The raw BIDS dataset.
+
+    Returns
+    -------
+    Path
+        The default spec path (not checked).
+    """
+    return Path(bids_root) / "task_information.json"
+
+
+class Project:
+    """A task of a BIDS dataset as the facades see it.
+
+    Parameters
+    ----------
+    task : str
+        Task label (the spec entry's name).
+    bids_root : str or Path
+        Raw BIDS dataset.
+    spec : str or Path, optional
+        The spec (default ``bids_root/task_information.json``).
+    derivatives : str or Path, optional
+        fmriprep derivatives (default: found under ``bids_root/derivatives``).
+    output_dir : str or Path, optional
+        OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
+    work_dir : str or Path, optional
+        Nipype work directory, where nodes are cached (default ``OUTPUT_DIR`` + ``_work``).
+    """
+
+    def __init__(self, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None):
+        if bids_root is None:
+            raise GlmxError("bids_root is required", field="bids_root")
+        self.task = task
+        self.bids_root = Path(bids_root)
+        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
+        self.derivatives = derivatives
+        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+        self._layout = None
+
+    @property
+    def layout(self):
+        """The pybids layout of the dataset and its derivatives (indexed on first use)."""
+        if self._layout is None:
+            self._layout = open_layout(self.bids_root, self.derivatives)
+        return self._layout
+
+    def _execute(self, wf, plugin="MultiProc", plugin_args=None, n_procs=None, publish_dir=None):
+        """Run ``wf`` (cached under the work directory) after clearing dead writers' temporaries.
+
+        Parameters
+        ----------
+        wf : nipype.pipeline.engine.Workflow
+            The workflow to run.
+        plugin, plugin_args, n_procs
+            As for the facades' ``run``.
+        publish_dir : Path, optional
+            Where the workflow publishes (default OUTPUT_DIR): its stale temporaries are removed.
+
+        Returns
+        -------
+        networkx.DiGraph
+            The executed graph.
+        """
+        configure(wf, self.work_dir, plugin=plugin)
+        remove_stale_temporaries(publish_dir or self.output_dir)
+        write_dataset_description(self.output_dir, __version__, [self.bids_root])
+        return run_workflow(wf, plugin, plugin_arguments(plugin, plugin_args, n_procs))
