@@ -77,7 +77,7 @@ def _child_setup(bids_root, task, out):
     import glmx_workflows.api  # noqa: F401
     import glmx_workflows.cli.run  # noqa: F401
     import glmx_workflows.workflows.first_level  # noqa: F401
-    from glmx_workflows.api.subject import default_spec_path
+    from glmx_workflows.api.base import default_spec_path
     from glmx_workflows.io.bids import list_subjects, open_layout
     from glmx_workflows.planning import plan_subject
     from glmx_workflows.spec.model import load_spec, subject_settings, task_entry
