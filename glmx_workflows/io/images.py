@@ -5,6 +5,11 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+try:  # python-isal (a dependency, also used for reading)
+    from isal import igzip as _isal_gzip
+except ImportError:  # pragma: no cover
+    _isal_gzip = None
+
 from ..core.errors import GlmxError
 from ..core.signal import ScaledIntegerRun, mean_scaling
 from .atomic import atomic_path
@@ -202,5 +207,10 @@ def write_image(img, path):
         ``path``.
     """
     with atomic_path(path) as tmp:
-        nb.save(img, str(tmp))
+        if str(path).endswith(".nii.gz") and _isal_gzip is not None and hasattr(img, "to_bytes"):
+            # ISA-L's level-1 deflate: ~5x faster than zlib's (nibabel's), and a participant run writes
+            # 15 maps per contrast set
+            Path(tmp).write_bytes(_isal_gzip.compress(img.to_bytes(), compresslevel=1))
+        else:
+            nb.save(img, str(tmp))
     return Path(path)
