@@ -431,3 +431,18 @@ def test_scaled_integer_run_fits_nilearns_float64_values(noise_model):
         assert np.array_equal(nilearn_labels(fit), labels)
     for con in contrasts_for(X.shape[1]).values():
         compare(fit, labels, results, con)
+
+
+def test_scaled_integer_run_blocks_equal_its_values():
+    """The fit's block reader and scan sums of an int16 run give the numbers of the values themselves:
+    ``columns_into`` bit for bit (the AR bins depend on them), ``scan_sums`` to float64 rounding."""
+    from glmx_workflows.core.signal import ScaledIntegerRun, mean_scaling
+
+    rng = np.random.default_rng(5)
+    slope, inter = 0.031, 4.0
+    raw = rng.integers(-200, 3000, size=(120, 3001)).astype(np.int16)
+    run = ScaledIntegerRun(raw, slope, inter, chunk=512)
+    psc, _ = mean_scaling(raw * slope + inter)
+    out = np.empty((120, 777))
+    assert np.array_equal(run.columns_into(out, 1000, 1777), psc[:, 1000:1777])
+    np.testing.assert_allclose(run.scan_sums(block=7), psc.sum(axis=1), rtol=1e-12, atol=1e-9 * np.abs(psc).sum(1).max())

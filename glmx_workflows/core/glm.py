@@ -618,6 +618,8 @@ def _scan_sums(Y, chunk=8192):
     """Sum over voxels of every scan, in float64."""
     if isinstance(Y, np.ndarray):
         return Y.sum(axis=1, dtype=np.float64)
+    if hasattr(Y, "scan_sums"):
+        return Y.scan_sums()
     return sum(Y[:, start:start + chunk].sum(axis=1) for start in range(0, Y.shape[1], chunk))
 
 
@@ -658,7 +660,7 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
     degenerate = []
     # larger chunks than the other passes: each chunk pays one small product per AR bin
     step = chunk_size or max(256, 2 * _CHUNK_ELEMENTS // n_scans)
-    buf = moments = None
+    buf = moments_t = None
     # the many small per-bin products run faster on one BLAS thread (see _refit_direct); the chunk's
     # large product is a small share of the pass
     with threadpool_limits(limits=1, user_api="blas"):
@@ -666,9 +668,15 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
             stop = min(start + step, n_vox)
             if buf is None or buf.shape[1] != stop - start:
                 buf = np.empty((n_scans, stop - start))
-                moments = np.empty((stop - start, K.shape[1]))
-            np.copyto(buf, Y[:, start:stop])
-            np.dot(buf.T, K, out=moments)
+                moments_t = np.empty((K.shape[1], stop - start))
+            if hasattr(Y, "columns_into"):
+                Y.columns_into(buf, start, stop)
+            else:
+                np.copyto(buf, Y[:, start:stop])
+            # K' Y rather than Y' K: OpenBLAS runs this orientation at twice the speed (measured
+            # 30 against 15 GFlop/s on one thread, 300 scans x 57 columns)
+            np.dot(K.T, buf, out=moments_t)
+            moments = moments_t.T
             s0 = np.einsum("tv,tv->v", buf, buf)
             if not np.isfinite(s0).all():
                 _check_finite(buf)
@@ -695,24 +703,33 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
             key = scaled.astype(np.int64)
             keys[start:stop] = key
 
-            # refit from the moments, bin by bin
+            # refit from the moments, bin by bin: the chunk's voxels are put in bin order once, so
+            # that each bin works on slices (a fancy-index scatter per bin cost 0.13 s per run)
             order = np.argsort(key, kind="stable")
-            bounds = np.concatenate([[0], np.flatnonzero(np.diff(key[order])) + 1, [order.size]])
+            key_s = key[order]
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(key_s)) + 1, [order.size]])
+            xty_s, lag_s = np.take(xty, order, axis=0), np.take(lag, order, axis=0)
+            s0_s, s1_s, last_s = s0[order], s1[order], last[order]
+            b_s = np.empty((order.size, n_reg))
+            sse_s = np.empty(order.size)
+            bad_s = np.empty(order.size, bool)
             for s, e in zip(bounds[:-1], bounds[1:]):
-                sel = order[s:e]
-                k = int(key[sel[0]])
+                k = int(key_s[s])
                 if k not in models:
                     models[k] = _bin_model(X, k * 1.0 / bins)
                 r = k * 1.0 / bins
-                a = xty[sel]
-                c = a - r * lag[sel] + (r * r) * (a - last[sel, None] * X[-1])
-                b = np.dot(c, models[k][2])
-                yw2 = s0[sel] - 2.0 * r * s1[sel] + (r * r) * (s0[sel] - last[sel] ** 2)
-                sse = yw2 - _rowdot(b, c)
-                beta_t[start + sel] = b
-                dispersion[start + sel] = sse / disp_den
-                explicit.append(start + sel[~(sse > _CANCELLATION * yw2)])
-    del buf, moments
+                a = xty_s[s:e]
+                c = a - r * lag_s[s:e] + (r * r) * (a - last_s[s:e, None] * X[-1])
+                b = np.dot(c, models[k][2], out=b_s[s:e])
+                yw2 = s0_s[s:e] - 2.0 * r * s1_s[s:e] + (r * r) * (s0_s[s:e] - last_s[s:e] ** 2)
+                sse = np.subtract(yw2, _rowdot(b, c), out=sse_s[s:e])
+                np.logical_not(sse > _CANCELLATION * yw2, out=bad_s[s:e])
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+            beta_t[start:stop] = b_s[inverse]
+            dispersion[start:stop] = sse_s[inverse] / disp_den
+            explicit.append(start + order[bad_s])
+    del buf, moments_t
     beta = beta_t.T
     explicit = np.unique(np.concatenate(explicit))
     if explicit.size:
