@@ -63,8 +63,13 @@ class ScaledIntegerRun:
         self.inter = float(inter)
         self.shape = raw.shape
         self.mean = np.empty(raw.shape[1])
+        block = np.empty((raw.shape[0], min(chunk, raw.shape[1])))  # reused: fresh blocks cost page faults
         for start in range(0, raw.shape[1], chunk):
-            self.mean[start:start + chunk] = self._values((slice(None), slice(start, start + chunk))).mean(axis=0)
+            values = block[:, :min(chunk, raw.shape[1] - start)]
+            np.copyto(values, raw[:, start:start + chunk], casting="unsafe")
+            values *= self.slope
+            values += self.inter
+            self.mean[start:start + chunk] = values.mean(axis=0)
         self._safe = np.maximum(self.mean, 1.0)
 
     def _values(self, key):
