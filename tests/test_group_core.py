@@ -324,3 +324,20 @@ def test_family_wise_error_rate_is_nominal_under_the_null():
     for method, count in hits.items():
         assert sps.binom.sf(count - 1, n_sims, 0.05) > 1e-3, (method, count)
         assert count >= 2, (method, count)  # not degenerate (a test that rejects nothing would pass above)
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_max_t_without_t_maps_equals_the_t_maps_maximum(two_sided):
+    """One-sample max-t nulls come from the largest normalised effect (t is one increasing function of it
+    for every voxel); with TFCE asked for, the t maps are formed in full: both give the same maxima,
+    and a constant voxel (t = 0/0) is ignored by both."""
+    n = 10
+    mask = _mask()
+    Y = _maps(n, seed=21, effect=0.4)[:, mask]
+    Y[:, 3] = 0.0
+    X = np.ones((n, 1))
+    fast = permutation_inference(Y, X, [1.0], mask=mask, n_permutations=200, seed=3, two_sided=two_sided)
+    full = permutation_inference(Y, X, [1.0], mask=mask, n_permutations=200, seed=3, two_sided=two_sided,
+                                 methods=("perm_fwe", "tfce"), tfce_steps=10)
+    np.testing.assert_allclose(fast["h0_max_t"], full["h0_max_t"], rtol=1e-12)
+    np.testing.assert_allclose(fast["p_fwe"], full["p_fwe"], rtol=0, atol=1e-12)

@@ -568,6 +568,7 @@ class _PermutedT:
         self.A = np.column_stack([pinv[0], U])  # (n, 1 + rank)
         self.aa = float(pinv[0] @ pinv[0])
         self.norm2 = np.einsum("ij,ij->j", self.R, self.R)
+        self.single_regressor = Z.shape[1] == 0 and self.rank == 1
 
     def stats(self, transforms, sign_flip):
         """t maps of shape (len(transforms), n_voxels) for sign vectors or row orders."""
@@ -584,6 +585,54 @@ class _PermutedT:
 
     def observed(self):
         return self.stats(np.ones((1, self.n), np.int8), True)[0]
+
+    def max_stats(self, transforms, sign_flip, two_sided, max_bytes=64 * 2 ** 20):
+        """The maximum over voxels of t (or |t|) for each transform, without forming the t maps when it can.
+
+        With no nuisance columns (one-sample tests and any single-regressor design), ``t`` of a voxel is
+        ``sqrt(dof) w / sqrt(1 - w**2)`` with ``w = (T x)' r / sqrt(x'x r'r)``: one increasing function of
+        ``w`` for every voxel. So the largest t is that function of the largest ``w``, and each transform
+        costs one product with the normalised residuals and a running maximum (the t maps' other passes
+        over permutations x voxels were most of the time). Otherwise the t maps are formed in full,
+        a chunk of transforms at a time.
+
+        Parameters
+        ----------
+        transforms : numpy.ndarray, shape (K, n)
+            Sign vectors (int8) or row orders (int).
+        sign_flip : bool
+        two_sided : bool
+            Maximum of |t| instead of t.
+        max_bytes : int
+            Memory for the statistics computed at once.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (K,)
+        """
+        K, n_vox = len(transforms), self.R.shape[1]
+        if not self.single_regressor:
+            chunk = int(max(1, min(K, max_bytes // max(n_vox * 8 * (self.A.shape[1] + 2), 1))))
+            out = np.empty(K)
+            for start in range(0, K, chunk):
+                t = self.stats(transforms[start:start + chunk], sign_flip)
+                out[start:start + chunk] = np.nanmax(np.abs(t) if two_sided else t, axis=1)
+            return out
+        x = self.A[:, 0] / self.aa  # pinv(x) = x' / x'x
+        live = self.norm2 > 0  # all-zero residuals give t = 0/0 (nan), which the maximum ignores
+        Rn = self.R[:, live] / np.sqrt(self.norm2[live] * (x @ x))
+        V = transforms.astype(np.float64) * x if sign_flip else x[transforms]
+        block = int(max(256, max_bytes // (8 * K)))
+        best = np.full(K, -np.inf)
+        for start in range(0, Rn.shape[1], block):
+            w = V @ Rn[:, start:start + block]
+            if two_sided:
+                np.abs(w, out=w)
+            np.maximum(best, w.max(axis=1), out=best)
+        if not live.any():
+            best[:] = np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sqrt(self.dof) * best / np.sqrt(np.maximum(1.0 - best * best, 0.0))
 
 
 def _volume(values, mask):
@@ -677,7 +726,9 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     h0_tfce = np.empty(K) if "tfce" in methods else None
     per_perm = Y.shape[1] * 8 * (model.A.shape[1] + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
     chunk = int(max(1, min(K, max_chunk_bytes // max(per_perm, 1))))
-    for start in range(0, K, chunk):
+    if not spatial:
+        h0_t[:] = model.max_stats(transforms, sign_flip, two_sided, max_chunk_bytes)
+    for start in range(0, K if spatial else 0, chunk):
         stop = min(K, start + chunk)
         t = model.stats(transforms[start:stop], sign_flip)
         h0_t[start:stop] = np.nanmax(score(t), axis=1)
