@@ -587,14 +587,13 @@ class _PermutedT:
         return self.stats(np.ones((1, self.n), np.int8), True)[0]
 
     def max_stats(self, transforms, sign_flip, two_sided, max_bytes=64 * 2 ** 20):
-        """The maximum over voxels of t (or |t|) for each transform, without forming the t maps when it can.
+        """The maximum over voxels of t (or |t|) for each transform, without forming the t maps.
 
-        With no nuisance columns (one-sample tests and any single-regressor design), ``t`` of a voxel is
+        Only for ``single_regressor`` models. With no nuisance columns (one-sample tests and any single-regressor design), ``t`` of a voxel is
         ``sqrt(dof) w / sqrt(1 - w**2)`` with ``w = (T x)' r / sqrt(x'x r'r)``: one increasing function of
         ``w`` for every voxel. So the largest t is that function of the largest ``w``, and each transform
         costs one product with the normalised residuals and a running maximum (the t maps' other passes
-        over permutations x voxels were most of the time). Otherwise the t maps are formed in full,
-        a chunk of transforms at a time.
+        over permutations x voxels were most of the time).
 
         Parameters
         ----------
@@ -604,20 +603,13 @@ class _PermutedT:
         two_sided : bool
             Maximum of |t| instead of t.
         max_bytes : int
-            Memory for the statistics computed at once.
+            Memory for the normalised effects computed at once.
 
         Returns
         -------
         numpy.ndarray of float64, shape (K,)
         """
-        K, n_vox = len(transforms), self.R.shape[1]
-        if not self.single_regressor:
-            chunk = int(max(1, min(K, max_bytes // max(n_vox * 8 * (self.A.shape[1] + 2), 1))))
-            out = np.empty(K)
-            for start in range(0, K, chunk):
-                t = self.stats(transforms[start:start + chunk], sign_flip)
-                out[start:start + chunk] = np.nanmax(np.abs(t) if two_sided else t, axis=1)
-            return out
+        K = len(transforms)
         x = self.A[:, 0] / self.aa  # pinv(x) = x' / x'x
         live = self.norm2 > 0  # all-zero residuals give t = 0/0 (nan), which the maximum ignores
         Rn = self.R[:, live] / np.sqrt(self.norm2[live] * (x @ x))
@@ -726,9 +718,10 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     h0_tfce = np.empty(K) if "tfce" in methods else None
     per_perm = Y.shape[1] * 8 * (model.A.shape[1] + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
     chunk = int(max(1, min(K, max_chunk_bytes // max(per_perm, 1))))
-    if not spatial:
+    fast_max = not spatial and model.single_regressor  # no t maps needed
+    if fast_max:
         h0_t[:] = model.max_stats(transforms, sign_flip, two_sided, max_chunk_bytes)
-    for start in range(0, K if spatial else 0, chunk):
+    for start in range(0, 0 if fast_max else K, chunk):
         stop = min(K, start + chunk)
         t = model.stats(transforms[start:stop], sign_flip)
         h0_t[start:stop] = np.nanmax(score(t), axis=1)

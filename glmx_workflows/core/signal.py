@@ -65,28 +65,34 @@ class ScaledIntegerRun:
         self.mean = np.empty(raw.shape[1])
         block = np.empty((raw.shape[0], min(chunk, raw.shape[1])))  # reused: fresh blocks cost page faults
         for start in range(0, raw.shape[1], chunk):
-            values = block[:, :min(chunk, raw.shape[1] - start)]
-            np.copyto(values, raw[:, start:start + chunk], casting="unsafe")
-            values *= self.slope
-            values += self.inter
-            self.mean[start:start + chunk] = values.mean(axis=0)
+            cols = slice(start, start + chunk)
+            values = self._values((slice(None), cols), out=block[:, :min(chunk, raw.shape[1] - start)])
+            self.mean[cols] = values.mean(axis=0)
         self._safe = np.maximum(self.mean, 1.0)
 
-    def _values(self, key):
-        values = self.raw[key].astype(np.float64)
+    def _values(self, key, out=None):
+        """``raw[key] * slope + inter`` in float64 (nibabel's arithmetic), into ``out`` when given."""
+        if out is None:
+            values = self.raw[key].astype(np.float64)
+        else:
+            values = out
+            np.copyto(values, self.raw[key], casting="unsafe")
         values *= self.slope
         values += self.inter
+        return values
+
+    def _percent(self, key, out=None):
+        values = self._values(key, out)
+        values /= self._safe[key[1]]
+        values -= 1
+        values *= 100
         return values
 
     def __getitem__(self, key):
         """Percent signal change of ``raw[key]`` (key: rows, or (rows, columns)), float64."""
         if not isinstance(key, tuple):
             key = (key, slice(None))
-        values = self._values(key)
-        values /= self._safe[key[1]]
-        values -= 1
-        values *= 100
-        return values
+        return self._percent(key)
 
     def columns_into(self, out, start, stop):
         """Write the percent signal change of columns ``start:stop`` into ``out`` (float64, preallocated).
@@ -103,13 +109,7 @@ class ScaledIntegerRun:
         -------
         out
         """
-        np.copyto(out, self.raw[:, start:stop], casting="unsafe")
-        out *= self.slope
-        out += self.inter
-        out /= self._safe[start:stop]
-        out -= 1
-        out *= 100
-        return out
+        return self._percent((slice(None), slice(start, stop)), out)
 
     def scan_sums(self, block=16):
         """Sum over voxels of every scan's percent signal change, float64.
