@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from glmx_workflows.engine import executed_nodes
+from glmx_workflows.engine.run import executed_nodes
 from glmx_workflows.io.example import make_example_dataset
 
 MODELLING = ("load_events", "select_confounds", "build_design", "fit_glm", "compute_contrasts", "fixed_effects")

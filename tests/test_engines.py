@@ -174,7 +174,7 @@ def test_graph_plugin_jobs(runs, tmp_path, monkeypatch, plugin):
     from nipype.pipeline.engine.utils import load_resultfile
 
     from glmx_workflows.core.errors import GlmxError
-    from glmx_workflows.engine import configure, run_workflow
+    from glmx_workflows.engine.run import configure, run_workflow
 
     monkeypatch.delenv("LOGNAME", raising=False)
     for name, value in SGE_ENV.items():
@@ -253,7 +253,7 @@ def test_slurmgraph_waits_and_reports_the_failing_subject(runs):
 
 def test_configs_parse_to_plugin_arguments():
     """configs/*.yml are what --plugin-args reads: nipype's keys plus glmx's own, nothing else."""
-    from glmx_workflows.engine import job_requests, parse_plugin_args, prepare_plugin
+    from glmx_workflows.engine.cluster import job_requests, parse_plugin_args, prepare_plugin
 
     slurm = parse_plugin_args(str(REPO / "configs/slurm.yml"))
     sge = parse_plugin_args(str(REPO / "configs/sge.yml"))

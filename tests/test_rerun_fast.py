@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from glmx_workflows.api import Aggregator
-from glmx_workflows.engine import executed_nodes
+from glmx_workflows.engine.run import executed_nodes
 from glmx_workflows.io.example import make_example_dataset
 
 MODELLING = ("load_events", "select_confounds", "build_design", "fit_glm", "compute_contrasts", "fixed_effects")

@@ -12,7 +12,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from glmx_workflows.engine import executed_nodes
+from glmx_workflows.engine.run import executed_nodes
 from glmx_workflows.io.atomic import TMP_PREFIX
 from glmx_workflows.io.example import make_example_dataset
 

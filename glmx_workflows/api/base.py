@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.errors import GlmxError
-from ..engine import configure, plugin_arguments, run_workflow
+from ..engine.run import configure, plugin_arguments, run_workflow
 from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description

@@ -17,7 +17,8 @@ from ..spec.group_keys import group_settings
 from ..spec.model import normalize_subject
 from ..workflows.group_level import init_group_level_wf
 from .base import Project
-from .subject import check_output_dir, published_files
+from ..engine.dataset import published_files
+from ..engine.safety import check_output_dir
 
 LOG = logging.getLogger("glmx_workflows.group")
 _SPACE_ENTITY = {"resolution": "res", "density": "den", "cohort": "cohort"}

@@ -14,7 +14,9 @@ from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
 from .base import Project
-from .subject import check_output_dir, published_files, run_dataset, select_subjects
+from ..engine.dataset import published_files, run_dataset
+from ..engine.safety import check_output_dir
+from .subject import select_subjects
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 

@@ -5,60 +5,16 @@ follow the same shape.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
-from .. import __version__
 from ..core.errors import GlmxError
-from ..engine import configure, plugin_arguments
-from ..io.atomic import remove_stale_temporaries
-from ..io.derivatives import write_dataset_description
+from ..engine.dataset import RunReport, published_files, run_dataset  # noqa: F401  (RunReport: api's name)
+from ..engine.safety import check_output_dir
 from ..spec.model import normalize_subject, subject_settings
 from .base import Project
 
 # planning, the workflow builders and the reports import nilearn, nipype, pandas and matplotlib (seconds):
 # they are imported where used, so that a rerun with nothing to do (see Aggregator.run) never loads them.
-
-
-def check_output_dir(output_dir, bids_root):
-    """Refuse an OUTPUT_DIR inside the raw dataset (outside derivatives/) or one that cannot be written.
-
-    Parameters
-    ----------
-    output_dir : str or Path
-        OUTPUT_DIR; need not exist yet (its nearest existing parent is probed with a real write).
-    bids_root : str or Path
-        The raw BIDS dataset.
-
-    Returns
-    -------
-    Path
-        ``output_dir`` resolved.
-
-    Raises
-    ------
-    GlmxError
-        OUTPUT_DIR is the dataset or inside it outside ``derivatives/``, or is not writable.
-    """
-    out = Path(output_dir).resolve()
-    root = Path(bids_root).resolve()
-    if out == root or (root in out.parents and (root / "derivatives") not in [out, *out.parents]):
-        raise GlmxError("output directory is inside the raw BIDS dataset; choose a folder outside it or under "
-                        f"{root / 'derivatives'}", file=out, field="OUTPUT_DIR")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    # os.access says yes to root everywhere; only a real write answers (read-only mounts, /proc, quotas)
-    try:
-        if not probe.is_dir():
-            raise OSError("not a directory")
-        fd, tmp = tempfile.mkstemp(prefix=".glmx-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise GlmxError(f"output directory is not writable ({exc.strerror or exc})", file=probe,
-                        field="OUTPUT_DIR") from None
-    return out
 
 
 class Subject(Project):
@@ -173,56 +129,6 @@ class Subject(Project):
         return published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
 
 
-def published_files(graph, unit=None):
-    """Files written by the ``ds_*`` nodes of an executed graph (sorted).
-
-    Parameters
-    ----------
-    graph : networkx.DiGraph
-        Executed graph of nipype nodes (from ``run_workflow``/``execute``).
-    unit : str, optional
-        Only the nodes of the sub-workflow of that name (e.g. ``sub_01_flanker``).
-
-    Returns
-    -------
-    list of str
-        Published paths, sorted.
-    """
-    out = []
-    for node in graph.nodes():
-        if unit is not None and unit not in node.fullname.split(".")[:-1]:
-            continue
-        if node.name.startswith("ds_") and node.result is not None and node.result.outputs is not None:
-            files = node.result.outputs.out_files
-            for item in files if isinstance(files, list) else [files]:
-                out.extend(item if isinstance(item, list) else [item])
-    return sorted(str(f) for f in out if f)
-
-
-def _unit_outputs(wf, unit, since):
-    """Files published by sub-workflow ``unit`` of ``wf`` in a run started at ``since``, from the sinks'
-    result files; None unless every sink of the unit ran in that run."""
-    from nipype.pipeline.engine.utils import load_resultfile
-
-    sub_wf = wf.get_node(unit)
-    if sub_wf is None:
-        return None
-    out = []
-    for node in sub_wf._graph.nodes():
-        if not node.name.startswith("ds_"):
-            continue
-        result_file = Path(wf.base_dir) / wf.name / unit / node.name / f"result_{node.name}.pklz"
-        try:
-            if result_file.stat().st_mtime < since:
-                return None
-            files = load_resultfile(str(result_file)).outputs.out_files
-        except Exception:  # missing or unreadable: the unit is not known to be complete
-            return None
-        for item in files if isinstance(files, list) else [files]:
-            out.extend(item if isinstance(item, list) else [item])
-    return sorted(str(f) for f in out if f)
-
-
 def select_subjects(layout, participant_label, excludes, bids_root):
     """Subjects of a dataset-level run.
 
@@ -262,149 +168,6 @@ def select_subjects(layout, participant_label, excludes, bids_root):
         wanted = available
     excluded = [s for s in wanted if s in excludes]
     return [s for s in wanted if s not in excluded], excluded
-
-
-def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, work_dir, plugin="MultiProc",
-                plugin_args=None, n_procs=None, progress=True, skipped=None):
-    """Run a dataset workflow (one sub-workflow per subject) and account for every subject.
-
-    Parameters
-    ----------
-    wf : nipype Workflow
-        Sub-workflows named ``sub_<s>_<task>``.
-    subjects, excluded : list of str
-        Subjects in the workflow and subjects excluded by the spec (labels without 'sub-').
-    failed : dict
-        Subjects that already failed while planning: ``{sub: (reason, None)}``; completed here.
-    task : str
-        Task label (names the sub-workflows and the index).
-    bids_root, output_dir, work_dir : path
-        Raw dataset, OUTPUT_DIR and Nipype work directory.
-    plugin, plugin_args, n_procs, progress
-        As for :meth:`Aggregator.run`.
-    skipped : dict, optional
-        ``{sub: published files}`` of subjects left out of ``wf`` because nothing changed since their
-        last complete run (counted as done, their files among the outputs). ``wf`` may then be None.
-
-    Returns
-    -------
-    report : RunReport
-        Subjects done, failed and excluded, files written, and the dataset index; ``unit_outputs``
-        maps each subject that completed in ``wf`` to the files its sinks published.
-    progress : engine.Progress
-        The progress display, with the final node counts.
-
-    Raises
-    ------
-    GlmxError
-        Unknown plugin.
-    """
-    import time
-
-    from ..engine import (PLUGINS, Progress, count_nodes, crash_files, crash_reason, crash_subject, execute,
-                          new_crash_files)
-    from ..reports.index import write_index
-
-    if plugin not in PLUGINS:
-        raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
-    output_dir = Path(output_dir)
-    skipped = dict(skipped or {})
-    runs = wf is not None and wf._graph.number_of_nodes() > 0
-    args = plugin_arguments(plugin, plugin_args, n_procs)
-    if runs:
-        crash_dir = configure(wf, work_dir, plugin=plugin)
-        display = Progress(count_nodes(wf), stream="stderr" if progress else None)
-        args.setdefault("status_callback", display)
-    else:
-        display = Progress(0, stream="stderr" if progress else None)
-    if skipped and progress:
-        print(f"[glmx] {len(skipped)} subject(s) unchanged since their last complete run: not run again",
-              file=display.stream)
-    remove_stale_temporaries(output_dir)
-    write_dataset_description(output_dir, __version__, [bids_root])
-    known = crash_files(crash_dir) if runs else {}
-    start = time.time()
-    failed = dict(failed)
-    outputs = []
-    unit_outputs = {}
-    if runs:
-        try:
-            graph = execute(wf, plugin, args)
-        except RuntimeError:
-            graph = None
-        # Graph plugins raise nothing when a job fails: the crash files are the record for all
-        for crash in new_crash_files(crash_dir, start, known):
-            sub = crash_subject(crash, subjects, task)
-            if sub is not None and sub not in failed:
-                failed[sub] = (crash_reason(crash), crash)
-        if graph is not None and not failed:
-            outputs = published_files(graph)
-        else:
-            outputs = sorted(str(p) for p in output_dir.rglob("*") if p.is_file())
-        # what each subject that completed in this run published (for its done stamp)
-        for sub in subjects:
-            unit = f"sub_{sub}_{task}"
-            if sub in failed or sub in skipped or wf.get_node(unit) is None:
-                continue
-            # from the sinks' result files, each written in this run: a stale result (a node that did not
-            # run although no crash file named its subject) never vouches for a subject
-            files = _unit_outputs(wf, unit, start)
-            if files:
-                unit_outputs[sub] = files
-    if skipped:
-        outputs = sorted(set(outputs).union(*skipped.values()))
-    if runs or not skipped:
-        display.show(final=True)
-    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
-    report.unit_outputs = unit_outputs
-    # the dataset index (OUTPUT_DIR/index.html) is rebuilt after every dataset run, GLM or connectivity
-    report.index = write_index(output_dir, task, report.done, report.failed, report.excluded)
-    return report, display
-
-
-class RunReport:
-    """What a dataset-level run did: subjects done, failed (with reason and crash file), excluded.
-
-    Parameters
-    ----------
-    done : iterable of str, optional
-        Subjects that completed.
-    failed : dict, optional
-        ``{subject: (reason, crash file or None)}``.
-    excluded : iterable of str, optional
-        Subjects left out by the spec's ``excludes``.
-    outputs : iterable of str, optional
-        Files written under OUTPUT_DIR.
-    """
-
-    def __init__(self, done=(), failed=None, excluded=(), outputs=()):
-        self.done = list(done)
-        self.failed = dict(failed or {})
-        self.excluded = list(excluded)
-        self.outputs = list(outputs)
-        self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
-        self.index = None  # OUTPUT_DIR/index.html once the run has written it
-
-    @property
-    def ok(self):
-        """True when no subject failed."""
-        return not self.failed
-
-    def summary(self):
-        """Human-readable lines: one per failed subject with its reason.
-
-        Returns
-        -------
-        str
-            A counts line, one line per failed subject, and the index path when written.
-        """
-        lines = [f"{len(self.done)} subject(s) done, {len(self.failed)} failed, {len(self.excluded)} excluded; "
-                 f"{len(self.outputs)} file(s) written"]
-        for sub, (reason, crash) in sorted(self.failed.items()):
-            lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
-        if self.index:
-            lines.append(f"reports: {self.index}")
-        return "\n".join(lines)
 
 
 class Aggregator(Project):
@@ -451,7 +214,7 @@ class Aggregator(Project):
 
     def _plan_options(self, derivatives_dir):
         """Everything besides the dataset's files that a plan depends on (see PlanCache)."""
-        from ..engine import file_stats
+        from ..engine.state import file_stats
         from ..planning import code_fingerprint
 
         design = None
@@ -530,7 +293,7 @@ class Aggregator(Project):
         """Key of a subject's done stamp: its plan, the files its workflow reads, the workflow's options."""
         from dataclasses import asdict
 
-        from ..engine import file_stats
+        from ..engine.state import file_stats
         from ..planning import code_fingerprint, digest
 
         inputs = [f for r in plan.runs for f in (r.bold, r.mask, r.events, r.confounds)] + list(plan.design_files)
@@ -569,7 +332,7 @@ class Aggregator(Project):
 
         A subject whose plan, input files (size and mtime), options and code are those of its last
         complete run, and whose published files are all unmodified, is not run again (see
-        :func:`glmx_workflows.engine.read_done_stamp`); every other subject goes through nipype, whose
+        :func:`glmx_workflows.engine.state.read_done_stamp`); every other subject goes through nipype, whose
         node cache recomputes only what changed.
 
         Parameters
@@ -588,7 +351,7 @@ class Aggregator(Project):
         RunReport
             Subjects done, failed and excluded; files written.
         """
-        from ..engine import done_stamp_path, forget_done_stamp, read_done_stamp, write_done_stamp
+        from ..engine.state import done_stamp_path, forget_done_stamp, read_done_stamp, write_done_stamp
 
         check_output_dir(self.output_dir, self.bids_root)  # before the plan cache is written to the work dir
         subjects, excluded, plans, failed = self.plans()

@@ -55,7 +55,7 @@ def run_group(args):
         0 (errors are raised as ``GlmxError`` and turned into exit code 2 by the CLI).
     """
     from ..api.group import GroupLevel
-    from ..engine import parse_plugin_args
+    from ..engine.cluster import parse_plugin_args
 
     plugin_args = parse_plugin_args(args.plugin_args)
     group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,

@@ -51,7 +51,7 @@ def run_rest(args):
         the inputs are not usable (printed by :func:`glmx_workflows.cli.run.main`).
     """
     from ..api.rest import RestingStateDataset, RestingStateGroup
-    from ..engine import parse_plugin_args
+    from ..engine.cluster import parse_plugin_args
 
     unsupported = [opt for opt, value in (("--design-dir", args.design_dir),) if value is not None]
     if args.analysis_level == "group":

@@ -162,7 +162,7 @@ def _cmd_example(args):
 
 def _cmd_participant(args):
     from ..api import Aggregator
-    from ..engine import parse_plugin_args
+    from ..engine.cluster import parse_plugin_args
 
     plugin_args = parse_plugin_args(args.plugin_args)
     agg = Aggregator(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,

@@ -1,0 +1,240 @@
+"""Running a built workflow on a Nipype plugin: the one verb every facade goes through.
+
+Hashing: nodes are cached with nipype's ``timestamp`` hash method (file size + mtime). Content
+hashing would read every BOLD run (hundreds of MB each) on every rerun just to learn that nothing
+changed; a cached rerun of a large dataset must finish in seconds. The cost is that touching an
+input without changing it reruns what depends on it, which is safe.
+"""
+
+import time
+from pathlib import Path
+
+from ..core.errors import GlmxError
+from .cluster import prepare_plugin, request_resources, wait_for_graph_jobs
+from .crashes import crash_files, crash_node, crash_reason, new_crash_files
+from .state import drop_stale_results
+
+
+PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph")
+
+
+def configure(wf, work_dir, crash_dir=None, plugin="MultiProc", verbose=False):
+    """Set the work directory and execution options of a workflow (in place).
+
+    Local plugins poll for finished nodes every 50 ms (nipype's 2 s default dominated small runs);
+    cluster plugins keep 2 s so that the scheduler is not queried in a tight loop.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        Workflow to configure; its ``base_dir`` and ``config`` are changed.
+    work_dir : str or Path
+        Nipype work directory (created when missing).
+    crash_dir : str or Path, optional
+        Where crash files go; default ``<work_dir>/crash``.
+    plugin : str, optional
+        Nipype plugin name the workflow will run on (sets the polling interval).
+    verbose : bool, optional
+        Show nipype's INFO log messages instead of silencing them.
+
+    Returns
+    -------
+    Path
+        The resolved crash directory.
+    """
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    wf.base_dir = str(work_dir)
+    crash_dir = Path(crash_dir or work_dir / "crash").resolve()
+    wf.config["execution"].update({
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "hash_method": "timestamp",
+        "remove_unnecessary_outputs": "false",
+        "stop_on_first_crash": "false",
+        "parameterize_dirs": "true",
+        "poll_sleep_duration": "0.05" if plugin in ("Linear", "MultiProc") else "2",
+    })
+    import logging
+
+    # Failures reach the user through the summary and crash files; nipype's own tracebacks on
+    # stdout would bury them.
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(level)
+    wf.config["monitoring"] = {"enabled": "false"}
+    return crash_dir
+
+
+def plugin_arguments(plugin, plugin_args=None, n_procs=None):
+    """nipype plugin arguments with ``n_procs`` for MultiProc (unless ``plugin_args`` sets it).
+
+    Parameters
+    ----------
+    plugin : str
+        One of ``PLUGINS``.
+    plugin_args : dict, optional
+        The caller's plugin arguments (not modified).
+    n_procs : int, optional
+        Worker processes for MultiProc.
+
+    Returns
+    -------
+    dict
+    """
+    args = dict(plugin_args or {})
+    if plugin == "MultiProc" and n_procs:
+        args.setdefault("n_procs", int(n_procs))
+    return args
+
+
+class Outcome:
+    """What :func:`run` did: the executed graph, the crash files written during the run, its start time.
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph or None
+        The graph ``wf.run`` returned (None when nipype raised).
+    crashes : list of str
+        Crash files written during the run, oldest first.
+    error : Exception or None
+        nipype's own failure, when it raised one.
+    start : float
+        ``time.time()`` when the run started.
+    """
+
+    def __init__(self, graph, crashes, error, start):
+        self.graph = graph
+        self.crashes = list(crashes)
+        self.error = error
+        self.start = start
+
+    @property
+    def ok(self):
+        """True when nipype raised nothing and no crash file was written."""
+        return self.error is None and not self.crashes
+
+
+def check_plugin(plugin):
+    """Refuse a plugin name glmx does not run on.
+
+    Parameters
+    ----------
+    plugin : str
+        Name given by the user.
+
+    Raises
+    ------
+    GlmxError
+        ``plugin`` is not one of ``PLUGINS``.
+    """
+    if plugin not in PLUGINS:
+        raise GlmxError(f"unknown plugin '{plugin}'; expected one of {', '.join(PLUGINS)}", field="--plugin")
+
+
+def run(wf, plugin="MultiProc", plugin_args=None):
+    """Run a configured workflow and collect its failures: the one way glmx runs a workflow.
+
+    nipype's MultiProc calls ``gc.collect()`` each time it submits nodes; with a pybids index in
+    memory each call cost ~0.15 s, most of a small run's wall time: the objects alive before the run are
+    frozen out of the garbage collector. Resource requests are added to the nodes first; with a Graph
+    plugin, waits until every submitted job has left the scheduler's queue. The Graph plugins raise
+    nothing when a job fails (nipype never sees the jobs end): the crash files written during the run are
+    the record of failures for every plugin.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        Workflow set up by :func:`configure`.
+    plugin : str
+        One of ``PLUGINS``.
+    plugin_args : dict, optional
+        nipype plugin arguments, plus glmx's own (``memory_resource``, ``parallel_environment``,
+        removed before nipype sees them).
+
+    Returns
+    -------
+    Outcome
+        The executed graph, the new crash files and nipype's error, if any.
+
+    Raises
+    ------
+    GlmxError
+        Unknown plugin.
+    """
+    import gc
+
+    check_plugin(plugin)
+    crash_dir = wf.config["execution"]["crashdump_dir"]
+    known = crash_files(crash_dir)
+    start = time.time()
+    drop_stale_results(wf)
+    request_resources(wf, plugin, plugin_args)
+    args = prepare_plugin(plugin, plugin_args)
+    graph, error = None, None
+    gc.collect()
+    gc.freeze()
+    try:
+        graph = wf.run(plugin=plugin, plugin_args=args)
+    except RuntimeError as exc:
+        error = exc
+    finally:
+        gc.unfreeze()
+    if plugin.endswith("Graph"):
+        wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", "slurm" if plugin.startswith("SLURM") else "sge",
+                            progress=plugin_args.get("status_callback") if plugin_args else None)
+    return Outcome(graph, new_crash_files(crash_dir, start, known), error, start)
+
+
+def run_workflow(wf, plugin="MultiProc", plugin_args=None):
+    """:func:`run`, raising GlmxError with the reason of the first crash when anything failed.
+
+    Parameters
+    ----------
+    wf : nipype.pipeline.engine.Workflow
+        A workflow set up by ``configure``.
+    plugin : str
+        One of ``PLUGINS``.
+    plugin_args : dict, optional
+        As for :func:`run`.
+
+    Returns
+    -------
+    networkx.DiGraph
+        The executed graph nipype returns.
+    """
+    outcome = run(wf, plugin, plugin_args)
+    if outcome.ok:
+        return outcome.graph
+    if not outcome.crashes:
+        raise GlmxError(f"the workflow failed ({outcome.error})") from None
+    first = outcome.crashes[0]
+    raise GlmxError(f"{crash_reason(first)} (node {crash_node(first)}; crash file {first})") from None
+
+
+def executed_nodes(work_dir, since):
+    """Nodes whose result file was written at or after ``since``: what a run actually executed.
+
+    nipype rewrites ``result_<node>.pklz`` only when it runs a node; a node found in the cache keeps
+    its old file. Returns node paths relative to ``work_dir`` (MapNode subnodes as
+    ``<node>/mapflow/_<node><i>``), sorted.
+
+    Parameters
+    ----------
+    work_dir : str or Path
+        Directory searched recursively for ``result_*.pklz`` files.
+    since : float
+        Start time of the run (``time.time()``).
+
+    Returns
+    -------
+    list of str
+        Sorted node directories relative to ``work_dir``.
+    """
+    work_dir = Path(work_dir)
+    out = []
+    for res in work_dir.rglob("result_*.pklz"):
+        if res.stat().st_mtime >= since:
+            out.append(str(res.parent.relative_to(work_dir)))
+    return sorted(out)
+
