@@ -1,15 +1,41 @@
 """What every facade shares: a dataset and its spec entry, OUTPUT_DIR and the work directory, a pybids
 layout indexed on first use, and running a workflow on the engine with the dataset's bookkeeping."""
 
+import contextlib
+import functools
 from pathlib import Path
 
 from .. import __version__
 from ..core.errors import GlmxError
 from ..engine.run import configure, plugin_arguments, run_workflow
+from ..engine.safety import check_output_dir, input_folders
 from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
+from ..io.lock import locked
 from ..spec.model import load_spec, task_entry
+
+
+def writes(run):
+    """Decorator of a facade's ``run``: it runs inside :meth:`Project.writing` (checked folders, locks held).
+
+    Parameters
+    ----------
+    run : callable
+        The method.
+
+    Returns
+    -------
+    callable
+        The wrapped method.
+    """
+
+    @functools.wraps(run)
+    def guarded(self, *args, **kwargs):
+        with self.writing(self.read_folders()):
+            return run(self, *args, **kwargs)
+
+    return guarded
 
 
 def default_spec_path(bids_root):
@@ -65,6 +91,44 @@ class Project:
         if self._layout is None:
             self._layout = open_layout(self.bids_root, self.derivatives)
         return self._layout
+
+    def read_folders(self):
+        """Folders this facade reads besides the raw dataset and its derivatives (none here).
+
+        Returns
+        -------
+        list of Path
+        """
+        return []
+
+    @contextlib.contextmanager
+    def writing(self, inputs=()):
+        """Check where the run writes, then hold the run's locks for the block.
+
+        OUTPUT_DIR and the work directory must not touch any input (the raw dataset, the derivatives folder
+        given or found, ``inputs``; see :mod:`glmx_workflows.engine.safety`) and must be writable; then
+        both are locked against a second glmx run (see :mod:`glmx_workflows.io.lock`) until the block ends,
+        however it ends. Nothing is written before the checks pass.
+
+        Parameters
+        ----------
+        inputs : iterable of path, optional
+            Further folders the run reads (``--design-dir``).
+
+        Yields
+        ------
+        None
+
+        Raises
+        ------
+        GlmxError
+            A folder touches an input or is not writable, or another run holds a lock.
+        """
+        others = input_folders(self.bids_root, self.derivatives, inputs)[1:]
+        check_output_dir(self.output_dir, self.bids_root, others)
+        check_output_dir(self.work_dir, self.bids_root, others, field="--work-dir")
+        with locked({self.output_dir: "OUTPUT_DIR", self.work_dir: "--work-dir"}):
+            yield
 
     def _execute(self, wf, plugin="MultiProc", plugin_args=None, n_procs=None, publish_dir=None):
         """Run ``wf`` (cached under the work directory) after clearing dead writers' temporaries.

@@ -144,6 +144,34 @@ def starter_spec(bids_root, derivatives=None):
     return spec
 
 
+def check_spec_path(path, bids_root, derivatives=None):
+    """Refuse to write a spec file into an input, other than at its default place ``BIDS_DIR/task_information.json``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Spec file to write.
+    bids_root : str or Path
+        The raw BIDS dataset.
+    derivatives : str or Path, optional
+        ``--derivatives`` (default: the fmriprep folder found under ``BIDS_DIR/derivatives``).
+
+    Raises
+    ------
+    GlmxError
+        ``path`` lies inside the raw dataset or an input derivatives folder, or is an input folder.
+    """
+    from ..engine.safety import input_conflict, input_folders
+
+    path = Path(path)
+    if path.resolve() == default_spec_path(bids_root).resolve():
+        return
+    # the spec's folder may contain an input (a spec beside the dataset); only the file's own place matters
+    why = input_conflict(path, bids_root, input_folders(bids_root, derivatives)[1:])
+    if why and not why.startswith(("contains", "holds")):
+        raise GlmxError(f"refusing to write the spec here: {why}", file=path, field="--spec")
+
+
 def write_starter_spec(bids_root, path=None, derivatives=None, force=False):
     """Write :func:`starter_spec` to ``path`` (default ``bids_root/task_information.json``); refuse to
     overwrite an existing file unless ``force``.
@@ -172,6 +200,7 @@ def write_starter_spec(bids_root, path=None, derivatives=None, force=False):
         The file exists and ``force`` is false, or :func:`starter_spec` fails.
     """
     path = Path(path) if path else default_spec_path(bids_root)
+    check_spec_path(path, bids_root, derivatives)
     if path.exists() and not force:
         raise GlmxError("spec file already exists; pass --force to overwrite it", file=path, field="--spec")
     spec = starter_spec(bids_root, derivatives)

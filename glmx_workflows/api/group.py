@@ -16,9 +16,8 @@ from ..reports.index import build_index
 from ..spec.group_keys import group_settings
 from ..spec.model import normalize_subject
 from ..workflows.group_level import init_group_level_wf
-from .base import Project
+from .base import Project, writes
 from ..engine.dataset import published_files
-from ..engine.safety import check_output_dir
 
 LOG = logging.getLogger("glmx_workflows.group")
 _SPACE_ENTITY = {"resolution": "res", "density": "den", "cohort": "cohort"}
@@ -215,6 +214,7 @@ class GroupLevel(Project):
             node.missing = plan.missing[contrast]
         return wf
 
+    @writes
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
         """Fit every group model and write the maps, tables, figures and report under ``OUTPUT_DIR/group``.
 
@@ -237,7 +237,6 @@ class GroupLevel(Project):
         GlmxError
             A bad OUTPUT_DIR or any problem found by :meth:`plan`.
         """
-        check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan()
         outputs = published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs,
                                                 publish_dir=self.group_dir))

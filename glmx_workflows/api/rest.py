@@ -13,9 +13,8 @@ from ..io.bids import _one, _tr_from_metadata, parse_space
 from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
-from .base import Project
+from .base import Project, writes
 from ..engine.dataset import published_files, run_dataset
-from ..engine.safety import check_output_dir
 from .subject import select_subjects
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
@@ -198,6 +197,7 @@ class RestingState(Project):
         node.subject = self.sub_id
         return wf
 
+    @writes
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
         """Denoise, extract, compute the matrices and write them (and the report) under OUTPUT_DIR.
 
@@ -220,7 +220,6 @@ class RestingState(Project):
         GlmxError
             When OUTPUT_DIR is not usable or a node fails (with the first crash's reason).
         """
-        check_output_dir(self.output_dir, self.bids_root)
         return published_files(self._execute(self.workflow(), plugin, plugin_args, n_procs))
 
 
@@ -256,6 +255,7 @@ class RestingStateDataset(Project):
         """
         return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
+    @writes
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject.
 
@@ -283,7 +283,6 @@ class RestingStateDataset(Project):
         """
         from nipype.pipeline import engine as pe
 
-        check_output_dir(self.output_dir, self.bids_root)
         subjects, excluded = self.subjects()
         parent = pe.Workflow(name=f"glmx_{self.task}")
         failed = {}
@@ -395,6 +394,7 @@ class RestingStateGroup(Project):
         return {"subjects": subjects, "matrix_files": matrices, "timeseries_files": series, "groups": groups,
                 "atlas": name, "space": space}
 
+    @writes
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):
         """Write the group matrices under ``OUTPUT_DIR/group``.
 

@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 from ..core.errors import GlmxError
-from ..engine.dataset import RunReport, published_files, run_dataset  # noqa: F401  (RunReport: api's name)
-from ..engine.safety import check_output_dir
+from ..engine.dataset import RunReport, published_files, run_dataset  # noqa: F401 -- RunReport: api's name
 from ..spec.model import normalize_subject, subject_settings
-from .base import Project
+from .base import Project, writes
 
 # planning, the workflow builders and the reports import nilearn, nipype, pandas and matplotlib (seconds):
 # they are imported where used, so that a rerun with nothing to do (see Aggregator.run) never loads them.
@@ -99,6 +98,7 @@ class Subject(Project):
             setattr(wf.inputs.inputnode, field, value)
         return wf
 
+    @writes
     def run(self, design_matrices=None, plugin="MultiProc", plugin_args=None, n_procs=None):
         """Fit the subject and write its maps under OUTPUT_DIR.
 
@@ -124,7 +124,6 @@ class Subject(Project):
         GlmxError
             A bad OUTPUT_DIR, spec or input (before anything runs).
         """
-        check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan(design_matrices)
         return published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
 
@@ -327,6 +326,16 @@ class Aggregator(Project):
             parent.add_nodes([self._subject(sub).workflow(plan)])
         return parent, failures
 
+    def read_folders(self):
+        """The ``design_dir``, read as input (see :meth:`Project.writing`).
+
+        Returns
+        -------
+        list of Path
+        """
+        return [Path(self.design_dir)] if self.design_dir is not None else []
+
+    @writes  # the folders are checked and locked before the plan cache is written to the work dir
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject; a failing subject does not stop the others.
 
@@ -353,7 +362,6 @@ class Aggregator(Project):
         """
         from ..engine.state import done_stamp_path, forget_done_stamp, read_done_stamp, write_done_stamp
 
-        check_output_dir(self.output_dir, self.bids_root)  # before the plan cache is written to the work dir
         subjects, excluded, plans, failed = self.plans()
         # A subject whose inputs, plan, options and code are those of its last complete run, and whose
         # published files are all still there unmodified, is not built into the workflow: nipype would

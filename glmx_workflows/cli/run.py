@@ -13,6 +13,7 @@ Utility commands::
 
 import argparse
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -146,8 +147,10 @@ def _cmd_init(args):
 
 
 def _cmd_example(args):
+    from ..engine.safety import check_new_dataset_dir
     from ..io.example import make_example_dataset
 
+    check_new_dataset_dir(args.dir)
     out = make_example_dataset(args.dir, n_subjects=args.subjects, seed=args.seed)
     if args.rest:
         from ..io.example_rest import add_rest_runs
@@ -191,10 +194,26 @@ def main(argv=None):
     Returns
     -------
     int
-        0 every subject done; 1 some subject failed; 2 bad input (a GlmxError); 130 interrupted.
+        0 every subject done; 1 some subject failed; 2 bad input (a GlmxError); 130 interrupted by SIGINT
+        (Ctrl-C), 143 by SIGTERM.
     """
+    import signal
+
+    from ..engine.run import Interrupted
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    # the stream as it is now: a run interrupted inside a block that redirects sys.stderr leaves it redirected
+    stderr = sys.stderr
+
+    def terminate(signum, frame):
+        raise Interrupted(signum)
+
+    # SIGTERM (kill, scancel) ends a run as Ctrl-C does: locks released, nothing recorded as failed
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous_term = signal.signal(signal.SIGTERM, terminate)
+    else:
+        previous_term = None
     try:
         if argv and argv[0] in COMMANDS:
             cmd = argv[0]
@@ -217,9 +236,14 @@ def main(argv=None):
             raise
         print(f"glmx: error: {exc.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("glmx: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print("glmx: interrupted" + ("" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})")
+              + "; nothing of this run was recorded as failed, rerun to finish", file=stderr)
+        return 128 + signum
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 def console():
@@ -231,6 +255,16 @@ def console():
         Exits the process.
     """
     code = main()
+    if code > 128:
+        # interrupted: the locks are released and nothing more is to be written; a run stopped mid-way can leave
+        # threads inside native code whose teardown at interpreter exit aborts the process (SIGABRT instead of
+        # exit code 130), so the process ends here without that teardown.
+        for stream in (sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     # A run leaves a large heap (nipype graphs and results, imported libraries); the interpreter's final
     # garbage collection of it took ~0.6 s after the work was done. Frozen objects are left out of it; every
     # output is closed and published by now.

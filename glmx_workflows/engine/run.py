@@ -6,6 +6,9 @@ changed; a cached rerun of a large dataset must finish in seconds. The cost is t
 input without changing it reruns what depends on it, which is safe.
 """
 
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +91,103 @@ def plugin_arguments(plugin, plugin_args=None, n_procs=None):
     return args
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM (``scancel``, ``kill``).
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    """
+
+    def __init__(self, signum=signal.SIGINT):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+
+def call_interruptibly(target):
+    """``target()``, stopped cleanly by SIGINT (Ctrl-C) or SIGTERM: :class:`Interrupted` is raised instead.
+
+    nipype records any exception raised inside a node, KeyboardInterrupt included, as the node's failure
+    and carries on: a Ctrl-C became failed subjects, and a Ctrl-C that landed in a node run by nipype's own
+    process was swallowed. Here ``target`` runs in a helper thread while this (main) thread only waits, so
+    that the signal is received where no nipype code can catch it. Processes forked meanwhile (the MultiProc
+    workers) ignore SIGINT and die on SIGTERM: only this process decides. On a signal the worker processes
+    still running are terminated, the helper thread is told to stop, and :class:`Interrupted` is raised; what
+    the run had not finished stays unrecorded (the node cache keeps what finished). A signal that is ignored
+    when the call starts (``SIG_IGN``, as for a background job of a non-interactive shell) stays ignored.
+    Outside the main thread signals cannot be handled, and ``target`` is simply called.
+
+    Parameters
+    ----------
+    target : callable
+        Called without arguments.
+
+    Returns
+    -------
+    object
+        What ``target`` returned.
+
+    Raises
+    ------
+    Interrupted
+        A signal arrived before ``target`` returned.
+    BaseException
+        Whatever ``target`` raised.
+    """
+    import ctypes
+    import multiprocessing
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return target()
+    main = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main:  # a forked worker: the main process decides
+            if signum == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Interrupted(signum)
+
+    box = {}
+    streams = sys.stdout, sys.stderr
+
+    def body():
+        try:
+            box["value"] = target()
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    worker = threading.Thread(target=body, name="glmx-run", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    except Interrupted:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        # the helper thread stops at its next Python instruction (nipype may catch it: it is abandoned then)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(Interrupted))
+        worker.join(5)
+        for child in multiprocessing.active_children():
+            child.join(1)
+        # a block that redirects the streams (contextlib.redirect_stderr) may never reach its end
+        sys.stdout, sys.stderr = streams
+        raise
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 class Outcome:
     """What :func:`run` did: the executed graph, the crash files written during the run, its start time.
 
@@ -161,6 +261,8 @@ def run(wf, plugin="MultiProc", plugin_args=None):
     ------
     GlmxError
         Unknown plugin.
+    Interrupted
+        SIGINT or SIGTERM arrived during the run (see :func:`call_interruptibly`); nothing is recorded.
     """
     import gc
 
@@ -171,19 +273,26 @@ def run(wf, plugin="MultiProc", plugin_args=None):
     drop_stale_results(wf)
     request_resources(wf, plugin, plugin_args)
     args = prepare_plugin(plugin, plugin_args)
-    graph, error = None, None
     gc.collect()
     gc.freeze()
+    try:
+        graph, error = call_interruptibly(lambda: _run_nipype(wf, plugin, plugin_args, args))
+    finally:
+        gc.unfreeze()
+    return Outcome(graph, new_crash_files(crash_dir, start, known), error, start)
+
+
+def _run_nipype(wf, plugin, plugin_args, args):
+    """``wf.run`` → (graph, None), or (None, error) when nipype raised RuntimeError; waits for Graph jobs."""
+    graph, error = None, None
     try:
         graph = wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         error = exc
-    finally:
-        gc.unfreeze()
     if plugin.endswith("Graph"):
         wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", "slurm" if plugin.startswith("SLURM") else "sge",
                             progress=plugin_args.get("status_callback") if plugin_args else None)
-    return Outcome(graph, new_crash_files(crash_dir, start, known), error, start)
+    return graph, error
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):

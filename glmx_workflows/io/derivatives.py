@@ -140,3 +140,25 @@ def write_dataset_description(out_dir, version, source_dirs=()):
         "SourceDatasets": [{"URL": Path(d).resolve().as_uri()} for d in source_dirs],
     }
     return write_text(Path(out_dir) / "dataset_description.json", json.dumps(desc, indent=2) + "\n")
+
+
+def written_by_glmx(folder):
+    """Whether the dataset in ``folder`` was written by glmx_workflows (its outputs, ``glmx example``).
+
+    Parameters
+    ----------
+    folder : str or Path
+        A dataset root.
+
+    Returns
+    -------
+    bool
+        True when its ``dataset_description.json`` names glmx_workflows under ``GeneratedBy`` (as
+        :func:`write_dataset_description` writes it); False when it names another program, cannot be
+        read, or there is none.
+    """
+    try:
+        desc = json.loads((Path(folder) / "dataset_description.json").read_text())
+        return any(isinstance(g, dict) and g.get("Name") == "glmx_workflows" for g in desc.get("GeneratedBy", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
