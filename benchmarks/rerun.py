@@ -3,8 +3,8 @@ executed no modelling node (from nipype's own result files).
 
     python benchmarks/rerun.py [--subjects 20] [--n-procs 2] [--repeats 3] [--dir DIR]
 
-The first run plans every subject, fits it and records a done stamp per subject; a rerun with nothing
-changed reads the plan cache and the stamps (no pybids indexing, no nipype workflow built) and only
+The first run plans every subject, fits it and writes each subject's state record; a rerun with nothing
+changed reads the records (no pybids indexing, no nipype workflow built) and only
 rewrites the dataset index. ``--dir`` keeps the dataset and outputs in DIR (made once, reused by later
 invocations: only the reruns are then timed).
 """

@@ -1,4 +1,4 @@
-"""The fast path of a rerun (plan cache + per-subject done stamps) gives up nothing of the cache's correctness:
+"""The fast path of a rerun (per-subject state records: plan and outputs under one key) gives up nothing of the cache's correctness:
 an unchanged subject is not even built, any change sends its subject through nipype (which reruns only what
 changed), and outputs are always those of a run from scratch. Asserted from nipype's own result files and the
 outputs' modification times and contents."""
@@ -135,19 +135,25 @@ def test_rerun_skips_only_what_is_unchanged(data, tmp_path, monkeypatch):
     assert _subjects(nodes) == {"01"} and _steps(nodes) == set()
     assert _snapshot(out, "02") == before["02"]
 
-    # a cached result written before its interface gained an output (an upgrade): the node runs again
-    # instead of the run stopping in nipype with a KeyError
+    # an upgrade: sub-01's node cache was written by other code (here a cached result written before its
+    # interface gained an output, which nipype would stop on with a KeyError). Its state record says so: the
+    # subject reruns from scratch with this code, the other subject is not built
     from nipype.utils.filemanip import loadpkl, savepkl
 
+    from glmx_workflows.engine.state import UnitState
     from glmx_workflows.interfaces.glm import FitGLM
 
     result_file = Path(str(out) + "_work") / "glmx_flanker" / "sub_01_flanker" / "fit_glm" / "result_fit_glm.pklz"
     result = loadpkl(str(result_file))
     vars(result.outputs).pop(sorted(FitGLM.output_spec().copyable_trait_names())[0])
     savepkl(str(result_file), result)
-    z.unlink()  # the subject must go through nipype
+    record = UnitState(str(out) + "_work", "glmx_flanker", "sub_01_flanker")
+    record.data.update(code="another version", key="made by another version", outputs_key="made by another version")
+    record._code_checked = True
+    record.save()
     _, _, nodes = _run(data, out, spec)
-    assert ("01", "fit_glm") in _steps(nodes) and np.array_equal(_z(out, "01"), z_before["01"])
+    assert _subjects(nodes) == {"01"} and {s for _, s in _steps(nodes)} == set(MODELLING)
+    assert np.array_equal(_z(out, "01"), z_before["01"]) and _snapshot(out, "02") == before["02"]
 
     # a file added to a subject's folder is seen: the dataset is indexed and that subject planned again (a raw
     # events file without a preprocessed BOLD adds no run: same plan, nothing runs)

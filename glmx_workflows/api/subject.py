@@ -211,10 +211,9 @@ class Aggregator(Project):
         subj._layout = self.layout
         return subj
 
-    def _plan_options(self, derivatives_dir):
-        """Everything besides the dataset's files that a plan depends on (see PlanCache)."""
-        from ..engine.state import file_stats
-        from ..planning import code_fingerprint
+    def _unit_options(self, derivatives_dir):
+        """Everything besides the dataset's files that a subject's results depend on (see UnitState)."""
+        from ..engine.state import code_fingerprint, file_stats
 
         design = None
         if self.design_dir is not None:
@@ -227,16 +226,42 @@ class Aggregator(Project):
         entry = {**self.entry, "_spec_file": str(Path(self.entry["_spec_file"]).resolve())}
         return {"entry": entry, "overrides": self.overrides, "participant_label": self.participant_label,
                 "bids_root": str(self.bids_root.resolve()), "derivatives": str(Path(derivatives_dir).resolve()),
-                "work_dir": str(self.work_dir.resolve()), "design_dir": design, "code": code_fingerprint()}
+                "output_dir": str(self.output_dir.resolve()), "work_dir": str(self.work_dir.resolve()),
+                "design_dir": design, "code": code_fingerprint()}
 
-    def plans(self):
-        """Subjects and their checked plans; unchanged subjects' plans come from the plan cache.
+    def _states(self):
+        """Subjects, excluded subjects, and each subject's key and state record (no pybids index when the
+        subject list is recorded under the current dataset key)."""
+        from ..engine.state import SubjectList, UnitState, unit_keys
+        from ..io.bids import dataset_folders, input_file_stats
 
-        The cache (``<work_dir>/glmx_state/task-<task>/plans.pkl``, see
-        :class:`glmx_workflows.planning.PlanCache`) is keyed on the spec entry, options, code and the
-        size and modification time of every file of the dataset a plan could read; a subject with any
-        such change is planned again with pybids, the others are not (and with no change at all the
-        dataset is not indexed).
+        deriv = dataset_folders(self.bids_root, self.derivatives)
+        stats = input_file_stats(self.bids_root, deriv, exclude=(self.output_dir, self.work_dir, self.spec_path))
+        options = self._unit_options(deriv)
+        name = f"glmx_{self.task}"
+        dataset_key, _ = unit_keys(options, stats, ())
+        listing = SubjectList(self.work_dir, name)
+        listed = listing.get(dataset_key)
+        if listed is None:
+            listed = self.subjects()
+            listing.set(dataset_key, *listed)
+        to_run, excluded = listed
+        _, keys = unit_keys(options, stats, to_run)
+        states = {sub: UnitState(self.work_dir, name, f"sub_{sub}_{self.task}") for sub in to_run}
+        return to_run, excluded, keys, states
+
+    def plans(self, _states=None):
+        """Subjects and their checked plans; a subject's plan comes from its state record while valid.
+
+        A subject's record (see :mod:`glmx_workflows.engine.state`) is valid under the key of its input
+        files (size and modification time of every file of the dataset its plan could read), the spec entry,
+        options and code; a subject with any such change is planned again with pybids, the others are not
+        (and with no change at all the dataset is not indexed).
+
+        Parameters
+        ----------
+        _states : tuple, optional
+            From ``_states()`` (made when omitted).
 
         Returns
         -------
@@ -253,26 +278,13 @@ class Aggregator(Project):
             Not a BIDS dataset, a requested subject missing, or planning failed and only one subject was
             asked for.
         """
-        from ..io.bids import dataset_folders, input_file_stats
-        from ..planning import PlanCache, plan_keys
-
-        deriv = dataset_folders(self.bids_root, self.derivatives)
-        stats = input_file_stats(self.bids_root, deriv, exclude=(self.output_dir, self.work_dir, self.spec_path))
-        options = self._plan_options(deriv)
-        cache = PlanCache(self.work_dir / "glmx_state" / f"task-{self.task}" / "plans.pkl")
-        dataset_key, _ = plan_keys(options, stats, ())
-        listed = cache.subjects(dataset_key)
-        if listed is None:
-            listed = self.subjects()
-            cache.set_subjects(dataset_key, *listed)
-        to_run, excluded = listed
-        _, keys = plan_keys(options, stats, to_run)
+        to_run, excluded, keys, states = _states or self._states()
         plans, failures = {}, {}
         for sub in to_run:
-            plan = cache.plan(sub, keys[sub])
+            plan = states[sub].plan(keys[sub])
             if plan is not None:
-                # the spec as named in this invocation (the key has it resolved: the cached plan may come from
-                # another working directory)
+                # the spec as named in this invocation (the key has it resolved: the recorded plan may come
+                # from another working directory)
                 plan.settings = {**plan.settings, "_spec_file": self.entry["_spec_file"]}
             else:
                 try:
@@ -283,24 +295,23 @@ class Aggregator(Project):
                         raise
                     failures[sub] = (exc.one_line(), None)
                     continue
-                cache.set_plan(sub, keys[sub], plan)
+                states[sub].set_plan(keys[sub], plan)
+                states[sub].save()
             plans[sub] = plan
-        cache.save()
         return to_run, excluded, plans, failures
 
-    def _done_key(self, plan):
-        """Key of a subject's done stamp: its plan, the files its workflow reads, the workflow's options."""
+    def _outputs_key(self, plan):
+        """Key of a subject's outputs: its plan, the files its workflow reads, OUTPUT_DIR, the code."""
         from dataclasses import asdict
 
-        from ..engine.state import file_stats
-        from ..planning import code_fingerprint, digest
+        from ..engine.state import code_fingerprint, digest, file_stats
 
         inputs = [f for r in plan.runs for f in (r.bold, r.mask, r.events, r.confounds)] + list(plan.design_files)
         inputs = [str(Path(f).resolve()) for f in inputs]
         material = asdict(plan)
         material["settings"]["_spec_file"] = str(Path(self.entry["_spec_file"]).resolve())
         material["design_files"] = [str(Path(f).resolve()) for f in plan.design_files]
-        return digest(["done", self.task, material, file_stats(inputs), str(self.output_dir.resolve()),
+        return digest(["outputs", self.task, material, file_stats(inputs), str(self.output_dir.resolve()),
                        plan.publish_run_maps(), plan.fit_mem_gb(), code_fingerprint()])
 
     def workflow(self):
@@ -335,13 +346,13 @@ class Aggregator(Project):
         """
         return [Path(self.design_dir)] if self.design_dir is not None else []
 
-    @writes  # the folders are checked and locked before the plan cache is written to the work dir
+    @writes  # the folders are checked and locked before a state record is written to the work dir
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None, progress=True):
         """Run every subject; a failing subject does not stop the others.
 
         A subject whose plan, input files (size and mtime), options and code are those of its last
         complete run, and whose published files are all unmodified, is not run again (see
-        :func:`glmx_workflows.engine.state.read_done_stamp`); every other subject goes through nipype, whose
+        :class:`glmx_workflows.engine.state.UnitState`); every other subject goes through nipype, whose
         node cache recomputes only what changed.
 
         Parameters
@@ -360,19 +371,17 @@ class Aggregator(Project):
         RunReport
             Subjects done, failed and excluded; files written.
         """
-        from ..engine.state import done_stamp_path, forget_done_stamp, read_done_stamp, write_done_stamp
-
-        subjects, excluded, plans, failed = self.plans()
-        # A subject whose inputs, plan, options and code are those of its last complete run, and whose
-        # published files are all still there unmodified, is not built into the workflow: nipype would
-        # only find every node cached. Anything else goes through nipype, which reruns what changed.
-        keys, skipped, todo = {}, {}, []
-        for sub, plan in plans.items():
-            keys[sub] = self._done_key(plan)
-            stamp = done_stamp_path(self.work_dir, self.task, sub)
-            files = read_done_stamp(stamp, keys[sub])
+        states = self._states()
+        subjects, excluded, plans, failed = self.plans(states)
+        records = states[3]
+        # A subject whose record is valid under its current key and whose published files are all still there
+        # unmodified is not built into the workflow: nipype would only find every node cached. Anything else
+        # goes through nipype, which reruns what changed.
+        skipped, todo = {}, []
+        for sub in plans:
+            files = records[sub].outputs(self._outputs_key(plans[sub]))
             if files is None:
-                forget_done_stamp(stamp)
+                records[sub].forget_outputs()  # a run killed half-way is never taken for a complete one
                 todo.append(sub)
             else:
                 skipped[sub] = files
@@ -387,5 +396,5 @@ class Aggregator(Project):
                                             self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress,
                                             skipped=skipped)
         for sub, files in report.unit_outputs.items():
-            write_done_stamp(done_stamp_path(self.work_dir, self.task, sub), keys[sub], files)
+            records[sub].set_outputs(self._outputs_key(plans[sub]), files)
         return report

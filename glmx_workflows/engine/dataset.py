@@ -129,7 +129,7 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
             outputs = published_files(graph)
         else:
             outputs = sorted(str(p) for p in output_dir.rglob("*") if p.is_file())
-        # what each subject that completed in this run published (for its done stamp)
+        # what each subject that completed in this run published (for its state record)
         for sub in subjects:
             unit = f"sub_{sub}_{task}"
             if sub in failed or sub in skipped or wf.get_node(unit) is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.errors import GlmxError
 from .cluster import prepare_plugin, request_resources, wait_for_graph_jobs
 from .crashes import crash_files, crash_node, crash_reason, new_crash_files
-from .state import drop_stale_results
+from .state import check_code
 
 
 PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph")
@@ -270,7 +270,7 @@ def run(wf, plugin="MultiProc", plugin_args=None):
     crash_dir = wf.config["execution"]["crashdump_dir"]
     known = crash_files(crash_dir)
     start = time.time()
-    drop_stale_results(wf)
+    check_code(wf)  # nipype's hash does not see code: a cache other code wrote is dropped
     request_resources(wf, plugin, plugin_args)
     args = prepare_plugin(plugin, plugin_args)
     gc.collect()
