@@ -22,7 +22,7 @@ DOCUMENTED = [
     "planning.py", "spec/model.py", "spec/keys.py", "io/bids.py", "io/derivatives.py", "io/tables.py",
     "io/atomic.py", "io/example.py", "core/formula.py", "core/events.py", "core/confounds.py",
     "core/errors.py", "api/subject.py", "api/dataset.py", "api/group.py", "cli/group.py", "engine/run.py", "engine/crashes.py", "engine/cluster.py",
-    "engine/progress.py", "engine/state.py", "engine/dataset.py", "engine/safety.py",
+    "engine/progress.py", "engine/state.py", "engine/dataset.py", "engine/safety.py", "io/lock.py",
     "workflows/first_level.py", "workflows/group_level.py", "workflows/rest.py", "interfaces/events.py",
     "interfaces/confounds.py", "interfaces/design.py", "interfaces/sink.py", "interfaces/report.py",
     "interfaces/group.py", "interfaces/connectivity.py", "reports/figures.py", "reports/index.py",

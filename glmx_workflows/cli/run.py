@@ -33,7 +33,9 @@ outputs under OUTPUT_DIR (BIDS Derivatives):
   index.html                              every report; subjects x contrasts: done / failed / excluded
 
 exit status: 0 every subject done; 1 some subject failed (each named with its reason and crash
-file); 2 bad input (one line on stderr naming the file and field; --debug for the traceback).
+file); 2 bad input, an OUTPUT_DIR or work dir touching an input, or a folder in use by another glmx
+run (one line on stderr naming the file and field; --debug for the traceback); 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM): nothing of the run recorded as failed.
 
 examples:
   glmx example /tmp/ex && glmx /tmp/ex /tmp/out participant --task flanker
