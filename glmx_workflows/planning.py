@@ -204,7 +204,8 @@ def _checked_design(settings, run, events=None, user_design=None):
         confounds = select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
                                      settings["non_steady_state"], source=run.confounds)
         design = build_design(events, confounds, run.n_scans, settings["tr"], settings["hrf_model"],
-                              settings["drift_model"], settings["high_pass"], settings["drift_order"])
+                              settings["drift_model"], settings["high_pass"], settings["drift_order"],
+                              source=run.events, field=f"column '{settings['condition_identifier']}'")
     check_design(design.iloc[keep], source=run.bold)
     return design
 
@@ -278,6 +279,11 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
     if settings["condition_maps"] and conditions is not None:
         for reg in sorted(task_regressors):
             if reg in contrasts:
+                if contrasts[reg]["rows"] != [{reg: 1.0}]:
+                    # the contrast would silently take the place of the condition's own map
+                    raise GlmxError(f"contrast '{reg}' has the name of a condition, whose map condition_maps also "
+                                    "writes; rename the contrast (or set condition_maps to false)", file=spec_file,
+                                    field=f"{where}.design_contrasts.{reg}")
                 continue
             contrasts[reg] = {"label": bids_label(reg), "rows": [{reg: 1.0}], "type": "t"}
     labels = {}
@@ -287,6 +293,44 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
                             f"'{c['label']}'; rename one", file=spec_file, field=f"{where}.design_contrasts")
         labels[c["label"]] = name
     return contrasts
+
+
+def check_name_lengths(contrasts, runs, spec_file, where):
+    """Refuse a contrast whose output file names would be too long for the file system, before any fit.
+
+    The longest names a contrast gives are its per-run maps (every entity of the run) and its group maps
+    (the group contrast and inference method in ``desc``); each must fit
+    :func:`glmx_workflows.io.atomic.longest_name`.
+
+    Parameters
+    ----------
+    contrasts : dict
+        From :func:`resolve_contrasts`.
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs.
+    spec_file, where : str
+        For messages.
+
+    Raises
+    ------
+    GlmxError
+        A contrast's longest output name is longer than the file system allows.
+    """
+    from .io.atomic import longest_name
+    from .io.derivatives import bids_name
+
+    limit = longest_name()
+    run = max(runs, key=lambda r: len(bids_name({**r.entities(), "space": r.space, **_img_entities(r)}, "x", "")))
+    base = {**run.entities(), "space": run.space, **_img_entities(run)}
+    # group maps: no sub/ses/run, a desc of group contrast + method (room for 40 characters)
+    group_base = {"task": run.task, "space": run.space, **_img_entities(run), "desc": "x" * 40}
+    for name, c in contrasts.items():
+        longest = max((bids_name({**ent, "contrast": c["label"], "stat": "variance"}, "statmap", ".nii.gz")
+                       for ent in (base, group_base)), key=len)
+        if len(longest.encode()) > limit:
+            raise GlmxError(f"contrast '{name[:40]}...' gives output file names of {len(longest.encode())} characters "
+                            f"(e.g. {longest[:60]}...); the file system takes {limit}: use a shorter name",
+                            file=spec_file, field=f"{where}.design_contrasts")
 
 
 def designs_from_dir(design_dir, runs):
@@ -427,6 +471,7 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     if not contrasts:
         raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
                         file=spec_file, field=f"{task}.design_contrasts")
+    check_name_lengths(contrasts, runs, spec_file, where)
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
                        design_files=design_files, run_regressors=[sorted(r) for r in regressors])
 

@@ -59,6 +59,26 @@ class Project:
         self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self._layout = None
 
+    def is_spec_error(self, exc):
+        """True when ``exc`` is about the spec file itself: every subject would fail with it, so a dataset run
+        stops on it (one line, exit 2) instead of reporting it once per subject.
+
+        Parameters
+        ----------
+        exc : GlmxError
+            An error raised while planning a subject.
+
+        Returns
+        -------
+        bool
+        """
+        if not exc.file:
+            return False
+        try:
+            return Path(exc.file).resolve() == self.spec_path.resolve()
+        except OSError:
+            return False
+
     @property
     def layout(self):
         """The pybids layout of the dataset and its derivatives (indexed on first use)."""
@@ -83,7 +103,8 @@ class Project:
         networkx.DiGraph
             The executed graph.
         """
+        args = plugin_arguments(plugin, plugin_args, n_procs)  # checked before anything is written
         configure(wf, self.work_dir, plugin=plugin)
         remove_stale_temporaries(publish_dir or self.output_dir)
         write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        return run_workflow(wf, plugin, plugin_arguments(plugin, plugin_args, n_procs))
+        return run_workflow(wf, plugin, args)

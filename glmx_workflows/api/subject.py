@@ -488,8 +488,8 @@ class Aggregator(Project):
         Raises
         ------
         GlmxError
-            Not a BIDS dataset, a requested subject missing, or planning failed and only one subject was
-            asked for.
+            Not a BIDS dataset, a requested subject missing, planning failed and only one subject was
+            asked for, or a subject's plan found an error in the spec file (see ``Project.is_spec_error``).
         """
         from ..io.bids import dataset_folders, input_file_stats
         from ..planning import PlanCache, plan_keys
@@ -517,8 +517,8 @@ class Aggregator(Project):
                     plan = self._subject(sub).plan(self.design_dir)
                     plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
                 except GlmxError as exc:
-                    if len(to_run) == 1:
-                        raise
+                    if len(to_run) == 1 or self.is_spec_error(exc):
+                        raise  # a spec error stops the run before any node: the same for every subject
                     failures[sub] = (exc.one_line(), None)
                     continue
                 cache.set_plan(sub, keys[sub], plan)

@@ -135,6 +135,9 @@ def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50
         Fewer than ``min_volumes`` volumes remain.
     """
     n_scans, dummy_scans = int(n_scans), int(dummy_scans)
+    if n_scans - dummy_scans < min_volumes:
+        raise GlmxError(f"dummy_scans {dummy_scans} leaves {max(n_scans - dummy_scans, 0)} of the run's {n_scans} "
+                        f"volumes; at least {min_volumes} are needed (min_volumes)", file=source, field="dummy_scans")
     fd = np.full(n_scans, np.nan) if fd is None else np.asarray(fd, float)
     high = np.zeros(n_scans, bool) if fd_threshold is None else np.nan_to_num(fd, nan=0.0) > fd_threshold
     reason = np.where(np.arange(n_scans) < dummy_scans, "dummy", np.where(high, "fd", "n/a"))

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import GlmxError
+from ..core.timing import check_tr
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
@@ -250,12 +251,33 @@ def _one(layout, what, bold, **query):
 
 
 def _tr_from_metadata(layout, bold, raw_bold):
+    """The sidecars' RepetitionTime of a run (s) and the sidecar it came from; (None, None) without one.
+    A value that cannot be seconds (milliseconds, a typo) is an error naming the sidecar."""
     for path in (bold, raw_bold):
         if path:
             tr = layout.get_metadata(path).get("RepetitionTime")
             if tr is not None:
-                return float(tr), str(Path(path).with_name(Path(path).name.split(".")[0] + ".json"))
+                source = str(Path(path).with_name(Path(path).name.split(".")[0] + ".json"))
+                if not Path(source).is_file():  # inherited from a top-level sidecar: name the file that set it
+                    source = _metadata_source(layout, path, "RepetitionTime") or source
+                return check_tr(tr, source, "RepetitionTime"), source
     return None, None
+
+
+def _metadata_source(layout, path, key):
+    """The sidecar (nearest first, as BIDS inheritance) that sets ``key`` for ``path``, or None."""
+    try:
+        sidecars = layout.get_nearest(path, extension=".json", all_=True, suffix=layout.get_file(path).entities
+                                      .get("suffix"), strict=False) or []
+    except Exception:  # pybids versions differ; the message then names the run's own sidecar name
+        return None
+    for sidecar in sidecars:
+        try:
+            if key in json.loads(Path(sidecar).read_text(encoding="utf-8")):
+                return str(sidecar)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 class _Absent:
