@@ -4,6 +4,7 @@ Everything that can be known without fitting is checked here (files, TR, events 
 patterns, contrast regressors), so a bad spec fails in a second with one line instead of in a node.
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,7 +412,7 @@ def read_user_designs(designs, runs, work_dir):
         if len(frame) != run.n_scans:
             raise GlmxError(f"design matrix has {len(frame)} rows but the BOLD run {run.bold} has {run.n_scans} "
                             "volumes", file=src, field="rows")
-        paths.append(str(src))
+        paths.append(os.path.abspath(src))  # the nodes run in their own folders
     return paths
 
 

@@ -1,6 +1,7 @@
 """What every facade shares: a dataset and its spec entry, OUTPUT_DIR and the work directory, a pybids
 layout indexed on first use, and running a workflow on the engine with the dataset's bookkeeping."""
 
+import os
 from pathlib import Path
 
 from .. import __version__
@@ -28,6 +29,11 @@ def default_spec_path(bids_root):
     return Path(bids_root) / "task_information.json"
 
 
+def _absolute(path):
+    """``path`` made absolute against the working directory, without resolving symlinks."""
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
 class Project:
     """A task of a BIDS dataset as the facades see it.
 
@@ -51,11 +57,13 @@ class Project:
         if bids_root is None:
             raise GlmxError("bids_root is required", field="bids_root")
         self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        # absolute from here on: nodes run in their own folders, so a path relative to the caller's working
+        # directory would name nothing there (symlinks are kept as given)
+        self.bids_root = _absolute(bids_root)
+        self.spec_path = _absolute(spec) if spec else default_spec_path(self.bids_root)
+        self.derivatives = _absolute(derivatives) if derivatives is not None else None
+        self.output_dir = _absolute(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = _absolute(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
         self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self._layout = None
 
