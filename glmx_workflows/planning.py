@@ -477,6 +477,48 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
                        design_files=design_files, run_regressors=[sorted(r) for r in regressors])
 
 
+def plan_rest_subject(layout, entry, settings):
+    """Check one subject of a connectivity task as its workflow will, before any node runs.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        Layout of the raw dataset with the fmriprep derivatives.
+    entry : dict
+        The task's spec entry (``_task``, ``_spec_file``).
+    settings : dict
+        Subject settings from :func:`glmx_workflows.spec.model.subject_settings`.
+
+    Returns
+    -------
+    list of glmx_workflows.io.bids.RestRun
+        The subject's runs, each checked: mask on the BOLD grid, confounds rows, censoring leaving
+        ``min_volumes``, the confound preset's columns, the atlas on the BOLD grid and in its space.
+
+    Raises
+    ------
+    GlmxError
+        Anything about the runs, TR, confounds or atlas that the workflow would refuse.
+    """
+    from .core.connectivity import censor_confounds_table, select_rest_confounds
+    from .io.atlases import load_atlas
+    from .io.bids import find_rest_runs
+    from .io.images import load_image
+    from .io.tables import read_tsv
+
+    runs = find_rest_runs(layout, settings["_subject"], entry["_task"], settings["space"], settings["tr"])
+    for run in runs:
+        _check_mask(run)
+        table = read_tsv(run.confounds, "confounds file")
+        censor_confounds_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                               settings["min_volumes"], source=run.confounds)
+        select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
+                              source=run.confounds)
+    load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],
+               base_dir=Path(settings["_spec_file"]).resolve().parent)
+    return runs
+
+
 def digest(material):
     """A stable hex digest of JSON-able material (dict keys sorted, other objects by ``str``).
 

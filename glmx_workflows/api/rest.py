@@ -8,7 +8,7 @@ the workflow → run it on the engine (same plugins and cache as the GLMs).
 import re
 
 from ..core.errors import GlmxError
-from ..io.bids import RestRun, find_rest_runs, parse_space  # noqa: F401 -- RestRun re-exported
+from ..io.bids import RestRun, find_rest_runs, parse_space  # noqa: F401 -- re-exported
 from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
@@ -63,9 +63,12 @@ class RestingState(Project):
         Returns
         -------
         list of RestRun
-            Sorted by session and run (see :func:`find_rest_runs`).
+            Sorted by session and run (see :func:`find_rest_runs`), each checked as the workflow will
+            (:func:`glmx_workflows.planning.plan_rest_subject`).
         """
-        return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], self.settings["tr"])
+        from ..planning import plan_rest_subject
+
+        return plan_rest_subject(self.layout, self.entry, self.settings)
 
     def workflow(self, runs=None, output_dir=True):
         """Build the subject's workflow with its inputs set (not run).
@@ -192,8 +195,8 @@ class RestingStateDataset(Project):
                 rs._layout = self.layout
                 parent.add_nodes([rs.workflow()])
             except GlmxError as exc:
-                if len(subjects) == 1:
-                    raise
+                if len(subjects) == 1 or self.is_spec_error(exc):
+                    raise  # a spec error stops the run before any node: the same for every subject
                 failed[sub] = (exc.one_line(), None)
         report, self.progress = run_dataset(parent, subjects, excluded, failed, self.task, self.bids_root,
                                             self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
