@@ -34,6 +34,8 @@ class SubjectPlan:
         User design matrix TSV paths, one per run; empty when the designs are built from the events.
     run_regressors : list of list of str, optional
         Sorted regressor names of each run's design.
+    notes : list of str, optional
+        What the plan leaves out and why (e.g. condition maps with user designs), for the run summary.
     """
 
     subject: str
@@ -43,6 +45,7 @@ class SubjectPlan:
     contrasts: dict
     design_files: list = field(default_factory=list)
     run_regressors: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @property
     def multi_session(self):
@@ -277,7 +280,7 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
                             file=spec_file, field=f"{where}.design_contrasts.{name}")
         contrasts[name] = {"label": bids_label(name), "rows": weights,
                            "type": "F" if isinstance(formula, list) else "t"}
-    if settings["condition_maps"] and conditions is not None:
+    if settings["condition_maps"]:
         for reg in sorted(task_regressors):
             if reg in contrasts:
                 if contrasts[reg]["rows"] != [{reg: 1.0}]:
@@ -452,11 +455,14 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     where = f"{task} (sub-{subject})"
     for run in runs:
         _check_mask(run)
-    design_files = []
+    design_files, notes = [], []
     if user_designs is not None:
         design_files = read_user_designs(user_designs, runs, work_dir)
         designs = [_checked_design(settings, r, user_design=p) for r, p in zip(runs, design_files)]
         conditions, task_regressors = None, set()
+        if settings["condition_maps"]:
+            task_regressors, why = _user_design_conditions(settings, runs, designs)
+            notes += [why] if why else []
     else:
         frames = [read_tsv(r.events, "events file") for r in runs]
         drop = conditions_to_drop(frames, settings["condition_identifier"], settings["conditions"],
@@ -474,7 +480,28 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
                         file=spec_file, field=f"{task}.design_contrasts")
     check_name_lengths(contrasts, runs, spec_file, where)
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
-                       design_files=design_files, run_regressors=[sorted(r) for r in regressors])
+                       design_files=design_files, run_regressors=[sorted(r) for r in regressors], notes=notes)
+
+
+def _user_design_conditions(settings, runs, designs):
+    """Condition maps with user designs: the events' condition (and modulator) regressors that are columns
+    of the designs. Returns ``(regressors, None)``, or ``(set(), why)`` when there are none to write; an
+    events error is raised (the workflow reads the events with user designs too)."""
+    from .core.events import conditions_to_drop, normalize_events, regressor_names
+    from .io.tables import read_tsv
+
+    # the workflow's load_events node reads the events with user designs too: their errors are errors here
+    frames = [read_tsv(r.events, "events file") for r in runs]
+    drop = conditions_to_drop(frames, settings["condition_identifier"], settings["conditions"],
+                              settings["drop_conditions"])
+    events = normalize_events(frames, [r.events for r in runs], settings["condition_identifier"],
+                              settings["modulators"], settings["block_identifier"], drop)
+    named = set().union(*(regressor_names(e) for e in events))
+    found = named & set().union(*(set(d.columns) for d in designs))
+    if not found:
+        return set(), (f"condition maps not written: no column of the design matrices is named after a condition "
+                       f"of the events ({', '.join(sorted(named)) or 'none'}); name them in design_contrasts")
+    return found, None
 
 
 def plan_rest_subject(layout, entry, settings):

@@ -384,6 +384,7 @@ class RunReport:
         self.outputs = list(outputs)
         self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
         self.index = None  # OUTPUT_DIR/index.html once the run has written it
+        self.notes = []  # what the plans left out and why (e.g. condition maps with user designs)
 
     @property
     def ok(self):
@@ -402,6 +403,7 @@ class RunReport:
                  f"{len(self.outputs)} file(s) written"]
         for sub, (reason, crash) in sorted(self.failed.items()):
             lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
+        lines += [f"  note: {note}" for note in self.notes]
         if self.index:
             lines.append(f"reports: {self.index}")
         return "\n".join(lines)
@@ -617,4 +619,5 @@ class Aggregator(Project):
                                             skipped=skipped)
         for sub, files in report.unit_outputs.items():
             write_done_stamp(done_stamp_path(self.work_dir, self.task, sub), keys[sub], files)
+        report.notes = [f"sub-{sub}: {note}" for sub, plan in sorted(plans.items()) for note in plan.notes]
         return report
