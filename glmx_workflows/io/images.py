@@ -98,7 +98,9 @@ def check_complete(img, path, what="image"):
     header = getattr(img, "header", None)
     if header is None or not hasattr(header, "get_data_offset"):
         return
-    expected = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    # the proxy knows where the data start in the file (the in-memory header may say 0)
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    expected = offset + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
     path = Path(path)
     if not str(path).endswith(".gz"):
         size = path.stat().st_size
