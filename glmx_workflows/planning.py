@@ -5,6 +5,7 @@ patterns, contrast regressors), so a bad spec fails in a second with one line in
 """
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,19 @@ def resolve_tr(settings, entry, runs):
     return float(trs.pop())
 
 
+@contextmanager
+def _spec_setting(settings, key):
+    """Name the spec file and key in an error that a spec value alone causes (``field == key``), so that a
+    dataset run stops on it once (``Project.is_spec_error``) instead of failing every subject."""
+    try:
+        yield
+    except GlmxError as exc:
+        if exc.field != key or not settings.get("_spec_file"):
+            raise
+        raise GlmxError(f"{exc.message} (run {exc.file}); lower it, or set a per-subject value under 'overrides'",
+                        file=settings["_spec_file"], field=f"{settings.get('_task', '')}.{key}") from None
+
+
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
@@ -199,8 +213,9 @@ def _checked_design(settings, run, events=None, user_design=None):
     if len(table) != run.n_scans:
         raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
                         "volumes; expected one row per volume", file=run.confounds, field="rows")
-    keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                         source=run.confounds)
+    with _spec_setting(settings, "dummy_scans"):
+        keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                             source=run.confounds)
     if user_design is not None:
         design = read_tsv(user_design, "design matrix")
     else:
@@ -537,8 +552,9 @@ def plan_rest_subject(layout, entry, settings):
     for run in runs:
         _check_mask(run)
         table = read_tsv(run.confounds, "confounds file")
-        censor_confounds_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                               settings["min_volumes"], source=run.confounds)
+        with _spec_setting(settings, "dummy_scans"):
+            censor_confounds_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                                   settings["min_volumes"], source=run.confounds)
         select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
                               source=run.confounds)
     load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],

@@ -247,27 +247,29 @@ def _tr_from_metadata(layout, bold, raw_bold):
         if path:
             tr = layout.get_metadata(path).get("RepetitionTime")
             if tr is not None:
+                # the sidecar that sets it: the run's own, or (BIDS inheritance) one at a higher level
                 source = str(Path(path).with_name(Path(path).name.split(".")[0] + ".json"))
-                if not Path(source).is_file():  # inherited from a top-level sidecar: name the file that set it
+                if not _sets(source, "RepetitionTime"):
                     source = _metadata_source(layout, path, "RepetitionTime") or source
                 return check_tr(tr, source, "RepetitionTime"), source
     return None, None
 
 
+def _sets(sidecar, key):
+    try:
+        return key in json.loads(Path(sidecar).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def _metadata_source(layout, path, key):
     """The sidecar (nearest first, as BIDS inheritance) that sets ``key`` for ``path``, or None."""
     try:
-        sidecars = layout.get_nearest(path, extension=".json", all_=True, suffix=layout.get_file(path).entities
-                                      .get("suffix"), strict=False) or []
+        sidecars = layout.get_nearest(path, extension=".json", all_=True,
+                                      suffix=layout.get_file(path).entities.get("suffix")) or []
     except Exception:  # pybids versions differ; the message then names the run's own sidecar name
         return None
-    for sidecar in sidecars:
-        try:
-            if key in json.loads(Path(sidecar).read_text(encoding="utf-8")):
-                return str(sidecar)
-        except (OSError, ValueError):
-            continue
-    return None
+    return next((str(sidecar) for sidecar in sidecars if _sets(sidecar, key)), None)
 
 
 class _Absent:
