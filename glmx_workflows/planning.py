@@ -318,8 +318,8 @@ def check_name_lengths(contrasts, runs, spec_file, where):
     """Refuse a contrast whose output file names would be too long for the file system, before any fit.
 
     The longest names a contrast gives are its per-run maps (every entity of the run) and its group maps
-    (the group contrast and inference method in ``desc``); each must fit
-    :func:`glmx_workflows.io.atomic.longest_name`.
+    (the group contrast and inference method in ``desc``); each must pass
+    :func:`glmx_workflows.io.derivatives.check_name_length`.
 
     Parameters
     ----------
@@ -335,21 +335,16 @@ def check_name_lengths(contrasts, runs, spec_file, where):
     GlmxError
         A contrast's longest output name is longer than the file system allows.
     """
-    from .io.atomic import longest_name
-    from .io.derivatives import bids_name
+    from .io.derivatives import bids_name, check_name_length
 
-    limit = longest_name()
     run = max(runs, key=lambda r: len(bids_name({**r.entities(), "space": r.space, **_img_entities(r)}, "x", "")))
     base = {**run.entities(), "space": run.space, **_img_entities(run)}
     # group maps: no sub/ses/run, a desc of group contrast + method (room for 40 characters)
     group_base = {"task": run.task, "space": run.space, **_img_entities(run), "desc": "x" * 40}
     for name, c in contrasts.items():
-        longest = max((bids_name({**ent, "contrast": c["label"], "stat": "variance"}, "statmap", ".nii.gz")
-                       for ent in (base, group_base)), key=len)
-        if len(longest.encode()) > limit:
-            raise GlmxError(f"contrast '{name[:40]}...' gives output file names of {len(longest.encode())} characters "
-                            f"(e.g. {longest[:60]}...); the file system takes {limit}: use a shorter name",
-                            file=spec_file, field=f"{where}.design_contrasts")
+        for ent in (base, group_base):
+            check_name_length({**ent, "contrast": c["label"], "stat": "variance"}, "statmap", ".nii.gz",
+                              f"contrast '{name}'", spec_file, f"{where}.design_contrasts")
 
 
 def designs_from_dir(design_dir, runs):

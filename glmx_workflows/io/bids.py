@@ -221,6 +221,13 @@ def open_layout(bids_root, derivatives=None):
     try:
         return bids.BIDSLayout(str(bids_root), derivatives=[str(deriv)], validate=False)
     except Exception as exc:  # pybids raises BIDSValidationError, ValueError, ...
+        import re
+
+        # a sidecar that is not JSON (or not UTF-8): name that file, as every other input error does
+        bad = re.search(r"filename='([^']+\.json)'", str(exc))
+        if bad:
+            raise GlmxError("sidecar is not valid JSON (or not UTF-8 text); pybids cannot index the dataset",
+                            file=bad.group(1), field="JSON") from None
         raise GlmxError(f"pybids could not index the dataset ({exc})", file=bids_root) from None
 
 
