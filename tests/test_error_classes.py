@@ -82,6 +82,15 @@ def _modulator_twin(root):
     _spec(modulators=["response_time", "response time"])(root)
 
 
+def _sidecar_not_json(root):
+    sidecar = root / BOLD1.replace("_bold.nii.gz", "_bold.json")
+    sidecar.write_text('{"RepetitionTime": 2.0,,}')
+
+
+def _plugin_yaml_latin1(root):
+    (root.parent / "sge.yml").write_bytes("qsub_args: '-q caf\u00e9'\n".encode("latin-1"))
+
+
 def _plugin_yaml(root):
     (root.parent / "slurm.yml").write_text("plugin_args:\n  sbatch_args: --mem=4G\n  max_jobs: lots\n")
 
@@ -96,8 +105,11 @@ CASES = {
     "spec_tr_tiny": (_spec(tr=0.0002), [], ["task_information.json", f"{TASK}.tr", "cannot be a TR in seconds"]),
     "override_tr_absurd": (_spec(overrides={"sub-01": {"tr": 900}}), [],
                            ["task_information.json", f"{TASK}.overrides.sub-01.tr", "cannot be a TR"]),
-    # a spec that is not UTF-8 text
+    # text inputs that are not UTF-8 or not JSON
     "spec_not_utf8": (_latin1_spec, [], ["task_information.json", "not UTF-8"]),
+    "plugin_args_yaml_not_utf8": (_plugin_yaml_latin1, ["--plugin", "SGE", "--plugin-args", "PARENT/sge.yml"],
+                                  ["PARENT/sge.yml", "not UTF-8"]),
+    "sidecar_not_json": (_sidecar_not_json, [], [BOLD1.replace("_bold.nii.gz", "_bold.json"), "not valid JSON"]),
     # a condition named like another design column
     "condition_named_constant": (_rename_condition("congruent", "constant"), [],
                                  [EV1, "column 'trial_type'", "constant"]),
