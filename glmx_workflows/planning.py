@@ -4,6 +4,8 @@ Everything that can be known without fitting is checked here (files, TR, events 
 patterns, contrast regressors), so a bad spec fails in a second with one line instead of in a node.
 """
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class SubjectPlan:
         User design matrix TSV paths, one per run; empty when the designs are built from the events.
     run_regressors : list of list of str, optional
         Sorted regressor names of each run's design.
+    notes : list of str, optional
+        What the plan leaves out and why (e.g. condition maps with user designs), for the run summary.
     """
 
     subject: str
@@ -42,6 +46,7 @@ class SubjectPlan:
     contrasts: dict
     design_files: list = field(default_factory=list)
     run_regressors: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     @property
     def multi_session(self):
@@ -183,6 +188,19 @@ def resolve_tr(settings, entry, runs):
     return float(trs.pop())
 
 
+@contextmanager
+def _spec_setting(settings, key):
+    """Name the spec file and key in an error that a spec value alone causes (``field == key``), so that a
+    dataset run stops on it once (``Project.is_spec_error``) instead of failing every subject."""
+    try:
+        yield
+    except GlmxError as exc:
+        if exc.field != key or not settings.get("_spec_file"):
+            raise
+        raise GlmxError(f"{exc.message} (run {exc.file}); lower it, or set a per-subject value under 'overrides'",
+                        file=settings["_spec_file"], field=f"{settings.get('_task', '')}.{key}") from None
+
+
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
@@ -195,8 +213,9 @@ def _checked_design(settings, run, events=None, user_design=None):
     if len(table) != run.n_scans:
         raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
                         "volumes; expected one row per volume", file=run.confounds, field="rows")
-    keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                         source=run.confounds)
+    with _spec_setting(settings, "dummy_scans"):
+        keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                             source=run.confounds)
     if user_design is not None:
         design = read_tsv(user_design, "design matrix")
     else:
@@ -204,7 +223,8 @@ def _checked_design(settings, run, events=None, user_design=None):
         confounds = select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
                                      settings["non_steady_state"], source=run.confounds)
         design = build_design(events, confounds, run.n_scans, settings["tr"], settings["hrf_model"],
-                              settings["drift_model"], settings["high_pass"], settings["drift_order"])
+                              settings["drift_model"], settings["high_pass"], settings["drift_order"],
+                              source=run.events, field=f"column '{settings['condition_identifier']}'")
     check_design(design.iloc[keep], source=run.bold)
     return design
 
@@ -275,9 +295,14 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
                             file=spec_file, field=f"{where}.design_contrasts.{name}")
         contrasts[name] = {"label": bids_label(name), "rows": weights,
                            "type": "F" if isinstance(formula, list) else "t"}
-    if settings["condition_maps"] and conditions is not None:
+    if settings["condition_maps"]:
         for reg in sorted(task_regressors):
             if reg in contrasts:
+                if contrasts[reg]["rows"] != [{reg: 1.0}]:
+                    # the contrast would silently take the place of the condition's own map
+                    raise GlmxError(f"contrast '{reg}' has the name of a condition, whose map condition_maps also "
+                                    "writes; rename the contrast (or set condition_maps to false)", file=spec_file,
+                                    field=f"{where}.design_contrasts.{reg}")
                 continue
             contrasts[reg] = {"label": bids_label(reg), "rows": [{reg: 1.0}], "type": "t"}
     labels = {}
@@ -287,6 +312,39 @@ def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_r
                             f"'{c['label']}'; rename one", file=spec_file, field=f"{where}.design_contrasts")
         labels[c["label"]] = name
     return contrasts
+
+
+def check_name_lengths(contrasts, runs, spec_file, where):
+    """Refuse a contrast whose output file names would be too long for the file system, before any fit.
+
+    The longest names a contrast gives are its per-run maps (every entity of the run) and its group maps
+    (the group contrast and inference method in ``desc``); each must pass
+    :func:`glmx_workflows.io.derivatives.check_name_length`.
+
+    Parameters
+    ----------
+    contrasts : dict
+        From :func:`resolve_contrasts`.
+    runs : list of glmx_workflows.io.bids.RunRecord
+        The subject's runs.
+    spec_file, where : str
+        For messages.
+
+    Raises
+    ------
+    GlmxError
+        A contrast's longest output name is longer than the file system allows.
+    """
+    from .io.derivatives import bids_name, check_name_length
+
+    run = max(runs, key=lambda r: len(bids_name({**r.entities(), "space": r.space, **_img_entities(r)}, "x", "")))
+    base = {**run.entities(), "space": run.space, **_img_entities(run)}
+    # group maps: no sub/ses/run, a desc of group contrast + method (room for 40 characters)
+    group_base = {"task": run.task, "space": run.space, **_img_entities(run), "desc": "x" * 40}
+    for name, c in contrasts.items():
+        for ent in (base, group_base):
+            check_name_length({**ent, "contrast": c["label"], "stat": "variance"}, "statmap", ".nii.gz",
+                              f"contrast '{name}'", spec_file, f"{where}.design_contrasts")
 
 
 def designs_from_dir(design_dir, runs):
@@ -367,7 +425,7 @@ def read_user_designs(designs, runs, work_dir):
         if len(frame) != run.n_scans:
             raise GlmxError(f"design matrix has {len(frame)} rows but the BOLD run {run.bold} has {run.n_scans} "
                             "volumes", file=src, field="rows")
-        paths.append(str(src))
+        paths.append(os.path.abspath(src))  # the nodes run in their own folders
     return paths
 
 
@@ -407,11 +465,14 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     where = f"{task} (sub-{subject})"
     for run in runs:
         _check_mask(run)
-    design_files = []
+    design_files, notes = [], []
     if user_designs is not None:
         design_files = read_user_designs(user_designs, runs, work_dir)
         designs = [_checked_design(settings, r, user_design=p) for r, p in zip(runs, design_files)]
         conditions, task_regressors = None, set()
+        if settings["condition_maps"]:
+            task_regressors, why = _user_design_conditions(settings, runs, designs)
+            notes += [why] if why else []
     else:
         frames = [read_tsv(r.events, "events file") for r in runs]
         drop = conditions_to_drop(frames, settings["condition_identifier"], settings["conditions"],
@@ -427,5 +488,70 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
     if not contrasts:
         raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
                         file=spec_file, field=f"{task}.design_contrasts")
+    check_name_lengths(contrasts, runs, spec_file, where)
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
-                       design_files=design_files, run_regressors=[sorted(r) for r in regressors])
+                       design_files=design_files, run_regressors=[sorted(r) for r in regressors], notes=notes)
+
+
+def _user_design_conditions(settings, runs, designs):
+    """Condition maps with user designs: the events' condition (and modulator) regressors that are columns
+    of the designs. Returns ``(regressors, None)``, or ``(set(), why)`` when there are none to write; an
+    events error is raised (the workflow reads the events with user designs too)."""
+    from .core.events import conditions_to_drop, normalize_events, regressor_names
+    from .io.tables import read_tsv
+
+    # the workflow's load_events node reads the events with user designs too: their errors are errors here
+    frames = [read_tsv(r.events, "events file") for r in runs]
+    drop = conditions_to_drop(frames, settings["condition_identifier"], settings["conditions"],
+                              settings["drop_conditions"])
+    events = normalize_events(frames, [r.events for r in runs], settings["condition_identifier"],
+                              settings["modulators"], settings["block_identifier"], drop)
+    named = set().union(*(regressor_names(e) for e in events))
+    found = named & set().union(*(set(d.columns) for d in designs))
+    if not found:
+        return set(), (f"condition maps not written: no column of the design matrices is named after a condition "
+                       f"of the events ({', '.join(sorted(named)) or 'none'}); name them in design_contrasts")
+    return found, None
+
+
+def plan_rest_subject(layout, entry, settings):
+    """Check one subject of a connectivity task as its workflow will, before any node runs.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        Layout of the raw dataset with the fmriprep derivatives.
+    entry : dict
+        The task's spec entry (``_task``, ``_spec_file``).
+    settings : dict
+        Subject settings from :func:`glmx_workflows.spec.model.subject_settings`.
+
+    Returns
+    -------
+    list of glmx_workflows.io.bids.RestRun
+        The subject's runs, each checked: mask on the BOLD grid, confounds rows, censoring leaving
+        ``min_volumes``, the confound preset's columns, the atlas on the BOLD grid and in its space.
+
+    Raises
+    ------
+    GlmxError
+        Anything about the runs, TR, confounds or atlas that the workflow would refuse.
+    """
+    from .core.connectivity import censor_confounds_table, select_rest_confounds
+    from .io.atlases import load_atlas
+    from .io.bids import find_rest_runs
+    from .io.images import load_image
+    from .io.tables import read_tsv
+
+    runs = find_rest_runs(layout, settings["_subject"], entry["_task"], settings["space"], settings["tr"])
+    for run in runs:
+        _check_mask(run)
+        table = read_tsv(run.confounds, "confounds file")
+        with _spec_setting(settings, "dummy_scans"):
+            censor_confounds_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                                   settings["min_volumes"], source=run.confounds)
+        select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
+                              source=run.confounds)
+    load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],
+               base_dir=Path(settings["_spec_file"]).resolve().parent)
+    return runs

@@ -99,7 +99,7 @@ def test_top_level_files(dataset):
     info = json.loads((dataset / "task_information.json").read_text(), parse_constant=no_constants)
     assert info == {TASK: {
         "tr": 2.0, "excludes": [], "condition_identifier": "trial_type",
-        "confound_regressors": ["trans_*", "rot_*", "framewise_displacement"],
+        "confound_regressors": ["trans_?", "rot_?", "framewise_displacement"],
         "modulators": ["response_time"], "block_identifier": None,
         "design_contrasts": {"incongruentVcongruent": "incongruent - congruent",
                              "task": "0.5*congruent + 0.5*incongruent",

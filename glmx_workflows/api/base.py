@@ -3,6 +3,7 @@ layout indexed on first use, and running a workflow on the engine with the datas
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 from .. import __version__
@@ -54,6 +55,11 @@ def default_spec_path(bids_root):
     return Path(bids_root) / "task_information.json"
 
 
+def _absolute(path):
+    """``path`` made absolute against the working directory, without resolving symlinks."""
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
 class Project:
     """A task of a BIDS dataset as the facades see it.
 
@@ -77,13 +83,35 @@ class Project:
         if bids_root is None:
             raise GlmxError("bids_root is required", field="bids_root")
         self.task = task
-        self.bids_root = Path(bids_root)
-        self.spec_path = Path(spec) if spec else default_spec_path(bids_root)
-        self.derivatives = derivatives
-        self.output_dir = Path(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
-        self.work_dir = Path(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
+        # absolute from here on: nodes run in their own folders, so a path relative to the caller's working
+        # directory would name nothing there (symlinks are kept as given)
+        self.bids_root = _absolute(bids_root)
+        self.spec_path = _absolute(spec) if spec else default_spec_path(self.bids_root)
+        self.derivatives = _absolute(derivatives) if derivatives is not None else None
+        self.output_dir = _absolute(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
+        self.work_dir = _absolute(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
         self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self._layout = None
+
+    def is_spec_error(self, exc):
+        """True when ``exc`` is about the spec file itself: every subject would fail with it, so a dataset run
+        stops on it (one line, exit 2) instead of reporting it once per subject.
+
+        Parameters
+        ----------
+        exc : GlmxError
+            An error raised while planning a subject.
+
+        Returns
+        -------
+        bool
+        """
+        if not exc.file:
+            return False
+        try:
+            return Path(exc.file).resolve() == self.spec_path.resolve()
+        except OSError:
+            return False
 
     @property
     def layout(self):
@@ -147,7 +175,8 @@ class Project:
         networkx.DiGraph
             The executed graph.
         """
+        args = plugin_arguments(plugin, plugin_args, n_procs)  # checked before anything is written
         configure(wf, self.work_dir, plugin=plugin)
         remove_stale_temporaries(publish_dir or self.output_dir)
         write_dataset_description(self.output_dir, __version__, [self.bids_root])
-        return run_workflow(wf, plugin, plugin_arguments(plugin, plugin_args, n_procs))
+        return run_workflow(wf, plugin, args)

@@ -8,7 +8,7 @@ from ..core.errors import GlmxError
 from ..io.atomic import write_text
 from ..io.bids import list_subjects, open_layout
 from ..io.tables import read_tsv
-from ..planning import plan_subject
+from ..planning import plan_rest_subject, plan_subject
 from ..spec.model import load_spec, normalize_subject, subject_settings, task_entry
 from .base import default_spec_path
 
@@ -35,7 +35,7 @@ def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, partici
     Returns
     -------
     checked : list of tuple
-        ``(task, subject, summary)`` of each subject that passed (only ``analysis: glm`` tasks are planned).
+        ``(task, subject, summary)`` of each subject that passed (GLM and connectivity entries alike).
     problems : list of tuple
         ``(task or None, subject or None, one-line message)``.
 
@@ -63,16 +63,27 @@ def validate_dataset(bids_root, spec=None, derivatives=None, tasks=None, partici
         except GlmxError as exc:
             problems.append((task, None, exc.one_line()))
             continue
-        if entry["analysis"] != "glm":
-            continue
+        if entry["analysis"] == "connectivity":
+            from .rest import _check_connectivity
+
+            try:
+                _check_connectivity(entry, task, spec_path)
+            except GlmxError as exc:
+                problems.append((task, None, exc.one_line()))
+                continue
         for sub in [s for s in wanted if s in available and s not in entry["excludes"]]:
             try:
-                plan = plan_subject(layout, entry, subject_settings(entry, sub))
+                if entry["analysis"] == "connectivity":
+                    runs = plan_rest_subject(layout, entry, subject_settings(entry, sub))
+                    summary = f"{len(runs)} run(s), connectivity, TR {runs[0].tr:g} s"
+                else:
+                    plan = plan_subject(layout, entry, subject_settings(entry, sub))
+                    summary = (f"{len(plan.runs)} run(s), {len(plan.contrasts)} contrast(s), "
+                               f"TR {plan.settings['tr']:g} s")
             except GlmxError as exc:
                 problems.append((task, sub, exc.one_line()))
             else:
-                checked.append((task, sub, f"{len(plan.runs)} run(s), {len(plan.contrasts)} contrast(s), "
-                                           f"TR {plan.settings['tr']:g} s"))
+                checked.append((task, sub, summary))
     return checked, problems
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core import group as cg
 from ..core.errors import GlmxError
 from ..io.bids import parse_space
+from ..io.derivatives import check_name_length
 from ..io.group_inputs import find_subject_maps, read_participants
 from ..reports.index import build_index
 from ..spec.group_keys import group_settings
@@ -176,7 +177,15 @@ class GroupLevel(Project):
             subjects = sorted(maps)
             design, mean = cg.group_design(participants, subjects, regressors,
                                            source=str(participants_file) if participants is not None else None)
-            cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"], source=str(self.spec_path))
+            group_cons = cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"],
+                                            source=str(self.spec_path))
+            # the longest map name of each group contrast (desc + the longest method desc) must fit a file name
+            longest_method = max(cg.INFERENCE_DESC.values(), key=len)
+            for con in group_cons:
+                desc = (con["desc"] or "") + longest_method[0].upper() + longest_method[1:]
+                check_name_length({"task": self.task, **shared, "contrast": contrast, "desc": desc,
+                                   "stat": "variance"}, "statmap", ".nii.gz", f"group contrast '{con['name']}'",
+                                  self.spec_path, f"{self.task}.group_contrasts")
             chosen[contrast] = {"subjects": subjects, "effect_files": [maps[s]["effect"] for s in subjects],
                                 "variance_files": [maps[s]["variance"] for s in subjects]}
         for line in log:

@@ -6,47 +6,15 @@ the workflow → run it on the engine (same plugins and cache as the GLMs).
 """
 
 import re
-from dataclasses import dataclass
 
 from ..core.errors import GlmxError
-from ..io.bids import _one, _tr_from_metadata, parse_space
+from ..io.bids import RestRun, find_rest_runs, parse_space  # noqa: F401 -- re-exported
 from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
 from .base import Project, writes
 from ..engine.dataset import published_files, run_dataset
 from .subject import select_subjects
-
-_RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
-
-
-@dataclass
-class RestRun:
-    """Files and facts of one preprocessed rest run.
-
-    Parameters
-    ----------
-    bold : str
-        Preprocessed BOLD run (4D NIfTI).
-    mask : str
-        Brain mask on the BOLD grid.
-    confounds : str
-        fmriprep confounds TSV of the run.
-    tr : float
-        Repetition time in seconds.
-    entities : dict
-        BIDS entities that tell the run apart (session, run).
-    extra : dict
-        Further entities kept in output names.
-    """
-
-    bold: str
-    mask: str
-    confounds: str
-    tr: float
-    entities: dict
-    extra: dict
-
 
 def _check_connectivity(entry, task, spec_path):
     if entry.get("analysis") != "connectivity":
@@ -56,74 +24,6 @@ def _check_connectivity(entry, task, spec_path):
         if not re.fullmatch(r"[A-Za-z0-9]+", name):
             raise GlmxError(f"seed name '{name}' must be letters and digits only (it becomes desc-{name})",
                             file=spec_path, field=f"{task}.seeds")
-
-
-def find_rest_runs(layout, subject, task, space, tr=None):
-    """Every preprocessed run of a subject for a connectivity task (no events needed).
-
-    Parameters
-    ----------
-    layout : bids.BIDSLayout
-        Layout of the raw dataset and its fmriprep derivatives.
-    subject, task : str
-        Subject label (without ``sub-``) and task name.
-    space : str
-        fmriprep space, optionally with modifiers.
-    tr : float, optional
-        The spec's TR (else the sidecar's).
-
-    Returns
-    -------
-    list of RestRun
-        Sorted by session and run.
-
-    Raises
-    ------
-    GlmxError
-        When the subject is unknown, no BOLD is found, a run misses its mask or confounds, the TR is
-        unknown or disagrees with the sidecar, or the runs have different TRs.
-    """
-    from bids.layout import Query
-
-    if subject not in layout.get_subjects():
-        raise GlmxError(f"subject 'sub-{subject}' not found in the dataset", file=layout.root, field=f"sub-{subject}")
-    space_name, extra = parse_space(space)
-    bolds = layout.get(subject=subject, task=task, suffix="bold", desc="preproc", space=space_name,
-                       extension=[".nii.gz", ".nii"], scope="derivatives", **extra)
-    if not bolds:
-        raise GlmxError(f"no preprocessed BOLD for task '{task}' in space '{space}'", file=layout.root,
-                        field=f"sub-{subject}")
-    runs = []
-    for bf in bolds:
-        ent = bf.get_entities()
-        run_ent = {k: ent[k] for k in _RUN_ENTITIES if k in ent}
-        null = {k: Query.NONE for k in _RUN_ENTITIES if k not in run_ent}
-        img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
-        mask = _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
-                    extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent, **null)
-        confounds = _one(layout, "confounds", bf.path, subject=subject, desc="confounds",
-                         suffix=["timeseries", "regressors"], extension=".tsv", scope="derivatives", **run_ent,
-                         **null)
-        for what, path in (("brain mask", mask), ("confounds", confounds)):
-            if path is None:
-                raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
-        meta_tr, source = _tr_from_metadata(layout, bf.path, None)
-        if tr is not None and meta_tr is not None and abs(float(tr) - meta_tr) > 1e-3:
-            raise GlmxError(f"spec tr {tr} differs from RepetitionTime {meta_tr} of {source}", file=bf.path,
-                            field="tr")
-        use_tr = float(tr) if tr is not None else meta_tr
-        if use_tr is None:
-            raise GlmxError("no TR: set 'tr' in the spec or RepetitionTime in the sidecar", file=bf.path, field="tr")
-        entities = {"ses": str(ent["session"]) if "session" in ent else None,
-                    "run": str(ent["run"]) if "run" in ent else None}
-        runs.append(RestRun(bold=bf.path, mask=mask, confounds=confounds, tr=use_tr,
-                            entities={k: v for k, v in entities.items() if v is not None},
-                            extra={k: str(ent[k]) for k in ("res", "den", "cohort") if k in ent}))
-    runs.sort(key=lambda r: (r.entities.get("ses", ""), int(r.entities.get("run", "0"))
-                             if r.entities.get("run", "0").isdigit() else 0, r.bold))
-    if len({r.tr for r in runs}) > 1:
-        raise GlmxError(f"runs have different TRs ({sorted({r.tr for r in runs})})", file=runs[0].bold, field="tr")
-    return runs
 
 
 class RestingState(Project):
@@ -164,9 +64,12 @@ class RestingState(Project):
         Returns
         -------
         list of RestRun
-            Sorted by session and run (see :func:`find_rest_runs`).
+            Sorted by session and run (see :func:`find_rest_runs`), each checked as the workflow will
+            (:func:`glmx_workflows.planning.plan_rest_subject`).
         """
-        return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], self.settings["tr"])
+        from ..planning import plan_rest_subject
+
+        return plan_rest_subject(self.layout, self.entry, self.settings)
 
     def workflow(self, runs=None, output_dir=True):
         """Build the subject's workflow with its inputs set (not run).
@@ -293,8 +196,8 @@ class RestingStateDataset(Project):
                 rs._layout = self.layout
                 parent.add_nodes([rs.workflow()])
             except GlmxError as exc:
-                if len(subjects) == 1:
-                    raise
+                if len(subjects) == 1 or self.is_spec_error(exc):
+                    raise  # a spec error stops the run before any node: the same for every subject
                 failed[sub] = (exc.one_line(), None)
         report, self.progress = run_dataset(parent, subjects, excluded, failed, self.task, self.bids_root,
                                             self.output_dir, self.work_dir, plugin, plugin_args, n_procs, progress)
@@ -337,26 +240,16 @@ class RestingStateGroup(Project):
             matrices, or the group column is missing or has no value for a subject.
         """
         from ..io.atlases import PACKAGED, seg_label
+        from ..io.group_inputs import find_connectivity_outputs
 
         atlas = self.entry["atlas"]
         name = seg_label(PACKAGED[atlas]) if isinstance(atlas, str) else seg_label(atlas.get("name", "")) if \
             atlas.get("name") else None
         space, _ = parse_space(self.entry["space"])
-        pattern = f"sub-*/**/sub-*_task-{self.task}*_space-{space}*_seg-*_stat-pearsoncorrelation_relmat.tsv"
-        found = {}
-        for path in sorted(self.output_dir.glob(pattern)):
-            ent = dict(part.split("-", 1) for part in path.name.split("_")[:-1] if "-" in part)
-            if name and ent.get("seg") != name:
-                continue
-            name = name or ent.get("seg")
-            found.setdefault(ent["sub"], {"runs": [], "subject": None})
-            if "run" in ent:
-                found[ent["sub"]]["runs"].append(path)
-            else:
-                found[ent["sub"]]["subject"] = path
+        found, name = find_connectivity_outputs(self.output_dir, self.task, space, name)
         excluded = set(self.entry["excludes"])
-        subjects = sorted(s for s in found if s not in excluded and (not self.participant_label or
-                                                                     s in self.participant_label))
+        subjects = sorted(s for s, rec in found.items() if (rec["subject"] or rec["runs"]) and s not in excluded
+                          and (not self.participant_label or s in self.participant_label))
         if len(subjects) < 2:
             raise GlmxError(f"the group step needs subject-level stat-pearsoncorrelation matrices (connectivity_kinds) "
                             f"of at least two subjects; found {len(subjects)} under {self.output_dir} (run the "
@@ -368,14 +261,8 @@ class RestingStateGroup(Project):
             if rec["subject"] is None and len(rec["runs"]) != 1:
                 raise GlmxError(f"sub-{s} has per-run matrices but no subject-level one (run_combination "
                                 "'separate'); the group step needs 'average' or 'concatenate'", file=self.output_dir)
-            mat = rec["subject"] or rec["runs"][0]
-            matrices.append(str(mat))
-            ts = sorted(str(p) for p in mat.parent.glob(f"sub-{s}_task-{self.task}*_run-*_space-{space}*"
-                                                        f"_seg-{name}_stat-mean_timeseries.tsv"))
-            if not ts:
-                ts = sorted(str(p) for p in mat.parent.glob(f"sub-{s}_task-{self.task}*_space-{space}*_seg-{name}"
-                                                            "_stat-mean_timeseries.tsv"))
-            series.append(ts)
+            matrices.append(rec["subject"] or rec["runs"][0])
+            series.append(rec["run_timeseries"] or rec["subject_timeseries"])
         groups = []
         column = self.entry["connectivity_group_column"]
         if column:

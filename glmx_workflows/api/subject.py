@@ -275,8 +275,8 @@ class Aggregator(Project):
         Raises
         ------
         GlmxError
-            Not a BIDS dataset, a requested subject missing, or planning failed and only one subject was
-            asked for.
+            Not a BIDS dataset, a requested subject missing, planning failed and only one subject was
+            asked for, or a subject's plan found an error in the spec file (see ``Project.is_spec_error``).
         """
         to_run, excluded, keys, states = _states or self._states()
         plans, failures = {}, {}
@@ -291,8 +291,8 @@ class Aggregator(Project):
                     plan = self._subject(sub).plan(self.design_dir)
                     plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
                 except GlmxError as exc:
-                    if len(to_run) == 1:
-                        raise
+                    if len(to_run) == 1 or self.is_spec_error(exc):
+                        raise  # a spec error stops the run before any node: the same for every subject
                     failures[sub] = (exc.one_line(), None)
                     continue
                 states[sub].set_plan(keys[sub], plan)
@@ -397,4 +397,5 @@ class Aggregator(Project):
                                             skipped=skipped)
         for sub, files in report.unit_outputs.items():
             records[sub].set_outputs(self._outputs_key(plans[sub]), files)
+        report.notes = [f"sub-{sub}: {note}" for sub, plan in sorted(plans.items()) for note in plan.notes]
         return report

@@ -55,9 +55,9 @@ def run_group(args):
         0 (errors are raised as ``GlmxError`` and turned into exit code 2 by the CLI).
     """
     from ..api.group import GroupLevel
-    from ..engine.cluster import parse_plugin_args
+    from .options import plugin_options
 
-    plugin_args = parse_plugin_args(args.plugin_args)
+    plugin_args = plugin_options(args)
     group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,
                        contrasts=args.contrast, participant_label=args.participant_label,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,

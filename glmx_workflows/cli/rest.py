@@ -51,7 +51,7 @@ def run_rest(args):
         the inputs are not usable (printed by :func:`glmx_workflows.cli.run.main`).
     """
     from ..api.rest import RestingStateDataset, RestingStateGroup
-    from ..engine.cluster import parse_plugin_args
+    from .options import plugin_options
 
     unsupported = [opt for opt, value in (("--design-dir", args.design_dir),) if value is not None]
     if args.analysis_level == "group":
@@ -63,7 +63,7 @@ def run_rest(args):
         unsupported += group_options_given(args)
     if unsupported:
         raise GlmxError(f"{', '.join(unsupported)} do not apply to connectivity task '{args.task}'", field=args.task)
-    plugin_args = parse_plugin_args(args.plugin_args)
+    plugin_args = plugin_options(args)
     if args.analysis_level == "group":
         group = RestingStateGroup(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir,
                           work_dir=args.work_dir, participant_label=args.participant_label)

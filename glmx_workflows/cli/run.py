@@ -167,9 +167,9 @@ def _cmd_example(args):
 
 def _cmd_participant(args):
     from ..api import Aggregator
-    from ..engine.cluster import parse_plugin_args
+    from .options import plugin_options
 
-    plugin_args = parse_plugin_args(args.plugin_args)
+    plugin_args = plugin_options(args)
     agg = Aggregator(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,
                      output_dir=args.output_dir, work_dir=args.work_dir, participant_label=args.participant_label,
                      design_dir=args.design_dir)

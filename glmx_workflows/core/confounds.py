@@ -173,6 +173,9 @@ def censor_run(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN
         ``fd_threshold`` is set without a ``framewise_displacement`` column, or fewer than ``min_volumes``
         volumes remain.
     """
+    if int(n_scans) - int(dummy_scans) < min_volumes:
+        raise GlmxError(f"dummy_scans {dummy_scans} leaves {max(int(n_scans) - int(dummy_scans), 0)} of the run's "
+                        f"{n_scans} volumes; at least {min_volumes} are needed", file=source, field="dummy_scans")
     fd = None
     if fd_threshold is not None:
         if "framewise_displacement" not in table.columns:

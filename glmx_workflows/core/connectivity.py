@@ -135,6 +135,9 @@ def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50
         Fewer than ``min_volumes`` volumes remain.
     """
     n_scans, dummy_scans = int(n_scans), int(dummy_scans)
+    if n_scans - dummy_scans < min_volumes:
+        raise GlmxError(f"dummy_scans {dummy_scans} leaves {max(n_scans - dummy_scans, 0)} of the run's {n_scans} "
+                        f"volumes; at least {min_volumes} are needed (min_volumes)", file=source, field="dummy_scans")
     fd = np.full(n_scans, np.nan) if fd is None else np.asarray(fd, float)
     high = np.zeros(n_scans, bool) if fd_threshold is None else np.nan_to_num(fd, nan=0.0) > fd_threshold
     reason = np.where(np.arange(n_scans) < dummy_scans, "dummy", np.where(high, "fd", "n/a"))
@@ -145,6 +148,41 @@ def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50
                         f"{min_volumes} are needed (min_volumes)", file=source, field="fd_threshold")
     return pd.DataFrame({"volume": np.arange(n_scans), "framewise_displacement": fd, "reason": reason,
                          "censored": (reason != "n/a").astype(int)})
+
+
+def censor_confounds_table(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=50, source=None):
+    """:func:`censoring` of one run from its fmriprep confounds table (its ``framewise_displacement``).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_scans, n_columns)
+        The run's confounds table.
+    n_scans : int
+        Volumes of the run.
+    dummy_scans, fd_threshold, min_volumes, source
+        As :func:`censoring`.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_scans, 4)
+        As :func:`censoring`.
+
+    Raises
+    ------
+    GlmxError
+        The table's rows differ from the run's volumes, ``fd_threshold`` is set without a
+        framewise_displacement column, or :func:`censoring` refuses the run.
+    """
+    if len(table) != n_scans:
+        raise GlmxError(f"{len(table)} rows but the BOLD run has {n_scans} volumes; expected one row per volume",
+                        file=source, field="rows")
+    if fd_threshold is not None and "framewise_displacement" not in table.columns:
+        raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
+                        file=source, field="framewise_displacement")
+    fd = None
+    if "framewise_displacement" in table.columns:
+        fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
+    return censoring(n_scans, dummy_scans, fd, fd_threshold, min_volumes, source=source)
 
 
 def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_pass=0.01, low_pass=0.08,

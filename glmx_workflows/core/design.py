@@ -10,6 +10,39 @@ from nilearn.glm.first_level import make_first_level_design_matrix
 from .errors import GlmxError
 
 
+def check_regressor_names(task_regressors, other_columns, source=None, field=None):
+    """Refuse task regressors named like another column of the design.
+
+    nilearn names the constant ``constant`` and the drift terms ``drift_<k>``; confounds keep their
+    column names. A condition with one of those names would make two design columns of one name.
+
+    Parameters
+    ----------
+    task_regressors : iterable of str
+        Condition and modulator regressor names.
+    other_columns : iterable of str
+        Confound column names of the run.
+    source : str, optional
+        Events file (for messages).
+    field : str, optional
+        The events column the conditions come from (for messages).
+
+    Raises
+    ------
+    GlmxError
+        A task regressor is ``constant``, ``drift_<k>`` or the name of a confound.
+    """
+    import re
+
+    others = {str(c) for c in other_columns}
+    clash = sorted(r for r in set(task_regressors)
+                   if r == "constant" or re.fullmatch(r"drift_\d+", str(r)) or r in others)
+    if clash:
+        raise GlmxError(f"condition regressor(s) {', '.join(clash)} would have the name of another design column "
+                        "(the constant, a drift term or a confound); rename the condition in the events or leave it "
+                        "out with drop_conditions", file=source, field=field)
+
+
 def frame_times(n_scans, tr, slice_time_ref=0.0):
     """Acquisition times of the volumes, as nilearn's FirstLevelModel computes them.
 
@@ -31,7 +64,7 @@ def frame_times(n_scans, tr, slice_time_ref=0.0):
 
 
 def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model="cosine", high_pass=0.01,
-                 drift_order=1, slice_time_ref=0.0):
+                 drift_order=1, slice_time_ref=0.0, source=None, field=None):
     """Build one run's design matrix.
 
     Parameters
@@ -46,12 +79,21 @@ def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model
         Repetition time in seconds.
     hrf_model, drift_model, high_pass, drift_order, slice_time_ref
         As nilearn's ``make_first_level_design_matrix`` / FirstLevelModel.
+    source, field : str, optional
+        Events file and condition column, named when a condition collides with another column.
 
     Returns
     -------
     pandas.DataFrame of shape (n_scans, n_regressors)
         Task regressors (sorted), confounds, then drift terms and the constant.
+
+    Raises
+    ------
+    GlmxError
+        The confounds do not have one row per volume, or a condition is named like another column.
     """
+    check_regressor_names(events["trial_type"] if len(events) else (),
+                          () if confounds is None else confounds.columns, source, field)
     add_regs = add_names = None
     if confounds is not None and confounds.shape[1]:
         if len(confounds) != n_scans:

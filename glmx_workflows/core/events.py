@@ -94,24 +94,37 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
     Raises
     ------
     GlmxError
-        When a column is missing or malformed, a modulator has n/a values for a modelled event, or a
-        modulator is constant within a condition (its regressor would be zero).
+        When a column is missing or malformed, a modulator has n/a values for a modelled event, a
+        modulator is constant within a condition (its regressor would be zero), or two labels (or
+        modulators) become one regressor name.
     """
     for frame, src in zip(frames, sources):
         check_events(frame, src, condition_column, modulators, block_column)
     drop = {str(d) for d in drop_conditions}
+    _check_modulator_names(modulators, condition_column, block_column, sources[0] if sources else None)
     kept = []
+    origin = {}  # regressor name -> the (block, condition) values it was made from, across runs
     for frame, src in zip(frames, sources):
         labels = frame[condition_column]
         keep = labels.notna() & ~labels.astype(str).isin(drop)
         sub = frame.loc[keep]
-        cond = sub[condition_column].astype(str).map(sanitize_name)
+        raw = sub[condition_column].astype(str)
+        cond = raw.map(sanitize_name)
         if block_column:
             blocks = sub[block_column]
             if blocks.isna().any():
                 raise GlmxError("missing block label (n/a) for a modelled event", file=src,
                                 field=f"column '{block_column}'")
             cond = blocks.astype(str).map(sanitize_name) + "_" + cond
+            raw = blocks.astype(str) + " / " + raw
+        for name, value in zip(cond, raw):
+            seen = origin.setdefault(name, value)
+            if seen != value:
+                # two labels made one regressor: their events would be silently merged
+                what = "block / condition values" if block_column else "condition values"
+                raise GlmxError(f"{what} '{seen}' and '{value}' both become the regressor name '{name}'; rename one "
+                                "in the events (or leave it out with drop_conditions)", file=src,
+                                field=f"column '{condition_column}'")
         kept.append(pd.DataFrame({
             "onset": pd.to_numeric(sub["onset"]).to_numpy(float),
             "duration": pd.to_numeric(sub["duration"]).to_numpy(float),
@@ -120,6 +133,12 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
         }))
 
     out = [k[["onset", "duration", "trial_type"]].assign(modulation=1.0) for k in kept]
+    made = sorted(f"{c}_x_{sanitize_name(m)}" for c in origin for m in modulators)
+    taken = sorted(set(made) & set(origin))
+    if taken:
+        raise GlmxError(f"condition(s) {', '.join(taken)} have the name of a modulator regressor "
+                        "(<condition>_x_<modulator>); rename the condition in the events", file=sources[0],
+                        field=f"column '{condition_column}'")
     for mod in modulators:
         key = f"__mod_{mod}"
         for run, src in zip(kept, sources):
@@ -145,6 +164,17 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
             })
             out[i] = pd.concat([out[i], rows], ignore_index=True)
     return [o.reset_index(drop=True) for o in out]
+
+
+def _check_modulator_names(modulators, condition_column, block_column, source):
+    """Two modulators must not make one regressor name, nor be the condition or block column."""
+    names = {}
+    for mod in modulators:
+        name = sanitize_name(mod)
+        if name in names and names[name] != mod:
+            raise GlmxError(f"modulators '{names[name]}' and '{mod}' both become the regressor suffix '_x_{name}'; "
+                            "rename one column", file=source, field="modulators")
+        names[name] = mod
 
 
 def conditions_to_drop(frames, condition_column, conditions=None, drop_conditions=()):

@@ -283,7 +283,10 @@ def parse_plugin_args(value):
         import yaml
 
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise GlmxError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", file=path,
+                            field="--plugin-args") from None
         except yaml.YAMLError as exc:
             raise GlmxError(f"not valid YAML ({str(exc).splitlines()[0]})", file=path, field="--plugin-args") \
                 from None

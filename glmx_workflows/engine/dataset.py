@@ -172,6 +172,7 @@ class RunReport:
         self.outputs = list(outputs)
         self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
         self.index = None  # OUTPUT_DIR/index.html once the run has written it
+        self.notes = []  # what the plans left out and why (e.g. condition maps with user designs)
 
     @property
     def ok(self):
@@ -190,6 +191,7 @@ class RunReport:
                  f"{len(self.outputs)} file(s) written"]
         for sub, (reason, crash) in sorted(self.failed.items()):
             lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
+        lines += [f"  note: {note}" for note in self.notes]
         if self.index:
             lines.append(f"reports: {self.index}")
         return "\n".join(lines)

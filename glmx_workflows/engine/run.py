@@ -84,8 +84,15 @@ def plugin_arguments(plugin, plugin_args=None, n_procs=None):
     Returns
     -------
     dict
+
+    Raises
+    ------
+    GlmxError
+        A plugin argument has a value of the wrong type.
     """
-    args = dict(plugin_args or {})
+    from ..spec.plugin_keys import check_plugin_args
+
+    args = dict(check_plugin_args(plugin, plugin_args))
     if plugin == "MultiProc" and n_procs:
         args.setdefault("n_procs", int(n_procs))
     return args

@@ -29,6 +29,23 @@ def _owner_tag():
     return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
 
 
+# Longest file name most file systems take (ext4, xfs, btrfs, APFS, NTFS: 255 bytes).
+NAME_MAX = 255
+
+
+def longest_name():
+    """Longest target name :func:`atomic_path` can write: its temporary adds a prefix, the owner tag and a
+    random part to the name.
+
+    Returns
+    -------
+    int
+        Bytes left for a published file's name.
+    """
+    # '.tmp-' + host-pid (pid up to 7 digits) + '-' + name + '-' + 8 random characters
+    return NAME_MAX - len(TMP_PREFIX) - len(socket.gethostname()) - 1 - 7 - 1 - 1 - 8
+
+
 @contextlib.contextmanager
 def atomic_path(target):
     """Yield a temporary path in the target's folder; rename it to ``target`` on success.

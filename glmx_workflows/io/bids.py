@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import GlmxError
+from ..core.timing import check_tr
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
@@ -220,6 +221,13 @@ def open_layout(bids_root, derivatives=None):
     try:
         return bids.BIDSLayout(str(bids_root), derivatives=[str(deriv)], validate=False)
     except Exception as exc:  # pybids raises BIDSValidationError, ValueError, ...
+        import re
+
+        # a sidecar that is not JSON (or not UTF-8): name that file, as every other input error does
+        bad = re.search(r"filename='([^']+\.json)'", str(exc))
+        if bad:
+            raise GlmxError("sidecar is not valid JSON (or not UTF-8 text); pybids cannot index the dataset",
+                            file=bad.group(1), field="JSON") from None
         raise GlmxError(f"pybids could not index the dataset ({exc})", file=bids_root) from None
 
 
@@ -239,23 +247,36 @@ def list_subjects(layout):
     return sorted(layout.get_subjects(scope="raw"))
 
 
-def _one(layout, what, bold, **query):
-    hits = layout.get(return_type="filename", **query)
-    if not hits:
-        return None
-    if len(hits) > 1:
-        raise GlmxError(f"several {what} files match the run: {', '.join(Path(h).name for h in hits)}",
-                        file=bold, field=what)
-    return hits[0]
-
-
 def _tr_from_metadata(layout, bold, raw_bold):
+    """The sidecars' RepetitionTime of a run (s) and the sidecar it came from; (None, None) without one.
+    A value that cannot be seconds (milliseconds, a typo) is an error naming the sidecar."""
     for path in (bold, raw_bold):
         if path:
             tr = layout.get_metadata(path).get("RepetitionTime")
             if tr is not None:
-                return float(tr), str(Path(path).with_name(Path(path).name.split(".")[0] + ".json"))
+                # the sidecar that sets it: the run's own, or (BIDS inheritance) one at a higher level
+                source = str(Path(path).with_name(Path(path).name.split(".")[0] + ".json"))
+                if not _sets(source, "RepetitionTime"):
+                    source = _metadata_source(layout, path, "RepetitionTime") or source
+                return check_tr(tr, source, "RepetitionTime"), source
     return None, None
+
+
+def _sets(sidecar, key):
+    try:
+        return key in json.loads(Path(sidecar).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _metadata_source(layout, path, key):
+    """The sidecar (nearest first, as BIDS inheritance) that sets ``key`` for ``path``, or None."""
+    try:
+        sidecars = layout.get_nearest(path, extension=".json", all_=True,
+                                      suffix=layout.get_file(path).entities.get("suffix")) or []
+    except Exception:  # pybids versions differ; the message then names the run's own sidecar name
+        return None
+    return next((str(sidecar) for sidecar in sidecars if _sets(sidecar, key)), None)
 
 
 class _Absent:
@@ -291,7 +312,7 @@ def _only(hits, what, bold):
     return hits[0][0]
 
 
-def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
+def find_runs(layout, subject, task, space="MNI152NLin2009cAsym", events=True):
     """Every preprocessed run of a subject and task, with its mask, events and confounds.
 
     The subject's files are fetched from the index once per scope (raw, derivatives) and matched on
@@ -308,6 +329,8 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
         Task label.
     space : str
         fmriprep space, optionally with modifiers ('MNI152NLin2009cAsym:res-2').
+    events : bool
+        False for analyses without events (connectivity): a run needs none and ``events`` is None.
 
     Returns
     -------
@@ -317,7 +340,8 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
     Raises
     ------
     GlmxError
-        Unknown subject, no BOLD in the space, ambiguous BOLD files, or a run without mask, events or confounds.
+        Unknown subject, no BOLD in the space, ambiguous BOLD files, a run without mask, events (when
+        needed) or confounds, or a BOLD file cut short.
     """
     from .images import bold_length
 
@@ -353,16 +377,18 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
                      "brain mask", bold)
         confounds = _only(_select(deriv, desc="confounds", suffix=["timeseries", "regressors"], extension=".tsv",
                                   **run_ent, **null), "confounds", bold)
-        events = _only(_select(raw, suffix="events", extension=".tsv",
-                               **{k: v for k, v in run_ent.items() if k != "echo"},
-                               **{k: v for k, v in null.items() if k != "echo"}), "events", bold)
+        events_file = _only(_select(raw, suffix="events", extension=".tsv",
+                                    **{k: v for k, v in run_ent.items() if k != "echo"},
+                                    **{k: v for k, v in null.items() if k != "echo"}), "events", bold) \
+            if events else None
         raw_bold = _only(_select(raw, suffix="bold", extension=nifti, **run_ent, **null), "raw bold", bold)
-        for what, path in (("brain mask", mask), ("confounds", confounds), ("events", events)):
+        for what, path in (("brain mask", mask), ("confounds", confounds)) + ((("events", events_file),) if events
+                                                                              else ()):
             if path is None:
                 raise GlmxError(f"no {what} file for this run", file=bold, field=what)
         tr, tr_source = _tr_from_metadata(layout, bold, raw_bold)
         records.append(RunRecord(
-            subject=subject, task=task, bold=bold, mask=mask, events=events, confounds=confounds,
+            subject=subject, task=task, bold=bold, mask=mask, events=events_file, confounds=confounds,
             tr=tr, tr_source=tr_source, n_scans=bold_length(bold),
             session=str(ent["session"]) if "session" in ent else None,
             run=str(ent["run"]) if "run" in ent else None,
@@ -371,6 +397,79 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym"):
     # numeric run order: 'run-2' before 'run-10' whether or not the labels are zero-padded
     return sorted(records, key=lambda r: (r.session or "", int(r.run) if (r.run or "").isdigit() else -1,
                                           r.run or "", r.bold))
+
+
+@dataclass
+class RestRun:
+    """Files and facts of one preprocessed run of a connectivity analysis (no events).
+
+    Parameters
+    ----------
+    bold : str
+        Preprocessed BOLD run (4D NIfTI).
+    mask : str
+        Brain mask on the BOLD grid.
+    confounds : str
+        fmriprep confounds TSV of the run.
+    tr : float
+        Repetition time in seconds.
+    entities : dict
+        BIDS entities that tell the run apart (``ses``, ``run``).
+    extra : dict
+        Further entities kept in output names (``res``/``den``/``cohort``).
+    n_scans : int, optional
+        Volumes of the run.
+    """
+
+    bold: str
+    mask: str
+    confounds: str
+    tr: float
+    entities: dict
+    extra: dict
+    n_scans: int = None
+
+
+def find_rest_runs(layout, subject, task, space, tr=None):
+    """Every preprocessed run of a subject for a connectivity task, matched on entities as :func:`find_runs`
+    (no events needed), with the TR every run is analysed at.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        Layout of the raw dataset and its fmriprep derivatives.
+    subject, task : str
+        Subject label (without ``sub-``) and task name.
+    space : str
+        fmriprep space, optionally with modifiers.
+    tr : float, optional
+        The spec's TR (else the sidecar's).
+
+    Returns
+    -------
+    list of RestRun
+        Sorted by session and run.
+
+    Raises
+    ------
+    GlmxError
+        As :func:`find_runs`; or the TR is unknown, disagrees with the sidecar, or differs between runs.
+    """
+    runs = []
+    for rec in find_runs(layout, subject, task, space, events=False):
+        if tr is not None and rec.tr is not None and abs(float(tr) - rec.tr) > 1e-3:
+            raise GlmxError(f"spec tr {tr} differs from RepetitionTime {rec.tr} of {rec.tr_source}", file=rec.bold,
+                            field="tr")
+        use_tr = float(tr) if tr is not None else rec.tr
+        if use_tr is None:
+            raise GlmxError("no TR: set 'tr' in the spec or RepetitionTime in the sidecar", file=rec.bold, field="tr")
+        entities = {"ses": rec.session, "run": rec.run}
+        runs.append(RestRun(bold=rec.bold, mask=rec.mask, confounds=rec.confounds, tr=use_tr,
+                            entities={k: v for k, v in entities.items() if v is not None}, extra=dict(rec.extra),
+                            n_scans=rec.n_scans))
+    if len({r.tr for r in runs}) > 1:
+        raise GlmxError(f"runs have different TRs ({sorted({r.tr for r in runs})})", file=runs[0].bold, field="tr")
+    return runs
 
 
 # Top-level folders pybids leaves out of its index by default (validation.DEFAULT_LOCATIONS_TO_IGNORE);

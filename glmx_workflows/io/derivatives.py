@@ -40,6 +40,37 @@ def bids_name(entities, suffix, extension):
     return "_".join(parts + [suffix]) + extension
 
 
+def check_name_length(entities, suffix, extension, what, file=None, field=None):
+    """Refuse entities whose BIDS file name would be too long for the file system (checked before a run:
+    the write would otherwise fail after the fit).
+
+    Parameters
+    ----------
+    entities : dict
+        As for :func:`bids_name`.
+    suffix, extension : str
+        As for :func:`bids_name`.
+    what : str
+        What gives the long label (named in the message), e.g. ``"contrast 'x'"``.
+    file, field : str, optional
+        Where that label was set (the spec and its key).
+
+    Raises
+    ------
+    GlmxError
+        The name is longer than :func:`glmx_workflows.io.atomic.longest_name`.
+    """
+    from ..core.errors import GlmxError
+    from .atomic import longest_name
+
+    name = bids_name(entities, suffix, extension)
+    limit = longest_name()
+    if len(name.encode()) > limit:
+        raise GlmxError(f"{what[:60]}{'...' if len(what) > 60 else ''} gives output file names of "
+                        f"{len(name.encode())} characters (e.g. {name[:60]}...); the file system takes {limit}: use "
+                        "a shorter name", file=file, field=field)
+
+
 def derivative_path(out_dir, entities, suffix, extension, datatype="func"):
     """Full path of a subject-level derivative: ``OUT/sub-<s>/[ses-<x>/]<datatype>/<name>``.
 

@@ -117,7 +117,7 @@ def task_information(tr=2.0):
         "tr": float(tr),
         "excludes": [],
         "condition_identifier": "trial_type",
-        "confound_regressors": ["trans_*", "rot_*", "framewise_displacement"],
+        "confound_regressors": ["trans_?", "rot_?", "framewise_displacement"],
         "modulators": ["response_time"],
         "block_identifier": None,
         "design_contrasts": {

@@ -72,7 +72,7 @@ def _band_limited(n, tr, rng, low=0.01, high=0.08):
     return (sig - sig.mean()) / (sig.std() or 1.0)
 
 
-def add_rest_runs(root, n_volumes=120, n_runs=2, seed=0, tr=2.0):
+def add_rest_runs(root, n_volumes=120, n_runs=2, seed=0, tr=2.0, sessions=None):
     """Write simulated resting-state runs for every subject of an example dataset.
 
     Parameters
@@ -87,6 +87,9 @@ def add_rest_runs(root, n_volumes=120, n_runs=2, seed=0, tr=2.0):
         Seed of every random draw.
     tr : float
         Repetition time (s).
+    sessions : list of str, optional
+        Session labels: each subject gets ``n_runs`` runs in every session, under ``sub-<s>/ses-<x>/func``
+        (default: no session entity).
 
     Returns
     -------
@@ -128,8 +131,8 @@ def add_rest_runs(root, n_volumes=120, n_runs=2, seed=0, tr=2.0):
     record = {"subjects": {}}
     for s, sub in enumerate(subjects):
         record["subjects"][sub] = {}
-        for r in range(int(n_runs)):
-            run_rng = np.random.default_rng([seed, 20_001, s, r])
+        for ses_i, ses, r in [(i, ses, r) for i, ses in enumerate(sessions or [None]) for r in range(int(n_runs))]:
+            run_rng = np.random.default_rng([seed, 20_001, s, r] + ([ses_i] if ses else []))
             motion = sim.simulate_motion(int(n_volumes), run_rng, n_spikes=3)
             fd = sim.framewise_displacement(motion)
             spikes = np.flatnonzero(np.nan_to_num(fd) > 0.5)
@@ -139,25 +142,28 @@ def add_rest_runs(root, n_volumes=120, n_runs=2, seed=0, tr=2.0):
             percent[np.ix_(spikes, np.flatnonzero(any_net))] += SPIKE_PERCENT
             bold = sim.simulate_bold(baseline, anatomy, percent, motion, tr, run_rng)
             confounds, meta = sim.fmriprep_confounds(bold, anatomy, motion, tr)
-            stem = f"{sub}_task-{TASK}_run-{r + 1}"
+            stem = f"{sub}{f'_ses-{ses}' if ses else ''}_task-{TASK}_run-{r + 1}"
+            func_dir = Path(sub, f"ses-{ses}", "func") if ses else Path(sub, "func")
             zooms = (voxel, voxel, voxel, float(tr))
             raw = np.clip(np.rint(bold), -32768, 32767).astype(np.int16)
-            _write_nifti(root / sub / "func" / f"{stem}_bold.nii.gz", _image(raw, affine, zooms, code=1))
-            _write_json(root / sub / "func" / f"{stem}_bold.json", {"RepetitionTime": float(tr), "TaskName": TASK})
-            dfunc = deriv / sub / "func"
+            _write_nifti(root / func_dir / f"{stem}_bold.nii.gz", _image(raw, affine, zooms, code=1))
+            _write_json(root / func_dir / f"{stem}_bold.json", {"RepetitionTime": float(tr), "TaskName": TASK})
+            dfunc = deriv / func_dir
             prefix = f"{stem}_space-{SPACE}"
             _write_nifti(dfunc / f"{prefix}_desc-preproc_bold.nii.gz", _image(bold, affine, zooms))
             _write_json(dfunc / f"{prefix}_desc-preproc_bold.json", {"RepetitionTime": float(tr), "TaskName": TASK})
             _write_nifti(dfunc / f"{prefix}_desc-brain_mask.nii.gz", mask_img)
             _write_tsv(dfunc / f"{stem}_desc-confounds_timeseries.tsv", confounds)
             _write_json(dfunc / f"{stem}_desc-confounds_timeseries.json", _round(meta))
-            record["subjects"][sub][f"run-{r + 1}"] = {"spike_volumes": [int(v) for v in spikes]}
+            key = f"ses-{ses}_run-{r + 1}" if ses else f"run-{r + 1}"
+            record["subjects"][sub][key] = {"spike_volumes": [int(v) for v in spikes]}
     record.update({
         "description": "Planted resting-state networks: voxels within plant_radius_mm of each listed Dosenbach "
                        "2010 region share their network's band-limited signal; spike volumes (FD > 0.5 mm) carry "
                        "an extra artefact shared by both networks.",
         "generator": "glmx_workflows.io.example_rest.add_rest_runs",
-        "parameters": {"n_volumes": int(n_volumes), "n_runs": int(n_runs), "seed": int(seed), "tr": float(tr)},
+        "parameters": {"n_volumes": int(n_volumes), "n_runs": int(n_runs), "seed": int(seed), "tr": float(tr),
+                       **({"sessions": list(sessions)} if sessions else {})},
         "networks": {net: {"dosenbach_numbers": rois, "names": [names[i - 1] for i in rois],
                            "n_voxels": int(planted[net].sum())} for net, rois in NETWORKS.items()},
         "network_percent": NETWORK_PERCENT, "spike_percent": SPIKE_PERCENT, "plant_radius_mm": PLANT_RADIUS_MM,

@@ -66,7 +66,11 @@ def _readinto_full(fobj, view, path):
     got = 0
     total = len(view)
     while got < total:
-        n = fobj.readinto(view[got:])
+        try:
+            n = fobj.readinto(view[got:])
+        except Exception as exc:  # gzip/ISA-L/zlib raise EOFError, OSError or their own error types
+            raise GlmxError(f"BOLD file cannot be read after {got} of {total} bytes of a volume, cut short or "
+                            f"corrupt ({type(exc).__name__}: {exc}); copy the file again", file=path) from None
         if not n:
             raise GlmxError(f"BOLD file ends after {got} of {total} bytes of a volume (truncated?)", file=path)
         got += n

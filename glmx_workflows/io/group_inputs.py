@@ -111,6 +111,55 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
     return out
 
 
+def find_connectivity_outputs(output_dir, task, space, seg=None):
+    """The participant level's Pearson matrices and mean time series of a connectivity task, per subject,
+    matched on their entities (sessions, runs, ``res``/``den`` need no special naming).
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        OUTPUT_DIR of the participant level.
+    task : str
+        Connectivity task.
+    space : str
+        Space entity the files must carry.
+    seg : str, optional
+        Atlas (``seg`` entity) to keep; default: the first found.
+
+    Returns
+    -------
+    found : dict
+        ``{subject: {'subject': matrix path or None, 'runs': [per-run or per-session matrix paths],
+        'run_timeseries': [paths], 'subject_timeseries': [paths]}}``, subjects and lists sorted.
+    seg : str or None
+        The atlas label the files carry.
+    """
+    found = {}
+    for path in sorted(Path(output_dir).glob("sub-*/**/sub-*.tsv")):
+        parsed = parse_bids_name(path)
+        if parsed is None:
+            continue
+        ent, suffix, _ = parsed
+        kind = {("relmat", "pearsoncorrelation"): "matrix", ("timeseries", "mean"): "timeseries"}.get(
+            (suffix, ent.get("stat")))
+        if kind is None or ent.get("task") != task or ent.get("space") != space or "sub" not in ent:
+            continue
+        if seg is not None and ent.get("seg") != seg:
+            continue
+        seg = seg or ent.get("seg")
+        rec = found.setdefault(ent["sub"], {"subject": None, "runs": [], "run_timeseries": [],
+                                            "subject_timeseries": []})
+        per_run = "run" in ent or "ses" in ent
+        if kind == "matrix":
+            if per_run:
+                rec["runs"].append(str(path))
+            else:
+                rec["subject"] = str(path)
+        else:
+            rec["run_timeseries" if per_run else "subject_timeseries"].append(str(path))
+    return dict(sorted(found.items())), seg
+
+
 def read_participants(bids_root, required=False):
     """``BIDS_DIR/participants.tsv`` as a DataFrame (missing values NaN).
 

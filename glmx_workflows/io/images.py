@@ -67,7 +67,62 @@ def bold_length(path):
     if len(img.shape) != 4:
         raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",
                         file=path, field="BOLD")
+    check_complete(img, path, "BOLD run")
     return int(img.shape[3])
+
+
+def check_complete(img, path, what="image"):
+    """Refuse an image file shorter than its header says (a copy or download cut short), reading no data.
+
+    An uncompressed file must hold ``vox_offset`` + the data's bytes. A ``.nii.gz`` ends with the size of
+    its uncompressed content (modulo 2**32, RFC 1952); when that disagrees (a cut file, or a multi-member
+    gzip), the stream is decompressed once to find out.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image or Nifti2Image
+        The image, as loaded (header only) from ``path``.
+    path : str or Path
+        Its file.
+    what : str
+        What the file is, used in the message.
+
+    Raises
+    ------
+    GlmxError
+        The file holds fewer bytes than the header's image needs, or its gzip stream is cut or corrupt.
+    """
+    import gzip
+    import zlib
+
+    header = getattr(img, "header", None)
+    if header is None or not hasattr(header, "get_data_offset"):
+        return
+    # the proxy knows where the data start in the file (the in-memory header may say 0)
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    expected = offset + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    path = Path(path)
+    if not str(path).endswith(".gz"):
+        size = path.stat().st_size
+        if size < expected:
+            raise GlmxError(f"{what} is cut short: {size} bytes where its header needs {expected}; copy the file "
+                            "again", file=path, field="file size")
+        return
+    with open(path, "rb") as fh:
+        fh.seek(-4, 2)
+        if int.from_bytes(fh.read(4), "little") == expected % 2 ** 32:
+            return
+    size = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise GlmxError(f"{what} is cut short or corrupt ({exc}); copy the file again", file=path,
+                        field="gzip stream") from None
+    if size < expected:
+        raise GlmxError(f"{what} is cut short: {size} bytes uncompressed where its header needs {expected}; copy the "
+                        "file again", file=path, field="file size")
 
 
 def load_mask(path, reference=None, reference_path=None):
@@ -87,7 +142,10 @@ def load_mask(path, reference=None, reference_path=None):
     (numpy.ndarray of bool with the image's 3D shape, affine (4, 4))
     """
     img = load_image(path, "brain mask")
-    data = np.asarray(img.dataobj)
+    try:
+        data = np.asarray(img.dataobj)
+    except (EOFError, OSError, ValueError) as exc:  # a cut or corrupt file
+        raise GlmxError(f"brain mask cannot be read ({exc})", file=path, field="mask") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

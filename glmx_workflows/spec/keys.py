@@ -25,7 +25,7 @@ TASK_KEYS = {
     "drop_conditions": (_STRS, [], "Condition values left unmodelled (they become baseline).", ["fixation"]),
     "confound_regressors": (_STRS, [],
                             "fmriprep confounds columns added to the design; shell wildcards allowed. A pattern "
-                            "matching no column is an error.", ["trans_*", "rot_*", "a_comp_cor_0[0-4]"]),
+                            "matching no column is an error.", ["trans_?", "rot_?", "a_comp_cor_0[0-4]"]),
     "modulators": (_STRS, [],
                    "Events columns used as parametric modulators: each adds <condition>_x_<modulator>, "
                    "mean-centred within condition across the subject's runs.", ["response_time"]),

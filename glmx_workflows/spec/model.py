@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 
+from ..core.timing import check_tr
 from ..core.errors import GlmxError
 from ..core.formula import parse_formula
 from .keys import NOT_OVERRIDABLE, TASK_KEYS, defaults
@@ -55,7 +56,13 @@ def read_spec_file(path):
     path = Path(path)
     if not path.is_file():
         raise GlmxError("spec file not found; pass --spec FILE or create one with 'glmx init BIDS_DIR'", file=path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GlmxError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save the spec "
+                        "as UTF-8", file=path) from None
+    except OSError as exc:
+        raise GlmxError(f"spec file cannot be read ({exc.strerror or exc})", file=path) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -108,6 +115,8 @@ def _check_types(entry, where, path):
         except jsonschema.ValidationError:
             raise GlmxError(f"expected {_type_name(schema)}, got {json.dumps(value)}", file=path,
                             field=f"{where}.{key}") from None
+        if key == "tr" and value is not None:  # a number, but one that cannot be seconds is a unit mistake
+            check_tr(value, path, f"{where}.tr")
 
 
 def _check_contrasts(contrasts, where, path):
