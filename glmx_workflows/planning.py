@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.errors import GlmxError
+from .core.timing import resolve_tr as resolve_run_tr
 from .io.bids import find_runs
 
 # The modelling modules (nilearn, nibabel, pandas: seconds of imports) are imported where they are used:
@@ -162,31 +163,18 @@ def resolve_tr(settings, entry, runs):
     GlmxError
         No TR anywhere, the spec's TR disagrees with a sidecar, or the runs' TRs differ without an override.
     """
-    spec_file = entry["_spec_file"]
     task_tr = entry.get("tr")
     subject_tr = settings.get("tr")
-    overridden = subject_tr is not None and subject_tr != task_tr
-    for run in runs:
-        if run.tr is None and subject_tr is None:
-            raise GlmxError("no RepetitionTime in the BOLD sidecars and no 'tr' in the spec", file=run.bold,
-                            field="RepetitionTime")
-        if run.tr is not None and task_tr is not None and not overridden and abs(run.tr - task_tr) > 1e-6:
-            raise GlmxError(f"tr is {task_tr:g} s in the spec but RepetitionTime is {run.tr:g} s in {run.tr_source}; "
-                            "fix one, or set a per-subject value under 'overrides'", file=spec_file,
-                            field=f"{entry['_task']}.tr")
-    trs = {run.tr for run in runs}
-    if subject_tr is not None:
-        return float(subject_tr)
-    if len(trs) > 1:
-        raise GlmxError(f"runs have different RepetitionTime values {sorted(trs)}; set 'tr' per subject under "
-                        "'overrides'", file=runs[0].bold, field="RepetitionTime")
-    return float(trs.pop())
+    override = subject_tr if subject_tr is not None and subject_tr != task_tr else None
+    return resolve_run_tr([run.tr for run in runs], spec_tr=task_tr, override_tr=override,
+                          sources=[run.tr_source or run.bold for run in runs], spec_file=entry["_spec_file"],
+                          spec_field=f"{entry['_task']}.tr")
 
 
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
-    from .core.confounds import censor_run, select_confounds
+    from .core.confounds import censor_table, select_confounds
     from .core.design import build_design, check_design
     from .core.events import check_events_fit_run
     from .io.tables import read_tsv
@@ -195,8 +183,8 @@ def _checked_design(settings, run, events=None, user_design=None):
     if len(table) != run.n_scans:
         raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
                         "volumes; expected one row per volume", file=run.confounds, field="rows")
-    keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                         source=run.confounds)
+    keep = censor_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                        source=run.confounds)["censored"].to_numpy() == 0
     if user_design is not None:
         design = read_tsv(user_design, "design matrix")
     else:

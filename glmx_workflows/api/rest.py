@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from ..core.errors import GlmxError
+from ..core.timing import resolve_tr
 from ..io.bids import _one, _tr_from_metadata, parse_space
 from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
@@ -107,12 +108,7 @@ def find_rest_runs(layout, subject, task, space, tr=None):
             if path is None:
                 raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
         meta_tr, source = _tr_from_metadata(layout, bf.path, None)
-        if tr is not None and meta_tr is not None and abs(float(tr) - meta_tr) > 1e-3:
-            raise GlmxError(f"spec tr {tr} differs from RepetitionTime {meta_tr} of {source}", file=bf.path,
-                            field="tr")
-        use_tr = float(tr) if tr is not None else meta_tr
-        if use_tr is None:
-            raise GlmxError("no TR: set 'tr' in the spec or RepetitionTime in the sidecar", file=bf.path, field="tr")
+        use_tr = resolve_tr([meta_tr], spec_tr=tr, sources=[source or bf.path])  # the one TR rule (core.timing)
         entities = {"ses": str(ent["session"]) if "session" in ent else None,
                     "run": str(ent["run"]) if "run" in ent else None}
         runs.append(RestRun(bold=bf.path, mask=mask, confounds=confounds, tr=use_tr,
@@ -120,8 +116,7 @@ def find_rest_runs(layout, subject, task, space, tr=None):
                             extra={k: str(ent[k]) for k in ("res", "den", "cohort") if k in ent}))
     runs.sort(key=lambda r: (r.entities.get("ses", ""), int(r.entities.get("run", "0"))
                              if r.entities.get("run", "0").isdigit() else 0, r.bold))
-    if len({r.tr for r in runs}) > 1:
-        raise GlmxError(f"runs have different TRs ({sorted({r.tr for r in runs})})", file=runs[0].bold, field="tr")
+    resolve_tr([r.tr for r in runs], sources=[r.bold for r in runs])  # the runs must agree with each other
     return runs
 
 

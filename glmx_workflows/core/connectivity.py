@@ -21,7 +21,7 @@ writes only per-run matrices.
 import numpy as np
 import pandas as pd
 
-from .confounds import fill_nans, match_patterns
+from .confounds import censoring, fill_nans, match_patterns  # noqa: F401 (censoring: the one rule, shared)
 from .errors import GlmxError
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
@@ -103,48 +103,6 @@ def select_rest_confounds(frame, preset=None, patterns=(), source=None):
     if not chosen:
         return pd.DataFrame(index=frame.index)
     return fill_nans(frame[chosen], source)
-
-
-def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50, source=None):
-    """Which volumes survive dummy-scan removal and FD scrubbing.
-
-    Parameters
-    ----------
-    n_scans : int
-        Volumes of the run.
-    dummy_scans : int
-        Leading volumes cut off.
-    fd : array of shape (n_scans,), optional
-        Framewise displacement in mm (NaN never censors).
-    fd_threshold : float or None
-        Volumes with FD strictly above it are censored.
-    min_volumes : int
-        Fewer remaining volumes refuse the run.
-    source : str, optional
-        Confounds file (for messages).
-
-    Returns
-    -------
-    pandas.DataFrame of shape (n_scans, 4)
-        ``volume``, ``framewise_displacement``, ``reason`` ('dummy', 'fd' or 'n/a' when kept) and
-        ``censored`` (1 if dropped).
-
-    Raises
-    ------
-    GlmxError
-        Fewer than ``min_volumes`` volumes remain.
-    """
-    n_scans, dummy_scans = int(n_scans), int(dummy_scans)
-    fd = np.full(n_scans, np.nan) if fd is None else np.asarray(fd, float)
-    high = np.zeros(n_scans, bool) if fd_threshold is None else np.nan_to_num(fd, nan=0.0) > fd_threshold
-    reason = np.where(np.arange(n_scans) < dummy_scans, "dummy", np.where(high, "fd", "n/a"))
-    kept = int((reason == "n/a").sum())
-    if kept < min_volumes:
-        raise GlmxError(f"only {kept} of {n_scans} volumes remain after {dummy_scans} dummy scan(s) and FD "
-                        f"scrubbing above {fd_threshold} mm ({int((reason == 'fd').sum())} censored); at least "
-                        f"{min_volumes} are needed (min_volumes)", file=source, field="fd_threshold")
-    return pd.DataFrame({"volume": np.arange(n_scans), "framewise_displacement": fd, "reason": reason,
-                         "censored": (reason != "n/a").astype(int)})
 
 
 def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_pass=0.01, low_pass=0.08,

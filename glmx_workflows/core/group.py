@@ -31,7 +31,12 @@ from .tfce import cluster_measures, label_clusters, tfce
 
 INTERCEPT = "intercept"
 
-#: Every inference method, with the ``desc`` value of its maps.
+#: The one list of group inference methods (spec schema, CLI choices, workflow and report read it).
+#: Parametric ones threshold the group z/p maps; permutation ones run :func:`permutation_inference`.
+PARAMETRIC_METHODS = ("uncorrected", "fdr", "bonferroni", "cluster")
+PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
+INFERENCE_METHODS = PARAMETRIC_METHODS + PERMUTATION_METHODS
+#: The ``desc`` value of each method's maps.
 INFERENCE_DESC = {
     "uncorrected": "uncorrected",
     "fdr": "fdr",
@@ -41,7 +46,6 @@ INFERENCE_DESC = {
     "perm_cluster_mass": "permClusterMass",
     "tfce": "tfce",
 }
-PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
 
 
 # ----------------------------------------------------------------------------------------------

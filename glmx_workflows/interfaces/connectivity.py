@@ -18,6 +18,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from ..core import connectivity as cc
+from ..core.confounds import censor_table
 from ..core.errors import GlmxError
 from ..io.atlases import load_atlas, region_signals
 from ..io.atomic import write_text
@@ -186,15 +187,8 @@ class DenoiseRun(SimpleInterface):
         n = img.shape[3]
         if len(table) != n:
             raise GlmxError(f"{len(table)} rows but the BOLD run has {n} volumes", file=inp.confounds_file)
-        fd = None
-        if inp.fd_threshold is not None:
-            if "framewise_displacement" not in table.columns:
-                raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
-                                file=inp.confounds_file, field="framewise_displacement")
-            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
-        elif "framewise_displacement" in table.columns:
-            fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
-        outliers = cc.censoring(n, inp.dummy_scans, fd, inp.fd_threshold, inp.min_volumes, source=inp.confounds_file)
+        outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
+                                source=inp.confounds_file)
         confounds = cc.select_rest_confounds(table, inp.confound_preset, inp.confound_regressors,
                                              source=inp.confounds_file)
         clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,
