@@ -174,26 +174,23 @@ def resolve_tr(settings, entry, runs):
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
-    from .core.confounds import censor_table, select_confounds
-    from .core.design import build_design, check_design
-    from .core.events import check_events_fit_run
+    from .core.confounds import censor_table, check_confounds_rows, select_confounds
+    from .core.design import run_design
     from .io.tables import read_tsv
 
     table = read_tsv(run.confounds, "confounds file")
-    if len(table) != run.n_scans:
-        raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
-                        "volumes; expected one row per volume", file=run.confounds, field="rows")
+    check_confounds_rows(table, run.n_scans, run.confounds, run.bold)
     keep = censor_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
                         source=run.confounds)["censored"].to_numpy() == 0
+    confounds = design = None
     if user_design is not None:
         design = read_tsv(user_design, "design matrix")
     else:
-        check_events_fit_run(events, run.n_scans, settings["tr"], run.events)
         confounds = select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
                                      settings["non_steady_state"], source=run.confounds)
-        design = build_design(events, confounds, run.n_scans, settings["tr"], settings["hrf_model"],
-                              settings["drift_model"], settings["high_pass"], settings["drift_order"])
-    check_design(design.iloc[keep], source=run.bold)
+    design = run_design(run.n_scans, settings["tr"], keep, events, confounds, design, settings["hrf_model"],
+                        settings["drift_model"], settings["high_pass"], settings["drift_order"],
+                        events_source=run.events, design_source=user_design, bold=run.bold)
     return design
 
 

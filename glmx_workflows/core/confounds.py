@@ -115,6 +115,30 @@ def select_confounds(frame, patterns, include_motion_outliers=False, non_steady_
     return fill_nans(frame[chosen], source)
 
 
+def check_confounds_rows(table, n_scans, source=None, bold=None):
+    """Refuse a confounds table that is not one row per volume of its BOLD run.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_rows, n_columns)
+        fmriprep's confounds table.
+    n_scans : int
+        Volumes of the BOLD run.
+    source : str, optional
+        Confounds file (for messages).
+    bold : str, optional
+        The BOLD run (for messages).
+
+    Raises
+    ------
+    GlmxError
+        ``n_rows != n_scans``.
+    """
+    if len(table) != n_scans:
+        raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {bold} has {n_scans} volumes; "
+                        "expected one row per volume", file=source, field="rows")
+
+
 def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
     """Volumes kept for the fit (the one censoring rule; :func:`censoring` adds reasons and the floor).
 

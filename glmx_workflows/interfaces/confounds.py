@@ -5,8 +5,7 @@ import os
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from ..core.confounds import MIN_VOLUMES, censor_table, select_confounds
-from ..core.errors import GlmxError
+from ..core.confounds import MIN_VOLUMES, censor_table, check_confounds_rows, select_confounds
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
 
@@ -52,9 +51,7 @@ class SelectConfounds(SimpleInterface):
         src = self.inputs.confounds_file
         table = read_tsv(src, "confounds file")
         n_scans = bold_length(self.inputs.bold_file)
-        if len(table) != n_scans:
-            raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {self.inputs.bold_file} has "
-                            f"{n_scans} volumes; expected one row per volume", file=src, field="rows")
+        check_confounds_rows(table, n_scans, src, self.inputs.bold_file)
         chosen = select_confounds(table, self.inputs.confound_regressors, self.inputs.include_motion_outliers,
                                   self.inputs.non_steady_state, source=src)
         outliers = censor_table(table, n_scans, self.inputs.dummy_scans, self.inputs.fd_threshold,

@@ -18,7 +18,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from ..core import connectivity as cc
-from ..core.confounds import censor_table
+from ..core.confounds import censor_table, check_confounds_rows
 from ..core.errors import GlmxError
 from ..io.atlases import load_atlas, region_signals
 from ..io.atomic import write_text
@@ -185,8 +185,7 @@ class DenoiseRun(SimpleInterface):
         mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
         table = read_tsv(inp.confounds_file, "confounds file")
         n = img.shape[3]
-        if len(table) != n:
-            raise GlmxError(f"{len(table)} rows but the BOLD run has {n} volumes", file=inp.confounds_file)
+        check_confounds_rows(table, n, inp.confounds_file, inp.bold_file)
         outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
                                 source=inp.confounds_file)
         confounds = cc.select_rest_confounds(table, inp.confound_preset, inp.confound_regressors,

@@ -14,7 +14,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
 
 from ..core import group as cg
 from ..core.errors import GlmxError
-from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS  # noqa: F401 (the builders' method lists)
+from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
 from ..io.atomic import atomic_path, write_text
 from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
@@ -256,7 +256,7 @@ class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps (mask and affine)")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
-    methods = traits.List(traits.Enum(*cg.PARAMETRIC_METHODS), usedefault=True,
+    methods = traits.List(traits.Enum(*PARAMETRIC_METHODS), usedefault=True,
                           desc="parametric methods")
     alpha = traits.Float(0.05, usedefault=True, desc="corrected significance level")
     z_threshold = traits.Float(mandatory=True, desc="height in z (uncorrected, cluster)")
@@ -320,7 +320,7 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     design_file = File(exists=True, mandatory=True, desc="design TSV")
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
-    methods = traits.List(traits.Enum(*cg.PERMUTATION_METHODS), mandatory=True, desc="permutation methods")
+    methods = traits.List(traits.Enum(*PERMUTATION_METHODS), mandatory=True, desc="permutation methods")
     n_permutations = traits.Int(5000, usedefault=True, desc="permutations to draw")
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
