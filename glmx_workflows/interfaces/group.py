@@ -13,6 +13,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from ..core import group as cg
+from ..core.clusters import cluster_extent_mask, cluster_table
 from ..core.errors import GlmxError
 from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
 from ..io.atomic import atomic_path, write_text
@@ -298,7 +299,7 @@ class ThresholdGroupMaps(SimpleInterface):
                 else:
                     vol = np.zeros(mask3d.shape)
                     vol[mask3d] = z
-                    keep = cg.cluster_extent_mask(vol, self.inputs.z_threshold, self.inputs.cluster_extent)[mask3d]
+                    keep = cluster_extent_mask(vol, self.inputs.z_threshold, self.inputs.cluster_extent)[mask3d]
                 entry = {"z": _write_map(np.where(keep, z, 0.0), mask, affine, runtime.cwd, f"{con['name']}_{desc}_z")}
                 manifest.append({"path": entry["z"], "entities": _entities(self.inputs.contrast, "z", desc),
                                  "suffix": "statmap"})
@@ -410,7 +411,7 @@ class ClusterTables(SimpleInterface):
             for method, entry in sorted(inference.get(con["name"], {}).items()):
                 if "p" in entry:
                     values[f"p_{cg.INFERENCE_DESC[method]}"] = vol(entry["p"])
-            table = cg.cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
+            table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
                                      min_size=self.inputs.cluster_extent, values=values)
             table = table.rename(columns={"peak_stat": "peak_z"})
             path = os.path.join(runtime.cwd, f"{con['name']}_clusters.tsv")
