@@ -333,6 +333,7 @@ def read_user_designs(designs, runs, work_dir):
     """
     import pandas as pd
 
+    from .core.design import check_user_design
     from .io.tables import read_tsv, write_tsv
 
     if isinstance(designs, (str, Path)):
@@ -343,15 +344,12 @@ def read_user_designs(designs, runs, work_dir):
     paths = []
     for i, (design, run) in enumerate(zip(designs, runs)):
         if isinstance(design, pd.DataFrame):
-            path = Path(work_dir) / "user_designs" / f"sub-{run.subject}_run-{run.run or i + 1}_design.tsv"
-            write_tsv(design, path)
-            frame, src = design, path
+            src = Path(work_dir) / "user_designs" / f"sub-{run.subject}_run-{run.run or i + 1}_design.tsv"
+            check_user_design(design, run.n_scans, f"design_matrices[{i}]", run.bold)  # before writing it
+            write_tsv(design, src)
         else:
             src = Path(design)
-            frame = read_tsv(src, "design matrix")
-        if len(frame) != run.n_scans:
-            raise GlmxError(f"design matrix has {len(frame)} rows but the BOLD run {run.bold} has {run.n_scans} "
-                            "volumes", file=src, field="rows")
+            check_user_design(read_tsv(src, "design matrix"), run.n_scans, src, run.bold)
         paths.append(str(src))
     return paths
 
