@@ -205,3 +205,16 @@ def test_one_list_of_inference_methods():
     add_group_arguments(parser)
     action = next(a for a in parser._actions if "--inference" in a.option_strings)
     assert list(action.choices) == list(INFERENCE_METHODS)
+
+
+def test_group_and_first_level_designs_share_the_rank_rule():
+    from glmx_workflows.core.design import check_design as check_run_design
+    from glmx_workflows.core.group import check_design as check_group_design
+
+    rng = np.random.default_rng(4)
+    age = rng.normal(30, 5, 12)
+    design = pd.DataFrame({"intercept": np.ones(12), "age": age - age.mean(),
+                           "age_days": (age - age.mean()) * 365.25})
+    for check in (check_group_design, check_run_design):
+        with pytest.raises(GlmxError, match=r"rank-deficient: collinear regressors \{age, age_days\}"):
+            check(design)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .confounds import censoring, fill_nans, match_patterns  # noqa: F401 (censoring: the one rule, shared)
 from .errors import GlmxError
+from .group import fdr_qvalues
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 TISSUE = ["csf", "white_matter", "global_signal"]
@@ -609,7 +610,7 @@ def edge_group_comparison(z_matrices, groups, alpha=0.05):
     q = np.full(finite.shape, np.nan)
     if finite.any():
         t[finite], p[finite] = stats.ttest_ind(ea[:, finite], eb[:, finite], axis=0, equal_var=False)
-        q[finite] = stats.false_discovery_control(np.nan_to_num(p[finite], nan=1.0), method="bh")
+        q[finite] = fdr_qvalues(np.nan_to_num(p[finite], nan=1.0))  # the group level's BH, one function
 
     def square(values, diag):
         out = np.full((n, n), diag, float)

@@ -184,16 +184,19 @@ def check_design(design, source=None):
         When a regressor other than the intercept is zero after centring, the design is
         rank-deficient, or there are no more subjects than columns.
     """
+    from .design import collinear_sets  # (nilearn's design module: imported only when a group design is checked)
+
     X = design.to_numpy(float)
     n, p = X.shape
     for name in design.columns:
         if name != INTERCEPT and np.allclose(design[name].to_numpy(float), 0):
             raise GlmxError(f"group regressor '{name}' is constant over the {n} subject(s) modelled "
                             "(after mean-centring it is zero)", file=source, field=name)
-    rank = np.linalg.matrix_rank(X)
-    if rank < p:
-        raise GlmxError(f"the group design is rank-deficient (rank {rank} for columns {', '.join(design.columns)})",
-                        file=source, field="group_level_regressors")
+    groups = collinear_sets(design)  # the first level's rank rule: scale-free, names the culprits
+    if groups:
+        desc = "; ".join("{" + ", ".join(g) + "}" for g in groups)
+        raise GlmxError(f"the group design is rank-deficient: collinear regressors {desc}", file=source,
+                        field="group_level_regressors")
     if n <= p:
         raise GlmxError(f"the group model needs more subjects than design columns: {n} subject(s), {p} column(s) "
                         f"({', '.join(design.columns)})", file=source, field="group_level_regressors")
