@@ -207,9 +207,10 @@ def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=MI
     kept = int(keep.sum())
     if kept < min_volumes:
         field = "dummy_scans" if n_scans - dummy_scans < min_volumes else "fd_threshold"
-        raise GlmxError(f"only {kept} of {n_scans} volumes remain after {dummy_scans} dummy scan(s) and FD "
-                        f"scrubbing above {fd_threshold} mm ({int((reason == 'fd').sum())} censored); at least "
-                        f"{min_volumes} are needed (min_volumes)", file=source, field=field)
+        scrubbed = ("" if fd_threshold is None else
+                    f" and FD scrubbing above {fd_threshold} mm ({int((reason == 'fd').sum())} censored)")
+        raise GlmxError(f"only {kept} of {n_scans} volumes remain after {dummy_scans} dummy scan(s){scrubbed}; "
+                        f"at least {min_volumes} are needed", file=source, field=field)
     return pd.DataFrame({"volume": np.arange(n_scans), "framewise_displacement": fd, "reason": reason,
                          "censored": (~keep).astype(int)})
 
