@@ -164,6 +164,11 @@ def test_task_plan_and_rest_discovery_apply_the_same_tr_rule(task_and_rest, tmp_
         for call in (task.plan, rest.runs):
             with pytest.raises(GlmxError, match="RepetitionTime is 2.0005 s"):
                 call()
+        # a per-subject tr corrects the sidecars, in both analyses
+        task = Subject("01", "flanker", root, output_dir=out, tr=2.0005)
+        rest = RestingState("01", "rest", root, output_dir=out, tr=2.0005)
+        assert task.plan().settings["tr"] == 2.0005
+        assert {r.tr for r in rest.runs()} == {2.0005}
 
 
 # ---------------------------------------------------------------------------------------------- design

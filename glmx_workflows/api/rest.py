@@ -58,7 +58,7 @@ def _check_connectivity(entry, task, spec_path):
                             file=spec_path, field=f"{task}.seeds")
 
 
-def find_rest_runs(layout, subject, task, space, tr=None):
+def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
     """Every preprocessed run of a subject for a connectivity task (no events needed).
 
     Parameters
@@ -71,6 +71,8 @@ def find_rest_runs(layout, subject, task, space, tr=None):
         fmriprep space, optionally with modifiers.
     tr : float, optional
         The spec's TR (else the sidecar's).
+    override_tr : float, optional
+        A per-subject TR that corrects the sidecars (wins, as in :func:`glmx_workflows.core.timing.resolve_tr`).
 
     Returns
     -------
@@ -108,7 +110,8 @@ def find_rest_runs(layout, subject, task, space, tr=None):
             if path is None:
                 raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
         meta_tr, source = _tr_from_metadata(layout, bf.path, None)
-        use_tr = resolve_tr([meta_tr], spec_tr=tr, sources=[source or bf.path])  # the one TR rule (core.timing)
+        use_tr = resolve_tr([meta_tr], spec_tr=tr, override_tr=override_tr,
+                            sources=[source or bf.path])  # the one TR rule (core.timing)
         entities = {"ses": str(ent["session"]) if "session" in ent else None,
                     "run": str(ent["run"]) if "run" in ent else None}
         runs.append(RestRun(bold=bf.path, mask=mask, confounds=confounds, tr=use_tr,
@@ -160,7 +163,9 @@ class RestingState(Project):
         list of RestRun
             Sorted by session and run (see :func:`find_rest_runs`).
         """
-        return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], self.settings["tr"])
+        spec_tr, subject_tr = self.entry.get("tr"), self.settings["tr"]
+        return find_rest_runs(self.layout, self.sub_id, self.task, self.settings["space"], spec_tr,
+                              override_tr=subject_tr if subject_tr != spec_tr else None)
 
     def workflow(self, runs=None, output_dir=True):
         """Build the subject's workflow with its inputs set (not run).
