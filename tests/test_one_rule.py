@@ -223,3 +223,17 @@ def test_group_and_first_level_designs_share_the_rank_rule():
     for check in (check_group_design, check_run_design):
         with pytest.raises(GlmxError, match=r"rank-deficient: collinear regressors \{age, age_days\}"):
             check(design)
+
+
+def test_every_permutation_method_has_its_p_values():
+    from glmx_workflows.core.group import PERMUTATION_P, permutation_inference
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((5, 5, 5), bool)
+    mask[1:4, 1:4, 1:4] = True
+    Y = rng.standard_normal((8, int(mask.sum())))
+    out = permutation_inference(Y, np.ones((8, 1)), [1.0], mask=mask, n_permutations=20, seed=1,
+                                methods=PERMUTATION_METHODS, cluster_threshold=1.0, tfce_steps=5)
+    assert set(PERMUTATION_P) == set(PERMUTATION_METHODS)
+    for method in PERMUTATION_METHODS:
+        assert out[PERMUTATION_P[method]].shape == (mask.sum(),)

@@ -148,7 +148,12 @@ def cluster_table(stat_map, affine, threshold, min_size=0, two_sided=False, min_
         if not ids.size:
             continue
         n_clusters += ids.size
-        peaks = np.asarray(ndimage.maximum(signed, labels, ids), dtype=signed.dtype)
+        flat = labels.ravel()
+        inside = np.flatnonzero(flat)
+        lab, val = flat[inside], signed.ravel()[inside]
+        by = np.lexsort((val, lab))  # by cluster, then value: each cluster's maximum comes last
+        ends = np.append(np.flatnonzero(np.diff(lab[by])), by.size - 1)
+        peaks = val[by][ends][ids - 1]  # every label 1..n has voxels, so ends[c - 1] is cluster c's maximum
         order = ids[(-peaks).argsort()]  # nilearn's sort (same array as nilearn's, so the same order of ties)
         boxes = ndimage.find_objects(labels)
         for rank, c in enumerate(order[:max_clusters]):

@@ -36,6 +36,8 @@ INTERCEPT = "intercept"
 PARAMETRIC_METHODS = ("uncorrected", "fdr", "bonferroni", "cluster")
 PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
 INFERENCE_METHODS = PARAMETRIC_METHODS + PERMUTATION_METHODS
+#: The key of each permutation method's corrected p-values in :func:`permutation_inference`'s result.
+PERMUTATION_P = {"perm_fwe": "p_fwe", "perm_cluster_mass": "p_cluster_mass", "tfce": "p_tfce"}
 #: The ``desc`` value of each method's maps.
 INFERENCE_DESC = {
     "uncorrected": "uncorrected",

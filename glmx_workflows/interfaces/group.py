@@ -346,9 +346,8 @@ class PermuteGroup(SimpleInterface):
             z = _volume_values(con["maps"]["z"], mask)
             info = {"scheme": out["scheme"], "n_permutations": out["n_permutations"], "exhaustive": out["exhaustive"]}
             record[con["name"]] = {}
-            for method, key in (("perm_fwe", "p_fwe"), ("perm_cluster_mass", "p_cluster_mass"), ("tfce", "p_tfce")):
-                if method not in methods:
-                    continue
+            for method in (m for m in PERMUTATION_METHODS if m in methods):
+                key = cg.PERMUTATION_P[method]
                 desc = _method_desc(con["desc"], method)
                 keep = out[key] <= self.inputs.alpha
                 entry = {"p": _write_map(out[key], mask, affine, runtime.cwd, f"{con['name']}_{desc}_p"),
