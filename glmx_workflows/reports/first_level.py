@@ -17,11 +17,13 @@ import pandas as pd
 from ..core.clusters import cluster_table as core_cluster_table
 from ..core.design import regressor_correlations, variance_inflation
 from ..core.formula import contrast_matrix
+from ..core.group import z_threshold
 from . import html as H
 from .figures import plt
 
-# z of a one-sided p of 0.001: the customary uncorrected height of a first-level map
-Z_THRESHOLD = 3.090232306167813
+# z of a one-sided p of 0.001 (the group level's p -> z rule): the customary uncorrected height of a
+# first-level map
+Z_THRESHOLD = z_threshold(0.001)
 CLUSTER_EXTENT = 5  # voxels: isolated noise voxels out, small true blobs (8 mm voxels) in
 MAX_CLUSTERS = 20  # per sign in a contrast's table: an unsmoothed 2 mm map can have thousands
 CORRELATION_FLAG = 0.8
