@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.errors import GlmxError
+from .core.timing import resolve_tr as resolve_run_tr
 from .io.bids import find_runs
 
 # The modelling modules (nilearn, nibabel, pandas: seconds of imports) are imported where they are used:
@@ -167,25 +168,12 @@ def resolve_tr(settings, entry, runs):
     GlmxError
         No TR anywhere, the spec's TR disagrees with a sidecar, or the runs' TRs differ without an override.
     """
-    spec_file = entry["_spec_file"]
     task_tr = entry.get("tr")
     subject_tr = settings.get("tr")
-    overridden = subject_tr is not None and subject_tr != task_tr
-    for run in runs:
-        if run.tr is None and subject_tr is None:
-            raise GlmxError("no RepetitionTime in the BOLD sidecars and no 'tr' in the spec", file=run.bold,
-                            field="RepetitionTime")
-        if run.tr is not None and task_tr is not None and not overridden and abs(run.tr - task_tr) > 1e-6:
-            raise GlmxError(f"tr is {task_tr:g} s in the spec but RepetitionTime is {run.tr:g} s in {run.tr_source}; "
-                            "fix one, or set a per-subject value under 'overrides'", file=spec_file,
-                            field=f"{entry['_task']}.tr")
-    trs = {run.tr for run in runs}
-    if subject_tr is not None:
-        return float(subject_tr)
-    if len(trs) > 1:
-        raise GlmxError(f"runs have different RepetitionTime values {sorted(trs)}; set 'tr' per subject under "
-                        "'overrides'", file=runs[0].bold, field="RepetitionTime")
-    return float(trs.pop())
+    override = subject_tr if subject_tr is not None and subject_tr != task_tr else None
+    return resolve_run_tr([run.tr for run in runs], spec_tr=task_tr, override_tr=override,
+                          sources=[run.tr_source or run.bold for run in runs], spec_file=entry["_spec_file"],
+                          spec_field=f"{entry['_task']}.tr")
 
 
 @contextmanager
@@ -204,28 +192,25 @@ def _spec_setting(settings, key):
 def _checked_design(settings, run, events=None, user_design=None):
     """Build (or read) one run's design exactly as the workflow will, and refuse what it would refuse:
     confounds length and patterns, censoring leaving too few volumes, rank deficiency."""
-    from .core.confounds import censor_run, select_confounds
-    from .core.design import build_design, check_design
-    from .core.events import check_events_fit_run
+    from .core.confounds import censor_table, check_confounds_rows, select_confounds
+    from .core.design import run_design
     from .io.tables import read_tsv
 
     table = read_tsv(run.confounds, "confounds file")
-    if len(table) != run.n_scans:
-        raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {run.bold} has {run.n_scans} "
-                        "volumes; expected one row per volume", file=run.confounds, field="rows")
+    check_confounds_rows(table, run.n_scans, run.confounds, run.bold)
     with _spec_setting(settings, "dummy_scans"):
-        keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                             source=run.confounds)
+        keep = censor_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                            source=run.confounds)["censored"].to_numpy() == 0
+    confounds = design = None
     if user_design is not None:
         design = read_tsv(user_design, "design matrix")
     else:
-        check_events_fit_run(events, run.n_scans, settings["tr"], run.events)
         confounds = select_confounds(table, settings["confound_regressors"], settings["include_motion_outliers"],
                                      settings["non_steady_state"], source=run.confounds)
-        design = build_design(events, confounds, run.n_scans, settings["tr"], settings["hrf_model"],
-                              settings["drift_model"], settings["high_pass"], settings["drift_order"],
-                              source=run.events, field=f"column '{settings['condition_identifier']}'")
-    check_design(design.iloc[keep], source=run.bold)
+    design = run_design(run.n_scans, settings["tr"], keep, events, confounds, design, settings["hrf_model"],
+                        settings["drift_model"], settings["high_pass"], settings["drift_order"],
+                        events_source=run.events, design_source=user_design, bold=run.bold,
+                        events_field=f"column '{settings['condition_identifier']}'")
     return design
 
 
@@ -406,6 +391,7 @@ def read_user_designs(designs, runs, work_dir):
     """
     import pandas as pd
 
+    from .core.design import check_user_design
     from .io.tables import read_tsv, write_tsv
 
     if isinstance(designs, (str, Path)):
@@ -416,15 +402,12 @@ def read_user_designs(designs, runs, work_dir):
     paths = []
     for i, (design, run) in enumerate(zip(designs, runs)):
         if isinstance(design, pd.DataFrame):
-            path = Path(work_dir) / "user_designs" / f"sub-{run.subject}_run-{run.run or i + 1}_design.tsv"
-            write_tsv(design, path)
-            frame, src = design, path
+            src = Path(work_dir) / "user_designs" / f"sub-{run.subject}_run-{run.run or i + 1}_design.tsv"
+            check_user_design(design, run.n_scans, f"design_matrices[{i}]", run.bold)  # before writing it
+            write_tsv(design, src)
         else:
             src = Path(design)
-            frame = read_tsv(src, "design matrix")
-        if len(frame) != run.n_scans:
-            raise GlmxError(f"design matrix has {len(frame)} rows but the BOLD run {run.bold} has {run.n_scans} "
-                            "volumes", file=src, field="rows")
+            check_user_design(read_tsv(src, "design matrix"), run.n_scans, src, run.bold)
         paths.append(os.path.abspath(src))  # the nodes run in their own folders
     return paths
 
@@ -537,19 +520,23 @@ def plan_rest_subject(layout, entry, settings):
     GlmxError
         Anything about the runs, TR, confounds or atlas that the workflow would refuse.
     """
-    from .core.connectivity import censor_confounds_table, select_rest_confounds
+    from .core.confounds import censor_table, check_confounds_rows
+    from .core.connectivity import select_rest_confounds
     from .io.atlases import load_atlas
     from .io.bids import find_rest_runs
     from .io.images import load_image
     from .io.tables import read_tsv
 
-    runs = find_rest_runs(layout, settings["_subject"], entry["_task"], settings["space"], settings["tr"])
+    spec_tr, subject_tr = entry.get("tr"), settings["tr"]
+    runs = find_rest_runs(layout, settings["_subject"], entry["_task"], settings["space"], spec_tr,
+                          override_tr=subject_tr if subject_tr != spec_tr else None)
     for run in runs:
         _check_mask(run)
         table = read_tsv(run.confounds, "confounds file")
+        check_confounds_rows(table, run.n_scans, run.confounds, run.bold)
         with _spec_setting(settings, "dummy_scans"):
-            censor_confounds_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                                   settings["min_volumes"], source=run.confounds)
+            censor_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                         settings["min_volumes"], source=run.confounds)
         select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
                               source=run.confounds)
     load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],

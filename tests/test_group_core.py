@@ -13,9 +13,9 @@ from scipy import ndimage
 from scipy import stats as sps
 
 from glmx_workflows.core.errors import GlmxError
-from glmx_workflows.core.group import (bonferroni, cluster_extent_mask, cluster_table, contrast_maps, fdr_qvalues,
-                                       fit_group_model, group_contrasts, group_design, partition_design,
-                                       permutation_inference, t_threshold)
+from glmx_workflows.core.clusters import cluster_extent_mask, cluster_table
+from glmx_workflows.core.group import (bonferroni, contrast_maps, fdr_qvalues, fit_group_model, group_contrasts,
+                                       group_design, partition_design, permutation_inference, t_threshold)
 from glmx_workflows.core.tfce import cluster_measures, tfce
 
 SHAPE = (9, 10, 8)

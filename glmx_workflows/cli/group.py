@@ -2,6 +2,8 @@
 
 import sys
 
+from ..spec.group_keys import INFERENCE_METHODS
+
 GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm")
 
 
@@ -15,9 +17,9 @@ def add_group_arguments(parser):
     """
     grp = parser.add_argument_group("group level")
     grp.add_argument("--inference", nargs="+", metavar="METHOD",
-                     choices=["uncorrected", "fdr", "bonferroni", "cluster", "perm_fwe", "perm_cluster_mass", "tfce"],
-                     help="thresholded/corrected maps (default: the spec's group_inference): uncorrected, fdr, "
-                          "bonferroni, cluster, perm_fwe, perm_cluster_mass, tfce")
+                     choices=INFERENCE_METHODS,
+                     help="thresholded/corrected maps (default: the spec's group_inference): "
+                          + ", ".join(INFERENCE_METHODS))
     grp.add_argument("--n-permutations", type=int, help="permutations for perm_* and tfce (spec: group_n_permutations)")
     grp.add_argument("--seed", type=int, help="seed of the permutations (spec: group_seed)")
     grp.add_argument("--contrast", nargs="+", metavar="NAME",

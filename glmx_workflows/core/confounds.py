@@ -115,8 +115,32 @@ def select_confounds(frame, patterns, include_motion_outliers=False, non_steady_
     return fill_nans(frame[chosen], source)
 
 
+def check_confounds_rows(table, n_scans, source=None, bold=None):
+    """Refuse a confounds table that is not one row per volume of its BOLD run.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_rows, n_columns)
+        fmriprep's confounds table.
+    n_scans : int
+        Volumes of the BOLD run.
+    source : str, optional
+        Confounds file (for messages).
+    bold : str, optional
+        The BOLD run (for messages).
+
+    Raises
+    ------
+    GlmxError
+        ``n_rows != n_scans``.
+    """
+    if len(table) != n_scans:
+        raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {bold} has {n_scans} volumes; "
+                        "expected one row per volume", file=source, field="rows")
+
+
 def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
-    """Volumes kept for the fit.
+    """Volumes kept for the fit (the one censoring rule; :func:`censoring` adds reasons and the floor).
 
     Parameters
     ----------
@@ -134,7 +158,7 @@ def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
     numpy.ndarray of shape (n_scans,), bool
         True where the volume is kept.
     """
-    keep = np.ones(n_scans, dtype=bool)
+    keep = np.ones(int(n_scans), dtype=bool)
     keep[: int(dummy_scans)] = False
     if fd_threshold is not None:
         fd = np.asarray(fd, dtype=float)
@@ -142,50 +166,83 @@ def censor_mask(n_scans, dummy_scans=0, fd=None, fd_threshold=None):
     return keep
 
 
-def censor_run(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN_VOLUMES, source=None):
-    """Volumes kept for one run's fit, with the reason each dropped volume was dropped.
+def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=MIN_VOLUMES, source=None):
+    """Which volumes survive dummy-scan removal and FD scrubbing, and why the others were dropped.
+
+    One function for every analysis (task GLM, resting state): only the floor ``min_volumes`` is the
+    caller's (the task GLM's :data:`MIN_VOLUMES`, under its own more-volumes-than-regressors check;
+    connectivity's ``min_volumes`` spec key, as a correlation needs many more samples than a GLM).
 
     Parameters
     ----------
-    table : pandas.DataFrame of shape (n_scans, n_columns)
-        fmriprep's confounds table (``framewise_displacement`` is read when ``fd_threshold`` is set).
     n_scans : int
-        Volumes in the run.
+        Volumes of the run.
     dummy_scans : int
-        Leading volumes dropped (scanner warm-up).
+        Leading volumes cut off.
+    fd : array of shape (n_scans,), optional
+        Framewise displacement in mm (NaN never censors).
     fd_threshold : float or None
-        Volumes with framewise displacement (mm) strictly above it are censored; None censors none.
+        Volumes with FD strictly above it are censored; None censors none.
     min_volumes : int
-        Refuse the run when fewer volumes remain.
+        Fewer remaining volumes refuse the run.
     source : str, optional
         Confounds file (for messages).
 
     Returns
     -------
-    keep : numpy.ndarray of shape (n_scans,), bool
-        True where the volume is kept.
-    reasons : list of str
-        ``""`` for kept volumes, ``"dummy"`` or ``"fd"`` for dropped ones.
+    pandas.DataFrame of shape (n_scans, 4)
+        ``volume``, ``framewise_displacement``, ``reason`` ('dummy', 'fd' or 'n/a' when kept) and
+        ``censored`` (1 if dropped).
 
     Raises
     ------
     GlmxError
-        ``fd_threshold`` is set without a ``framewise_displacement`` column, or fewer than ``min_volumes``
-        volumes remain.
+        Fewer than ``min_volumes`` volumes remain (the field is ``dummy_scans`` when the dummy scans
+        alone leave too few, else ``fd_threshold``).
+    """
+    n_scans, dummy_scans = int(n_scans), int(dummy_scans)
+    fd = np.full(n_scans, np.nan) if fd is None else np.asarray(fd, float)
+    keep = censor_mask(n_scans, dummy_scans, fd, fd_threshold)
+    reason = np.where(np.arange(n_scans) < dummy_scans, "dummy", np.where(keep, "n/a", "fd"))
+    kept = int(keep.sum())
+    if kept < min_volumes:
+        field = "dummy_scans" if n_scans - dummy_scans < min_volumes else "fd_threshold"
+        scrubbed = ("" if fd_threshold is None else
+                    f" and FD scrubbing above {fd_threshold} mm ({int((reason == 'fd').sum())} censored)")
+        raise GlmxError(f"only {kept} of {n_scans} volumes remain after {dummy_scans} dummy scan(s){scrubbed}; "
+                        f"at least {min_volumes} are needed", file=source, field=field)
+    return pd.DataFrame({"volume": np.arange(n_scans), "framewise_displacement": fd, "reason": reason,
+                         "censored": (~keep).astype(int)})
+
+
+def censor_table(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=MIN_VOLUMES, source=None):
+    """:func:`censoring` of a run from its fmriprep confounds table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame of shape (n_scans, n_columns)
+        fmriprep's confounds table (``framewise_displacement`` is read when present; it must be when
+        ``fd_threshold`` is set).
+    n_scans, dummy_scans, fd_threshold, min_volumes, source
+        As :func:`censoring`.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_scans, 4)
+        As :func:`censoring`.
+
+    Raises
+    ------
+    GlmxError
+        ``fd_threshold`` is set without a ``framewise_displacement`` column, or too few volumes remain.
     """
     if int(n_scans) - int(dummy_scans) < min_volumes:
         raise GlmxError(f"dummy_scans {dummy_scans} leaves {max(int(n_scans) - int(dummy_scans), 0)} of the run's "
                         f"{n_scans} volumes; at least {min_volumes} are needed", file=source, field="dummy_scans")
     fd = None
-    if fd_threshold is not None:
-        if "framewise_displacement" not in table.columns:
-            raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
-                            file=source, field="framewise_displacement")
+    if "framewise_displacement" in table.columns:
         fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
-    keep = censor_mask(n_scans, dummy_scans, fd, fd_threshold)
-    if keep.sum() < min_volumes:
-        raise GlmxError(f"only {int(keep.sum())} of {n_scans} volumes remain after {dummy_scans} dummy scans and "
-                        f"FD censoring (fd_threshold {fd_threshold}); at least {min_volumes} are needed",
-                        file=source, field="fd_threshold")
-    reasons = ["" if k else "dummy" if i < dummy_scans else "fd" for i, k in enumerate(keep)]
-    return keep, reasons
+    elif fd_threshold is not None:
+        raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
+                        file=source, field="framewise_displacement")
+    return censoring(n_scans, dummy_scans, fd, fd_threshold, min_volumes, source)

@@ -21,8 +21,9 @@ writes only per-run matrices.
 import numpy as np
 import pandas as pd
 
-from .confounds import fill_nans, match_patterns
+from .confounds import censoring, fill_nans, match_patterns  # noqa: F401 (censoring: the one rule, shared)
 from .errors import GlmxError
+from .group import fdr_qvalues
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 TISSUE = ["csf", "white_matter", "global_signal"]
@@ -103,86 +104,6 @@ def select_rest_confounds(frame, preset=None, patterns=(), source=None):
     if not chosen:
         return pd.DataFrame(index=frame.index)
     return fill_nans(frame[chosen], source)
-
-
-def censoring(n_scans, dummy_scans=0, fd=None, fd_threshold=None, min_volumes=50, source=None):
-    """Which volumes survive dummy-scan removal and FD scrubbing.
-
-    Parameters
-    ----------
-    n_scans : int
-        Volumes of the run.
-    dummy_scans : int
-        Leading volumes cut off.
-    fd : array of shape (n_scans,), optional
-        Framewise displacement in mm (NaN never censors).
-    fd_threshold : float or None
-        Volumes with FD strictly above it are censored.
-    min_volumes : int
-        Fewer remaining volumes refuse the run.
-    source : str, optional
-        Confounds file (for messages).
-
-    Returns
-    -------
-    pandas.DataFrame of shape (n_scans, 4)
-        ``volume``, ``framewise_displacement``, ``reason`` ('dummy', 'fd' or 'n/a' when kept) and
-        ``censored`` (1 if dropped).
-
-    Raises
-    ------
-    GlmxError
-        Fewer than ``min_volumes`` volumes remain.
-    """
-    n_scans, dummy_scans = int(n_scans), int(dummy_scans)
-    if n_scans - dummy_scans < min_volumes:
-        raise GlmxError(f"dummy_scans {dummy_scans} leaves {max(n_scans - dummy_scans, 0)} of the run's {n_scans} "
-                        f"volumes; at least {min_volumes} are needed (min_volumes)", file=source, field="dummy_scans")
-    fd = np.full(n_scans, np.nan) if fd is None else np.asarray(fd, float)
-    high = np.zeros(n_scans, bool) if fd_threshold is None else np.nan_to_num(fd, nan=0.0) > fd_threshold
-    reason = np.where(np.arange(n_scans) < dummy_scans, "dummy", np.where(high, "fd", "n/a"))
-    kept = int((reason == "n/a").sum())
-    if kept < min_volumes:
-        raise GlmxError(f"only {kept} of {n_scans} volumes remain after {dummy_scans} dummy scan(s) and FD "
-                        f"scrubbing above {fd_threshold} mm ({int((reason == 'fd').sum())} censored); at least "
-                        f"{min_volumes} are needed (min_volumes)", file=source, field="fd_threshold")
-    return pd.DataFrame({"volume": np.arange(n_scans), "framewise_displacement": fd, "reason": reason,
-                         "censored": (reason != "n/a").astype(int)})
-
-
-def censor_confounds_table(table, n_scans, dummy_scans=0, fd_threshold=None, min_volumes=50, source=None):
-    """:func:`censoring` of one run from its fmriprep confounds table (its ``framewise_displacement``).
-
-    Parameters
-    ----------
-    table : pandas.DataFrame of shape (n_scans, n_columns)
-        The run's confounds table.
-    n_scans : int
-        Volumes of the run.
-    dummy_scans, fd_threshold, min_volumes, source
-        As :func:`censoring`.
-
-    Returns
-    -------
-    pandas.DataFrame of shape (n_scans, 4)
-        As :func:`censoring`.
-
-    Raises
-    ------
-    GlmxError
-        The table's rows differ from the run's volumes, ``fd_threshold`` is set without a
-        framewise_displacement column, or :func:`censoring` refuses the run.
-    """
-    if len(table) != n_scans:
-        raise GlmxError(f"{len(table)} rows but the BOLD run has {n_scans} volumes; expected one row per volume",
-                        file=source, field="rows")
-    if fd_threshold is not None and "framewise_displacement" not in table.columns:
-        raise GlmxError("fd_threshold is set but the file has no framewise_displacement column",
-                        file=source, field="framewise_displacement")
-    fd = None
-    if "framewise_displacement" in table.columns:
-        fd = pd.to_numeric(table["framewise_displacement"], errors="coerce").to_numpy(float)
-    return censoring(n_scans, dummy_scans, fd, fd_threshold, min_volumes, source=source)
 
 
 def denoise(signals, confounds=None, t_r=2.0, outliers=None, detrend=True, high_pass=0.01, low_pass=0.08,
@@ -689,7 +610,7 @@ def edge_group_comparison(z_matrices, groups, alpha=0.05):
     q = np.full(finite.shape, np.nan)
     if finite.any():
         t[finite], p[finite] = stats.ttest_ind(ea[:, finite], eb[:, finite], axis=0, equal_var=False)
-        q[finite] = stats.false_discovery_control(np.nan_to_num(p[finite], nan=1.0), method="bh")
+        q[finite] = fdr_qvalues(np.nan_to_num(p[finite], nan=1.0))  # the group level's BH, one function
 
     def square(values, diag):
         out = np.full((n, n), diag, float)

@@ -8,6 +8,7 @@ import pandas as pd
 from nilearn.glm.first_level import make_first_level_design_matrix
 
 from .errors import GlmxError
+from .events import check_events_fit_run
 
 
 def check_regressor_names(task_regressors, other_columns, source=None, field=None):
@@ -170,6 +171,84 @@ def check_design(design, n_kept=None, source=None):
     if groups:
         desc = "; ".join("{" + ", ".join(g) + "}" for g in groups)
         raise GlmxError(f"design is rank-deficient: collinear regressors {desc}", file=source, field="design")
+
+
+def check_user_design(design, n_scans, source=None, bold=None):
+    """Refuse a user's design matrix that is not one row of numbers per volume.
+
+    Parameters
+    ----------
+    design : pandas.DataFrame of shape (n_rows, n_regressors)
+        The design as read from the user's TSV.
+    n_scans : int
+        Volumes in the run.
+    source : str, optional
+        The design file (for messages).
+    bold : str, optional
+        The BOLD run (for messages).
+
+    Raises
+    ------
+    GlmxError
+        The row count differs from ``n_scans``, or a column holds a non-number or n/a.
+    """
+    if len(design) != n_scans:
+        raise GlmxError(f"design matrix has {len(design)} rows but the BOLD run {bold} has {n_scans} volumes",
+                        file=source, field="rows")
+    bad = [c for c in design.columns if not pd.api.types.is_numeric_dtype(design[c]) or design[c].isna().any()]
+    if bad:
+        raise GlmxError("non-numeric or n/a values; a design matrix holds numbers only", file=source,
+                        field=f"column '{bad[0]}'")
+
+
+def run_design(n_scans, tr, keep=None, events=None, confounds=None, user_design=None, hrf_model="glover",
+               drift_model="cosine", high_pass=0.01, drift_order=1, events_source=None, design_source=None,
+               bold=None, events_field=None):
+    """One run's design, built (or the user's, checked) and refused when the fit could not estimate it.
+
+    The one design check: the plan (before any node runs) and the ``build_design`` node call it with
+    the same arguments, so a design the plan accepts is one the workflow accepts.
+
+    Parameters
+    ----------
+    n_scans : int
+        Volumes in the run.
+    tr : float
+        Repetition time in seconds.
+    keep : numpy.ndarray of bool, shape (n_scans,), optional
+        Volumes the fit keeps (after censoring); all by default.
+    events : pandas.DataFrame, optional
+        Normalised events (needed unless ``user_design`` is given).
+    confounds : pandas.DataFrame of shape (n_scans, n_confounds), optional
+        Selected, cleaned confounds.
+    user_design : pandas.DataFrame of shape (n_scans, n_regressors), optional
+        A user's design replacing the built one.
+    hrf_model, drift_model, high_pass, drift_order
+        As :func:`build_design`.
+    events_source, design_source, bold : str, optional
+        The events file, the user's design file and the BOLD run (for messages).
+    events_field : str, optional
+        The events column the condition names come from (for messages).
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_scans, n_regressors)
+
+    Raises
+    ------
+    GlmxError
+        A user design of the wrong shape or with non-numbers, an event after the end of the run, too
+        few kept volumes for the regressors, or collinear regressors.
+    """
+    if user_design is not None:
+        check_user_design(user_design, n_scans, design_source, bold)
+        design = user_design
+    else:
+        check_events_fit_run(events, n_scans, tr, events_source)
+        design = build_design(events, confounds, n_scans, tr, hrf_model, drift_model, high_pass, drift_order,
+                              source=events_source, field=events_field)
+    check_design(design if keep is None else design.iloc[np.asarray(keep, bool)], source=bold)
+    return design
 
 
 def regressor_correlations(design):

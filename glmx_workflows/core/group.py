@@ -31,7 +31,14 @@ from .tfce import cluster_measures, label_clusters, tfce
 
 INTERCEPT = "intercept"
 
-#: Every inference method, with the ``desc`` value of its maps.
+#: The one list of group inference methods (spec schema, CLI choices, workflow and report read it).
+#: Parametric ones threshold the group z/p maps; permutation ones run :func:`permutation_inference`.
+PARAMETRIC_METHODS = ("uncorrected", "fdr", "bonferroni", "cluster")
+PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
+INFERENCE_METHODS = PARAMETRIC_METHODS + PERMUTATION_METHODS
+#: The key of each permutation method's corrected p-values in :func:`permutation_inference`'s result.
+PERMUTATION_P = {"perm_fwe": "p_fwe", "perm_cluster_mass": "p_cluster_mass", "tfce": "p_tfce"}
+#: The ``desc`` value of each method's maps.
 INFERENCE_DESC = {
     "uncorrected": "uncorrected",
     "fdr": "fdr",
@@ -41,7 +48,6 @@ INFERENCE_DESC = {
     "perm_cluster_mass": "permClusterMass",
     "tfce": "tfce",
 }
-PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,16 +186,19 @@ def check_design(design, source=None):
         When a regressor other than the intercept is zero after centring, the design is
         rank-deficient, or there are no more subjects than columns.
     """
+    from .design import collinear_sets  # (nilearn's design module: imported only when a group design is checked)
+
     X = design.to_numpy(float)
     n, p = X.shape
     for name in design.columns:
         if name != INTERCEPT and np.allclose(design[name].to_numpy(float), 0):
             raise GlmxError(f"group regressor '{name}' is constant over the {n} subject(s) modelled "
                             "(after mean-centring it is zero)", file=source, field=name)
-    rank = np.linalg.matrix_rank(X)
-    if rank < p:
-        raise GlmxError(f"the group design is rank-deficient (rank {rank} for columns {', '.join(design.columns)})",
-                        file=source, field="group_level_regressors")
+    groups = collinear_sets(design)  # the first level's rank rule: scale-free, names the culprits
+    if groups:
+        desc = "; ".join("{" + ", ".join(g) + "}" for g in groups)
+        raise GlmxError(f"the group design is rank-deficient: collinear regressors {desc}", file=source,
+                        field="group_level_regressors")
     if n <= p:
         raise GlmxError(f"the group model needs more subjects than design columns: {n} subject(s), {p} column(s) "
                         f"({', '.join(design.columns)})", file=source, field="group_level_regressors")
@@ -341,108 +350,6 @@ def z_threshold(p_threshold=None, z=None):
         raise GlmxError(f"an uncorrected p threshold must be between 0 and 1, got {p_threshold!r}",
                         field="group_p_threshold")
     return float(sps.norm.isf(p_threshold))
-
-
-def cluster_extent_mask(stat_map, threshold, min_size, connectivity=1):
-    """Voxels above a height that belong to a cluster of at least ``min_size`` voxels.
-
-    Parameters
-    ----------
-    stat_map : numpy.ndarray, shape (x, y, z)
-        Statistic map.
-    threshold : float
-        Height: voxels strictly above it form clusters.
-    min_size : int
-        Smallest cluster kept, in voxels.
-    connectivity : {1, 2, 3}
-        1: faces (6 neighbours), 2: + edges (18), 3: + corners (26).
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (x, y, z)
-        True in the kept clusters.
-    """
-    labels, sizes, _ = label_clusters(stat_map, threshold, connectivity)
-    keep = sizes >= max(int(min_size), 1)
-    keep[0] = False
-    return keep[labels]
-
-
-# ----------------------------------------------------------------------------------------------
-# cluster tables
-# ----------------------------------------------------------------------------------------------
-
-
-def _local_maxima(values, cluster):
-    data = np.where(cluster, values, -np.inf)
-    peaks = cluster & (data == ndimage.maximum_filter(data, size=3, mode="constant", cval=-np.inf))
-    ijk = np.argwhere(peaks)
-    vals = values[peaks]
-    order = np.argsort(-vals, kind="stable")
-    return ijk[order], vals[order]
-
-
-def cluster_table(stat_map, affine, threshold, min_size=0, min_distance=8.0, n_subpeaks=3, connectivity=1,
-                  values=None):
-    """Clusters of a statistic map above a height, with peaks and sub-peaks (nilearn's layout).
-
-    Parameters
-    ----------
-    stat_map : numpy.ndarray, shape (x, y, z)
-        z (or t) map, zero outside the mask.
-    affine : numpy.ndarray, shape (4, 4)
-        Voxel-to-world transform (peak coordinates are reported in mm).
-    threshold : float
-        Cluster-forming height (voxels strictly above it).
-    min_size : int
-        Clusters smaller than this (in voxels) are left out.
-    min_distance : float
-        Sub-peaks closer than this (mm) to a higher peak of the cluster are left out.
-    n_subpeaks : int
-        Sub-peaks reported per cluster at most.
-    connectivity : {1, 2, 3}
-        1: faces, as nilearn's ``get_clusters_table``.
-    values : dict, optional
-        ``{column: array (x, y, z)}`` read at each row's voxel (e.g. corrected p-values).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``cluster_id`` ('1', '1a', ...), ``x``, ``y``, ``z`` (mm), ``i``, ``j``, ``k`` (voxel),
-        ``peak_stat``, ``size_voxels``, ``size_mm3`` (n/a on sub-peak rows), then ``values``'s
-        columns. Clusters in descending order of their peak.
-    """
-    stat_map = np.nan_to_num(np.asarray(stat_map, dtype=np.float64), nan=0.0)
-    affine = np.asarray(affine, dtype=np.float64)
-    voxel_mm3 = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))  # the header zooms, as nilearn
-    labels, sizes, _ = label_clusters(stat_map, threshold, connectivity)
-    values = values or {}
-    ids = [c for c in range(1, len(sizes)) if sizes[c] >= max(int(min_size), 1)]
-    peaks = {c: stat_map[labels == c].max() for c in ids}
-    ids.sort(key=lambda c: -peaks[c])
-    rows = []
-    for number, c in enumerate(ids, start=1):
-        ijk, vals = _local_maxima(stat_map, labels == c)
-        xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
-        kept = []
-        for m in range(len(vals)):
-            if all(np.linalg.norm(xyz[m] - xyz[k]) > min_distance for k in kept):
-                kept.append(m)
-            if len(kept) > n_subpeaks:
-                break
-        for rank, m in enumerate(kept):
-            row = {"cluster_id": str(number) if rank == 0 else f"{number}{chr(ord('a') + rank - 1)}",
-                   "x": float(xyz[m, 0]), "y": float(xyz[m, 1]), "z": float(xyz[m, 2]),
-                   "i": int(ijk[m, 0]), "j": int(ijk[m, 1]), "k": int(ijk[m, 2]),
-                   "peak_stat": float(vals[m]),
-                   "size_voxels": int(sizes[c]) if rank == 0 else None,
-                   "size_mm3": float(sizes[c] * voxel_mm3) if rank == 0 else None}
-            for name, arr in values.items():
-                row[name] = float(np.asarray(arr)[tuple(ijk[m])])
-            rows.append(row)
-    columns = ["cluster_id", "x", "y", "z", "i", "j", "k", "peak_stat", "size_voxels", "size_mm3", *values]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"size_voxels": "Int64"})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,7 @@ import os
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from ..core.confounds import MIN_VOLUMES, censor_run, select_confounds
-from ..core.errors import GlmxError
+from ..core.confounds import MIN_VOLUMES, censor_table, check_confounds_rows, select_confounds
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
 
@@ -52,14 +51,13 @@ class SelectConfounds(SimpleInterface):
         src = self.inputs.confounds_file
         table = read_tsv(src, "confounds file")
         n_scans = bold_length(self.inputs.bold_file)
-        if len(table) != n_scans:
-            raise GlmxError(f"confounds file has {len(table)} rows but the BOLD run {self.inputs.bold_file} has "
-                            f"{n_scans} volumes; expected one row per volume", file=src, field="rows")
+        check_confounds_rows(table, n_scans, src, self.inputs.bold_file)
         chosen = select_confounds(table, self.inputs.confound_regressors, self.inputs.include_motion_outliers,
                                   self.inputs.non_steady_state, source=src)
-        keep, reason = censor_run(table, n_scans, self.inputs.dummy_scans, self.inputs.fd_threshold,
-                                  self.inputs.min_volumes, source=src)
-        censor = pd.DataFrame({"volume": range(n_scans), "kept": keep.astype(int), "reason": reason})
+        outliers = censor_table(table, n_scans, self.inputs.dummy_scans, self.inputs.fd_threshold,
+                                self.inputs.min_volumes, source=src)
+        censor = pd.DataFrame({"volume": range(n_scans), "kept": 1 - outliers["censored"],
+                               "reason": outliers["reason"].replace("n/a", "")})
         self._results["confounds_file"] = str(write_tsv(chosen, os.path.join(runtime.cwd, "confounds.tsv")))
         self._results["censor_file"] = str(write_tsv(censor, os.path.join(runtime.cwd, "censor.tsv")))
         return runtime

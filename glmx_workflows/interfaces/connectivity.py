@@ -18,6 +18,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from ..core import connectivity as cc
+from ..core.confounds import censor_table, check_confounds_rows
 from ..core.errors import GlmxError
 from ..io.atlases import load_atlas, region_signals
 from ..io.atomic import write_text
@@ -183,8 +184,10 @@ class DenoiseRun(SimpleInterface):
             raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
         mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
         table = read_tsv(inp.confounds_file, "confounds file")
-        outliers = cc.censor_confounds_table(table, img.shape[3], inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
-                                             source=inp.confounds_file)
+        n = img.shape[3]
+        check_confounds_rows(table, n, inp.confounds_file, inp.bold_file)
+        outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
+                                source=inp.confounds_file)
         confounds = cc.select_rest_confounds(table, inp.confound_preset, inp.confound_regressors,
                                              source=inp.confounds_file)
         clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,

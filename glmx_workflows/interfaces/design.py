@@ -3,12 +3,9 @@
 import json
 import os
 
-import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from ..core.design import build_design, check_design
-from ..core.errors import GlmxError
-from ..core.events import check_events_fit_run
+from ..core.design import run_design
 from ..io.atomic import write_text
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
@@ -58,24 +55,18 @@ class BuildDesign(SimpleInterface):
     def _run_interface(self, runtime):
         n_scans = bold_length(self.inputs.bold_file)
         keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
+        user_design = src = None
         if self.inputs.user_design_file:
             src = self.inputs.user_design_file
-            design = read_tsv(src, "design matrix")
-            if len(design) != n_scans:
-                raise GlmxError(f"design matrix has {len(design)} rows but the BOLD run {self.inputs.bold_file} "
-                                f"has {n_scans} volumes", file=src, field="rows")
-            bad = [c for c in design.columns if not pd.api.types.is_numeric_dtype(design[c]) or design[c].isna().any()]
-            if bad:
-                raise GlmxError("non-numeric or n/a values; a design matrix holds numbers only", file=src,
-                                field=f"column '{bad[0]}'")
+            user_design = read_tsv(src, "design matrix")
+            events = confounds = None
         else:
-            src = self.inputs.source_events or self.inputs.events_file
             events = read_tsv(self.inputs.events_file)
-            check_events_fit_run(events, n_scans, self.inputs.tr, src)
             confounds = read_tsv(self.inputs.confounds_file)
-            design = build_design(events, confounds, n_scans, self.inputs.tr, self.inputs.hrf_model,
-                                  self.inputs.drift_model, self.inputs.high_pass, self.inputs.drift_order)
-        check_design(design.iloc[keep], source=self.inputs.bold_file)
+        design = run_design(n_scans, self.inputs.tr, keep, events, confounds, user_design, self.inputs.hrf_model,
+                            self.inputs.drift_model, self.inputs.high_pass, self.inputs.drift_order,
+                            events_source=self.inputs.source_events or self.inputs.events_file, design_source=src,
+                            bold=self.inputs.bold_file)
         design_file = write_tsv(design, os.path.join(runtime.cwd, "design.tsv"))
         figure_file = plot_design(design, os.path.join(runtime.cwd, "design.svg"))
         manifest = [{"path": str(design_file), "entities": {}, "suffix": "design"},

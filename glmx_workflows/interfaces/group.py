@@ -13,7 +13,9 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     traits)
 
 from ..core import group as cg
+from ..core.clusters import cluster_extent_mask, cluster_table
 from ..core.errors import GlmxError
+from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
 from ..io.atomic import atomic_path, write_text
 from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
@@ -255,7 +257,7 @@ class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps (mask and affine)")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
-    methods = traits.List(traits.Enum("uncorrected", "fdr", "bonferroni", "cluster"), usedefault=True,
+    methods = traits.List(traits.Enum(*PARAMETRIC_METHODS), usedefault=True,
                           desc="parametric methods")
     alpha = traits.Float(0.05, usedefault=True, desc="corrected significance level")
     z_threshold = traits.Float(mandatory=True, desc="height in z (uncorrected, cluster)")
@@ -297,7 +299,7 @@ class ThresholdGroupMaps(SimpleInterface):
                 else:
                     vol = np.zeros(mask3d.shape)
                     vol[mask3d] = z
-                    keep = cg.cluster_extent_mask(vol, self.inputs.z_threshold, self.inputs.cluster_extent)[mask3d]
+                    keep = cluster_extent_mask(vol, self.inputs.z_threshold, self.inputs.cluster_extent)[mask3d]
                 entry = {"z": _write_map(np.where(keep, z, 0.0), mask, affine, runtime.cwd, f"{con['name']}_{desc}_z")}
                 manifest.append({"path": entry["z"], "entities": _entities(self.inputs.contrast, "z", desc),
                                  "suffix": "statmap"})
@@ -319,7 +321,7 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     design_file = File(exists=True, mandatory=True, desc="design TSV")
     maps_file = File(exists=True, mandatory=True, desc="JSON from compute_contrasts")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
-    methods = traits.List(traits.Enum(*cg.PERMUTATION_METHODS), mandatory=True, desc="permutation methods")
+    methods = traits.List(traits.Enum(*PERMUTATION_METHODS), mandatory=True, desc="permutation methods")
     n_permutations = traits.Int(5000, usedefault=True, desc="permutations to draw")
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
@@ -344,9 +346,8 @@ class PermuteGroup(SimpleInterface):
             z = _volume_values(con["maps"]["z"], mask)
             info = {"scheme": out["scheme"], "n_permutations": out["n_permutations"], "exhaustive": out["exhaustive"]}
             record[con["name"]] = {}
-            for method, key in (("perm_fwe", "p_fwe"), ("perm_cluster_mass", "p_cluster_mass"), ("tfce", "p_tfce")):
-                if method not in methods:
-                    continue
+            for method in (m for m in PERMUTATION_METHODS if m in methods):
+                key = cg.PERMUTATION_P[method]
                 desc = _method_desc(con["desc"], method)
                 keep = out[key] <= self.inputs.alpha
                 entry = {"p": _write_map(out[key], mask, affine, runtime.cwd, f"{con['name']}_{desc}_p"),
@@ -409,7 +410,7 @@ class ClusterTables(SimpleInterface):
             for method, entry in sorted(inference.get(con["name"], {}).items()):
                 if "p" in entry:
                     values[f"p_{cg.INFERENCE_DESC[method]}"] = vol(entry["p"])
-            table = cg.cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
+            table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
                                      min_size=self.inputs.cluster_extent, values=values)
             table = table.rename(columns={"peak_stat": "peak_z"})
             path = os.path.join(runtime.cwd, f"{con['name']}_clusters.tsv")

@@ -430,7 +430,7 @@ class RestRun:
     n_scans: int = None
 
 
-def find_rest_runs(layout, subject, task, space, tr=None):
+def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
     """Every preprocessed run of a subject for a connectivity task, matched on entities as :func:`find_runs`
     (no events needed), with the TR every run is analysed at.
 
@@ -444,6 +444,8 @@ def find_rest_runs(layout, subject, task, space, tr=None):
         fmriprep space, optionally with modifiers.
     tr : float, optional
         The spec's TR (else the sidecar's).
+    override_tr : float, optional
+        A subject-level TR correcting the sidecars (wins without comparison; see core.timing).
 
     Returns
     -------
@@ -456,19 +458,16 @@ def find_rest_runs(layout, subject, task, space, tr=None):
         As :func:`find_runs`; or the TR is unknown, disagrees with the sidecar, or differs between runs.
     """
     runs = []
+    from ..core.timing import resolve_tr
+
     for rec in find_runs(layout, subject, task, space, events=False):
-        if tr is not None and rec.tr is not None and abs(float(tr) - rec.tr) > 1e-3:
-            raise GlmxError(f"spec tr {tr} differs from RepetitionTime {rec.tr} of {rec.tr_source}", file=rec.bold,
-                            field="tr")
-        use_tr = float(tr) if tr is not None else rec.tr
-        if use_tr is None:
-            raise GlmxError("no TR: set 'tr' in the spec or RepetitionTime in the sidecar", file=rec.bold, field="tr")
+        # the one TR rule (core.timing), as the task GLM applies it
+        use_tr = resolve_tr([rec.tr], spec_tr=tr, override_tr=override_tr, sources=[rec.tr_source or rec.bold])
         entities = {"ses": rec.session, "run": rec.run}
         runs.append(RestRun(bold=rec.bold, mask=rec.mask, confounds=rec.confounds, tr=use_tr,
                             entities={k: v for k, v in entities.items() if v is not None}, extra=dict(rec.extra),
                             n_scans=rec.n_scans))
-    if len({r.tr for r in runs}) > 1:
-        raise GlmxError(f"runs have different TRs ({sorted({r.tr for r in runs})})", file=runs[0].bold, field="tr")
+    resolve_tr([r.tr for r in runs], sources=[r.bold for r in runs])  # the runs must agree with each other
     return runs
 
 

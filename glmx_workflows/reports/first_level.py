@@ -14,13 +14,16 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ..core.clusters import cluster_table as core_cluster_table
 from ..core.design import regressor_correlations, variance_inflation
 from ..core.formula import contrast_matrix
+from ..core.group import z_threshold
 from . import html as H
 from .figures import plt
 
-# z of a one-sided p of 0.001: the customary uncorrected height of a first-level map
-Z_THRESHOLD = 3.090232306167813
+# z of a one-sided p of 0.001 (the group level's p -> z rule): the customary uncorrected height of a
+# first-level map
+Z_THRESHOLD = z_threshold(0.001)
 CLUSTER_EXTENT = 5  # voxels: isolated noise voxels out, small true blobs (8 mm voxels) in
 MAX_CLUSTERS = 20  # per sign in a contrast's table: an unsmoothed 2 mm map can have thousands
 CORRELATION_FLAG = 0.8
@@ -315,20 +318,16 @@ class _MapFigures:
 
 def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided=True, min_distance=8.0,
                   max_clusters=None):
-    """Clusters of the thresholded map: the table of nilearn's ``get_clusters_table``, computed per cluster.
+    """The report's cluster table: :func:`glmx_workflows.core.clusters.cluster_table` (the one cluster
+    rule, nilearn's) in the layout of nilearn's ``get_clusters_table``.
 
-    nilearn's function scans the whole volume once per cluster (extent filter, peak, sub-peaks), which
-    takes minutes on an unsmoothed 2 mm map with thousands of supra-threshold clusters. Here the map is
-    labelled once, cluster sizes and peaks come from one pass each, and the sub-peaks of a cluster are
-    searched in its bounding box only, with nilearn's rules (3x3x3 local maxima, plateaus by centre of
-    mass, peaks at least ``min_distance`` mm apart as nilearn pares them, at most 3 sub-peaks).
-    ``tests/test_reports.py`` checks the result against nilearn's.
+    ``tests/test_reports.py`` checks the result against nilearn's, value for value.
 
     Parameters
     ----------
     z_img : nibabel image
     threshold : float
-        Height (\\|z\\| for two-sided maps); > 0.
+        Height (\|z\| for two-sided maps); > 0.
     extent : int
         Smallest cluster listed (voxels).
     two_sided : bool
@@ -344,105 +343,16 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
         ``Cluster ID, X, Y, Z, Peak Stat, Cluster Size (mm3)`` (mm), empty when nothing survives; its
         ``attrs['n_clusters']`` is the number of clusters before ``max_clusters``.
     """
-    import nibabel as nb
-    from scipy import ndimage
-
+    data = np.asanyarray(z_img.dataobj)  # nilearn works in the image's own dtype
+    table = core_cluster_table(data, z_img.affine, threshold, min_size=extent, two_sided=two_sided,
+                               min_distance=min_distance, max_clusters=max_clusters)
     cols = ["Cluster ID", "X", "Y", "Z", "Peak Stat", "Cluster Size (mm3)"]
-    data = np.array(np.asanyarray(z_img.dataobj))  # nilearn works in the image's own dtype
-    data[~np.isfinite(data)] = 0
-    # nilearn's threshold_img: below the height -> 0, then clusters smaller than the extent -> 0
-    if two_sided:
-        data[(-threshold < data) & (data < threshold)] = 0.0
-    else:
-        data[data < threshold] = 0.0
-    voxel_mm3 = np.prod(nb.Nifti1Image(np.zeros((1, 1, 1), np.uint8), z_img.affine).header.get_zooms())
-    # the rest works in the box around the surviving voxels (a voxel of margin: the 3x3x3 filters of the
-    # sub-peak search see what they would see in the whole volume); labels keep their raster order
-    survivors = np.nonzero(data)
-    if not survivors[0].size:
-        return _empty_table(cols)
-    corner = np.array([max(int(ax.min()) - 1, 0) for ax in survivors])
-    data = data[tuple(slice(c, int(ax.max()) + 2) for c, ax in zip(corner, survivors))]
-    faces = ndimage.generate_binary_structure(3, 1)
-    if extent > 0:
-        for sign in (-1, 1):
-            labels, _ = ndimage.label(data * sign > 0, faces)
-            small = np.bincount(labels.ravel()) < extent
-            small[0] = False
-            data[small[labels]] = 0.0
-    rows, n_clusters = [], 0
-    for sign in ((1, -1) if two_sided else (1,)):
-        offset = len(rows)  # nilearn numbers the negative clusters after the rows (peaks and sub-peaks) so far
-        signed = data * sign
-        labels, n = ndimage.label(signed > threshold, faces)
-        if not n:
-            continue
-        n_clusters += n
-        ids = np.arange(1, n + 1)
-        flat = labels.ravel()
-        inside = np.flatnonzero(flat)
-        lab, val = flat[inside], signed.ravel()[inside]
-        by = np.lexsort((val, lab))  # by cluster, then value: each cluster's maximum comes last
-        ends = np.append(np.flatnonzero(np.diff(lab[by])), by.size - 1)
-        peaks = val[by][ends]  # clusters 1..n in order (labels are consecutive)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        boxes = ndimage.find_objects(labels)
-        order = ids[(-peaks).argsort()]
-        for rank, c in enumerate(order[:max_clusters]):
-            lo = [max(s.start - 1, 0) for s in boxes[c - 1]]
-            crop = tuple(slice(a, min(s.stop + 1, dim)) for a, s, dim in zip(lo, boxes[c - 1], data.shape))
-            masked = np.where(labels[crop] == c, signed[crop], 0.0).astype(signed.dtype)
-            ijk, vals = _cluster_peaks(masked, np.array(lo) + corner, z_img.affine, min_distance)
-            xyz = nb.affines.apply_affine(z_img.affine, ijk)
-            cid = rank + offset + 1
-            for k in range(len(vals)):
-                rows.append([cid if k == 0 else f"{cid}{'abc'[k - 1]}", *xyz[k], vals[k] * sign,
-                             int(sizes[c] * voxel_mm3) if k == 0 else ""])
-    table = pd.DataFrame(rows, columns=cols)
-    table.attrs["n_clusters"] = n_clusters
-    return table
-
-
-def _empty_table(cols):
-    table = pd.DataFrame([], columns=cols)
-    table.attrs["n_clusters"] = 0
-    return table
-
-
-def _cluster_peaks(masked, origin, affine, min_distance, n_peaks=4):
-    """Peak and sub-peaks of one cluster (values > 0 inside it, 0 around) as nilearn finds them."""
-    import nibabel as nb
-    from scipy import ndimage
-
-    data_max = ndimage.maximum_filter(masked, 3)
-    maxima = masked == data_max
-    nonzero = masked != 0
-    maxima[~nonzero] = False
-    if not np.isclose(masked[nonzero].max(), masked[nonzero].min()):
-        maxima[(data_max - ndimage.minimum_filter(masked, 3)) <= 0] = False  # flat patches are no maxima
-    labeled, n = ndimage.label(maxima)
-    index = np.arange(1, n + 1)
-    ijk = np.round(np.array(ndimage.center_of_mass(masked, labeled, index)) + origin).astype(int) - origin
-    outside = labeled[ijk[:, 0], ijk[:, 1], ijk[:, 2]] != index
-    if outside.any():  # a plateau's centre of mass off the plateau: its nearest voxel (nilearn's rule)
-        points = np.argwhere(labeled > 0)
-        which = labeled[labeled > 0]
-        for i in np.flatnonzero(outside):
-            cand = points[which == index[i]]
-            ijk[i] = cand[np.argmin(np.linalg.norm(cand - ijk[i], axis=1))]
-    vals = masked[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-    order = (-vals).argsort()
-    ijk, vals = ijk[order] + origin, vals[order]
-    xyz = nb.affines.apply_affine(affine, ijk)
-    # nilearn's pairwise paring keeps a peak when it is farther than min_distance from the last kept one
-    kept, last = [0], 0
-    for j in range(1, len(vals)):
-        if len(kept) == n_peaks:
-            break
-        if np.linalg.norm(xyz[last] - xyz[j]) > min_distance:
-            kept.append(j)
-            last = j
-    return ijk[kept], vals[kept]
+    rows = [[int(r.cluster_id) if r.cluster_id.isdigit() else r.cluster_id, r.x, r.y, r.z,
+             table["peak_stat"].dtype.type(r.peak_stat), "" if pd.isna(r.size_mm3) else int(r.size_mm3)]
+            for r in table.itertuples()]
+    out = pd.DataFrame(rows, columns=cols)
+    out.attrs["n_clusters"] = table.attrs["n_clusters"]
+    return out
 
 
 def _run_section(i, run, contrasts):

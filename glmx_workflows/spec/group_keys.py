@@ -4,8 +4,10 @@ Same shape as ``TASK_KEYS``: ``name: (JSON schema, default, description, example
 (``group_level_regressors`` lives in ``keys.py``.)
 """
 
+from ..core.group import INFERENCE_METHODS
+
 _P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-_METHODS = ["uncorrected", "fdr", "bonferroni", "cluster", "perm_fwe", "perm_cluster_mass", "tfce"]
+_METHODS = list(INFERENCE_METHODS)
 
 GROUP_KEYS = {
     "group_contrasts": (

@@ -15,7 +15,8 @@ TASK_KEYS = {
                  "'glm' for a task GLM; 'connectivity' for resting-state connectivity.", "glm"),
     "tr": (_NULL_OR({"type": "number", "exclusiveMinimum": 0}), None,
            "Repetition time in seconds. Absent/null: the BOLD sidecar's RepetitionTime. Both given and "
-           "different: an error naming both values and files.", 2.0),
+           "different (by more than a millionth): an error naming both values and files; a per-subject "
+           "'overrides' tr corrects the sidecars.", 2.0),
     "excludes": (_STRS, [], "Subjects left out of every model; '01' and 'sub-01' both work.", ["sub-03"]),
     "condition_identifier": ({"type": "string"}, "trial_type",
                              "Events column whose values are the conditions (used as trial_type).", "trial_type"),

@@ -4,12 +4,11 @@ figures, then one HTML report per task."""
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 
-from ..interfaces.group import (BuildGroupDesign, ClusterTables, ComputeGroupContrasts, FitGroup, GroupReport,
-                                LoadGroupMaps, PermuteGroup, PlotGroup, ThresholdGroupMaps)
+from ..interfaces.group import (PARAMETRIC_METHODS, PERMUTATION_METHODS, BuildGroupDesign, ClusterTables,
+                                ComputeGroupContrasts, FitGroup, GroupReport, LoadGroupMaps, PermuteGroup, PlotGroup,
+                                ThresholdGroupMaps)
 from ..interfaces.sink import DerivativesSink
 
-PARAMETRIC = ("uncorrected", "fdr", "bonferroni", "cluster")
-PERMUTATION = ("perm_fwe", "perm_cluster_mass", "tfce")
 INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "participants_file", "missing"]
 OUTPUT_FIELDS = ["maps_file", "section_file", "out_files"]
 
@@ -52,8 +51,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     inputnode = pe.Node(IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
     methods = list(settings["group_inference"])
-    parametric = [m for m in methods if m in PARAMETRIC]
-    permutation = [m for m in methods if m in PERMUTATION]
+    parametric = [m for m in methods if m in PARAMETRIC_METHODS]
+    permutation = [m for m in methods if m in PERMUTATION_METHODS]
 
     load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"]), name="load_maps")
     build_design = pe.Node(BuildGroupDesign(regressors=list(settings["group_level_regressors"]),
