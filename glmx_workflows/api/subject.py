@@ -93,6 +93,15 @@ class Subject(Project):
         self.overrides = overrides
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
 
+    def report_cache_dir(self):
+        """Where the subject's report keeps its drawn parts: ``<work_dir>/report_parts/task-<t>_sub-<s>``.
+
+        Returns
+        -------
+        Path
+        """
+        return self.work_dir / "report_parts" / f"task-{self.task}_sub-{self.sub_id}"
+
     def plan(self, design_matrices=None):
         """Check inputs and spec for this subject.
 
@@ -138,6 +147,7 @@ class Subject(Project):
         wf = init_first_level_wf(plan.settings, plan.contrasts,
                                  output_dir=str(self.output_dir.resolve()) if output_dir else None,
                                  fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=plan.publish_run_maps(),
+                                 report_cache=str(self.report_cache_dir().resolve()),
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():
             setattr(wf.inputs.inputnode, field, value)
