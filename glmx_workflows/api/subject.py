@@ -12,7 +12,7 @@ from .. import __version__
 from ..core.errors import GlmxError
 from ..engine import configure, plugin_arguments
 from ..io.atomic import remove_stale_temporaries
-from ..io.derivatives import write_dataset_description
+from ..io.derivatives import record_outputs, settle_task_outputs, write_dataset_description, written_since
 from ..spec.model import normalize_subject, subject_settings
 from .base import Project
 
@@ -171,7 +171,9 @@ class Subject(Project):
         Returns
         -------
         list of str
-            Paths of the files written under OUTPUT_DIR.
+            Paths of the files the subject published under OUTPUT_DIR; files an earlier run of the
+            subject published and this one no longer produces are deleted (see
+            :func:`glmx_workflows.io.derivatives.record_outputs`).
 
         Raises
         ------
@@ -180,11 +182,14 @@ class Subject(Project):
         """
         check_output_dir(self.output_dir, self.bids_root)
         plan = self.plan(design_matrices)
-        return published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
+        files = published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
+        # what an earlier run of this subject wrote and the current spec no longer produces goes
+        record_outputs(self.output_dir, f"task-{self.task}_sub-{self.sub_id}", files)
+        return files
 
 
 def published_files(graph, unit=None):
-    """Files written by the ``ds_*`` nodes of an executed graph (sorted).
+    """Files published by the ``ds_*`` nodes of an executed graph (sorted).
 
     Parameters
     ----------
@@ -365,7 +370,12 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
         outputs = sorted(set(outputs).union(*skipped.values()))
     if runs or not skipped:
         display.show(final=True)
-    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+    # files of the subjects' earlier runs that this run no longer produces go, before the index lists them
+    removed = settle_task_outputs(output_dir, task, unit_outputs, skipped)
+    outputs = sorted(set(outputs) - set(removed))
+    # the kernel stamps files with a clock that may lag time.time() by a tick: a little slack
+    written = written_since(outputs, start - 0.05) if runs else []
+    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs, written, removed)
     report.unit_outputs = unit_outputs
     # the dataset index (OUTPUT_DIR/index.html) is rebuilt after every dataset run, GLM or connectivity
     report.index = write_index(output_dir, task, report.done, report.failed, report.excluded)
@@ -384,14 +394,20 @@ class RunReport:
     excluded : iterable of str, optional
         Subjects left out by the spec's ``excludes``.
     outputs : iterable of str, optional
-        Files written under OUTPUT_DIR.
+        Files the subjects published under OUTPUT_DIR (written by this run or already up to date).
+    written : iterable of str, optional
+        The outputs this run wrote (default: all of them).
+    removed : iterable of str, optional
+        Earlier outputs deleted because the current spec no longer produces them.
     """
 
-    def __init__(self, done=(), failed=None, excluded=(), outputs=()):
+    def __init__(self, done=(), failed=None, excluded=(), outputs=(), written=None, removed=()):
         self.done = list(done)
         self.failed = dict(failed or {})
         self.excluded = list(excluded)
         self.outputs = list(outputs)
+        self.written = list(outputs if written is None else written)  # the outputs this run (re)wrote
+        self.removed = list(removed)  # earlier outputs the current spec no longer produces, deleted
         self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
         self.index = None  # OUTPUT_DIR/index.html once the run has written it
 
@@ -409,7 +425,8 @@ class RunReport:
             A counts line, one line per failed subject, and the index path when written.
         """
         lines = [f"{len(self.done)} subject(s) done, {len(self.failed)} failed, {len(self.excluded)} excluded; "
-                 f"{len(self.outputs)} file(s) written"]
+                 f"{len(self.written)} file(s) written" + (f", {len(self.removed)} outdated file(s) removed"
+                                                          if self.removed else "")]
         for sub, (reason, crash) in sorted(self.failed.items()):
             lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
         if self.index:
