@@ -473,13 +473,14 @@ class Aggregator(Project):
     def _subject(self, sub):
         subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
                        output_dir=self.output_dir, work_dir=self.work_dir, **self.overrides)
-        subj._layout = self.layout
+        # shared when already indexed; not indexed for a subject whose plan came from the plan cache
+        subj._layout = self._layout
         return subj
 
     def _plan_options(self, derivatives_dir):
         """Everything besides the dataset's files that a plan depends on (see PlanCache)."""
         from ..engine import file_stats
-        from ..planning import code_fingerprint
+        from ..planning import code_fingerprint, without_contrasts
 
         design = None
         if self.design_dir is not None:
@@ -490,7 +491,9 @@ class Aggregator(Project):
             design = [os.getcwd() if not folder.is_absolute() else None, design]
         # paths as the user typed them differ between working directories; what they name does not
         entry = {**self.entry, "_spec_file": str(Path(self.entry["_spec_file"]).resolve())}
-        return {"entry": entry, "overrides": self.overrides, "participant_label": self.participant_label,
+        # contrasts are resolved again on a cached plan (with_contrasts): a contrast-only change plans nothing
+        entry, overrides = without_contrasts(entry), without_contrasts(self.overrides)
+        return {"entry": entry, "overrides": overrides, "participant_label": self.participant_label,
                 "bids_root": str(self.bids_root.resolve()), "derivatives": str(Path(derivatives_dir).resolve()),
                 "work_dir": str(self.work_dir.resolve()), "design_dir": design, "code": code_fingerprint()}
 
@@ -519,7 +522,7 @@ class Aggregator(Project):
             asked for.
         """
         from ..io.bids import dataset_folders, input_file_stats
-        from ..planning import PlanCache, plan_keys
+        from ..planning import PlanCache, plan_keys, with_contrasts
 
         deriv = dataset_folders(self.bids_root, self.derivatives)
         stats = input_file_stats(self.bids_root, deriv, exclude=(self.output_dir, self.work_dir, self.spec_path))
@@ -539,9 +542,21 @@ class Aggregator(Project):
                 # the spec as named in this invocation (the key has it resolved: the cached plan may come from
                 # another working directory)
                 plan.settings = {**plan.settings, "_spec_file": self.entry["_spec_file"]}
+                try:
+                    resolved = with_contrasts(plan, subject_settings(self.entry, sub, **self.overrides))
+                    if resolved is not plan:
+                        cache.set_plan(sub, keys[sub], resolved)
+                        plan = resolved
+                except GlmxError as exc:
+                    if len(to_run) == 1:
+                        raise
+                    failures[sub] = (exc.one_line(), None)
+                    continue
             else:
                 try:
-                    plan = self._subject(sub).plan(self.design_dir)
+                    subj = self._subject(sub)
+                    subj._layout = self.layout  # indexed once for every subject planned
+                    plan = subj.plan(self.design_dir)
                     plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
                 except GlmxError as exc:
                     if len(to_run) == 1:
