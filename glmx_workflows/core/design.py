@@ -5,7 +5,6 @@ import io
 
 import numpy as np
 import pandas as pd
-from nilearn.glm.first_level import make_first_level_design_matrix
 
 from .errors import GlmxError
 
@@ -52,6 +51,10 @@ def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model
     pandas.DataFrame of shape (n_scans, n_regressors)
         Task regressors (sorted), confounds, then drift terms and the constant.
     """
+    # imported here: nilearn.glm brings scikit-learn (a second or more of imports), which a process that
+    # only reads designs (a rerun after a contrast-only change, the report) never needs
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
     add_regs = add_names = None
     if confounds is not None and confounds.shape[1]:
         if len(confounds) != n_scans:

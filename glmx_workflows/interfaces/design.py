@@ -12,7 +12,6 @@ from ..core.events import check_events_fit_run
 from ..io.atomic import write_text
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
-from ..reports.figures import plot_design
 
 
 class BuildDesignInputSpec(BaseInterfaceInputSpec):
@@ -77,6 +76,8 @@ class BuildDesign(SimpleInterface):
                                   self.inputs.drift_model, self.inputs.high_pass, self.inputs.drift_order)
         check_design(design.iloc[keep], source=self.inputs.bold_file)
         design_file = write_tsv(design, os.path.join(runtime.cwd, "design.tsv"))
+        from ..reports.figures import plot_design  # matplotlib.pyplot: only where a design is drawn
+
         figure_file = plot_design(design, os.path.join(runtime.cwd, "design.svg"))
         manifest = [{"path": str(design_file), "entities": {}, "suffix": "design"},
                     {"path": str(figure_file), "entities": {}, "suffix": "design"}]

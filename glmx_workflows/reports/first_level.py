@@ -19,7 +19,6 @@ from ..core.design import regressor_correlations, variance_inflation
 from ..core.formula import contrast_matrix
 from . import html as H
 from .cache import PartCache, material_digest
-from .figures import plt
 
 # z of a one-sided p of 0.001: the customary uncorrected height of a first-level map
 Z_THRESHOLD = 3.090232306167813
@@ -97,6 +96,8 @@ def plot_correlations(corr, flag=CORRELATION_FLAG, title=""):
     -------
     matplotlib.figure.Figure
     """
+    from .figures import plt  # pyplot only where a figure is drawn: a rebuild from kept parts never needs it
+
     n = len(corr)
     size = min(3 + 0.22 * n, 11)
     font = 8 if n <= 30 else 6
@@ -166,7 +167,9 @@ class _MapFigures:
     HEIGHT = 200  # pixels of the views
 
     def __init__(self, vmax, threshold, background=None):
-        self.cmap = plt.get_cmap("RdBu_r")
+        import matplotlib
+
+        self.cmap = matplotlib.colormaps["RdBu_r"]  # not pyplot: these figures are composed as pixels
         self.set_scale(vmax)
         self.threshold = threshold
         self.background = background
@@ -486,6 +489,8 @@ def _run_diagnostics(i, run, keep):
         parts.append(H.image(run["design_figure"], f"design matrix of run {label}", prefix=f"design-{i}"))
     else:
         from nilearn.plotting import plot_design_matrix
+
+        from .figures import plt
 
         fig, ax = plt.subplots(figsize=(min(2 + 0.35 * design.shape[1], 24), 6))
         plot_design_matrix(design, axes=ax)
