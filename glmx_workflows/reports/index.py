@@ -4,7 +4,9 @@ subjects × contrasts per task saying what was done, what failed (and why) and w
 The status of each subject comes from the last dataset run of its task, kept in
 ``OUTPUT_DIR/logs/task-<t>_status.json`` (merged across runs, so that running subjects in batches
 gives one table); maps and reports are found by listing OUTPUT_DIR, so reports written by other
-commands (group level, resting state) appear as soon as the index is rebuilt.
+commands (group level, resting state) appear as soon as the index is rebuilt. Of a subject whose outputs
+glmx recorded (``OUTPUT_DIR/logs/outputs``), only the maps of its latest run are shown, and a task's
+columns are the contrasts of its latest run: a contrast since removed from the spec is not listed.
 """
 
 import json
