@@ -485,8 +485,9 @@ def with_contrasts(plan, settings):
         return plan
     spec_file, where = plan.settings["_spec_file"], f"{plan.task} (sub-{plan.subject})"
     new_settings = {**plan.settings, "design_contrasts": settings.get("design_contrasts")}
+    events_files = [] if plan.design_files else [r.events for r in plan.runs]
     contrasts = resolve_contrasts(new_settings, plan.conditions, [set(r) for r in plan.run_regressors], spec_file,
-                                  where, plan.task_regressors, [] if plan.design_files else [r.events for r in plan.runs])
+                                  where, plan.task_regressors, events_files)
     if not contrasts:
         raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
                         file=spec_file, field=f"{plan.task}.design_contrasts")

@@ -64,7 +64,8 @@ def test_removed_and_renamed_contrasts_leave_outputs_index_and_group(data, tmp_p
     # files glmx did not write, one of them named like a glmx map: never touched
     user_note = out / "sub-01" / "func" / "sub-01_task-flanker_contrast-rt_notes.txt"
     user_note.write_text("mine")
-    lookalike = out / "sub-02" / "func" / "sub-02_task-flanker_space-MNI152NLin2009cAsym_contrast-old_stat-z_statmap.nii.gz"
+    lookalike = (out / "sub-02" / "func"
+                 / "sub-02_task-flanker_space-MNI152NLin2009cAsym_contrast-old_stat-z_statmap.nii.gz")
     lookalike.write_bytes(_maps(out, "task")[0].read_bytes())
 
     # 'task' renamed, 'rt' removed
