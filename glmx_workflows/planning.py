@@ -38,6 +38,10 @@ class SubjectPlan:
         Sorted regressor names of each run's design.
     notes : list of str, optional
         What the plan leaves out and why (e.g. condition maps with user designs), for the run summary.
+    conditions : list of str, optional
+        The conditions found in the events (None with user designs), for :func:`with_contrasts`.
+    task_regressors : list of str, optional
+        Condition and modulator regressors of the designs, for :func:`with_contrasts`.
     """
 
     subject: str
@@ -48,6 +52,8 @@ class SubjectPlan:
     design_files: list = field(default_factory=list)
     run_regressors: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    conditions: list = None
+    task_regressors: tuple = ()
 
     @property
     def multi_session(self):
@@ -473,7 +479,67 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
                         file=spec_file, field=f"{task}.design_contrasts")
     check_name_lengths(contrasts, runs, spec_file, where)
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
-                       design_files=design_files, run_regressors=[sorted(r) for r in regressors], notes=notes)
+                       design_files=design_files, run_regressors=[sorted(r) for r in regressors],
+                       conditions=conditions, task_regressors=tuple(sorted(task_regressors)), notes=notes)
+
+
+def without_contrasts(value):
+    """A spec entry (or overrides) with every ``design_contrasts`` left out: what a plan depends on besides
+    its contrasts, which :func:`with_contrasts` resolves again on a plan made for other contrasts.
+
+    Parameters
+    ----------
+    value : object
+        Dicts are copied without the key, at any depth; other values are returned as they are.
+
+    Returns
+    -------
+    object
+    """
+    if isinstance(value, dict):
+        return {k: without_contrasts(v) for k, v in value.items() if k != "design_contrasts"}
+    return value
+
+
+def with_contrasts(plan, settings):
+    """``plan`` with the contrasts of ``settings`` (a contrast-only change of the spec needs no new plan).
+
+    The contrasts are resolved and checked as :func:`plan_subject` does, from the conditions and
+    regressors the plan recorded.
+
+    Parameters
+    ----------
+    plan : SubjectPlan
+        A plan made with the same settings except, maybe, ``design_contrasts``.
+    settings : dict
+        The subject's current settings.
+
+    Returns
+    -------
+    SubjectPlan
+        ``plan`` itself when its contrasts are already those of ``settings``, else a copy with new contrasts.
+
+    Raises
+    ------
+    GlmxError
+        As :func:`resolve_contrasts`; an empty contrast set.
+    """
+    from dataclasses import replace
+
+    if plan.settings.get("design_contrasts") == settings.get("design_contrasts"):
+        return plan
+    spec_file, where = plan.settings["_spec_file"], f"{plan.task} (sub-{plan.subject})"
+    new_settings = {**plan.settings, "design_contrasts": settings.get("design_contrasts")}
+    events_files = [] if plan.design_files else [r.events for r in plan.runs]
+    contrasts = resolve_contrasts(new_settings, plan.conditions, [set(r) for r in plan.run_regressors], spec_file,
+                                  where, plan.task_regressors, events_files)
+    if not contrasts:
+        raise GlmxError("no contrast to compute (design_contrasts is empty and condition_maps is false)",
+                        file=spec_file, field=f"{plan.task}.design_contrasts")
+    check_name_lengths(contrasts, plan.runs, spec_file, where)
+    out = replace(plan, settings=new_settings, contrasts=contrasts)
+    out._fit_mem_gb = getattr(plan, "_fit_mem_gb", None)  # the runs are the same: no need to read them again
+    return out
 
 
 def _user_design_conditions(settings, runs, designs):

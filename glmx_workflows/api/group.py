@@ -5,13 +5,14 @@ build the workflow → run it on the engine (same plugins and cache as the first
 """
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import group as cg
 from ..core.errors import GlmxError
 from ..io.bids import parse_space
-from ..io.derivatives import check_name_length
+from ..io.derivatives import check_name_length, current_contrasts, settle_group_outputs, written_since
 from ..io.group_inputs import find_subject_maps, read_participants
 from ..reports.index import build_index
 from ..spec.group_keys import group_settings
@@ -64,11 +65,17 @@ class GroupResult:
         The group report (HTML).
     log : list of str
         Lines saying what was left out.
+    written : list of str, optional
+        The outputs this run wrote (default: all of them; the others already held the same bytes).
+    removed : list of str, optional
+        Group outputs of earlier runs deleted because the current settings no longer produce them.
     """
 
     outputs: list
     report: str
     log: list
+    written: list = None
+    removed: list = field(default_factory=list)
 
     def summary(self):
         """Human-readable lines: what was left out, and how many files were written.
@@ -78,7 +85,9 @@ class GroupResult:
         str
             The log lines and a last line with the file count and the report path.
         """
-        return "\n".join(self.log + [f"{len(self.outputs)} file(s) written under "
+        written = self.outputs if self.written is None else self.written
+        removed = f", {len(self.removed)} outdated file(s) removed" if self.removed else ""
+        return "\n".join(self.log + [f"{len(written)} file(s) written{removed} under "
                                      f"{Path(self.report).parent if self.report else '?'}; report: {self.report}"])
 
 
@@ -149,6 +158,12 @@ class GroupLevel(Project):
         extra = {_SPACE_ENTITY[k]: v for k, v in extra.items()}
         found = find_subject_maps(self.output_dir, self.task, space, extra)
         shared = found.pop(None)
+        current = current_contrasts(self.output_dir, self.task)
+        if current is not None:  # only what the spec of the latest first-level run produces
+            found = {c: subs for c, subs in found.items() if c in current}
+            if not found:
+                raise GlmxError(f"no subject-level stat-effect maps of the contrasts of task '{self.task}' "
+                                f"({', '.join(current) or 'none'})", file=self.output_dir, field="OUTPUT_DIR")
         contrasts = list(found)
         if self.wanted_contrasts:
             unknown = [c for c in self.wanted_contrasts if c not in found]
@@ -247,8 +262,15 @@ class GroupLevel(Project):
             A bad OUTPUT_DIR or any problem found by :meth:`plan`.
         """
         plan = self.plan()
-        outputs = published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs,
-                                                publish_dir=self.group_dir))
+        start = time.time()
+        graph = self._execute(self.workflow(plan), plugin, plugin_args, n_procs, publish_dir=self.group_dir)
+        outputs = published_files(graph)
+        removed = settle_group_outputs(self.output_dir, self.task,
+                                       {c: published_files(graph, unit=f"contrast_{c}") for c in plan.contrasts},
+                                       sorted(set(outputs).difference(*[published_files(graph, unit=f"contrast_{c}")
+                                                                        for c in plan.contrasts])),
+                                       current_contrasts(self.output_dir, self.task))
         report = next((f for f in outputs if f.endswith("_report.html")), None)
         build_index(self.output_dir)  # the dataset index links the new group report
-        return GroupResult(outputs=outputs, report=report, log=plan.log)
+        return GroupResult(outputs=outputs, report=report, log=plan.log,
+                           written=written_since(outputs, start - 0.05), removed=removed)

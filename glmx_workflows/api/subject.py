@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.errors import GlmxError
 from ..engine.dataset import RunReport, published_files, run_dataset  # noqa: F401 -- RunReport: api's name
+from ..io.derivatives import record_outputs
 from ..spec.model import normalize_subject, subject_settings
 from .base import Project, writes
 
@@ -47,6 +48,15 @@ class Subject(Project):
         super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
         self.overrides = overrides
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
+
+    def report_cache_dir(self):
+        """Where the subject's report keeps its drawn parts: ``<work_dir>/report_parts/task-<t>_sub-<s>``.
+
+        Returns
+        -------
+        Path
+        """
+        return self.work_dir / "report_parts" / f"task-{self.task}_sub-{self.sub_id}"
 
     def plan(self, design_matrices=None):
         """Check inputs and spec for this subject.
@@ -93,6 +103,7 @@ class Subject(Project):
         wf = init_first_level_wf(plan.settings, plan.contrasts,
                                  output_dir=str(self.output_dir.resolve()) if output_dir else None,
                                  fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=plan.publish_run_maps(),
+                                 report_cache=str(self.report_cache_dir().resolve()),
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():
             setattr(wf.inputs.inputnode, field, value)
@@ -117,7 +128,9 @@ class Subject(Project):
         Returns
         -------
         list of str
-            Paths of the files written under OUTPUT_DIR.
+            Paths of the files the subject published under OUTPUT_DIR; files an earlier run of the
+            subject published and this one no longer produces are deleted (see
+            :func:`glmx_workflows.io.derivatives.record_outputs`).
 
         Raises
         ------
@@ -125,7 +138,10 @@ class Subject(Project):
             A bad OUTPUT_DIR, spec or input (before anything runs).
         """
         plan = self.plan(design_matrices)
-        return published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
+        files = published_files(self._execute(self.workflow(plan), plugin, plugin_args, n_procs))
+        # what an earlier run of this subject wrote and the current spec no longer produces goes
+        record_outputs(self.output_dir, f"task-{self.task}_sub-{self.sub_id}", files)
+        return files
 
 
 def select_subjects(layout, participant_label, excludes, bids_root):
@@ -208,12 +224,14 @@ class Aggregator(Project):
     def _subject(self, sub):
         subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
                        output_dir=self.output_dir, work_dir=self.work_dir, **self.overrides)
-        subj._layout = self.layout
+        # shared when already indexed; not indexed for a subject whose plan came from the plan cache
+        subj._layout = self._layout
         return subj
 
     def _unit_options(self, derivatives_dir):
         """Everything besides the dataset's files that a subject's results depend on (see UnitState)."""
         from ..engine.state import code_fingerprint, file_stats
+        from ..planning import without_contrasts
 
         design = None
         if self.design_dir is not None:
@@ -224,7 +242,9 @@ class Aggregator(Project):
             design = [os.getcwd() if not folder.is_absolute() else None, design]
         # paths as the user typed them differ between working directories; what they name does not
         entry = {**self.entry, "_spec_file": str(Path(self.entry["_spec_file"]).resolve())}
-        return {"entry": entry, "overrides": self.overrides, "participant_label": self.participant_label,
+        # contrasts are resolved again on a cached plan (with_contrasts): a contrast-only change plans nothing
+        entry, overrides = without_contrasts(entry), without_contrasts(self.overrides)
+        return {"entry": entry, "overrides": overrides, "participant_label": self.participant_label,
                 "bids_root": str(self.bids_root.resolve()), "derivatives": str(Path(derivatives_dir).resolve()),
                 "output_dir": str(self.output_dir.resolve()), "work_dir": str(self.work_dir.resolve()),
                 "design_dir": design, "code": code_fingerprint()}
@@ -279,6 +299,8 @@ class Aggregator(Project):
             asked for, or a subject's plan found an error in the spec file (see ``Project.is_spec_error``).
         """
         to_run, excluded, keys, states = _states or self._states()
+        from ..planning import with_contrasts
+
         plans, failures = {}, {}
         for sub in to_run:
             plan = states[sub].plan(keys[sub])
@@ -286,9 +308,22 @@ class Aggregator(Project):
                 # the spec as named in this invocation (the key has it resolved: the recorded plan may come
                 # from another working directory)
                 plan.settings = {**plan.settings, "_spec_file": self.entry["_spec_file"]}
+                try:
+                    resolved = with_contrasts(plan, subject_settings(self.entry, sub, **self.overrides))
+                    if resolved is not plan:
+                        states[sub].set_plan(keys[sub], resolved)
+                        states[sub].save()
+                        plan = resolved
+                except GlmxError as exc:
+                    if len(to_run) == 1 or self.is_spec_error(exc):
+                        raise
+                    failures[sub] = (exc.one_line(), None)
+                    continue
             else:
                 try:
-                    plan = self._subject(sub).plan(self.design_dir)
+                    subj = self._subject(sub)
+                    subj._layout = self.layout  # indexed once for every subject planned
+                    plan = subj.plan(self.design_dir)
                     plan.fit_mem_gb()  # reads the runs' headers and masks: kept with the plan
                 except GlmxError as exc:
                     if len(to_run) == 1 or self.is_spec_error(exc):

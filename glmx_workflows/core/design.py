@@ -5,7 +5,6 @@ import io
 
 import numpy as np
 import pandas as pd
-from nilearn.glm.first_level import make_first_level_design_matrix
 
 from .errors import GlmxError
 from .events import check_events_fit_run
@@ -93,6 +92,10 @@ def build_design(events, confounds, n_scans, tr, hrf_model="glover", drift_model
     GlmxError
         The confounds do not have one row per volume, or a condition is named like another column.
     """
+    # imported here: nilearn.glm brings scikit-learn (a second or more of imports), which a process that
+    # only reads designs (a rerun after a contrast-only change, the report) never needs
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
     check_regressor_names(events["trial_type"] if len(events) else (),
                           () if confounds is None else confounds.columns, source, field)
     add_regs = add_names = None

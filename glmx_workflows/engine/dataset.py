@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..io.atomic import remove_stale_temporaries
-from ..io.derivatives import write_dataset_description
+from ..io.derivatives import settle_task_outputs, write_dataset_description, written_since
 from .crashes import crash_reason, crash_subject
 from .progress import Progress, count_nodes
 from .run import check_plugin, configure, plugin_arguments, run
@@ -143,7 +143,12 @@ def run_dataset(wf, subjects, excluded, failed, task, bids_root, output_dir, wor
         outputs = sorted(set(outputs).union(*skipped.values()))
     if runs or not skipped:
         display.show(final=True)
-    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs)
+    # files of the subjects' earlier runs that this run no longer produces go, before the index lists them
+    removed = settle_task_outputs(output_dir, task, unit_outputs, skipped)
+    outputs = sorted(set(outputs) - set(removed))
+    # the kernel stamps files with a clock that may lag time.time() by a tick: a little slack
+    written = written_since(outputs, outcome.start - 0.05) if runs else []
+    report = RunReport([s for s in subjects if s not in failed], failed, excluded, outputs, written, removed)
     report.unit_outputs = unit_outputs
     # the dataset index (OUTPUT_DIR/index.html) is rebuilt after every dataset run, GLM or connectivity
     report.index = write_index(output_dir, task, report.done, report.failed, report.excluded)
@@ -162,14 +167,20 @@ class RunReport:
     excluded : iterable of str, optional
         Subjects left out by the spec's ``excludes``.
     outputs : iterable of str, optional
-        Files written under OUTPUT_DIR.
+        Files the subjects published under OUTPUT_DIR (written by this run or already up to date).
+    written : iterable of str, optional
+        The outputs this run wrote (default: all of them).
+    removed : iterable of str, optional
+        Earlier outputs deleted because the current spec no longer produces them.
     """
 
-    def __init__(self, done=(), failed=None, excluded=(), outputs=()):
+    def __init__(self, done=(), failed=None, excluded=(), outputs=(), written=None, removed=()):
         self.done = list(done)
         self.failed = dict(failed or {})
         self.excluded = list(excluded)
         self.outputs = list(outputs)
+        self.written = list(outputs if written is None else written)  # the outputs this run (re)wrote
+        self.removed = list(removed)  # earlier outputs the current spec no longer produces, deleted
         self.unit_outputs = {}  # {subject: files it published}, for subjects that ran in this run
         self.index = None  # OUTPUT_DIR/index.html once the run has written it
         self.notes = []  # what the plans left out and why (e.g. condition maps with user designs)
@@ -188,7 +199,8 @@ class RunReport:
             A counts line, one line per failed subject, and the index path when written.
         """
         lines = [f"{len(self.done)} subject(s) done, {len(self.failed)} failed, {len(self.excluded)} excluded; "
-                 f"{len(self.outputs)} file(s) written"]
+                 f"{len(self.written)} file(s) written" + (f", {len(self.removed)} outdated file(s) removed"
+                                                          if self.removed else "")]
         for sub, (reason, crash) in sorted(self.failed.items()):
             lines.append(f"  sub-{sub} FAILED: {reason}" + (f" [crash file: {crash}]" if crash else ""))
         lines += [f"  note: {note}" for note in self.notes]

@@ -9,7 +9,6 @@ from ..core.design import run_design
 from ..io.atomic import write_text
 from ..io.images import bold_length
 from ..io.tables import read_tsv, write_tsv
-from ..reports.figures import plot_design
 
 
 class BuildDesignInputSpec(BaseInterfaceInputSpec):
@@ -68,6 +67,8 @@ class BuildDesign(SimpleInterface):
                             events_source=self.inputs.source_events or self.inputs.events_file, design_source=src,
                             bold=self.inputs.bold_file)
         design_file = write_tsv(design, os.path.join(runtime.cwd, "design.tsv"))
+        from ..reports.figures import plot_design  # matplotlib.pyplot: only where a design is drawn
+
         figure_file = plot_design(design, os.path.join(runtime.cwd, "design.svg"))
         manifest = [{"path": str(design_file), "entities": {}, "suffix": "design"},
                     {"path": str(figure_file), "entities": {}, "suffix": "design"}]

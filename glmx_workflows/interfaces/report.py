@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from ..io.atomic import write_text
 from ..io.tables import read_tsv
+from ..reports.cache import PartCache
 from ..reports.first_level import CLUSTER_EXTENT, Z_THRESHOLD, build_subject_report
 
 # entities of the subject's maps that the report's name leaves out: one report per subject and task
@@ -36,6 +37,10 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
     settings = traits.Str("{}", usedefault=True, desc="model settings shown in the report, as JSON")
     z_threshold = traits.Float(Z_THRESHOLD, usedefault=True, desc="|z| height of the shown maps and cluster tables")
     cluster_extent = traits.Int(CLUSTER_EXTENT, usedefault=True, desc="smallest cluster listed (voxels)")
+    cache_dir = traits.Str("", usedefault=True,
+                           desc="folder keeping the drawn parts (a run's diagnostics, a contrast's section) under "
+                                "the digest of what they show, so that a rebuild draws only what changed; "
+                                "'' draws everything")
 
 
 class SubjectReportOutputSpec(TraitedSpec):
@@ -76,9 +81,12 @@ class SubjectReport(SimpleInterface):
                   if m["entities"].get("stat") == "z" and m["entities"].get("contrast") in by_label}
         ent = inp.subject_entities
         path = os.path.join(runtime.cwd, "report.html")
+        cache = PartCache(inp.cache_dir or None)
         build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
                              background=inp.mean_files[0], settings=json.loads(inp.settings),
-                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"))
+                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"),
+                             cache=cache)
+        cache.prune()  # the folder keeps this report's parts only
         manifest = [{"path": path, "suffix": "report", "entities": dict(_DROPPED), "datatype": ""}]
         self._results["report_file"] = path
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),

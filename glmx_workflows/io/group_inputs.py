@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ..core.errors import GlmxError
+from .derivatives import current_subject_files
 from .tables import read_tsv
 
 _ENTITY = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
@@ -61,7 +62,9 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
     -------
     dict
         ``{contrast: {subject: {'effect': path, 'variance': path or None}}}`` (sorted), and under the
-        key ``None`` the entities shared by the maps (``space`` and any ``res``/``den``).
+        key ``None`` the entities shared by the maps (``space`` and any ``res``/``den``). Of a subject
+        whose outputs are recorded (:func:`glmx_workflows.io.derivatives.record_outputs`), only the maps
+        its latest run produced.
 
     Raises
     ------
@@ -73,7 +76,8 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
         raise GlmxError("output directory of the first level not found", file=root, field="OUTPUT_DIR")
     found = {}
     spaces = set()
-    for path in sorted(root.glob("sub-*/**/*_statmap.nii.gz")):
+    current = {}
+    for path in sorted(root.resolve().glob("sub-*/**/*_statmap.nii.gz")):
         parsed = parse_bids_name(path)
         if parsed is None:
             continue
@@ -81,6 +85,10 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
         if ent.get("task") != task or "run" in ent or ent.get("stat") not in ("effect", "variance") \
                 or "contrast" not in ent or "sub" not in ent:
             continue
+        if ent["sub"] not in current:
+            current[ent["sub"]] = current_subject_files(root, task, ent["sub"])
+        if current[ent["sub"]] is not None and str(path) not in current[ent["sub"]]:
+            continue  # left by an earlier run of the subject, not produced by its latest one
         if space is not None and ent.get("space") != space:
             continue
         if any(ent.get(k) != v for k, v in (space_extra or {}).items()):

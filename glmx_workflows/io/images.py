@@ -265,10 +265,16 @@ def write_image(img, path):
         ``path``.
     """
     with atomic_path(path) as tmp:
+        # the gzip header's time is 0: the same image gives the same bytes on every run, so a rerun that
+        # recomputes an unchanged map leaves the published copy untouched (and does not count it written)
         if str(path).endswith(".nii.gz") and _isal_gzip is not None and hasattr(img, "to_bytes"):
             # ISA-L's level-1 deflate: ~5x faster than zlib's (nibabel's), and a participant run writes
             # 15 maps per contrast set
-            Path(tmp).write_bytes(_isal_gzip.compress(img.to_bytes(), compresslevel=1))
+            Path(tmp).write_bytes(_isal_gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+        elif str(path).endswith(".nii.gz") and hasattr(img, "to_bytes"):
+            import gzip
+
+            Path(tmp).write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
         else:
             nb.save(img, str(tmp))
     return Path(path)

@@ -10,6 +10,7 @@ volumes the fit keeps (censored volumes left out), as the fit sees the design.
 
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from ..core.design import regressor_correlations, variance_inflation
 from ..core.formula import contrast_matrix
 from ..core.group import z_threshold
 from . import html as H
-from .figures import plt
+from .cache import PartCache, material_digest
 
 # z of a one-sided p of 0.001 (the group level's p -> z rule): the customary uncorrected height of a
 # first-level map
@@ -98,6 +99,8 @@ def plot_correlations(corr, flag=CORRELATION_FLAG, title=""):
     -------
     matplotlib.figure.Figure
     """
+    from .figures import plt  # pyplot only where a figure is drawn: a rebuild from kept parts never needs it
+
     n = len(corr)
     size = min(3 + 0.22 * n, 11)
     font = 8 if n <= 30 else 6
@@ -167,14 +170,25 @@ class _MapFigures:
     HEIGHT = 200  # pixels of the views
 
     def __init__(self, vmax, threshold, background=None):
-        from matplotlib.colors import Normalize
+        import matplotlib
 
-        self.cmap = plt.get_cmap("RdBu_r")
-        self.vmax = vmax
-        self.norm = Normalize(-vmax, vmax)
+        self.cmap = matplotlib.colormaps["RdBu_r"]  # not pyplot: these figures are composed as pixels
+        self.set_scale(vmax)
         self.threshold = threshold
         self.background = background
         self._cache = {}
+
+    def set_scale(self, vmax):
+        """Colour scale of the next figures: z from -vmax to vmax.
+
+        Parameters
+        ----------
+        vmax : float
+        """
+        from matplotlib.colors import Normalize
+
+        self.vmax = vmax
+        self.norm = Normalize(-vmax, vmax)
 
     def _grids(self, z_img):
         """(z, background, zooms, affine) on the RAS grid; the background is reoriented once per grid."""
@@ -355,11 +369,25 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
     return out
 
 
-def _run_section(i, run, contrasts):
+def _run_section(i, run, contrasts, cache=None):
+    """A run's part of the report: the diagnostics (kept in ``cache``, they do not depend on the
+    contrasts), then its contrast matrix, confounds and censoring."""
+    cache = cache or PartCache()
     label = run["label"]
     design = run["design"]
     censor = run["censor"]
     keep = censor["kept"].to_numpy(bool)
+    figure = run.get("design_figure")
+    material = ["run", i, label, design.to_csv(), censor.to_csv(), list(run["confounds"]),
+                Path(figure).read_bytes() if figure else None]
+    parts = [cache.part("run", label, material, lambda: H.join(*_run_diagnostics(i, run, keep)))]
+    parts += _run_contrasts_and_censoring(run, contrasts, keep)
+    return parts
+
+
+def _run_diagnostics(i, run, keep):
+    label = run["label"]
+    design = run["design"]
     diag = design_diagnostics(design, keep, run["confounds"])
     parts = [H.tag("h2", f"Run {label}", id=f"run-{H.anchor(label)}")]  # label: '1', 'ses-a run-2'...
     parts.append(H.tag("p", f"{len(design)} volumes, {int(keep.sum())} kept for the fit; {design.shape[1]} "
@@ -371,6 +399,8 @@ def _run_section(i, run, contrasts):
         parts.append(H.image(run["design_figure"], f"design matrix of run {label}", prefix=f"design-{i}"))
     else:
         from nilearn.plotting import plot_design_matrix
+
+        from .figures import plt
 
         fig, ax = plt.subplots(figsize=(min(2 + 0.35 * design.shape[1], 24), 6))
         plot_design_matrix(design, axes=ax)
@@ -410,7 +440,13 @@ def _run_section(i, run, contrasts):
     else:
         parts.append(H.tag("p", "No task regressor in this design.", cls="none"))
 
-    parts.append(H.tag("h3", "Contrast matrix"))
+    return parts
+
+
+def _run_contrasts_and_censoring(run, contrasts, keep):
+    design = run["design"]
+    censor = run["censor"]
+    parts = [H.tag("h3", "Contrast matrix")]
     weights, absent = contrast_rows(contrasts, design.columns)
     if len(weights):
         rows = [[name, *[float(w) for w in row]] for name, row in zip(weights.index, weights.to_numpy())]
@@ -452,7 +488,7 @@ def _ranges(values):
 
 
 def build_subject_report(path, subject, task, runs, contrasts, z_maps, background=None, settings=None,
-                         threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, session=None):
+                         threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, session=None, cache=None):
     """Write the first-level HTML report of one subject and task.
 
     Parameters
@@ -479,12 +515,19 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
         Smallest cluster in the tables (voxels).
     session : str, optional
         Session label shown in the title.
+    cache : PartCache or str or Path, optional
+        Where the drawn parts are kept (a folder, or a :class:`~glmx_workflows.reports.cache.PartCache`):
+        each run's diagnostics and each contrast's section are drawn only when what they show changed
+        (each contrast has its own colour scale, so one added map redraws nothing else). None draws all.
 
     Returns
     -------
     Path
     """
     import nibabel as nb
+
+    if not isinstance(cache, PartCache):
+        cache = PartCache(cache)
 
     who = f"sub-{subject}" + (f" ses-{session}" if session else "")
     title = f"{who} · task {task} · first level"
@@ -498,53 +541,33 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
         parts.append(H.table([[k, _show(v)] for k, v in settings.items()], header=["setting", "value"]))
 
     for i, run in enumerate(runs):
-        parts += _run_section(i, run, contrasts)
+        parts += _run_section(i, run, contrasts, cache)
 
     parts.append(H.tag("h2", "Contrasts (subject level)", id="contrasts"))
     parts.append(H.tag("p", f"z maps of the runs combined by fixed effects, shown where |z| ≥ {threshold:.2f} "
                             f"(p < {_p_of(threshold):.2g} one-sided, uncorrected); cluster tables list clusters of at "
                             f"least {extent} voxels (coordinates in mm)."))
     imgs = {name: nb.load(str(p)) if not hasattr(p, "affine") else p for name, p in z_maps.items()}
-    # read each map once (figures, counts and the cluster table all use it)
+    # read each map once (figures, counts, the cluster table and the part's key all use it)
     imgs = {name: nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header) for name, img in imgs.items()}
-    peaks = [float(np.nanmax(np.abs(np.asanyarray(img.dataobj)))) for img in imgs.values()]
-    vmax = max([threshold + 1.0, *[p for p in peaks if np.isfinite(p)]])
     if background is not None and not hasattr(background, "affine"):
         background = nb.load(str(background))
-    figures = _MapFigures(vmax, threshold, background) if imgs else None
+    back_key = None
+    if background is not None:
+        back_key = material_digest([np.ascontiguousarray(np.asanyarray(background.dataobj, dtype=np.float32)).tobytes(),
+                                    np.asarray(background.affine, float).tobytes()])
+    figures = _MapFigures(threshold + 1.0, threshold, background) if imgs else None
     try:
         for name, spec in sorted(contrasts.items()):
             if name not in imgs:
                 continue
             img = imgs[name]
-            label = spec["label"]
-            kind = "F" if spec["type"] == "F" else "t"
-            parts.append(H.tag("h3", H.join(f"Contrast {name} ", H.tag("small", f"({kind}, label {label})")),
-                               id=f"contrast-{H.anchor(label)}"))
-            data = np.nan_to_num(np.asanyarray(img.dataobj, dtype=np.float64))
-            n_above = int((np.abs(data) >= threshold).sum())
-            parts.append(H.tag("p", f"{n_above} voxel(s) at |z| ≥ {threshold:.2f}; peak |z| = "
-                                    f"{np.abs(data).max():.2f}.", cls=None if n_above else "none"))
-            parts.append(H.tag("figure", H.join(figures.glass(img, f"{name}: z, |z| ≥ {threshold:.2f}"),
-                                                H.tag("figcaption", "Glass brain: maximum-intensity projections of "
-                                                      "the signed z (sagittal, coronal, axial; left on the left). "
-                                                      + figures.scale()))))
-            table = cluster_table(img, threshold, extent, two_sided=kind == "t", max_clusters=MAX_CLUSTERS)
-            # through the peak of the strongest cluster (not an isolated voxel), else the largest |z|
-            at = table[["X", "Y", "Z"]].to_numpy(float)[0] if len(table) else None
-            tag, mm = figures.slices(img, name, at)
-            where = "the peak of the top cluster" if at is not None else "the largest |z|"
-            parts.append(H.tag("figure", H.join(tag, H.tag(
-                "figcaption", f"Slices through {where} (x={mm[0]:.0f}, y={mm[1]:.0f}, z={mm[2]:.0f} mm) over the "
-                + ("mean BOLD. " if background is not None else "map's own support. ") + figures.scale()))))
-            if len(table):
-                parts.append(H.table(table))
-                listed = (table["Cluster Size (mm3)"] != "").sum()
-                if table.attrs["n_clusters"] > listed:
-                    parts.append(H.tag("p", f"{table.attrs['n_clusters']} clusters in all; the {MAX_CLUSTERS} with "
-                                            "the highest peaks of each sign are listed.", cls="warn"))
-            else:
-                parts.append(H.tag("p", f"No cluster of at least {extent} voxels above the threshold.", cls="none"))
+            material = ["contrast", name, spec["label"], spec["type"], threshold, extent, back_key,
+                        np.ascontiguousarray(np.asanyarray(img.dataobj, dtype=np.float32)).tobytes(),
+                        list(img.shape), np.asarray(img.affine, float).tobytes()]
+            draw = (lambda name=name, spec=spec, img=img: H.join(*_contrast_section(
+                name, spec, img, figures, threshold, extent, background is not None)))
+            parts.append(cache.part("contrast", name, material, draw))
     finally:
         if figures is not None:
             figures.close()
@@ -553,6 +576,41 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
         parts.append(H.tag("p", "No subject-level map (no run carries the contrast): " + ", ".join(missing) + ".",
                            cls="warn"))
     return H.write_page(path, title, parts)
+
+
+def _contrast_section(name, spec, img, figures, threshold, extent, has_background):
+    """One contrast's heading, counts, glass brain, slices and cluster table; the colour scale runs to the
+    map's own peak |z| (at least ``threshold + 1``)."""
+    label = spec["label"]
+    kind = "F" if spec["type"] == "F" else "t"
+    parts = [H.tag("h3", H.join(f"Contrast {name} ", H.tag("small", f"({kind}, label {label})")),
+                   id=f"contrast-{H.anchor(label)}")]
+    data = np.nan_to_num(np.asanyarray(img.dataobj, dtype=np.float64))
+    figures.set_scale(max(threshold + 1.0, float(np.abs(data).max())))
+    n_above = int((np.abs(data) >= threshold).sum())
+    parts.append(H.tag("p", f"{n_above} voxel(s) at |z| ≥ {threshold:.2f}; peak |z| = "
+                            f"{np.abs(data).max():.2f}.", cls=None if n_above else "none"))
+    parts.append(H.tag("figure", H.join(figures.glass(img, f"{name}: z, |z| ≥ {threshold:.2f}"),
+                                        H.tag("figcaption", "Glass brain: maximum-intensity projections of "
+                                              "the signed z (sagittal, coronal, axial; left on the left). "
+                                              + figures.scale()))))
+    table = cluster_table(img, threshold, extent, two_sided=kind == "t", max_clusters=MAX_CLUSTERS)
+    # through the peak of the strongest cluster (not an isolated voxel), else the largest |z|
+    at = table[["X", "Y", "Z"]].to_numpy(float)[0] if len(table) else None
+    tag, mm = figures.slices(img, name, at)
+    where = "the peak of the top cluster" if at is not None else "the largest |z|"
+    parts.append(H.tag("figure", H.join(tag, H.tag(
+        "figcaption", f"Slices through {where} (x={mm[0]:.0f}, y={mm[1]:.0f}, z={mm[2]:.0f} mm) over the "
+        + ("mean BOLD. " if has_background else "map's own support. ") + figures.scale()))))
+    if len(table):
+        parts.append(H.table(table))
+        listed = (table["Cluster Size (mm3)"] != "").sum()
+        if table.attrs["n_clusters"] > listed:
+            parts.append(H.tag("p", f"{table.attrs['n_clusters']} clusters in all; the {MAX_CLUSTERS} with "
+                                    "the highest peaks of each sign are listed.", cls="warn"))
+    else:
+        parts.append(H.tag("p", f"No cluster of at least {extent} voxels above the threshold.", cls="none"))
+    return parts
 
 
 def _show(value):

@@ -4,7 +4,9 @@ subjects × contrasts per task saying what was done, what failed (and why) and w
 The status of each subject comes from the last dataset run of its task, kept in
 ``OUTPUT_DIR/logs/task-<t>_status.json`` (merged across runs, so that running subjects in batches
 gives one table); maps and reports are found by listing OUTPUT_DIR, so reports written by other
-commands (group level, resting state) appear as soon as the index is rebuilt.
+commands (group level, resting state) appear as soon as the index is rebuilt. Of a subject whose outputs
+glmx recorded (``OUTPUT_DIR/logs/outputs``), only the maps of its latest run are shown, and a task's
+columns are the contrasts of its latest run: a contrast since removed from the spec is not listed.
 """
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..io.atomic import write_text
+from ..io.derivatives import current_contrasts, current_subject_files
 from . import html as H
 
 STATUS_DIR = "logs"
@@ -108,13 +111,20 @@ def find_subject_maps(output_dir):
     Returns
     -------
     dict
-        ``{task: {subject: {contrast label: Path}}}``.
+        ``{task: {subject: {contrast label: Path}}}``; of a subject whose outputs are recorded (see
+        :func:`glmx_workflows.io.derivatives.record_outputs`), only the maps its latest run produced.
     """
-    found = {}
-    for path in sorted(Path(output_dir).glob("sub-*/**/*_stat-z_statmap.nii.gz")):
+    found, current = {}, {}
+    root = Path(output_dir).resolve()
+    for path in sorted(root.glob("sub-*/**/*_stat-z_statmap.nii.gz")):
         m = _SUBJECT_MAP.match(path.name)
         if m is None or "_run-" in path.name:
             continue
+        key = (m["task"], m["sub"])
+        if key not in current:
+            current[key] = current_subject_files(root, *key)
+        if current[key] is not None and str(path) not in current[key]:
+            continue  # not produced by the subject's latest run (a contrast since removed from the spec)
         found.setdefault(m["task"], {}).setdefault(m["sub"], {})[m["contrast"]] = path
     return found
 
@@ -151,7 +161,9 @@ def _href(path, root):
 
 def _task_table(task, statuses, maps, reports, root):
     subjects = sorted(set(statuses) | set(maps))
-    contrasts = sorted({c for per in maps.values() for c in per})
+    contrasts = current_contrasts(root, task)  # those of the spec of the latest run, when recorded
+    if contrasts is None:
+        contrasts = sorted({c for per in maps.values() for c in per})
     rows, classes = [], []
     for sub in subjects:
         state = statuses.get(sub, {"status": "done", "reason": "", "crash": ""})

@@ -29,7 +29,7 @@ REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
-                        name="first_level_wf"):
+                        report_cache=None, name="first_level_wf"):
     """Build the first-level workflow of one subject and task.
 
     Parameters
@@ -45,6 +45,10 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         Memory the ``fit_glm`` node declares to the engine.
     publish_run_maps : bool
         Publish per-run maps (False when a subject's only run would get the subject-level names).
+    report_cache : str, optional
+        Folder where the ``report`` node keeps the parts it drew (see
+        :mod:`glmx_workflows.reports.cache`): a rebuild after a contrast-only change draws only the new
+        contrast's part. None draws the whole report every time.
     name : str
         Workflow name.
 
@@ -136,7 +140,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
         ])
         report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(
-            {k: settings.get(k) for k in REPORTED_SETTINGS}, default=str)), name="report", mem_gb=light_mem_gb)
+            {k: settings.get(k) for k in REPORTED_SETTINGS}, default=str), cache_dir=str(report_cache or "")),
+            name="report", mem_gb=light_mem_gb)
         ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_report", overwrite=True)
         wf.connect([
             (build_design, report, [("manifest_file", "design_manifests")]),
