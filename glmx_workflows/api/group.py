@@ -174,6 +174,12 @@ class GroupLevel(Project):
                 log.append(f"contrast {contrast}: no subject-level stat-effect map for "
                            + ", ".join(f"sub-{s}" for s in missing[contrast]) + "; left out")
             subjects = sorted(maps)
+            if self.settings["group_model"] == "mixed":
+                lacking = [s for s in subjects if not maps[s]["variance"]]
+                if lacking:
+                    raise GlmxError(f"contrast {contrast}: sub-{lacking[0]} has no subject-level stat-variance map "
+                                    "beside its effect map; group_model 'mixed' needs one per subject",
+                                    file=maps[lacking[0]]["effect"], field="group_model")
             design, mean = cg.group_design(participants, subjects, regressors,
                                            source=str(participants_file) if participants is not None else None)
             cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"], source=str(self.spec_path))

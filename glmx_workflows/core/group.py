@@ -27,9 +27,17 @@ from scipy import stats as sps
 from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
 from .glm import contrast_statistics, estimate_contrast, fit_glm
+from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
 from .tfce import cluster_measures, label_clusters, tfce
 
 INTERCEPT = "intercept"
+
+#: The group models (spec key ``group_model``), with the words the report and the sidecars use.
+GROUP_MODELS = {
+    "ols": "ordinary least squares on the subjects' effects (summary-statistics random effects)",
+    "mixed": "mixed effects: weighted least squares with each subject's first-level variance plus a "
+             "between-subject variance tau2 estimated by REML (FSL FLAME1's model)",
+}
 
 #: Every inference method, with the ``desc`` value of its maps.
 INFERENCE_DESC = {
@@ -196,7 +204,7 @@ def check_design(design, source=None):
 
 
 def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
-    """The group contrasts of a design: the mean effect, then each formula.
+    """The group contrasts of a design: the mean effect, then each formula (t) or list of formulas (F).
 
     Parameters
     ----------
@@ -205,28 +213,35 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
     mean_weights : dict
         From :func:`group_design`.
     formulas : dict, optional
-        ``{name: formula}`` over design columns (``"-intercept"``, ``"group_patient - group_control"``).
+        ``{name: formula}`` over design columns (``"-intercept"``, ``"group_patient - group_control"``);
+        a list of formulas is an F contrast (one row each, as in the first level).
     source : str, optional
         Spec file named in errors.
 
     Returns
     -------
     list of dict
-        ``{'name', 'desc' (None for the mean, else the BIDS label of the name), 'weights' (list of
-        float, one per column)}``.
+        ``{'name', 'desc' (None for the mean, else the BIDS label of the name), 'stat' ('t' or 'F'),
+        'weights' (list of float, one per column; a list of such rows for F)}``.
     """
     columns = list(design_columns)
-    out = [{"name": "mean", "desc": None,
+    out = [{"name": "mean", "desc": None, "stat": "t",
             "weights": contrast_matrix([mean_weights], columns)[0].tolist()}]
     for name, formula in (formulas or {}).items():
-        weights = parse_formula(formula)
-        missing = unknown_regressors([weights], columns)
+        rows = [parse_formula(f) for f in (formula if isinstance(formula, (list, tuple)) else [formula])]
+        missing = unknown_regressors(rows, columns)
         if missing:
             raise GlmxError(f"group contrast '{name}' uses {', '.join(repr(m) for m in missing)}, not a column of "
                             f"the group design (columns: {', '.join(columns)})", file=source,
                             field=f"group_contrasts.{name}")
-        out.append({"name": name, "desc": bids_label(name),
-                    "weights": contrast_matrix([weights], columns)[0].tolist()})
+        matrix = contrast_matrix(rows, columns)
+        if isinstance(formula, (list, tuple)):
+            if np.linalg.matrix_rank(matrix) < len(rows):
+                raise GlmxError(f"the rows of F contrast '{name}' are linearly dependent", file=source,
+                                field=f"group_contrasts.{name}")
+            out.append({"name": name, "desc": bids_label(name), "stat": "F", "weights": matrix.tolist()})
+        else:
+            out.append({"name": name, "desc": bids_label(name), "stat": "t", "weights": matrix[0].tolist()})
     return out
 
 
@@ -235,8 +250,8 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def fit_group_model(Y, X):
-    """Ordinary least squares of subject maps on the group design (nilearn's SecondLevelModel fit).
+def fit_group_model(Y, X, model="ols", variances=None):
+    """Fit the group model of subject maps on the group design.
 
     Parameters
     ----------
@@ -244,32 +259,56 @@ def fit_group_model(Y, X):
         Subject maps, in-mask voxels.
     X : numpy.ndarray, shape (n_subjects, n_columns)
         Group design.
+    model : {'ols', 'mixed'}
+        'ols': ordinary least squares (nilearn's SecondLevelModel fit); 'mixed': the mixed-effects
+        model of :mod:`glmx_workflows.core.mixed` (needs ``variances``).
+    variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
+        The subjects' first-level variances (``model='mixed'``).
 
     Returns
     -------
-    GLMFit
-        Betas, residual variance and degrees of freedom of the OLS fit.
+    GLMFit or MixedFit
+        Betas, residual variance and degrees of freedom of the OLS fit, or the mixed-effects fit.
+
+    Raises
+    ------
+    GlmxError
+        An unknown model, or 'mixed' without variances.
     """
-    return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
+    if model == "ols":
+        return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
+    if model != "mixed":
+        raise GlmxError(f"unknown group model {model!r}; expected one of {', '.join(GROUP_MODELS)}",
+                        field="group_model")
+    if variances is None:
+        raise GlmxError("the mixed-effects group model needs the subjects' variance maps", field="group_model")
+    return fit_mixed_effects(Y, variances, X)
 
 
 def contrast_maps(fit, weights):
-    """Effect, variance, t, z and p (one-sided, upper tail) of a group t contrast.
+    """Effect, variance, t (or F), z and p (one-sided, upper tail) of a group contrast.
 
     Parameters
     ----------
-    fit : GLMFit
+    fit : GLMFit or MixedFit
         From :func:`fit_group_model`.
-    weights : array-like, shape (n_columns,)
-        Contrast weights over the design columns.
+    weights : array-like, shape (n_columns,) or (q, n_columns)
+        Contrast weights over the design columns; several rows make an F contrast.
 
     Returns
     -------
     dict
-        ``effect``, ``variance``, ``t``, ``z``, ``p``: arrays of shape (n_voxels,); ``dof``: float.
+        ``effect``, ``variance``, ``t`` (t contrasts) or ``F`` (F contrasts), ``z``, ``p``: arrays of
+        shape (n_voxels,) (``effect`` of an F contrast is (q, n_voxels)); ``dof``: float.
     """
-    stats = contrast_statistics(estimate_contrast(fit, np.asarray(weights, float)))
-    return {"effect": stats["effect"], "variance": stats["variance"], "t": stats["stat"], "z": stats["z"],
+    weights = np.asarray(weights, float)
+    if isinstance(fit, MixedFit):
+        est = mixed_contrast(fit, weights)
+    else:
+        est = estimate_contrast(fit, weights)
+    stats = contrast_statistics(est)
+    stat = "t" if est.stat_type == "t" else "F"
+    return {"effect": stats["effect"], "variance": stats["variance"], stat: stats["stat"], "z": stats["z"],
             "p": stats["p"], "dof": stats["dof"]}
 
 
@@ -569,6 +608,7 @@ class _PermutedT:
         self.aa = float(pinv[0] @ pinv[0])
         self.norm2 = np.einsum("ij,ij->j", self.R, self.R)
         self.single_regressor = Z.shape[1] == 0 and self.rank == 1
+        self.width = self.A.shape[1]  # float64 work values per transform and voxel
 
     def stats(self, transforms, sign_flip):
         """t maps of shape (len(transforms), n_voxels) for sign vectors or row orders."""
@@ -627,6 +667,48 @@ class _PermutedT:
             return np.sqrt(self.dof) * best / np.sqrt(np.maximum(1.0 - best * best, 0.0))
 
 
+class _PermutedMixedT:
+    """Mixed-effects t statistics of x in [x, Z] for transformed data, many transforms at once.
+
+    Freedman-Lane as for OLS: the data's OLS residuals ``R`` on Z are sign-flipped or permuted, and the
+    variances travel with their subjects (a row permutation moves a subject's variances with its
+    residuals; a sign flip leaves them). Adding ``Z g`` to the data changes neither the REML tau2 nor the
+    weighted estimate of x, so each transformed data set is refitted as ``[x, Z]`` on ``T R`` directly;
+    the transformed data sets of a chunk are fitted together as extra columns of one mixed-effects fit
+    (tau2 is re-estimated for every transform and voxel).
+    """
+
+    def __init__(self, Y, V, x, Z):
+        Y = np.asarray(Y, dtype=np.float64)
+        self.n = Y.shape[0]
+        self.V = np.asarray(V, dtype=np.float64)
+        self.M = np.column_stack([x, Z]) if Z.shape[1] else x[:, None]
+        self.R = Y - Z @ (Z.T @ Y) if Z.shape[1] else Y.copy()
+        self.rank = int(np.linalg.matrix_rank(self.M))
+        self.dof = self.n - self.rank
+        if self.dof < 1:
+            raise GlmxError(f"no residual degrees of freedom: {self.n} subjects for a design of rank {self.rank}")
+        self.width = 6 * self.n + 2 * self.M.shape[1] ** 2  # float64 work values per transform and voxel
+        self.single_regressor = False
+
+    def stats(self, transforms, sign_flip):
+        """t maps of shape (len(transforms), n_voxels) for sign vectors or row orders."""
+        k, n_vox = len(transforms), self.R.shape[1]
+        if sign_flip:
+            Yp = (transforms.T.astype(np.float64)[:, :, None] * self.R[:, None, :]).reshape(self.n, -1)
+            Vp = np.broadcast_to(self.V[:, None, :], (self.n, k, n_vox)).reshape(self.n, -1)
+        else:
+            Yp = self.R[transforms.T].reshape(self.n, -1)
+            Vp = self.V[transforms.T].reshape(self.n, -1)
+        fit = fit_mixed_effects(Yp, Vp, self.M)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])
+        return t.reshape(k, n_vox)
+
+    def observed(self):
+        return self.stats(np.ones((1, self.n), np.int8), True)[0]
+
+
 def _volume(values, mask):
     out = np.zeros((values.shape[0],) + mask.shape)
     out[:, mask] = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
@@ -644,8 +726,11 @@ def _fwe_p(null_max, observed, n_null):
 
 def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0, methods=("perm_fwe",),
                           cluster_threshold=None, two_sided=False, tfce_steps=100, connectivity=1,
-                          max_chunk_bytes=64 * 2 ** 20):
+                          max_chunk_bytes=64 * 2 ** 20, variances=None):
     """Non-parametric inference on a group contrast (Freedman-Lane; sign flips or permutations).
+
+    With ``variances`` the statistic is the mixed-effects t (:class:`_PermutedMixedT`: each subject's
+    variances travel with it), refitted for every transform; without, the OLS t.
 
     Parameters
     ----------
@@ -674,6 +759,8 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         Neighbourhood for clusters and TFCE (1: faces, as nilearn).
     max_chunk_bytes : int
         Memory for the permuted statistics of one chunk.
+    variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
+        The subjects' first-level variances: permute the mixed-effects model instead of OLS.
 
     Returns
     -------
@@ -702,7 +789,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if "perm_cluster_mass" in methods and cluster_threshold is None:
         raise GlmxError("cluster-mass inference needs a cluster-forming threshold")
     x, Z, sign_flip = partition_design(X, weights)
-    model = _PermutedT(Y, x, Z)
+    model = _PermutedT(Y, x, Z) if variances is None else _PermutedMixedT(Y, variances, x, Z)
     transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed)
     K = len(transforms)
     t_obs = model.observed()
@@ -716,7 +803,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     h0_t = np.empty(K)
     h0_mass = np.empty(K) if "perm_cluster_mass" in methods else None
     h0_tfce = np.empty(K) if "tfce" in methods else None
-    per_perm = Y.shape[1] * 8 * (model.A.shape[1] + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
+    per_perm = Y.shape[1] * 8 * (model.width + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
     chunk = int(max(1, min(K, max_chunk_bytes // max(per_perm, 1))))
     fast_max = not spatial and model.single_regressor  # no t maps needed
     if fast_max:

@@ -9,8 +9,9 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
   score ``(r'W^2 r - tr P) / 2`` and observed information ``y'P^3y - tr(P^2) / 2`` (Fisher's expected
   ``tr(P^2) / 2`` where the observed one is not positive) with ``P = W - WX(X'WX)^-1X'W``, whose
   traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). A step that lowers the likelihood is
-  halved until it does not; steps stop at the boundary ``tau2 = 0``. The start is the method-of-moments
-  value ``max(0, s2 - mean(v))`` (``s2``: the OLS residual variance).
+  halved until it does not; steps stop at the boundary ``tau2 = 0``. The likelihood can have a maximum at
+  0 and another inside: Newton starts from the best of 0 and a scan of ``c u / (1 - u)``, ``u`` in ``_SCAN``,
+  around the moment value ``c = max(s2, mean(v))`` (``s2``: the OLS residual variance).
 * ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its covariance ``(X'WX)^-1``.
 * t contrasts ``c'b / sqrt(c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(C (X'WX)^-1 C')^-1 (Cb) / q`` with
   ``n - p`` residual degrees of freedom (FSL FLAME1's and PyMARE's ``VarianceBasedLikelihoodEstimator``
@@ -30,6 +31,8 @@ from .glm import ContrastEstimate
 
 #: Voxels fitted together (bounds the (voxels, p, p) work arrays).
 _BLOCK = 65536
+#: Starting-point scan: tau2 = c u / (1 - u) for these u (c: the moment estimate of the total variance).
+_SCAN = (0.02, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 0.98)
 
 
 @dataclass
@@ -101,8 +104,15 @@ def _batched_inverse(A):
         inv[:, 0, 0], inv[:, 1, 1] = d / det, a / det
         inv[:, 0, 1] = inv[:, 1, 0] = -b / det
         return inv, np.log(det)
-    _, logdet = np.linalg.slogdet(A)
-    return np.linalg.inv(A), logdet
+    sign, logdet = np.linalg.slogdet(np.where(np.isfinite(A), A, 0.0))
+    bad = ~(np.isfinite(A).all(axis=(1, 2)) & (sign > 0))
+    if bad.any():  # e.g. infinite weights: nan results instead of an error for the whole block
+        A = A.copy()
+        A[bad] = np.eye(p)
+    inv = np.linalg.inv(A)
+    inv[bad] = np.nan
+    logdet[bad] = np.nan
+    return inv, logdet
 
 
 class _Profile:
@@ -111,7 +121,13 @@ class _Profile:
     ``XX`` (n, p*p) holds the outer products ``x_i x_i'`` so that every ``X'W^k X`` is one product.
     """
 
-    def __init__(self, y, v, m, X, XX, tau2):
+    def __init__(self, y, v, m, X, XX, tau2, full=True):
+        # zero total variance (v = 0 at tau2 = 0) gives infinite weights: its likelihood reads as -inf
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            self._compute(y, v, m, X, XX, tau2, full)
+        self.loglik = np.where(np.isnan(self.loglik), -np.inf, self.loglik)
+
+    def _compute(self, y, v, m, X, XX, tau2, full):
         n, p = X.shape
         total = v + tau2[None, :]
         w = np.where(m, 1.0 / np.where(m, total, 1.0), 0.0)  # (n, k): 0 for absent subjects
@@ -123,9 +139,10 @@ class _Profile:
         r = y - X @ self.beta
         wr = w * r
         rwr = np.einsum("nk,nk->k", wr, r)
-        with np.errstate(divide="ignore"):
-            logtot = np.where(m, np.log(np.where(m, total, 1.0)), 0.0)
+        logtot = np.where(m, np.log(np.where(m, total, 1.0)), 0.0)
         self.loglik = -0.5 * (logtot.sum(axis=0) + logdet + rwr)
+        if not full:
+            return
         G2 = np.einsum("kij,kjl->kil", self.Ainv, (XX.T @ w2).T.reshape(-1, p, p))
         tr_G3 = np.einsum("kij,kji->k", self.Ainv, (XX.T @ (w2 * w)).T.reshape(-1, p, p))
         tr_P = w.sum(axis=0) - np.einsum("kii->k", G2)
@@ -161,8 +178,17 @@ def _fit_block(y, v, m, X, XX, max_iter, tol):
     count = ones.sum(axis=0)
     s2 = np.einsum("nk,nk->k", r0, r0) / np.maximum(count - p, 1.0)
     vbar = (v * ones).sum(axis=0) / count
-    tau2 = np.maximum(s2 - vbar, 0.0)
     scale = s2 + vbar + np.finfo(float).tiny  # the size of the total variance, for the stopping rule
+    # the restricted likelihood can have two maxima (one at 0, one inside): start from the best point of a
+    # scan of [0, inf) mapped from [0, 1) around the moment estimate, so that Newton climbs the higher one
+    centre = np.maximum(s2 - vbar, 0.0) + vbar
+    tau2 = np.zeros(k)
+    best = _Profile(y, v, m, X, XX, tau2, full=False).loglik
+    for u in _SCAN:
+        cand = centre * (u / (1.0 - u))
+        ll = _Profile(y, v, m, X, XX, cand, full=False).loglik
+        better = ll > best
+        tau2[better], best[better] = cand[better], ll[better]
     cur = _Profile(y, v, m, X, XX, tau2)
     active = np.arange(k)
     iterations = 0

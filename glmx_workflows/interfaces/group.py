@@ -35,6 +35,17 @@ def _load_data(path):
         return data["Y"], data["mask"].astype(bool), data["affine"], [str(s) for s in data["subjects"]]
 
 
+def _load_variances(path):
+    """The subjects' variance maps stored by load_maps (None when the model did not need them)."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["V"] if "V" in data.files else None
+
+
+def _sidecar(model, stat):
+    """The JSON sidecar of a group map: which model was fitted and what the map holds."""
+    return {"GroupModel": model, "GroupModelDescription": cg.GROUP_MODELS[model], "Statistic": stat}
+
+
 def _method_desc(group_desc, method):
     """desc of a thresholded/corrected map: the method's (mean) or the group contrast's + the method's."""
     desc = cg.INFERENCE_DESC[method]
@@ -64,12 +75,14 @@ class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
     variance_files = traits.List(traits.Either(None, File(exists=True)), desc="matching stat-variance maps or None")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, one per map")
     smoothing_fwhm = traits.Either(None, traits.Float, usedefault=True, desc="Gaussian smoothing (mm FWHM)")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True,
+                        desc="group model: 'mixed' needs every subject's variance map (stored as V)")
 
 
 class LoadGroupMapsOutputSpec(TraitedSpec):
     """Outputs of :class:`LoadGroupMaps` (each trait is described by its ``desc``)."""
 
-    data_file = File(exists=True, desc="NPZ: Y (n_subjects, n_voxels), mask, affine, subjects")
+    data_file = File(exists=True, desc="NPZ: Y (n_subjects, n_voxels), mask, affine, subjects (and V for 'mixed')")
     mask_file = File(exists=True, desc="group mask NIfTI (voxels defined in every subject)")
 
 
@@ -83,7 +96,8 @@ class LoadGroupMaps(SimpleInterface):
     ------
     GlmxError
         When a map cannot be read, the maps are not all on one grid, or no voxel is defined (finite,
-        non-zero, positive variance) in every subject.
+        non-zero, positive variance) in every subject; with the 'mixed' model, when a subject's variance
+        map is missing, or not finite and positive wherever every subject's effect is defined.
     """
 
     input_spec = LoadGroupMapsInputSpec
@@ -100,24 +114,61 @@ class LoadGroupMaps(SimpleInterface):
                                 f"{ref.shape[:3]}; every subject's map must be on the same grid", file=f)
         data = np.stack([np.asarray(img.get_fdata(), dtype=np.float64).reshape(ref.shape[:3]) for img in imgs])
         mask = np.all(np.isfinite(data) & (data != 0), axis=0)
-        for f in self.inputs.variance_files or []:
-            if f:
-                var = np.asarray(load_image(f, "subject variance map").get_fdata()).reshape(ref.shape[:3])
-                mask &= np.isfinite(var) & (var > 0)
+        mixed = self.inputs.model == "mixed"
+        variance_files = list(self.inputs.variance_files or [])
+        var_imgs = []
+        if mixed:
+            var_imgs = self._variance_images(variance_files, mask, ref)
+        else:
+            for f in variance_files:
+                if f:
+                    var = np.asarray(load_image(f, "subject variance map").get_fdata()).reshape(ref.shape[:3])
+                    mask &= np.isfinite(var) & (var > 0)
         if not mask.any():
             raise GlmxError("no voxel is defined (finite, non-zero) in every subject's map", file=os.path.dirname(
                 self.inputs.effect_files[0]))
         if self.inputs.smoothing_fwhm:
             data = np.stack([np.asarray(smooth_img(img, self.inputs.smoothing_fwhm).get_fdata()).reshape(
                 ref.shape[:3]) for img in imgs])
+        extra = {}
+        if mixed:
+            # smoothed variances: the variance maps get the effects' kernel (the usual approximation; the
+            # variance of a smoothed map is not the smoothed variance)
+            extra["V"] = np.stack([np.asarray((smooth_img(img, self.inputs.smoothing_fwhm) if
+                                               self.inputs.smoothing_fwhm else img).get_fdata()).reshape(
+                ref.shape[:3])[mask] for img in var_imgs])
         out = os.path.join(runtime.cwd, "data.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, Y=data[:, mask], mask=mask, affine=ref.affine,
-                     subjects=np.array(self.inputs.subjects, dtype=str))
+                     subjects=np.array(self.inputs.subjects, dtype=str), **extra)
         self._results["data_file"] = out
         self._results["mask_file"] = str(write_image(unmask(np.ones(int(mask.sum()), np.uint8), mask, ref.affine,
                                                             dtype=np.uint8), os.path.join(runtime.cwd, "mask.nii.gz")))
         return runtime
+
+    def _variance_images(self, variance_files, mask, ref):
+        """Every subject's variance map, checked finite and positive where the effects are defined."""
+        if len(variance_files) != len(self.inputs.effect_files):
+            raise GlmxError(f"{len(variance_files)} variance map(s) for {len(self.inputs.effect_files)} effect maps; "
+                            "group_model 'mixed' needs one per subject", field="group_model")
+        out = []
+        for effect, f in zip(self.inputs.effect_files, variance_files):
+            if not f:
+                raise GlmxError("no subject-level stat-variance map beside this effect map; group_model 'mixed' "
+                                "needs it (rerun the participant level, or use group_model 'ols')", file=effect,
+                                field="group_model")
+            img = load_image(f, "subject variance map")
+            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise GlmxError(f"variance map grid {img.shape[:3]} differs from the effect maps' {ref.shape[:3]}",
+                                file=f)
+            var = np.asarray(img.get_fdata()).reshape(ref.shape[:3])[mask]
+            bad = ~(np.isfinite(var) & (var > 0))
+            if bad.any():
+                raise GlmxError(f"the variance map is not finite and positive in {int(bad.sum())} voxel(s) where "
+                                "every subject's effect is defined; group_model 'mixed' needs a positive "
+                                "first-level variance there", file=f, field="group_model")
+            out.append(img)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- build_design
@@ -176,23 +227,25 @@ class FitGroupInputSpec(BaseInterfaceInputSpec):
 
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV from build_design")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model (spec key group_model)")
 
 
 class FitGroupOutputSpec(TraitedSpec):
     """Outputs of :class:`FitGroup` (each trait is described by its ``desc``)."""
 
-    fit_file = File(exists=True, desc="NPZ of the OLS fit")
+    fit_file = File(exists=True, desc="NPZ of the fit (OLS or mixed effects)")
 
 
 class FitGroup(SimpleInterface):
-    """Ordinary least squares of the subject maps on the group design."""
+    """The group model of the subject maps on the group design: OLS, or mixed effects with their variances."""
 
     input_spec = FitGroupInputSpec
     output_spec = FitGroupOutputSpec
 
     def _run_interface(self, runtime):
         Y, _, _, _ = _load_data(self.inputs.data_file)
-        fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float))
+        fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float), model=self.inputs.model,
+                                 variances=_load_variances(self.inputs.data_file))
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, **fit.to_arrays())
@@ -224,19 +277,30 @@ class ComputeGroupContrasts(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..core.glm import GLMFit
+        from ..core.mixed import MixedFit
 
         with np.load(self.inputs.fit_file, allow_pickle=False) as data:
-            fit = GLMFit.from_arrays({k: data[k] for k in data.files})
+            arrays = {k: data[k] for k in data.files}
+        model = str(arrays["model"]) if "model" in arrays else "ols"
+        fit = MixedFit.from_arrays(arrays) if model == "mixed" else GLMFit.from_arrays(arrays)
         _, mask, affine, _ = _load_data(self.inputs.data_file)
         listing, manifest = [], []
+
+        def publish(values, name, entities, stat):
+            path = _write_map(values, mask, affine, runtime.cwd, name)
+            side = _write_json(runtime.cwd, name + ".json", _sidecar(model, stat))
+            manifest.extend([{"path": path, "entities": entities, "suffix": "statmap"},
+                             {"path": side, "entities": entities, "suffix": "statmap"}])
+            return path
+
+        if model == "mixed":
+            publish(fit.tau2, "tau2", _entities(self.inputs.contrast, "tau2", None), "tau2")
         for con in _read_json(self.inputs.contrasts_file):
             maps = cg.contrast_maps(fit, con["weights"])
-            paths = {}
-            for stat in MAP_STATS:
-                paths[stat] = _write_map(maps[stat], mask, affine, runtime.cwd, f"{con['name']}_{stat}")
-                manifest.append({"path": paths[stat], "entities": _entities(self.inputs.contrast, stat, con["desc"]),
-                                 "suffix": "statmap"})
-            listing.append({**con, "maps": paths, "dof": maps["dof"]})
+            stats = MAP_STATS if con.get("stat", "t") == "t" else ("F", "z", "p")
+            paths = {stat: publish(maps[stat], f"{con['name']}_{stat}",
+                                   _entities(self.inputs.contrast, stat, con["desc"]), stat) for stat in stats}
+            listing.append({**con, "maps": paths, "dof": maps["dof"], "model": model})
         self._results["maps_file"] = _write_json(runtime.cwd, "maps.json", listing)
         self._results["manifest_file"] = _write_json(runtime.cwd, "manifest.json", manifest)
         return runtime
@@ -324,22 +388,27 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
     p_threshold = traits.Float(0.001, usedefault=True, desc="cluster-forming uncorrected p (cluster mass)")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model whose t is permuted")
 
 
 class PermuteGroup(SimpleInterface):
-    """Permutation inference (max-t FWE, cluster mass, TFCE) for every group contrast."""
+    """Permutation inference (max-t FWE, cluster mass, TFCE) for every group t contrast (F contrasts: parametric
+    inference only)."""
 
     input_spec = PermuteGroupInputSpec
     output_spec = InferenceOutputSpec
 
     def _run_interface(self, runtime):
         Y, mask, affine, _ = _load_data(self.inputs.data_file)
+        V = _load_variances(self.inputs.data_file) if self.inputs.model == "mixed" else None
         X = _read_design(self.inputs.design_file).to_numpy(float)
         manifest, record = [], {}
         for con in _read_json(self.inputs.maps_file):
+            if con.get("stat", "t") != "t":
+                continue
             methods = list(self.inputs.methods)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
-                                           seed=self.inputs.seed, methods=methods,
+                                           seed=self.inputs.seed, methods=methods, variances=V,
                                            cluster_threshold=cg.t_threshold(self.inputs.p_threshold, con["dof"]))
             z = _volume_values(con["maps"]["z"], mask)
             info = {"scheme": out["scheme"], "n_permutations": out["n_permutations"], "exhaustive": out["exhaustive"]}
@@ -474,7 +543,8 @@ class PlotGroup(SimpleInterface):
             for path in plot_stat_figures(load_image(con["maps"]["z"]), os.path.join(cwd, f"{con['name']}_z"),
                                           title=f"{self.inputs.contrast} {con['name']}: z (unthresholded)"):
                 figures.append({"path": str(path), "caption": f"z map, unthresholded ({path.stem.split('_')[-1]})"})
-            notes = []
+            notes = [f"Group model: {con.get('model', 'ols')} ({cg.GROUP_MODELS[con.get('model', 'ols')]})"
+                     + (f"; F test on {len(con['weights'])} rows" if con.get("stat") == "F" else "") + "."]
             for method, entry in inference.get(con["name"], {}).items():
                 label = cg.INFERENCE_DESC[method]
                 detail = (f"; {entry['n_permutations']} {'enumerated' if entry['exhaustive'] else 'random'} "

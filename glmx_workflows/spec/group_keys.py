@@ -8,11 +8,17 @@ _P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _METHODS = ["uncorrected", "fdr", "bonferroni", "cluster", "perm_fwe", "perm_cluster_mass", "tfce"]
 
 GROUP_KEYS = {
+    "group_model": (
+        {"enum": ["ols", "mixed"]}, "ols",
+        "Group model: 'ols' (least squares on the subjects' effects) or 'mixed' (mixed effects: each subject's "
+        "first-level stat-variance map plus a between-subject variance tau2 by REML, written as stat-tau2).",
+        "mixed"),
     "group_contrasts": (
-        {"type": "object", "additionalProperties": {"type": "string"}}, {},
+        {"type": "object", "additionalProperties": {"anyOf": [
+            {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}, {},
         "Group contrasts besides the mean effect (always written, without desc): {name: formula} over the group "
         "design's columns ('intercept', covariates by name, '<column>_<level>' for groups); a negative weight tests "
-        "the opposite direction. Maps carry desc-<name>.",
+        "the opposite direction; a list of formulas is an F contrast (stat-F, z, p). Maps carry desc-<name>.",
         {"patientVcontrol": "group_patient - group_control"}),
     "group_smoothing_fwhm": (
         {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]}, None,
@@ -78,7 +84,8 @@ def group_settings(entry, **overrides):
             raise GlmxError("group contrast name is empty", file=entry["_spec_file"],
                             field=f"{entry['_task']}.group_contrasts")
         try:
-            parse_formula(formula)
+            for row in formula if isinstance(formula, list) else [formula]:
+                parse_formula(row)
         except GlmxError as exc:
             raise GlmxError(exc.message, file=entry["_spec_file"],
                             field=f"{entry['_task']}.group_contrasts.{name}") from None

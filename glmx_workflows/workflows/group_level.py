@@ -22,7 +22,7 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     contrast : str
         First-level contrast label (BIDS label of the subject maps).
     settings : dict
-        Group keys of the spec: ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``,
+        Group keys of the spec: ``group_model``, ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``,
         ``group_inference``, ``group_alpha``, ``group_p_threshold``, ``group_cluster_extent``,
         ``group_n_permutations``, ``group_seed``.
     z_threshold : float
@@ -55,11 +55,13 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     parametric = [m for m in methods if m in PARAMETRIC]
     permutation = [m for m in methods if m in PERMUTATION]
 
-    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"]), name="load_maps")
+    model = settings.get("group_model", "ols")
+    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"], model=model),
+                        name="load_maps")
     build_design = pe.Node(BuildGroupDesign(regressors=list(settings["group_level_regressors"]),
                                             group_contrasts=dict(settings["group_contrasts"]), contrast=contrast),
                            name="build_design")
-    fit_group = pe.Node(FitGroup(), name="fit_group")
+    fit_group = pe.Node(FitGroup(model=model), name="fit_group")
     compute_contrasts = pe.Node(ComputeGroupContrasts(contrast=contrast), name="compute_contrasts")
     threshold_maps = pe.Node(ThresholdGroupMaps(
         contrast=contrast, methods=parametric, alpha=settings["group_alpha"], z_threshold=z_threshold,
@@ -100,7 +102,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     if permutation:
         permute = pe.Node(PermuteGroup(contrast=contrast, methods=permutation,
                                        n_permutations=settings["group_n_permutations"], seed=settings["group_seed"],
-                                       alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"]),
+                                       alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"],
+                                       model=model),
                           name="permute")
         permute.config = {"execution": {"remove_unnecessary_outputs": "false"}}
         wf.connect([
@@ -165,7 +168,7 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
         return wf
     gather_sections = pe.Node(Merge(len(subs)), name="gather_sections")
     gather_published = pe.Node(Merge(len(subs)), name="gather_published")
-    shown = {k: settings[k] for k in ("group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
+    shown = {k: settings[k] for k in ("group_model", "group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
                                       "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
                                       "group_cluster_extent", "group_n_permutations", "group_seed")}
     group_report = pe.Node(GroupReport(task=task, excluded=list(excluded), settings=shown), name="group_report")

@@ -1,0 +1,135 @@
+"""The mixed-effects group model (core.mixed, core.group with group_model 'mixed') on arrays, against PyMARE's
+``VarianceBasedLikelihoodEstimator(method="REML")``, the OLS path, the fixed-effects combination, null
+simulations and a power comparison."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from glmx_workflows.core.errors import GlmxError
+from glmx_workflows.core.glm import ContrastEstimate, combine_fixed_effects, contrast_statistics
+from glmx_workflows.core.group import contrast_maps, fit_group_model, permutation_inference
+from glmx_workflows.core.mixed import fit_mixed_effects, restricted_loglik
+
+
+def _data(n, k, seed, tau2_levels=(0.0, 0.05, 1.0, 4.0), p=2):
+    """Effects with heterogeneous first-level variances and a mix of between-subject variances (0 included,
+    so that many voxels have their REML optimum on the boundary)."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n)] + [rng.standard_normal(n) for _ in range(p - 1)])
+    V = rng.uniform(0.2, 3.0, (n, k)) * rng.uniform(0.5, 2.0, (n, 1))
+    tau2 = rng.choice(tau2_levels, k)
+    Y = X @ rng.standard_normal((p, k)) + rng.standard_normal((n, k)) * np.sqrt(V + tau2)
+    return Y, V, X
+
+
+def _pymare(Y, V, X):
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    # "wald": the model-based covariance (X'WX)^-1 of the issue (PyMARE's default adds Knapp-Hartung);
+    # a tight bracket so that PyMARE's own search error is below the tolerances asserted
+    est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald", xtol=1e-12, maxiter=200)
+    est.fit(Y, V, X)
+    return (est.params_["fe_params"], np.moveaxis(est.params_["inv_cov"], 2, 0), est.params_["tau2"][0])
+
+
+@pytest.mark.parametrize("n,p", [(12, 1), (15, 2), (20, 3)])
+def test_mixed_equals_pymare_reml_including_boundary_voxels(n, p):
+    Y, V, X = _data(n, 3000, seed=n, p=p)
+    fit = fit_mixed_effects(Y, V, X)
+    beta, cov, tau2 = _pymare(Y, V, X)
+    boundary = fit.tau2 == 0
+    assert 0.1 < boundary.mean() < 0.9  # both kinds of voxels are compared
+    assert np.array_equal(boundary, tau2 == 0)
+    # Our estimate is the maximiser: its restricted likelihood is never below PyMARE's (up to rounding);
+    # PyMARE stops on a bracket of 1e-12 of its search interval, so tau2 agrees to ~1e-6 relative to the
+    # total variance and beta / cov / t (smooth functions of tau2) to the same order.
+    ll_ours = restricted_loglik(Y, V, X, fit.tau2)
+    ll_ref = restricted_loglik(Y, V, X, tau2)
+    assert (ll_ours - ll_ref).min() > -1e-9
+    scale = V.mean(axis=0) + tau2
+    assert np.abs(fit.tau2 - tau2).max() / scale.min() < 1e-5
+    assert np.abs(fit.beta - beta).max() < 1e-5 * np.abs(beta).max()
+    assert np.abs(fit.cov - cov).max() < 1e-5 * np.abs(cov).max()
+    c = np.zeros(p)
+    c[-1] = 1.0
+    ours = contrast_maps(fit, c)
+    t_ref = beta[-1] / np.sqrt(cov[:, -1, -1])
+    assert np.abs(ours["t"] - t_ref).max() < 1e-5
+    assert np.allclose(ours["effect"], beta[-1], atol=1e-6) and np.allclose(ours["variance"], cov[:, -1, -1],
+                                                                          rtol=1e-5)
+    # z and p "exactly as the OLS path": the t distribution with n - p degrees of freedom
+    assert ours["dof"] == n - p
+    assert np.allclose(ours["p"], sps.t.sf(ours["t"], n - p), rtol=1e-8, atol=1e-300)
+    assert np.allclose(fit.tau2[~boundary], tau2[~boundary], rtol=1e-5)
+
+
+def test_zero_within_subject_variance_equals_ols():
+    Y, _, X = _data(14, 500, seed=3, p=3)
+    mixed = fit_group_model(Y, X, model="mixed", variances=np.zeros_like(Y))
+    ols = fit_group_model(Y, X)
+    for c in ([1, 0, 0], [0, 1, -1], [[0, 1, 0], [0, 0, 1]]):
+        a, b = contrast_maps(mixed, c), contrast_maps(ols, c)
+        stat = "t" if np.ndim(c) == 1 else "F"
+        for key in (stat, "z", "p") + (("effect", "variance") if stat == "t" else ()):
+            assert np.abs(a[key] - b[key]).max() < 1e-8 * max(1.0, np.abs(b[key]).max()), (c, key)
+        assert a["dof"] == b["dof"]
+
+
+def test_no_between_subject_variance_and_equal_variances_is_the_fixed_effects_combination():
+    rng = np.random.default_rng(5)
+    n, k, v = 10, 400, 2.0
+    # spread well below the within-subject variance: the REML optimum is tau2 = 0
+    Y = 1.0 + rng.standard_normal((n, k)) * 0.3
+    V = np.full((n, k), v)
+    fit = fit_mixed_effects(Y, V, np.ones((n, 1)))
+    assert np.all(fit.tau2 == 0)
+    ours = contrast_maps(fit, [1.0])
+    fixed = combine_fixed_effects([ContrastEstimate(effect=Y[i][None], variance=V[i], dof=1.0, stat_type="t")
+                                   for i in range(n)])
+    assert np.allclose(ours["effect"], fixed.effect[0], rtol=1e-12)
+    assert np.allclose(ours["variance"], fixed.variance, rtol=1e-12)
+    assert np.allclose(ours["t"], contrast_statistics(fixed)["stat"], rtol=1e-10)
+
+
+def test_mixed_needs_valid_variances():
+    Y, V, X = _data(8, 10, seed=1)
+    with pytest.raises(GlmxError, match="variance maps"):
+        fit_group_model(Y, X, model="mixed")
+    V[2, 3] = np.nan
+    with pytest.raises(GlmxError, match="non-negative variances"):
+        fit_group_model(Y, X, model="mixed", variances=V)
+
+
+def test_mixed_permutation_refits_and_matches_brute_force():
+    """Exhaustive sign flips: each flipped data set refitted by the mixed model, one voxel at a time."""
+    Y, V, _ = _data(7, 30, seed=11)
+    X = np.ones((7, 1))
+    out = permutation_inference(Y, X, [1.0], n_permutations=10_000, variances=V)
+    assert out["exhaustive"] and out["n_permutations"] == 2 ** 7 - 1
+    t_obs = contrast_maps(fit_mixed_effects(Y, V, X), [1.0])["t"]
+    assert np.allclose(out["t"], t_obs, rtol=1e-10)
+    signs = np.array([[1 - 2 * ((c >> i) & 1) for i in range(7)] for c in range(1, 2 ** 7)], float)
+    null_max = np.array([contrast_maps(fit_mixed_effects(s[:, None] * Y, V, X), [1.0])["t"].max() for s in signs])
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
+    expected = (1 + (null_max[None, :] >= t_obs[:, None] - 1e-10).sum(axis=1)) / 2 ** 7
+    assert np.allclose(out["p_fwe"], expected)
+
+
+def test_mixed_row_permutations_carry_the_variances_with_the_subjects():
+    Y, V, X = _data(6, 20, seed=2)  # a covariate: row permutations
+    out = permutation_inference(Y, X, [0.0, 1.0], n_permutations=10_000, variances=V)
+    assert out["scheme"] == "permutation" and out["exhaustive"]
+    from itertools import permutations
+
+    from glmx_workflows.core.group import partition_design
+
+    x, Z, _ = partition_design(X, [0.0, 1.0])
+    R = Y - Z @ (Z.T @ Y)
+    M = np.column_stack([x, Z])
+    null_max = []
+    for order in list(permutations(range(6)))[1:]:
+        order = list(order)
+        fit = fit_mixed_effects(R[order], V[order], M)
+        null_max.append((fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])).max())
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
