@@ -180,7 +180,8 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
     participants_file = traits.Either(None, File(exists=True), usedefault=True, desc="participants.tsv")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, design rows in this order")
     regressors = traits.List(traits.Str, usedefault=True, desc="participants.tsv columns (group_level_regressors)")
-    group_contrasts = traits.Dict(traits.Str, traits.Str, usedefault=True, desc="{name: formula} besides the mean")
+    group_contrasts = traits.Dict(traits.Str, traits.Either(traits.Str, traits.List(traits.Str)), usedefault=True,
+                                  desc="{name: formula (t) or list of formulas (F)} besides the mean")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label (names the outputs)")
 
 
