@@ -1,0 +1,105 @@
+"""group_model 'mixed' end to end: example dataset → first level → GroupLevel / ``glmx ... group --group-model
+mixed``; the written maps against PyMARE's REML estimator on the subjects' written effect and variance maps,
+the sidecars and report naming the model, and bad variance maps refused naming the file."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from glmx_workflows.api import Aggregator, GroupLevel
+from glmx_workflows.io.example import make_example_dataset
+
+SPACE = "MNI152NLin2009cAsym"
+N_SUBJECTS = 6
+
+
+@pytest.fixture(scope="module")
+def first_level(tmp_path_factory):
+    root = tmp_path_factory.mktemp("group_mixed")
+    bids = make_example_dataset(root / "bids", n_subjects=N_SUBJECTS, n_runs=1, n_volumes=80)
+    out = root / "out"
+    report = Aggregator(bids, "flanker", output_dir=out, work_dir=root / "work").run(n_procs=2, progress=False)
+    assert report.ok, report.summary()
+    return bids, out
+
+
+def _group_file(out, contrast, stat=None, desc=None, suffix="statmap", ext=".nii.gz"):
+    name = f"task-flanker_space-{SPACE}_contrast-{contrast}" + (f"_stat-{stat}" if stat else "") \
+        + (f"_desc-{desc}" if desc else "") + f"_{suffix}{ext}"
+    return out / "group" / name
+
+
+def _subject_map(out, sub, contrast, stat):
+    return out / f"sub-{sub}" / "func" / f"sub-{sub}_task-flanker_space-{SPACE}_contrast-{contrast}_stat-{stat}_statmap.nii.gz"
+
+
+def test_mixed_group_maps_equal_pymare_and_say_which_model(first_level, tmp_path):
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    bids, out = first_level
+    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", contrasts=["incongruentVcongruent"],
+               group_model="mixed", group_inference=["fdr"], group_contrasts={"older": "age"}).run(plugin="Linear")
+    subjects = [f"{i + 1:02d}" for i in range(N_SUBJECTS)]
+    con = "incongruentVcongruent"
+    mask = nb.load(_group_file(out, con, "z")).get_fdata() != 0
+    Y = np.stack([nb.load(_subject_map(out, s, con, "effect")).get_fdata()[mask] for s in subjects])
+    V = np.stack([nb.load(_subject_map(out, s, con, "variance")).get_fdata()[mask] for s in subjects])
+    ages = np.loadtxt(bids / "participants.tsv", skiprows=1, usecols=1, dtype=str)
+    ages = np.array([float(a) for a in ages])
+    X = np.column_stack([np.ones(N_SUBJECTS), ages - ages.mean()])
+    est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald", xtol=1e-12, maxiter=200)
+    est.fit(Y, V, X)
+    beta, cov, tau2 = est.params_["fe_params"], est.params_["inv_cov"], est.params_["tau2"][0]
+    # maps are stored as float32: compare relative to the map's range at 1e-5 (float32 resolution plus
+    # PyMARE's search bracket, see test_group_mixed.py)
+    tau2_map = nb.load(_group_file(out, con, "tau2")).get_fdata()[mask]
+    assert np.abs(tau2_map - tau2).max() <= 1e-5 * tau2.max()
+    assert (tau2_map == 0).any() and (tau2_map > 0).any()
+    for j, desc in ((0, None), (1, "older")):
+        t_ref = beta[j] / np.sqrt(cov[j, j])
+        for stat, ref in (("effect", beta[j]), ("variance", cov[j, j]), ("t", t_ref)):
+            ours = nb.load(_group_file(out, con, stat, desc)).get_fdata()[mask]
+            assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max(), (desc, stat)
+        side = json.loads(_group_file(out, con, "t", desc, ext=".json").read_text())
+        assert side["GroupModel"] == "mixed" and "REML" in side["GroupModelDescription"]
+    report = (out / "group" / "task-flanker_report.html").read_text()
+    assert "Group model: mixed" in report
+
+
+def _glmx(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "glmx_workflows.cli.run", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("case", ["zero_variance", "nan_variance", "missing_variance"])
+def test_bad_variance_map_is_one_line_naming_the_file(first_level, tmp_path, case):
+    bids, out0 = first_level
+    out = tmp_path / "out"
+    shutil.copytree(out0, out, ignore=shutil.ignore_patterns("group"))
+    path = _subject_map(out, "03", "task", "variance")
+    if case == "missing_variance":
+        path.unlink()
+        named = _subject_map(out, "03", "task", "effect").name
+    else:
+        img = nb.load(path)
+        data = np.asarray(img.get_fdata())
+        inside = np.argwhere(data > 0)[len(np.argwhere(data > 0)) // 2]
+        data[tuple(inside)] = 0.0 if case == "zero_variance" else np.nan
+        nb.save(nb.Nifti1Image(data.astype(np.float32), img.affine), path)
+        named = path.name
+    proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", "task", "--group-model", "mixed",
+                 "--inference", "fdr", "--quiet", "--work-dir", tmp_path / "work", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("glmx: error:"), proc.stderr[-2000:]
+    assert named in lines[0] and "group_model" in lines[0], lines[0]
+    assert not list(out.glob("group/*")), "partial group outputs written"
+    # 'ols' does not need the variances and keeps working (the broken map only narrows its mask)
+    if case == "missing_variance":
+        proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", "task", "--inference", "fdr", "--quiet",
+                     "--work-dir", tmp_path / "work", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
