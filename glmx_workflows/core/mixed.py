@@ -30,7 +30,7 @@ from .errors import GlmxError
 from .glm import ContrastEstimate
 
 #: Voxels fitted together (bounds the (voxels, p, p) work arrays).
-_BLOCK = 65536
+_BLOCK = 8192
 #: Starting-point scan: tau2 = c u / (1 - u) for these u (c: the moment estimate of the total variance).
 _SCAN = (0.02, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 0.98)
 
@@ -92,18 +92,30 @@ class MixedFit:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
 
-def _batched_inverse(A):
-    """Inverse and log-determinant of a stack of small symmetric positive-definite matrices."""
-    p = A.shape[-1]
+def _inverse(A):
+    """Inverse and log-determinant of small symmetric positive-definite matrices, voxels last.
+
+    Parameters
+    ----------
+    A : numpy.ndarray, shape (p, p, k)
+
+    Returns
+    -------
+    inv : numpy.ndarray, shape (p, p, k)
+    logdet : numpy.ndarray, shape (k,)
+        NaN (and a NaN inverse) where A is not finite and positive definite.
+    """
+    p = A.shape[0]
     if p == 1:
-        return 1.0 / A, np.log(A[:, 0, 0])
+        return 1.0 / A, np.log(A[0, 0])
     if p == 2:
-        a, b, d = A[:, 0, 0], A[:, 0, 1], A[:, 1, 1]
+        a, b, d = A[0, 0], A[0, 1], A[1, 1]
         det = a * d - b * b
         inv = np.empty_like(A)
-        inv[:, 0, 0], inv[:, 1, 1] = d / det, a / det
-        inv[:, 0, 1] = inv[:, 1, 0] = -b / det
+        inv[0, 0], inv[1, 1] = d / det, a / det
+        inv[0, 1] = inv[1, 0] = -b / det
         return inv, np.log(det)
+    A = np.moveaxis(A, 2, 0)
     sign, logdet = np.linalg.slogdet(np.where(np.isfinite(A), A, 0.0))
     bad = ~(np.isfinite(A).all(axis=(1, 2)) & (sign > 0))
     if bad.any():  # e.g. infinite weights: nan results instead of an error for the whole block
@@ -112,84 +124,122 @@ def _batched_inverse(A):
     inv = np.linalg.inv(A)
     inv[bad] = np.nan
     logdet[bad] = np.nan
-    return inv, logdet
+    return np.moveaxis(inv, 0, 2), logdet
+
+
+def _mm(A, B):
+    """(p, q, k) @ (q, r, k) per voxel."""
+    return np.einsum("ijk,jlk->ilk", A, B)
+
+
+def _mv(A, b):
+    """(p, q, k) @ (q, k) per voxel."""
+    return np.einsum("ijk,jk->ik", A, b)
+
+
+def _dot(a, b):
+    """(p, k) . (p, k) per voxel."""
+    return np.einsum("ik,ik->k", a, b)
+
+
+def _sum_log(a, rows=8):
+    """``log(a).sum(axis=0)`` for positive a, as logs of products of ``rows`` rows (a log costs ~10 products);
+    columns whose partial products leave the floating-point range are summed term by term."""
+    out = np.zeros(a.shape[1])
+    for start in range(0, a.shape[0], rows):
+        out += np.log(np.prod(a[start:start + rows], axis=0))
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = np.log(a[:, bad]).sum(axis=0)
+    return out
 
 
 class _Profile:
-    """The quantities of the restricted likelihood at given tau2 for a block of voxels.
+    """The restricted likelihood and its derivatives in tau2 for a block of voxels, from weighted moments.
 
-    ``XX`` (n, p*p) holds the outer products ``x_i x_i'`` so that every ``X'W^k X`` is one product.
+    With ``w = 1 / (v + tau2)`` every quantity is a combination of ``X'W^j X`` (one product of the stacked
+    outer products ``x_i x_i'`` with ``w^j``), ``X'W^j y`` and ``y'W^j y`` (j = 1, 2, 3): the data are
+    passed over a few times per evaluation and the small (p, p) algebra runs on arrays with the voxels
+    last. ``y`` should be the OLS residuals (the likelihood does not change; the moments then do not
+    cancel).
     """
 
-    def __init__(self, y, v, m, X, XX, tau2, full=True):
+    def __init__(self, y, y2, v, m, X, XX, tau2, full=True):
         # zero total variance (v = 0 at tau2 = 0) gives infinite weights: its likelihood reads as -inf
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            self._compute(y, v, m, X, XX, tau2, full)
+            self._compute(y, y2, v, m, X, XX, tau2, full)
         self.loglik = np.where(np.isnan(self.loglik), -np.inf, self.loglik)
 
-    def _compute(self, y, v, m, X, XX, tau2, full):
+    def _compute(self, y, y2, v, m, X, XX, tau2, full):
         n, p = X.shape
-        total = v + tau2[None, :]
-        w = np.where(m, 1.0 / np.where(m, total, 1.0), 0.0)  # (n, k): 0 for absent subjects
-        w2 = w * w
-        A = (XX.T @ w).T.reshape(-1, p, p)
-        self.Ainv, logdet = _batched_inverse(A)
-        xwy = X.T @ (w * y)  # (p, k)
-        self.beta = np.einsum("kij,jk->ik", self.Ainv, xwy)
-        r = y - X @ self.beta
-        wr = w * r
-        rwr = np.einsum("nk,nk->k", wr, r)
-        logtot = np.where(m, np.log(np.where(m, total, 1.0)), 0.0)
-        self.loglik = -0.5 * (logtot.sum(axis=0) + logdet + rwr)
+        total = v + tau2
+        w = 1.0 / total
+        if m is None:
+            log_sum = _sum_log(total)
+        else:  # absent subjects: weight 0, no term in the likelihood
+            w *= m
+            log_sum = (np.log(total) * m).sum(axis=0)
+        A = (XX.T @ w).reshape(p, p, -1)
+        self.Ainv, logdet = _inverse(A)
+        wy = w * y
+        xwy = X.T @ wy
+        self.beta = _mv(self.Ainv, xwy)
+        rwr = np.einsum("nk,nk->k", wy, y) - _dot(self.beta, xwy)
+        self.loglik = -0.5 * (log_sum + logdet + rwr)
         if not full:
             return
-        G2 = np.einsum("kij,kjl->kil", self.Ainv, (XX.T @ w2).T.reshape(-1, p, p))
-        tr_G3 = np.einsum("kij,kji->k", self.Ainv, (XX.T @ (w2 * w)).T.reshape(-1, p, p))
-        tr_P = w.sum(axis=0) - np.einsum("kii->k", G2)
-        tr_PP = w2.sum(axis=0) - 2.0 * tr_G3 + np.einsum("kij,kji->k", G2, G2)
-        self.score = 0.5 * (np.einsum("nk,nk->k", wr, wr) - tr_P)
+        b = self.beta
+        w2 = w * w
+        w3 = w2 * w
+        H2 = (XX.T @ w2).reshape(p, p, -1)
+        H3 = (XX.T @ w3).reshape(p, p, -1)
+        xw2y = X.T @ (w2 * y)
+        xw3y = X.T @ (w3 * y)
+        r_w2_r = np.einsum("nk,nk->k", w2, y2) - 2.0 * _dot(b, xw2y) + _dot(b, _mv(H2, b))
+        r_w3_r = np.einsum("nk,nk->k", w3, y2) - 2.0 * _dot(b, xw3y) + _dot(b, _mv(H3, b))
+        G2 = _mm(self.Ainv, H2)
+        tr_P = w.sum(axis=0) - np.einsum("iik->k", G2)
+        tr_PP = w2.sum(axis=0) - 2.0 * np.einsum("ijk,jik->k", self.Ainv, H3) + np.einsum("ijk,jik->k", G2, G2)
+        self.score = 0.5 * (r_w2_r - tr_P)
         # Newton's curvature (observed information) y'P^3y - tr(P^2)/2 where it is positive, else
         # Fisher's (expected) tr(P^2)/2: Fisher scoring alone converges only linearly here
-        xw2r = X.T @ (w * wr)
-        yp3y = np.einsum("nk,nk->k", w * wr, wr) - np.einsum("ik,kij,jk->k", xw2r, self.Ainv, xw2r)
-        observed = yp3y - 0.5 * tr_PP
+        xw2r = xw2y - _mv(H2, b)
+        observed = r_w3_r - _dot(xw2r, _mv(self.Ainv, xw2r)) - 0.5 * tr_PP
         self.info = np.where(observed > 0, observed, 0.5 * tr_PP)
 
 
 def _take(profile, sel, into, where):
-    for name in ("Ainv", "beta", "loglik", "score", "info"):
-        src = getattr(profile, name)
-        dst = getattr(into, name)
-        if name == "beta":
-            dst[:, where] = src[:, sel]
-        else:
-            dst[where] = src[sel]
+    for name in ("loglik", "score", "info"):
+        getattr(into, name)[where] = getattr(profile, name)[sel]
+    into.beta[:, where] = profile.beta[:, sel]
+    into.Ainv[:, :, where] = profile.Ainv[:, :, sel]
 
 
 def _fit_block(y, v, m, X, XX, max_iter, tol):
     n, p = X.shape
     k = y.shape[1]
-    # start: method of moments from the (present-subject) OLS fit
-    ones = m.astype(np.float64)
-    A0 = (XX.T @ ones).T.reshape(-1, p, p)
-    A0inv, _ = _batched_inverse(A0)
-    b0 = np.einsum("kij,jk->ik", A0inv, X.T @ (ones * y))
-    r0 = (y - X @ b0) * ones
+    # OLS of the present subjects: residuals (REML and the weighted fit are unchanged by removing X b0) and
+    # the moment estimate of the total variance
+    ones = np.ones((n, k)) if m is None else m.astype(np.float64)
+    A0inv, _ = _inverse((XX.T @ ones).reshape(p, p, k))
+    b0 = _mv(A0inv, X.T @ (ones * y))
+    y = (y - X @ b0) * ones
+    y2 = y * y
     count = ones.sum(axis=0)
-    s2 = np.einsum("nk,nk->k", r0, r0) / np.maximum(count - p, 1.0)
+    s2 = y2.sum(axis=0) / np.maximum(count - p, 1.0)
     vbar = (v * ones).sum(axis=0) / count
     scale = s2 + vbar + np.finfo(float).tiny  # the size of the total variance, for the stopping rule
     # the restricted likelihood can have two maxima (one at 0, one inside): start from the best point of a
     # scan of [0, inf) mapped from [0, 1) around the moment estimate, so that Newton climbs the higher one
     centre = np.maximum(s2 - vbar, 0.0) + vbar
     tau2 = np.zeros(k)
-    best = _Profile(y, v, m, X, XX, tau2, full=False).loglik
+    best = _Profile(y, y2, v, m, X, XX, tau2, full=False).loglik
     for u in _SCAN:
         cand = centre * (u / (1.0 - u))
-        ll = _Profile(y, v, m, X, XX, cand, full=False).loglik
+        ll = _Profile(y, y2, v, m, X, XX, cand, full=False).loglik
         better = ll > best
         tau2[better], best[better] = cand[better], ll[better]
-    cur = _Profile(y, v, m, X, XX, tau2)
+    cur = _Profile(y, y2, v, m, X, XX, tau2)
     active = np.arange(k)
     iterations = 0
     for iterations in range(1, max_iter + 1):
@@ -201,7 +251,10 @@ def _fit_block(y, v, m, X, XX, max_iter, tol):
         for _ in range(60):
             cand = np.maximum(base_tau[todo] + step[todo], 0.0)
             idx = active[todo]
-            prof = _Profile(y[:, idx], v[:, idx], m[:, idx], X, XX, cand)
+            if idx.size == k:
+                prof = _Profile(y, y2, v, m, X, XX, cand)
+            else:
+                prof = _Profile(y[:, idx], y2[:, idx], v[:, idx], None if m is None else m[:, idx], X, XX, cand)
             ok = prof.loglik >= base_ll[todo] - 1e-12 * np.abs(base_ll[todo])
             sel = np.flatnonzero(ok)
             tau2[idx[sel]] = cand[sel]
@@ -215,7 +268,7 @@ def _fit_block(y, v, m, X, XX, max_iter, tol):
         active = active[~done]
         if active.size == 0:
             break
-    return tau2, cur.beta, cur.Ainv, iterations
+    return tau2, cur.beta + b0, np.moveaxis(cur.Ainv, 2, 0), iterations
 
 
 def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
@@ -252,19 +305,24 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
     if Y.ndim != 2 or V.shape != Y.shape or X.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise GlmxError(f"effects {Y.shape}, variances {V.shape} and design {X.shape} do not match")
     n, p = X.shape
-    m = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
-    if m.shape != Y.shape:
-        raise GlmxError(f"subject presence {m.shape} does not match the effects {Y.shape}")
-    if not np.all(np.isfinite(V[m]) & (V[m] >= 0)) or not np.all(np.isfinite(Y[m])):
-        raise GlmxError("the mixed-effects fit needs finite effects and finite, non-negative variances")
     n_vox = Y.shape[1]
     XX = np.einsum("ni,nj->nij", X, X).reshape(n, p * p)
-    count = m.sum(axis=0)
-    # estimable voxels: enough subjects and the present rows of X of full rank
-    gram = (XX.T @ m.astype(np.float64)).T.reshape(-1, p, p)
-    eig = np.linalg.eigvalsh(gram) if p > 1 else gram[:, 0]
-    full = eig.min(axis=1) > 1e-10 * np.maximum(eig.max(axis=1), 1.0) if p > 1 else eig[:, 0] > 0
-    ok = full & (count > p)
+    if present is None:
+        if not (np.isfinite(V).all() and (V >= 0).all() and np.isfinite(Y).all()):
+            raise GlmxError("the mixed-effects fit needs finite effects and finite, non-negative variances")
+        count = np.full(n_vox, n)
+        ok = np.full(n_vox, np.linalg.matrix_rank(X) == p and n > p)
+    else:
+        m = np.asarray(present, bool)
+        if m.shape != Y.shape:
+            raise GlmxError(f"subject presence {m.shape} does not match the effects {Y.shape}")
+        if not np.all(np.isfinite(V[m]) & (V[m] >= 0)) or not np.all(np.isfinite(Y[m])):
+            raise GlmxError("the mixed-effects fit needs finite effects and finite, non-negative variances")
+        count = m.sum(axis=0)
+        # estimable voxels: enough subjects and the present rows of X of full rank
+        gram = (XX.T @ m.astype(np.float64)).T.reshape(-1, p, p)
+        eig = np.linalg.eigvalsh(gram)
+        ok = (eig.min(axis=1) > 1e-10 * np.maximum(eig.max(axis=1), 1.0)) & (count > p)
     beta = np.full((p, n_vox), np.nan)
     cov = np.full((n_vox, p, p), np.nan)
     tau2 = np.full(n_vox, np.nan)
@@ -272,9 +330,12 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
     cols = np.flatnonzero(ok)
     for start in range(0, cols.size, _BLOCK):
         sel = cols[start:start + _BLOCK]
-        Yb = np.where(m[:, sel], Y[:, sel], 0.0)
-        Vb = np.where(m[:, sel], V[:, sel], 1.0)
-        t, b, c, it = _fit_block(Yb, Vb, m[:, sel], X, XX, max_iter, tol)
+        if present is None:
+            t, b, c, it = _fit_block(Y[:, sel], V[:, sel], None, X, XX, max_iter, tol)
+        else:
+            Yb = np.where(m[:, sel], Y[:, sel], 0.0)
+            Vb = np.where(m[:, sel], V[:, sel], 1.0)
+            t, b, c, it = _fit_block(Yb, Vb, m[:, sel], X, XX, max_iter, tol)
         tau2[sel], beta[:, sel], cov[sel] = t, b, c
         iterations = max(iterations, it)
     dof = np.where(ok, count - p, 0).astype(np.float64)
@@ -303,7 +364,8 @@ def restricted_loglik(Y, V, X, tau2, present=None):
     X = np.asarray(X, np.float64)
     m = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
     XX = np.einsum("ni,nj->nij", X, X).reshape(X.shape[0], -1)
-    return _Profile(np.where(m, Y, 0.0), np.where(m, np.asarray(V, np.float64), 1.0), m, X, XX,
+    Y = np.where(m, Y, 0.0)
+    return _Profile(Y, Y * Y, np.where(m, np.asarray(V, np.float64), 1.0), m, X, XX,
                     np.asarray(tau2, np.float64)).loglik
 
 
