@@ -194,3 +194,47 @@ def test_mixed_has_more_power_than_ols_with_heterogeneous_variances():
         power[model] = ((alt > np.quantile(null, 0.95)).mean(), (alt > sps.t.isf(0.05, n - 1)).mean())
     assert power["mixed"][0] > power["ols"][0] + 0.15, power
     assert power["mixed"][1] > power["ols"][1] + 0.15, power
+
+
+def test_rank_deficient_design_names_the_dependent_columns():
+    import pandas as pd
+
+    from glmx_workflows.core.group import check_design
+
+    rng = np.random.default_rng(0)
+    age = rng.standard_normal(10)
+    design = pd.DataFrame({"intercept": np.ones(10), "age": age, "iq": rng.standard_normal(10),
+                           "months": 12 * age})
+    with pytest.raises(GlmxError) as err:
+        check_design(design, source="participants.tsv")
+    line = err.value.one_line()
+    assert "columns age, months are linearly dependent" in line and "participants.tsv" in line
+    assert "iq" not in line.split("dependent")[0] and "intercept" not in line.split("dependent")[0]
+
+
+def _nilearn_f(Y, X, C):
+    """nilearn's second-level F (and z) on a tiny volume holding the voxels of Y."""
+    import nibabel as nb
+    import pandas as pd
+    from nilearn.glm.second_level import SecondLevelModel
+
+    k = Y.shape[1]
+    affine = np.eye(4)
+    mask = nb.Nifti1Image(np.ones((k, 1, 1), np.uint8), affine)
+    imgs = [nb.Nifti1Image(row.reshape(k, 1, 1), affine) for row in Y]
+    design = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])])
+    model = SecondLevelModel(mask_img=mask).fit(imgs, design_matrix=design)
+    out = model.compute_contrast(np.asarray(C, float), second_level_stat_type="F", output_type="all")
+    return out["stat"].get_fdata().ravel(), out["z_score"].get_fdata().ravel()
+
+
+def test_group_f_contrast_equals_nilearn_and_mixed_f_with_zero_variances():
+    Y, _, X = _data(14, 300, seed=9, p=3)
+    C = [[0, 1, 0], [0, 0, 1]]
+    ols = contrast_maps(fit_group_model(Y, X), C)
+    F_ref, z_ref = _nilearn_f(Y, X, C)
+    assert np.abs(ols["F"] - F_ref).max() < 1e-4 * max(1.0, F_ref.max())
+    assert np.abs(ols["z"] - z_ref).max() < 1e-4
+    mixed = contrast_maps(fit_group_model(Y, X, "mixed", np.zeros_like(Y)), C)
+    assert np.abs(mixed["F"] - F_ref).max() < 1e-4 * max(1.0, F_ref.max())
+    assert np.abs(mixed["z"] - z_ref).max() < 1e-4

@@ -172,6 +172,31 @@ def group_design(participants, subjects, regressors, source=None):
     return design, mean_weights
 
 
+def dependent_columns(X, tol=1e-10):
+    """The columns of a design that take part in a linear dependence (none when it has full column rank).
+
+    Parameters
+    ----------
+    X : numpy.ndarray, shape (n, p)
+        Design.
+    tol : float
+        Relative size of a singular value (of the column-normalised design) counted as zero.
+
+    Returns
+    -------
+    list of int
+        Indices of the columns with a non-zero weight in some null vector of X.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=0)
+    Xn = X / np.where(norms > 0, norms, 1.0)
+    _, s, vt = np.linalg.svd(Xn, full_matrices=True)
+    s = np.concatenate([s, np.zeros(X.shape[1] - s.size)])
+    null = vt[s <= tol * max(s.max(initial=0.0), 1.0)]
+    involved = (np.abs(null) > 1e-8).any(axis=0) | (norms == 0)
+    return [int(i) for i in np.flatnonzero(involved)]
+
+
 def check_design(design, source=None):
     """Refuse a design the OLS fit cannot estimate (constant or collinear columns, too few subjects).
 
@@ -194,10 +219,12 @@ def check_design(design, source=None):
         if name != INTERCEPT and np.allclose(design[name].to_numpy(float), 0):
             raise GlmxError(f"group regressor '{name}' is constant over the {n} subject(s) modelled "
                             "(after mean-centring it is zero)", file=source, field=name)
-    rank = np.linalg.matrix_rank(X)
-    if rank < p:
-        raise GlmxError(f"the group design is rank-deficient (rank {rank} for columns {', '.join(design.columns)})",
-                        file=source, field="group_level_regressors")
+    involved = dependent_columns(X)
+    if involved:
+        names = [str(design.columns[i]) for i in involved]
+        raise GlmxError(f"the group design is rank-deficient: columns {', '.join(names)} are linearly dependent "
+                        f"(rank {np.linalg.matrix_rank(X)} for {p} columns)", file=source,
+                        field="group_level_regressors")
     if n <= p:
         raise GlmxError(f"the group model needs more subjects than design columns: {n} subject(s), {p} column(s) "
                         f"({', '.join(design.columns)})", file=source, field="group_level_regressors")
