@@ -238,3 +238,91 @@ def test_group_f_contrast_equals_nilearn_and_mixed_f_with_zero_variances():
     mixed = contrast_maps(fit_group_model(Y, X, "mixed", np.zeros_like(Y)), C)
     assert np.abs(mixed["F"] - F_ref).max() < 1e-4 * max(1.0, F_ref.max())
     assert np.abs(mixed["z"] - z_ref).max() < 1e-4
+
+
+def _within_data(n, conditions, seed):
+    rng = np.random.default_rng(seed)
+    k = 200
+    subject = rng.standard_normal((n, k)) * 2.0
+    Y = np.concatenate([subject + 0.3 * j + rng.standard_normal((n, k)) for j in range(len(conditions))])
+    V = rng.uniform(0.2, 2.0, Y.shape)
+    subs = [f"{i + 1:02d}" for i in range(n)] * len(conditions)
+    conds = [c for c in conditions for _ in range(n)]
+    return Y, V, subs, conds
+
+
+def _explicit_nilearn_design(subs, conds, kept):
+    """nilearn's explicit design: indicators of the contrasts in ``kept`` (the others are the baseline), then one
+    indicator column per subject."""
+    import pandas as pd
+
+    cols = {c: [float(x == c) for x in conds] for c in kept}
+    cols.update({f"s{s}": [float(x == s) for x in subs] for s in sorted(set(subs))})
+    return pd.DataFrame(cols)
+
+
+def _nilearn_second_level(Y, design, C, stat_type):
+    import nibabel as nb
+    from nilearn.glm.second_level import SecondLevelModel
+
+    k = Y.shape[1]
+    mask = nb.Nifti1Image(np.ones((k, 1, 1), np.uint8), np.eye(4))
+    imgs = [nb.Nifti1Image(row.reshape(k, 1, 1), np.eye(4)) for row in Y]
+    model = SecondLevelModel(mask_img=mask).fit(imgs, design_matrix=design)
+    out = model.compute_contrast(np.asarray(C, float), second_level_stat_type=stat_type, output_type="all")
+    return {key: out[key].get_fdata().ravel() for key in ("stat", "z_score")}
+
+
+def test_paired_design_equals_nilearn_with_subject_indicators_and_the_differences():
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    Y, V, subs, conds = _within_data(9, ["A", "B"], seed=4)
+    design, main = within_subject_design(subs, conds, "paired")
+    con = group_contrasts(design.columns, main)[0]
+    assert con["stat"] == "t" and con["weights"][:2] == [1.0, -1.0]
+    ours = contrast_maps(fit_group_model(Y, design.to_numpy()), con["weights"])
+    explicit = _explicit_nilearn_design(subs, conds, ["A"])
+    ref = _nilearn_second_level(Y, explicit, [1.0] + [0.0] * (explicit.shape[1] - 1), "t")
+    assert np.abs(ours["z"] - ref["z_score"]).max() < 1e-4 and np.abs(ours["t"] - ref["stat"]).max() < 1e-4
+    # the one-sample test of the within-subject differences, for OLS and for the mixed model (REML removes the
+    # subject effects exactly as the differences do: tau2 of the differences is twice the model's)
+    diff = Y[:9] - Y[9:]
+    one = contrast_maps(fit_group_model(diff, np.ones((9, 1))), [1.0])
+    assert np.allclose(ours["t"], one["t"], atol=1e-9)
+    mixed_fit = fit_group_model(Y, design.to_numpy(), "mixed", V)
+    mixed = contrast_maps(mixed_fit, con["weights"])
+    diff_fit = fit_group_model(diff, np.ones((9, 1)), "mixed", V[:9] + V[9:])
+    assert np.allclose(mixed["t"], contrast_maps(diff_fit, [1.0])["t"], atol=1e-6)
+    assert np.allclose(2 * mixed_fit.tau2, diff_fit.tau2, atol=1e-6 * diff_fit.tau2.max())
+
+
+def test_repeated_design_f_equals_nilearn_and_mixed_f_runs():
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    Y, V, subs, conds = _within_data(8, ["A", "B", "C"], seed=6)
+    design, main = within_subject_design(subs, conds, "repeated")
+    cons = group_contrasts(design.columns, main, {"AvC": "A - C"})
+    assert cons[0]["stat"] == "F" and cons[1]["stat"] == "t"
+    fit = fit_group_model(Y, design.to_numpy())
+    ours = contrast_maps(fit, cons[0]["weights"])
+    explicit = _explicit_nilearn_design(subs, conds, ["A", "B"])
+    C = np.zeros((2, explicit.shape[1]))
+    C[0, 0] = C[1, 1] = 1.0
+    ref = _nilearn_second_level(Y, explicit, C, "F")
+    assert np.abs(ours["F"] - ref["stat"]).max() < 1e-4 * max(1.0, ref["stat"].max())
+    assert np.abs(ours["z"] - ref["z_score"]).max() < 1e-4
+    ref_t = _nilearn_second_level(Y, explicit, [1.0] + [0.0] * (explicit.shape[1] - 1), "t")
+    assert np.abs(contrast_maps(fit, cons[1]["weights"])["z"] - ref_t["z_score"]).max() < 1e-4
+    mixed = contrast_maps(fit_group_model(Y, design.to_numpy(), "mixed", V), cons[0]["weights"])
+    assert np.isfinite(mixed["F"]).all() and mixed["dof"] == 24 - 10
+    zero = contrast_maps(fit_group_model(Y, design.to_numpy(), "mixed", np.zeros_like(Y)), cons[0]["weights"])
+    assert np.abs(zero["F"] - ref["stat"]).max() < 1e-4 * max(1.0, ref["stat"].max())
+
+
+def test_within_subject_design_refuses_incomplete_subjects():
+    from glmx_workflows.core.group import within_subject_design
+
+    with pytest.raises(GlmxError, match="sub-02 lacks the first-level contrast"):
+        within_subject_design(["01", "02", "01", "03", "03"], ["A", "A", "B", "A", "B"], "paired")
+    with pytest.raises(GlmxError, match="two first-level contrasts"):
+        within_subject_design(["01", "01", "01"], ["A", "B", "C"], "paired")

@@ -172,6 +172,77 @@ def group_design(participants, subjects, regressors, source=None):
     return design, mean_weights
 
 
+#: Within-subject designs of the spec key ``group_design`` (besides the default between-subject models).
+WITHIN_DESIGNS = ("paired", "repeated")
+
+
+def within_subject_design(subjects, conditions, kind, source=None):
+    """Design of a paired or one-way repeated-measures model over several first-level contrasts.
+
+    One row per (subject, first-level contrast) map. Columns: one indicator per first-level contrast
+    (named after it), then subject effects in sum-to-zero coding (``sub_<label>`` for every subject but
+    the first: +1 on the subject's rows, -1 on the first subject's), so that each contrast column's
+    coefficient is that contrast's mean over subjects and the model removes each subject's own level
+    (nilearn's explicit design with subject indicator columns spans the same space).
+
+    Parameters
+    ----------
+    subjects : list of str
+        Subject label of each row.
+    conditions : list of str
+        First-level contrast label of each row (every subject must have every one exactly once).
+    kind : {'paired', 'repeated'}
+        'paired' (two contrasts; the main test is the t of the first minus the second) or 'repeated'
+        (two or more; the main test is the F of "no difference").
+    source : str, optional
+        Spec file named in errors.
+
+    Returns
+    -------
+    design : pandas.DataFrame, shape (n_rows, n_conditions + n_subjects - 1)
+    main : list of dict
+        The main test's weight rows over the columns: one row (t) for 'paired', the successive
+        differences (F) for 'repeated'.
+
+    Raises
+    ------
+    GlmxError
+        An unknown kind, a wrong number of contrasts, a subject lacking a contrast or having one twice,
+        or fewer than two subjects.
+    """
+    if kind not in WITHIN_DESIGNS:
+        raise GlmxError(f"unknown group_design type {kind!r}; expected one of {', '.join(WITHIN_DESIGNS)}",
+                        file=source, field="group_design.type")
+    subjects = [_subject_label(s) for s in subjects]
+    levels = list(dict.fromkeys(conditions))
+    if (kind == "paired" and len(levels) != 2) or len(levels) < 2:
+        raise GlmxError(f"a {kind} group design needs {'two' if kind == 'paired' else 'two or more'} first-level "
+                        f"contrasts, got {len(levels)} ({', '.join(levels)})", file=source,
+                        field="group_design.contrasts")
+    rows = list(zip(subjects, conditions))
+    if len(set(rows)) != len(rows):
+        raise GlmxError("a subject has the same first-level contrast twice in a within-subject design", file=source,
+                        field="group_design.contrasts")
+    subs = list(dict.fromkeys(subjects))
+    for sub in subs:
+        have = {c for s, c in rows if s == sub}
+        if have != set(levels):
+            raise GlmxError(f"sub-{sub} lacks the first-level contrast(s) {', '.join(sorted(set(levels) - have))} "
+                            f"of the {kind} design", file=source, field="group_design.contrasts")
+    if len(subs) < 2:
+        raise GlmxError(f"a {kind} group design needs at least two subjects", file=source, field="group_design")
+    columns = {sanitize_name(c): np.array([float(c == cond) for cond in conditions]) for c in levels}
+    first = subs[0]
+    for sub in subs[1:]:
+        columns[sanitize_name(f"sub_{sub}")] = np.array([float(s == sub) - float(s == first) for s in subjects])
+    index = pd.Index([f"{s}" for s in subjects], name="participant_id")
+    design = pd.DataFrame(columns, index=index)
+    names = [sanitize_name(c) for c in levels]
+    main = [{names[i]: 1.0, names[i + 1]: -1.0} for i in range(len(names) - 1)]
+    check_design(design, source)
+    return design, main
+
+
 def dependent_columns(X, tol=1e-10):
     """The columns of a design that take part in a linear dependence (none when it has full column rank).
 
@@ -237,8 +308,9 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
     ----------
     design_columns : list of str
         Column names of the design, in order.
-    mean_weights : dict
-        From :func:`group_design`.
+    mean_weights : dict or list of dict
+        From :func:`group_design` (the mean), or the main test of :func:`within_subject_design` (a list:
+        one row is a t contrast, several an F contrast); it is written without desc.
     formulas : dict, optional
         ``{name: formula}`` over design columns (``"-intercept"``, ``"group_patient - group_control"``);
         a list of formulas is an F contrast (one row each, as in the first level).
@@ -252,8 +324,12 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
         'weights' (list of float, one per column; a list of such rows for F)}``.
     """
     columns = list(design_columns)
-    out = [{"name": "mean", "desc": None, "stat": "t",
-            "weights": contrast_matrix([mean_weights], columns)[0].tolist()}]
+    if isinstance(mean_weights, (list, tuple)) and len(mean_weights) > 1:  # within-subject 'repeated': F
+        out = [{"name": "mean", "desc": None, "stat": "F",
+                "weights": contrast_matrix(list(mean_weights), columns).tolist()}]
+    else:
+        mean = mean_weights[0] if isinstance(mean_weights, (list, tuple)) else mean_weights
+        out = [{"name": "mean", "desc": None, "stat": "t", "weights": contrast_matrix([mean], columns)[0].tolist()}]
     for name, formula in (formulas or {}).items():
         rows = [parse_formula(f) for f in (formula if isinstance(formula, (list, tuple)) else [formula])]
         missing = unknown_regressors(rows, columns)

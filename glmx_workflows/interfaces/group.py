@@ -19,6 +19,8 @@ from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
 
 MAP_STATS = ("effect", "variance", "t", "z", "p")
+#: Design TSV column naming each row's first-level contrast in a within-subject design (not a regressor).
+WITHIN_COLUMN = "first_level_contrast"
 
 
 def _write_json(cwd, name, obj):
@@ -183,6 +185,10 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
     group_contrasts = traits.Dict(traits.Str, traits.Either(traits.Str, traits.List(traits.Str)), usedefault=True,
                                   desc="{name: formula (t) or list of formulas (F)} besides the mean")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label (names the outputs)")
+    design_type = traits.Enum("between", *cg.WITHIN_DESIGNS, usedefault=True,
+                              desc="'between' (participants.tsv design), or a within-subject 'paired'/'repeated' one")
+    conditions = traits.List(traits.Str, usedefault=True,
+                             desc="first-level contrast of each row (within-subject designs)")
 
 
 class BuildGroupDesignOutputSpec(TraitedSpec):
@@ -201,10 +207,16 @@ class BuildGroupDesign(SimpleInterface):
 
     def _run_interface(self, runtime):
         source = self.inputs.participants_file
-        table = read_tsv(source, "participants table") if source else None
-        design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
+        if self.inputs.design_type == "between":
+            table = read_tsv(source, "participants table") if source else None
+            design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
+        else:
+            design, mean = cg.within_subject_design(self.inputs.subjects, self.inputs.conditions,
+                                                    self.inputs.design_type)
         contrasts = cg.group_contrasts(design.columns, mean, self.inputs.group_contrasts)
         frame = design.copy()
+        if self.inputs.design_type != "between":
+            frame.insert(0, WITHIN_COLUMN, list(self.inputs.conditions))
         frame.insert(0, "participant_id", ["sub-" + s for s in design.index])
         path = os.path.join(runtime.cwd, "design.tsv")
         write_tsv(frame, path)
@@ -217,7 +229,7 @@ class BuildGroupDesign(SimpleInterface):
 
 def _read_design(path):
     frame = read_tsv(path, "group design")
-    return frame.drop(columns=["participant_id"])
+    return frame.drop(columns=[c for c in ("participant_id", WITHIN_COLUMN) if c in frame.columns])
 
 
 # ---------------------------------------------------------------------------------------------- fit / contrasts

@@ -13,6 +13,19 @@ GROUP_KEYS = {
         "Group model: 'ols' (least squares on the subjects' effects) or 'mixed' (mixed effects: each subject's "
         "first-level stat-variance map plus a between-subject variance tau2 by REML, written as stat-tau2).",
         "mixed"),
+    "group_design": (
+        {"anyOf": [{"type": "null"}, {"type": "object", "required": ["type", "contrasts"],
+                                      "additionalProperties": False,
+                                      "properties": {"type": {"enum": ["paired", "repeated"]},
+                                                     "contrasts": {"type": "array", "items": {"type": "string"},
+                                                                   "minItems": 2, "uniqueItems": True},
+                                                     "name": {"type": "string"}}}]}, None,
+        "Within-subject model over several first-level contrasts of the same subjects instead of one model per "
+        "contrast: {'type': 'paired', 'contrasts': [A, B]} tests A - B (t) with a subject effect per subject; "
+        "{'type': 'repeated', 'contrasts': [...]} tests 'no difference' (F). Outputs are named "
+        "contrast-<name> (default: the contrasts joined, e.g. AVsB); group_contrasts are formulas over the "
+        "contrast names. Not with group_level_regressors or permutation methods.",
+        {"type": "paired", "contrasts": ["incongruent", "congruent"]}),
     "group_contrasts": (
         {"type": "object", "additionalProperties": {"anyOf": [
             {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}, {},
@@ -79,6 +92,20 @@ def group_settings(entry, **overrides):
         _check_keys(given, where, entry["_spec_file"], allowed)
         _check_types(given, where, entry["_spec_file"])
         out.update(copy.deepcopy(given))
+    design = out.get("group_design")
+    if design:
+        field = f"{entry['_task']}.group_design"
+        if out["group_level_regressors"]:
+            raise GlmxError("group_design (a within-subject model) cannot be combined with group_level_regressors",
+                            file=entry["_spec_file"], field=field)
+        perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
+        if perm:
+            raise GlmxError(f"group_design '{design['type']}' has no permutation scheme yet (the maps of a subject "
+                            f"are not exchangeable with another's); drop {', '.join(perm)} from group_inference",
+                            file=entry["_spec_file"], field=field)
+        if design["type"] == "paired" and len(design["contrasts"]) != 2:
+            raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
+                            file=entry["_spec_file"], field=field + ".contrasts")
     for name, formula in out["group_contrasts"].items():
         if not name.strip():
             raise GlmxError("group contrast name is empty", file=entry["_spec_file"],
