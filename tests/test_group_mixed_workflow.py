@@ -103,3 +103,46 @@ def test_bad_variance_map_is_one_line_naming_the_file(first_level, tmp_path, cas
         proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", "task", "--inference", "fdr", "--quiet",
                      "--work-dir", tmp_path / "work", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_paired_design_end_to_end_equals_nilearn(first_level, tmp_path):
+    import pandas as pd
+    from nilearn.glm.second_level import SecondLevelModel
+
+    bids, out = first_level
+    group = GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", group_inference=["fdr"],
+                       group_level_regressors=[], group_model="mixed",
+                       group_design={"type": "paired", "contrasts": ["incongruent", "congruent"], "name": "incVsCon"})
+    group.run(plugin="Linear")
+    subjects = [f"{i + 1:02d}" for i in range(N_SUBJECTS)]
+    design = pd.read_csv(_group_file(out, "incVsCon", suffix="design", ext=".tsv"), sep="\t")
+    assert design["first_level_contrast"].tolist() == ["incongruent"] * N_SUBJECTS + ["congruent"] * N_SUBJECTS
+    side = json.loads(_group_file(out, "incVsCon", "t", ext=".json").read_text())
+    assert side["GroupModel"] == "mixed"
+    # OLS run of the same design against nilearn's explicit design (condition and subject indicators)
+    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work2",
+               group_inference=["fdr"], group_level_regressors=[],
+               group_design={"type": "paired", "contrasts": ["incongruent", "congruent"], "name": "incVsConOls"}
+               ).run(plugin="Linear")
+    z_path = _group_file(out, "incVsConOls", "z")
+    mask = nb.load(z_path).get_fdata() != 0
+    files = [str(_subject_map(out, s, c, "effect")) for c in ("incongruent", "congruent") for s in subjects]
+    explicit = pd.DataFrame({"incongruent": [1.0] * N_SUBJECTS + [0.0] * N_SUBJECTS,
+                             **{f"s{s}": [float(i % N_SUBJECTS == j) for i in range(2 * N_SUBJECTS)]
+                                for j, s in enumerate(subjects)}})
+    model = SecondLevelModel(mask_img=nb.Nifti1Image(mask.astype(np.uint8), nb.load(z_path).affine))
+    model.fit(files, design_matrix=explicit)
+    ref = model.compute_contrast(np.eye(explicit.shape[1])[0], output_type="z_score").get_fdata()[mask]
+    assert np.abs(nb.load(z_path).get_fdata()[mask] - ref).max() < 1e-4
+
+
+def test_within_design_refuses_permutations_and_regressors(first_level, tmp_path):
+    from glmx_workflows.core.errors import GlmxError
+
+    bids, out = first_level
+    design = {"type": "paired", "contrasts": ["incongruent", "congruent"]}
+    with pytest.raises(GlmxError, match="no permutation scheme"):
+        GroupLevel("flanker", bids, output_dir=out, group_design=design, group_level_regressors=[],
+                   group_inference=["tfce"])
+    with pytest.raises(GlmxError, match="group_level_regressors"):
+        GroupLevel("flanker", bids, output_dir=out, group_design=design, group_level_regressors=["age"])
