@@ -326,3 +326,41 @@ def test_within_subject_design_refuses_incomplete_subjects():
         within_subject_design(["01", "02", "01", "03", "03"], ["A", "A", "B", "A", "B"], "paired")
     with pytest.raises(GlmxError, match="two first-level contrasts"):
         within_subject_design(["01", "01", "01"], ["A", "B", "C"], "paired")
+
+
+@pytest.mark.parametrize("model", ["ols", "mixed"])
+def test_per_voxel_subject_sets_equal_the_fit_on_the_present_subjects(model):
+    Y, V, X = _data(12, 60, seed=21, p=2)
+    rng = np.random.default_rng(3)
+    present = np.ones(Y.shape, bool)
+    missing_k = rng.integers(0, 4, Y.shape[1])  # 0 to 3 subjects missing per voxel
+    for j, k in enumerate(missing_k):
+        present[rng.choice(12, k, replace=False), j] = False
+    Y_holes = np.where(present, Y, np.nan)
+    fit = fit_group_model(np.nan_to_num(Y_holes), X, model, V if model == "mixed" else None, present=present)
+    maps = contrast_maps(fit, [0.0, 1.0])
+    assert np.array_equal(fit.n, present.sum(axis=0))
+    for j in range(Y.shape[1]):
+        rows = present[:, j]
+        alone = fit_group_model(Y[rows, j:j + 1], X[rows], model, V[rows, j:j + 1] if model == "mixed" else None)
+        ref = contrast_maps(alone, [0.0, 1.0])
+        assert ref["dof"] == rows.sum() - 2
+        for key in ("effect", "variance", "t", "z", "p"):
+            assert abs(maps[key][j] - ref[key][0]) <= 1e-8 * max(1.0, abs(ref[key][0])), (j, key)
+
+
+def test_per_voxel_subject_sets_permutations_move_the_absences_with_the_subjects():
+    Y, V, _ = _data(6, 12, seed=8)
+    X = np.ones((6, 1))
+    present = np.ones(Y.shape, bool)
+    present[0, :4] = False
+    present[3, 6:] = False
+    out = permutation_inference(np.where(present, Y, 0.0), X, [1.0], n_permutations=1000, variances=V,
+                                present=present)
+    assert out["exhaustive"] and out["n_permutations"] == 63
+    signs = np.array([[1 - 2 * ((c >> i) & 1) for i in range(6)] for c in range(1, 64)], float)
+    null_max = [contrast_maps(fit_group_model(s[:, None] * np.where(present, Y, 0.0), X, "mixed", V,
+                                              present=present), [1.0])["z"].max() for s in signs]
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
+    with pytest.raises(GlmxError, match="group_min_subjects"):
+        permutation_inference(Y, np.column_stack([X, np.arange(6.0)]), [0.0, 1.0], present=present)

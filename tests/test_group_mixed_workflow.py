@@ -146,3 +146,34 @@ def test_within_design_refuses_permutations_and_regressors(first_level, tmp_path
                    group_inference=["tfce"])
     with pytest.raises(GlmxError, match="group_level_regressors"):
         GroupLevel("flanker", bids, output_dir=out, group_design=design, group_level_regressors=["age"])
+
+
+def test_min_subjects_models_each_voxel_with_its_subjects_and_writes_the_count(first_level, tmp_path):
+    import pandas as pd
+    from nilearn.glm.second_level import SecondLevelModel
+
+    bids, out0 = first_level
+    out = tmp_path / "out"
+    shutil.copytree(out0, out, ignore=shutil.ignore_patterns("group"))
+    subjects = [f"{i + 1:02d}" for i in range(N_SUBJECTS)]
+    # sub-02's map loses a slab at the edge of the brain (as a smaller subject mask would)
+    path = _subject_map(out, "02", "task", "effect")
+    img = nb.load(path)
+    data = np.asarray(img.get_fdata())
+    inside = np.argwhere(data != 0)
+    cut = inside[:, 0] <= np.percentile(inside[:, 0], 20)
+    data[tuple(inside[cut].T)] = 0.0
+    nb.save(nb.Nifti1Image(data.astype(np.float32), img.affine), path)
+    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", contrasts=["task"],
+               group_inference=["fdr"], group_level_regressors=[], group_min_subjects=5).run(plugin="Linear")
+    n_map = nb.load(_group_file(out, "task", "n")).get_fdata()
+    z = nb.load(_group_file(out, "task", "z")).get_fdata()
+    slab = n_map == 5
+    full = n_map == N_SUBJECTS
+    assert slab.sum() > 50 and full.sum() > 50 and set(np.unique(n_map)) == {0, 5, 6}
+    for keep, where in (([s for s in subjects if s != "02"], slab), (subjects, full)):
+        mask_img = nb.Nifti1Image(where.astype(np.uint8), img.affine)
+        files = [str(_subject_map(out, s, "task", "effect")) for s in keep]
+        model = SecondLevelModel(mask_img=mask_img).fit(files, design_matrix=pd.DataFrame({"i": np.ones(len(keep))}))
+        ref = model.compute_contrast(np.array([1.0]), output_type="z_score").get_fdata()[where]
+        assert np.abs(z[where] - ref).max() < 1e-4

@@ -26,7 +26,7 @@ from scipy import stats as sps
 
 from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
-from .glm import contrast_statistics, estimate_contrast, fit_glm
+from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm
 from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
 from .tfce import cluster_measures, label_clusters, tfce
 
@@ -353,7 +353,7 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def fit_group_model(Y, X, model="ols", variances=None):
+def fit_group_model(Y, X, model="ols", variances=None, present=None):
     """Fit the group model of subject maps on the group design.
 
     Parameters
@@ -367,6 +367,10 @@ def fit_group_model(Y, X, model="ols", variances=None):
         model of :mod:`glmx_workflows.core.mixed` (needs ``variances``).
     variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
         The subjects' first-level variances (``model='mixed'``).
+    present : numpy.ndarray of bool, shape (n_subjects, n_voxels), optional
+        Per-voxel subject sets (``group_min_subjects``): each voxel is fitted on its present subjects
+        alone, with its own degrees of freedom. OLS is then the mixed-effects fit with zero
+        first-level variances (REML's tau2 is the OLS residual variance), a MixedFit.
 
     Returns
     -------
@@ -378,6 +382,8 @@ def fit_group_model(Y, X, model="ols", variances=None):
     GlmxError
         An unknown model, or 'mixed' without variances.
     """
+    if model == "ols" and present is not None:
+        return fit_mixed_effects(Y, np.zeros(np.shape(Y)), X, present=present)
     if model == "ols":
         return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
     if model != "mixed":
@@ -385,7 +391,7 @@ def fit_group_model(Y, X, model="ols", variances=None):
                         field="group_model")
     if variances is None:
         raise GlmxError("the mixed-effects group model needs the subjects' variance maps", field="group_model")
-    return fit_mixed_effects(Y, variances, X)
+    return fit_mixed_effects(Y, variances, X, present=present)
 
 
 def contrast_maps(fit, weights):
@@ -405,14 +411,34 @@ def contrast_maps(fit, weights):
         shape (n_voxels,) (``effect`` of an F contrast is (q, n_voxels)); ``dof``: float.
     """
     weights = np.asarray(weights, float)
-    if isinstance(fit, MixedFit):
-        est = mixed_contrast(fit, weights)
-    else:
+    if not isinstance(fit, MixedFit):
         est = estimate_contrast(fit, weights)
-    stats = contrast_statistics(est)
+        stats = contrast_statistics(est)
+    else:
+        est = mixed_contrast(fit, weights)
+        dofs = np.unique(fit.dof[fit.dof > 0])
+        if dofs.size <= 1:
+            stats = contrast_statistics(est)
+        else:  # per-voxel subject sets: each voxel on its own degrees of freedom
+            stats = _statistics_by_dof(est, fit.dof, dofs)
     stat = "t" if est.stat_type == "t" else "F"
     return {"effect": stats["effect"], "variance": stats["variance"], stat: stats["stat"], "z": stats["z"],
             "p": stats["p"], "dof": stats["dof"]}
+
+
+def _statistics_by_dof(est, dof, dofs):
+    """contrast_statistics of the voxels of each degrees of freedom; NaN where not estimable (dof 0)."""
+    k = est.effect.shape[1]
+    out = {"stat": np.full(k, np.nan), "p": np.full(k, np.nan), "z": np.full(k, np.nan),
+           "effect": est.effect[0] if est.stat_type == "t" else est.effect, "variance": est.variance,
+           "dof": float(dofs.max())}
+    for d in dofs:
+        sel = dof == d
+        sub = contrast_statistics(ContrastEstimate(effect=est.effect[:, sel], variance=est.variance[sel],
+                                                   dof=float(d), stat_type=est.stat_type))
+        for key in ("stat", "p", "z"):
+            out[key][sel] = sub[key]
+    return out
 
 
 def fdr_qvalues(p):
@@ -781,10 +807,15 @@ class _PermutedMixedT:
     (tau2 is re-estimated for every transform and voxel).
     """
 
-    def __init__(self, Y, V, x, Z):
+    def __init__(self, Y, V, x, Z, present=None):
         Y = np.asarray(Y, dtype=np.float64)
         self.n = Y.shape[0]
-        self.V = np.asarray(V, dtype=np.float64)
+        self.V = np.zeros_like(Y) if V is None else np.asarray(V, dtype=np.float64)
+        self.present = None if present is None else np.asarray(present, bool)
+        if self.present is not None and Z.shape[1]:
+            raise GlmxError("permutations with per-voxel subject sets (group_min_subjects) are implemented for "
+                            "contrasts without nuisance columns (one-sample tests, sign flips) only",
+                            field="group_min_subjects")
         self.M = np.column_stack([x, Z]) if Z.shape[1] else x[:, None]
         self.R = Y - Z @ (Z.T @ Y) if Z.shape[1] else Y.copy()
         self.rank = int(np.linalg.matrix_rank(self.M))
@@ -803,9 +834,17 @@ class _PermutedMixedT:
         else:
             Yp = self.R[transforms.T].reshape(self.n, -1)
             Vp = self.V[transforms.T].reshape(self.n, -1)
-        fit = fit_mixed_effects(Yp, Vp, self.M)
+        Pp = None
+        if self.present is not None:
+            Pp = (np.broadcast_to(self.present[:, None, :], (self.n, k, n_vox)) if sign_flip
+                  else self.present[transforms.T]).reshape(self.n, -1)
+        fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])
+        if Pp is not None:
+            # voxels have their own degrees of freedom: compare them on the z scale
+            t = _statistics_by_dof(ContrastEstimate(effect=t[None], variance=np.ones(t.size), dof=1.0,
+                                                    stat_type="t"), fit.dof, np.unique(fit.dof[fit.dof > 0]))["z"]
         return t.reshape(k, n_vox)
 
     def observed(self):
@@ -829,7 +868,7 @@ def _fwe_p(null_max, observed, n_null):
 
 def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0, methods=("perm_fwe",),
                           cluster_threshold=None, two_sided=False, tfce_steps=100, connectivity=1,
-                          max_chunk_bytes=64 * 2 ** 20, variances=None):
+                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None):
     """Non-parametric inference on a group contrast (Freedman-Lane; sign flips or permutations).
 
     With ``variances`` the statistic is the mixed-effects t (:class:`_PermutedMixedT`: each subject's
@@ -864,6 +903,12 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         Memory for the permuted statistics of one chunk.
     variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
         The subjects' first-level variances: permute the mixed-effects model instead of OLS.
+    present : numpy.ndarray of bool, shape (n_subjects, n_voxels), optional
+        Per-voxel subject sets (``group_min_subjects``): a subject's absence at a voxel travels with it
+        like its data (sign flips leave it, row permutations move it); every transform is refitted on
+        each voxel's present subjects, and the statistic is the z of each voxel's t on its own degrees of
+        freedom (``t`` in the result is then that z, and ``cluster_threshold`` a z height). One-sample
+        tests only (no nuisance columns).
 
     Returns
     -------
@@ -892,7 +937,10 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if "perm_cluster_mass" in methods and cluster_threshold is None:
         raise GlmxError("cluster-mass inference needs a cluster-forming threshold")
     x, Z, sign_flip = partition_design(X, weights)
-    model = _PermutedT(Y, x, Z) if variances is None else _PermutedMixedT(Y, variances, x, Z)
+    if variances is None and present is None:
+        model = _PermutedT(Y, x, Z)
+    else:
+        model = _PermutedMixedT(Y, variances, x, Z, present)
     transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed)
     K = len(transforms)
     t_obs = model.observed()

@@ -43,6 +43,12 @@ def _load_variances(path):
         return data["V"] if "V" in data.files else None
 
 
+def _load_present(path):
+    """Per-voxel subject sets stored by load_maps (None unless group_min_subjects is set)."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["P"].astype(bool) if "P" in data.files else None
+
+
 def _sidecar(model, stat):
     """The JSON sidecar of a group map: which model was fitted and what the map holds."""
     return {"GroupModel": model, "GroupModelDescription": cg.GROUP_MODELS[model], "Statistic": stat}
@@ -79,6 +85,9 @@ class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
     smoothing_fwhm = traits.Either(None, traits.Float, usedefault=True, desc="Gaussian smoothing (mm FWHM)")
     model = traits.Enum(*cg.GROUP_MODELS, usedefault=True,
                         desc="group model: 'mixed' needs every subject's variance map (stored as V)")
+    min_subjects = traits.Either(None, traits.Int, usedefault=True,
+                                 desc="group_min_subjects: keep voxels defined in at least this many subjects "
+                                      "(per-voxel subject sets, stored as P); None: defined in every subject")
 
 
 class LoadGroupMapsOutputSpec(TraitedSpec):
@@ -115,12 +124,14 @@ class LoadGroupMaps(SimpleInterface):
                 raise GlmxError(f"map grid {img.shape[:3]} differs from {self.inputs.effect_files[0]} "
                                 f"{ref.shape[:3]}; every subject's map must be on the same grid", file=f)
         data = np.stack([np.asarray(img.get_fdata(), dtype=np.float64).reshape(ref.shape[:3]) for img in imgs])
-        mask = np.all(np.isfinite(data) & (data != 0), axis=0)
+        defined = np.isfinite(data) & (data != 0)
+        min_subjects = self.inputs.min_subjects
+        mask = defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0)
         mixed = self.inputs.model == "mixed"
         variance_files = list(self.inputs.variance_files or [])
         var_imgs = []
         if mixed:
-            var_imgs = self._variance_images(variance_files, mask, ref)
+            var_imgs = self._variance_images(variance_files, defined & mask if min_subjects else mask[None], ref)
         else:
             for f in variance_files:
                 if f:
@@ -133,12 +144,18 @@ class LoadGroupMaps(SimpleInterface):
             data = np.stack([np.asarray(smooth_img(img, self.inputs.smoothing_fwhm).get_fdata()).reshape(
                 ref.shape[:3]) for img in imgs])
         extra = {}
+        if min_subjects:  # absent subjects hold 0 (any value: they get no weight)
+            present = defined[:, mask]
+            extra["P"] = present
+            data = np.where(defined, np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
         if mixed:
             # smoothed variances: the variance maps get the effects' kernel (the usual approximation; the
             # variance of a smoothed map is not the smoothed variance)
             extra["V"] = np.stack([np.asarray((smooth_img(img, self.inputs.smoothing_fwhm) if
                                                self.inputs.smoothing_fwhm else img).get_fdata()).reshape(
                 ref.shape[:3])[mask] for img in var_imgs])
+            if min_subjects:
+                extra["V"] = np.where(extra["P"], np.nan_to_num(extra["V"], nan=1.0), 1.0)
         out = os.path.join(runtime.cwd, "data.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, Y=data[:, mask], mask=mask, affine=ref.affine,
@@ -149,7 +166,8 @@ class LoadGroupMaps(SimpleInterface):
         return runtime
 
     def _variance_images(self, variance_files, mask, ref):
-        """Every subject's variance map, checked finite and positive where the effects are defined."""
+        """Every subject's variance map, checked finite and positive where its effect is used (``mask``: one
+        (x, y, z) mask for all subjects, or one per subject)."""
         if len(variance_files) != len(self.inputs.effect_files):
             raise GlmxError(f"{len(variance_files)} variance map(s) for {len(self.inputs.effect_files)} effect maps; "
                             "group_model 'mixed' needs one per subject", field="group_model")
@@ -163,11 +181,12 @@ class LoadGroupMaps(SimpleInterface):
             if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
                 raise GlmxError(f"variance map grid {img.shape[:3]} differs from the effect maps' {ref.shape[:3]}",
                                 file=f)
-            var = np.asarray(img.get_fdata()).reshape(ref.shape[:3])[mask]
+            where = mask[len(out)] if len(mask) > 1 else mask[0]
+            var = np.asarray(img.get_fdata()).reshape(ref.shape[:3])[where]
             bad = ~(np.isfinite(var) & (var > 0))
             if bad.any():
                 raise GlmxError(f"the variance map is not finite and positive in {int(bad.sum())} voxel(s) where "
-                                "every subject's effect is defined; group_model 'mixed' needs a positive "
+                                "the group model uses the subject's effect; group_model 'mixed' needs a positive "
                                 "first-level variance there", file=f, field="group_model")
             out.append(img)
         return out
@@ -258,10 +277,11 @@ class FitGroup(SimpleInterface):
     def _run_interface(self, runtime):
         Y, _, _, _ = _load_data(self.inputs.data_file)
         fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float), model=self.inputs.model,
-                                 variances=_load_variances(self.inputs.data_file))
+                                 variances=_load_variances(self.inputs.data_file),
+                                 present=_load_present(self.inputs.data_file))
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
-            np.savez(tmp, **fit.to_arrays())
+            np.savez(tmp, **{**fit.to_arrays(), "model": np.array(self.inputs.model)})
         self._results["fit_file"] = out
         return runtime
 
@@ -295,7 +315,7 @@ class ComputeGroupContrasts(SimpleInterface):
         with np.load(self.inputs.fit_file, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         model = str(arrays["model"]) if "model" in arrays else "ols"
-        fit = MixedFit.from_arrays(arrays) if model == "mixed" else GLMFit.from_arrays(arrays)
+        fit = MixedFit.from_arrays(arrays) if "tau2" in arrays else GLMFit.from_arrays(arrays)
         _, mask, affine, _ = _load_data(self.inputs.data_file)
         listing, manifest = [], []
 
@@ -308,6 +328,8 @@ class ComputeGroupContrasts(SimpleInterface):
 
         if model == "mixed":
             publish(fit.tau2, "tau2", _entities(self.inputs.contrast, "tau2", None), "tau2")
+        if _load_present(self.inputs.data_file) is not None:  # group_min_subjects: subjects modelled per voxel
+            publish(fit.n, "n", _entities(self.inputs.contrast, "n", None), "n")
         for con in _read_json(self.inputs.contrasts_file):
             maps = cg.contrast_maps(fit, con["weights"])
             stats = MAP_STATS if con.get("stat", "t") == "t" else ("F", "z", "p")
@@ -414,6 +436,7 @@ class PermuteGroup(SimpleInterface):
     def _run_interface(self, runtime):
         Y, mask, affine, _ = _load_data(self.inputs.data_file)
         V = _load_variances(self.inputs.data_file) if self.inputs.model == "mixed" else None
+        P = _load_present(self.inputs.data_file)
         X = _read_design(self.inputs.design_file).to_numpy(float)
         manifest, record = [], {}
         for con in _read_json(self.inputs.maps_file):
@@ -421,8 +444,9 @@ class PermuteGroup(SimpleInterface):
                 continue
             methods = list(self.inputs.methods)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
-                                           seed=self.inputs.seed, methods=methods, variances=V,
-                                           cluster_threshold=cg.t_threshold(self.inputs.p_threshold, con["dof"]))
+                                           seed=self.inputs.seed, methods=methods, variances=V, present=P,
+                                           cluster_threshold=cg.z_threshold(self.inputs.p_threshold) if P is not None
+                                           else cg.t_threshold(self.inputs.p_threshold, con["dof"]))
             z = _volume_values(con["maps"]["z"], mask)
             info = {"scheme": out["scheme"], "n_permutations": out["n_permutations"], "exhaustive": out["exhaustive"]}
             record[con["name"]] = {}

@@ -26,6 +26,10 @@ GROUP_KEYS = {
         "contrast-<name> (default: the contrasts joined, e.g. AVsB); group_contrasts are formulas over the "
         "contrast names. Not with group_level_regressors or permutation methods.",
         {"type": "paired", "contrasts": ["incongruent", "congruent"]}),
+    "group_min_subjects": (
+        {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 2}]}, None,
+        "Per-voxel subject sets: model a voxel with the subjects whose map is defined there when at least this "
+        "many are (its own degrees of freedom; count map stat-n). null: only voxels defined in every subject.", 10),
     "group_contrasts": (
         {"type": "object", "additionalProperties": {"anyOf": [
             {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}, {},

@@ -22,8 +22,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     contrast : str
         First-level contrast label (BIDS label of the subject maps).
     settings : dict
-        Group keys of the spec: ``group_model``, ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``,
-        ``group_inference``, ``group_alpha``, ``group_p_threshold``, ``group_cluster_extent``,
+        Group keys of the spec: ``group_model``, ``group_design``, ``group_min_subjects``,
+        ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``, ``group_inference``, ``group_alpha``, ``group_p_threshold``, ``group_cluster_extent``,
         ``group_n_permutations``, ``group_seed``.
     z_threshold : float
         Height in z for 'uncorrected', 'cluster' and the cluster tables.
@@ -57,8 +57,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     permutation = [m for m in methods if m in PERMUTATION]
 
     model = settings.get("group_model", "ols")
-    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"], model=model),
-                        name="load_maps")
+    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"], model=model,
+                                      min_subjects=settings.get("group_min_subjects")), name="load_maps")
     within = settings.get("group_design")
     build_design = pe.Node(BuildGroupDesign(regressors=list(settings["group_level_regressors"]),
                                             group_contrasts=dict(settings["group_contrasts"]), contrast=contrast,
@@ -172,9 +172,10 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
         return wf
     gather_sections = pe.Node(Merge(len(subs)), name="gather_sections")
     gather_published = pe.Node(Merge(len(subs)), name="gather_published")
-    shown = {k: settings.get(k) for k in ("group_model", "group_design", "group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
-                                      "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
-                                      "group_cluster_extent", "group_n_permutations", "group_seed")}
+    shown = {k: settings.get(k) for k in ("group_model", "group_design", "group_min_subjects",
+                                          "group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
+                                          "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
+                                          "group_cluster_extent", "group_n_permutations", "group_seed")}
     group_report = pe.Node(GroupReport(task=task, excluded=list(excluded), settings=shown), name="group_report")
     ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir), entities={"task": task}), name="ds_report",
                         overwrite=True)
