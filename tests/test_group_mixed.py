@@ -364,3 +364,31 @@ def test_per_voxel_subject_sets_permutations_move_the_absences_with_the_subjects
     assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
     with pytest.raises(GlmxError, match="group_min_subjects"):
         permutation_inference(Y, np.column_stack([X, np.arange(6.0)]), [0.0, 1.0], present=present)
+
+
+def test_bimodal_restricted_likelihood_gets_the_higher_maximum():
+    """Voxels whose restricted likelihood has a local maximum at tau2 = 0 and a higher one inside (found by a
+    dense grid): the fit returns the inside one. PyMARE's bracketing search finds it too, except where the
+    inside maximum is very close to 0 (there it returns 0, a lower likelihood)."""
+    rng = np.random.default_rng(0)
+    n, k = 20, 16_000
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    V = np.exp(rng.uniform(np.log(0.1), np.log(10.0), (n, 1))) * rng.uniform(0.8, 1.25, (n, k))
+    Y = rng.standard_normal((n, k)) * np.sqrt(V + rng.choice([0.0, 0.5, 2.0], k))
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 20.0, 60)])
+    ll = np.stack([restricted_loglik(Y, V, X, np.full(k, g)) for g in grid])
+    bimodal = (ll[0] > ll[1]) & (ll.argmax(axis=0) > 1)
+    assert bimodal.sum() >= 3
+    Yb, Vb = Y[:, bimodal], V[:, bimodal]
+    fit = fit_mixed_effects(Yb, Vb, X)
+    assert np.all(fit.tau2 > 0)
+    assert np.all(restricted_loglik(Yb, Vb, X, fit.tau2) >= ll[:, bimodal].max(axis=0) - 1e-12)
+    _, _, tau2_ref = _pymare(Yb, Vb, X)
+    gain = restricted_loglik(Yb, Vb, X, fit.tau2) - restricted_loglik(Yb, Vb, X, tau2_ref)
+    assert gain.min() > -1e-12
+    same = gain < 1e-9
+    assert same.sum() >= 3 and np.allclose(fit.tau2[same], tau2_ref[same], rtol=1e-5)
+    assert np.all(tau2_ref[~same] == 0)
+    # the whole set: never below the grid's best point
+    full = fit_mixed_effects(Y, V, X)
+    assert np.all(restricted_loglik(Y, V, X, full.tau2) >= ll.max(axis=0) - 1e-9)

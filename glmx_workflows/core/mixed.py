@@ -11,7 +11,9 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
   traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). A step that lowers the likelihood is
   halved until it does not; steps stop at the boundary ``tau2 = 0``. The likelihood can have a maximum at
   0 and another inside: Newton starts from the best of 0 and a scan of ``c u / (1 - u)``, ``u`` in ``_SCAN``,
-  around the moment value ``c = max(s2, mean(v))`` (``s2``: the OLS residual variance).
+  around the moment value ``c = max(s2, mean(v))`` (``s2``: the OLS residual variance), and a voxel that
+  ends at 0 (or inside, below the likelihood at 0) is climbed again from the best interior scan point
+  (or from 0); the higher maximum is kept.
 * ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its covariance ``(X'WX)^-1``.
 * t contrasts ``c'b / sqrt(c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(C (X'WX)^-1 C')^-1 (Cb) / q`` with
   ``n - p`` residual degrees of freedom (FSL FLAME1's and PyMARE's ``VarianceBasedLikelihoodEstimator``
@@ -229,16 +231,38 @@ def _fit_block(y, v, m, X, XX, max_iter, tol):
     s2 = y2.sum(axis=0) / np.maximum(count - p, 1.0)
     vbar = (v * ones).sum(axis=0) / count
     scale = s2 + vbar + np.finfo(float).tiny  # the size of the total variance, for the stopping rule
-    # the restricted likelihood can have two maxima (one at 0, one inside): start from the best point of a
-    # scan of [0, inf) mapped from [0, 1) around the moment estimate, so that Newton climbs the higher one
+    # the restricted likelihood can have two maxima (one at 0, one inside): Newton starts from the best point
+    # of a scan of [0, inf) mapped from [0, 1) around the moment estimate; a voxel that ends on one kind of
+    # maximum is climbed again from the best point of the other kind (the best interior scan point, or 0),
+    # and keeps the higher
     centre = np.maximum(s2 - vbar, 0.0) + vbar
     tau2 = np.zeros(k)
-    best = _Profile(y, y2, v, m, X, XX, tau2, full=False).loglik
+    best = ll0 = _Profile(y, y2, v, m, X, XX, tau2, full=False).loglik
+    tau_in, best_in = np.zeros(k), np.full(k, -np.inf)
     for u in _SCAN:
         cand = centre * (u / (1.0 - u))
         ll = _Profile(y, y2, v, m, X, XX, cand, full=False).loglik
-        better = ll > best
-        tau2[better], best[better] = cand[better], ll[better]
+        better = ll > best_in
+        tau_in[better], best_in[better] = cand[better], ll[better]
+    better = best_in > ll0
+    tau2[better] = tau_in[better]
+    tau2, cur, iterations = _newton(y, y2, v, m, X, XX, tau2, scale, max_iter, tol)
+    other = np.where(tau2 == 0, tau_in, 0.0)
+    again = np.flatnonzero(((tau2 == 0) & (tau_in > 0)) | ((tau2 > 0) & (ll0 > cur.loglik)))
+    if again.size:
+        sub = (y[:, again], y2[:, again], v[:, again], None if m is None else m[:, again])
+        tau_b, cur_b, it_b = _newton(*sub, X, XX, other[again], scale[again], max_iter, tol)
+        iterations = max(iterations, it_b)
+        win = np.flatnonzero(cur_b.loglik > cur.loglik[again])
+        tau2[again[win]] = tau_b[win]
+        _take(cur_b, win, cur, again[win])
+    return tau2, cur.beta + b0, np.moveaxis(cur.Ainv, 2, 0), iterations
+
+
+def _newton(y, y2, v, m, X, XX, tau2, scale, max_iter, tol):
+    """Newton steps on tau2 from the given start, halved until the restricted likelihood does not drop."""
+    k = y.shape[1]
+    tau2 = tau2.copy()
     cur = _Profile(y, y2, v, m, X, XX, tau2)
     active = np.arange(k)
     iterations = 0
@@ -268,7 +292,7 @@ def _fit_block(y, v, m, X, XX, max_iter, tol):
         active = active[~done]
         if active.size == 0:
             break
-    return tau2, cur.beta + b0, np.moveaxis(cur.Ainv, 2, 0), iterations
+    return tau2, cur, iterations
 
 
 def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
