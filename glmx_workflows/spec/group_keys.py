@@ -110,6 +110,11 @@ def group_settings(entry, **overrides):
         if design["type"] == "paired" and len(design["contrasts"]) != 2:
             raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
                             file=entry["_spec_file"], field=field + ".contrasts")
+    perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
+    if out.get("group_min_subjects") and perm and out["group_level_regressors"]:
+        raise GlmxError("permutations with group_min_subjects are implemented for one-sample models only (no "
+                        f"group_level_regressors); drop {', '.join(perm)} or the regressors", file=entry["_spec_file"],
+                        field=f"{entry['_task']}.group_min_subjects")
     for name, formula in out["group_contrasts"].items():
         if not name.strip():
             raise GlmxError("group contrast name is empty", file=entry["_spec_file"],
