@@ -392,3 +392,23 @@ def test_bimodal_restricted_likelihood_gets_the_higher_maximum():
     # the whole set: never below the grid's best point
     full = fit_mixed_effects(Y, V, X)
     assert np.all(restricted_loglik(Y, V, X, full.tau2) >= ll.max(axis=0) - 1e-9)
+
+
+def test_mixed_tfce_and_cluster_mass_use_the_mixed_t_maps():
+    from glmx_workflows.core.tfce import tfce
+
+    rng = np.random.default_rng(12)
+    mask = np.zeros((6, 6, 5), bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    n, k = 7, int(mask.sum())
+    V = rng.uniform(0.2, 3.0, (n, k))
+    Y = 0.8 + rng.standard_normal((n, k)) * np.sqrt(V + 0.3)
+    X = np.ones((n, 1))
+    out = permutation_inference(Y, X, [1.0], mask=mask, n_permutations=50, seed=1, variances=V,
+                                methods=("perm_fwe", "perm_cluster_mass", "tfce"), cluster_threshold=2.0)
+    t = contrast_maps(fit_mixed_effects(Y, V, X), [1.0])["t"]
+    assert np.allclose(out["t"], t, rtol=1e-10)
+    vol = np.zeros(mask.shape)
+    vol[mask] = t
+    assert np.allclose(out["tfce"], tfce(vol)[mask], rtol=1e-10)
+    assert out["p_tfce"].min() < 0.1 and out["p_cluster_mass"].min() < 0.1 and out["h0_max_mass"].shape == (50,)
