@@ -2,7 +2,8 @@
 
 import sys
 
-GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm", "group_model")
+GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm", "group_model",
+              "group_min_subjects")
 
 
 def add_group_arguments(parser):
@@ -25,6 +26,9 @@ def add_group_arguments(parser):
     grp.add_argument("--group-smoothing-fwhm", type=float, help="smooth subject maps (mm FWHM) before the group fit")
     grp.add_argument("--group-model", choices=["ols", "mixed"],
                      help="group model (spec: group_model): ols, or mixed effects with the subjects' variance maps")
+    grp.add_argument("--group-min-subjects", type=int, metavar="K",
+                     help="model each voxel with the subjects defined there when at least K are (spec: "
+                          "group_min_subjects)")
 
 
 def group_options_given(args):
@@ -64,7 +68,7 @@ def run_group(args):
                        contrasts=args.contrast, participant_label=args.participant_label,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,
                        group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm,
-                       group_model=args.group_model)
+                       group_model=args.group_model, group_min_subjects=args.group_min_subjects)
     result = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
     print(result.summary())
     sys.stdout.flush()
