@@ -2,8 +2,13 @@
 
 * The design comes from participants.tsv columns: numeric columns are mean-centred covariates,
   text columns give one indicator regressor per level (cell-means coding, no intercept).
+* Within-subject designs (:func:`within_subject_design`): paired and one-way repeated measures over
+  several first-level contrasts, with sum-to-zero subject effects.
 * The fit is the ordinary least-squares GLM of :mod:`glmx_workflows.core.glm` (nilearn's
-  ``SecondLevelModel`` computes the same numbers through ``run_glm``).
+  ``SecondLevelModel`` computes the same numbers through ``run_glm``), or the mixed-effects model of
+  :mod:`glmx_workflows.core.mixed` (``group_model`` 'mixed': the subjects' first-level variances plus a
+  REML between-subject variance); per-voxel subject sets go through the latter (with zero variances
+  for OLS). t and F contrasts; z and p from each voxel's degrees of freedom.
 * Parametric inference: uncorrected height, Benjamini-Hochberg FDR, Bonferroni, cluster extent.
 * Non-parametric inference (:func:`permutation_inference`): Freedman-Lane on the contrast's
   reparametrised design, sign flips when the tested regressor is constant (one-sample: the
