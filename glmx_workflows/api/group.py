@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core import group as cg
 from ..core.errors import GlmxError
+from ..core.formula import bids_label
 from ..io.bids import parse_space
 from ..io.derivatives import check_name_length, current_contrasts, settle_group_outputs, written_since
 from ..io.group_inputs import find_subject_maps, read_participants
@@ -183,6 +184,9 @@ class GroupLevel(Project):
             log.append("excluded by the spec (left out of every group model): "
                        + ", ".join(f"sub-{s}" for s in excluded))
         chosen, missing = {}, {}
+        within = self.settings.get("group_design")
+        if within:
+            return self._plan_within(within, found, expected, excludes, excluded, shared, log)
         for contrast in contrasts:
             maps = {s: m for s, m in found[contrast].items() if s in expected and s not in excludes}
             missing[contrast] = sorted(expected - excludes - set(maps))
@@ -190,6 +194,7 @@ class GroupLevel(Project):
                 log.append(f"contrast {contrast}: no subject-level stat-effect map for "
                            + ", ".join(f"sub-{s}" for s in missing[contrast]) + "; left out")
             subjects = sorted(maps)
+            self._check_variances(contrast, subjects, maps)
             design, mean = cg.group_design(participants, subjects, regressors,
                                            source=str(participants_file) if participants is not None else None)
             group_cons = cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"],
@@ -208,6 +213,43 @@ class GroupLevel(Project):
         return GroupPlan(contrasts=chosen, excluded=excluded, missing=missing,
                          base_entities={"task": self.task, **shared},
                          participants_file=str(participants_file) if participants is not None else None, log=log)
+
+    def _check_variances(self, contrast, subjects, maps):
+        if self.settings["group_model"] != "mixed":
+            return
+        lacking = [s for s in subjects if not maps[s]["variance"]]
+        if lacking:
+            raise GlmxError(f"contrast {contrast}: sub-{lacking[0]} has no subject-level stat-variance map "
+                            "beside its effect map; group_model 'mixed' needs one per subject",
+                            file=maps[lacking[0]]["effect"], field="group_model")
+
+    def _plan_within(self, within, found, expected, excludes, excluded, shared, log):
+        """The plan of a paired / repeated-measures model: one model over several first-level contrasts."""
+        names = list(within["contrasts"])
+        unknown = [c for c in names if c not in found]
+        if unknown:
+            raise GlmxError(f"group_design names contrast(s) {', '.join(unknown)} without subject maps; contrasts "
+                            f"found: {', '.join(found)}", file=self.spec_path, field="group_design.contrasts")
+        label = bids_label(within.get("name") or "Vs".join(names))
+        pool = expected - excludes
+        subjects = sorted(s for s in pool if all(s in found[c] for c in names))
+        lacking = sorted(pool - set(subjects))
+        if lacking:
+            log.append(f"{within['type']} design {label}: " + ", ".join(f"sub-{s}" for s in lacking)
+                       + f" lack(s) a map of one of {', '.join(names)}; left out")
+        for c in names:
+            self._check_variances(c, subjects, found[c])
+        rows = [(s, c) for c in names for s in subjects]
+        design, main = cg.within_subject_design([s for s, _ in rows], [c for _, c in rows], within["type"],
+                                                source=str(self.spec_path))
+        cg.group_contrasts(design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path))
+        for line in log:
+            LOG.info(line)
+        plan = {"subjects": [s for s, _ in rows], "conditions": [c for _, c in rows],
+                "effect_files": [found[c][s]["effect"] for s, c in rows],
+                "variance_files": [found[c][s]["variance"] for s, c in rows]}
+        return GroupPlan(contrasts={label: plan}, excluded=excluded, missing={label: lacking},
+                         base_entities={"task": self.task, **shared}, participants_file=None, log=log)
 
     def workflow(self, plan=None, output_dir=True):
         """Build the group workflow with its inputs set (not run).
@@ -234,6 +276,7 @@ class GroupLevel(Project):
             node.effect_files = inputs["effect_files"]
             node.variance_files = inputs["variance_files"]
             node.subjects = inputs["subjects"]
+            node.conditions = inputs.get("conditions", [])
             node.participants_file = plan.participants_file
             node.missing = plan.missing[contrast]
         return wf

@@ -4,7 +4,8 @@ import sys
 
 from ..spec.group_keys import INFERENCE_METHODS
 
-GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm")
+GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm", "group_model",
+              "group_min_subjects")
 
 
 def add_group_arguments(parser):
@@ -25,6 +26,11 @@ def add_group_arguments(parser):
     grp.add_argument("--contrast", nargs="+", metavar="NAME",
                      help="first-level contrasts to model (default: every contrast with subject maps)")
     grp.add_argument("--group-smoothing-fwhm", type=float, help="smooth subject maps (mm FWHM) before the group fit")
+    grp.add_argument("--group-model", choices=["ols", "mixed"],
+                     help="group model (spec: group_model): ols, or mixed effects with the subjects' variance maps")
+    grp.add_argument("--group-min-subjects", type=int, metavar="K",
+                     help="model each voxel with the subjects defined there when at least K are (spec: "
+                          "group_min_subjects)")
 
 
 def group_options_given(args):
@@ -63,7 +69,8 @@ def run_group(args):
     group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,
                        contrasts=args.contrast, participant_label=args.participant_label,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,
-                       group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm)
+                       group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm,
+                       group_model=args.group_model, group_min_subjects=args.group_min_subjects)
     result = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
     print(result.summary())
     sys.stdout.flush()

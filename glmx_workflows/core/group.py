@@ -2,8 +2,13 @@
 
 * The design comes from participants.tsv columns: numeric columns are mean-centred covariates,
   text columns give one indicator regressor per level (cell-means coding, no intercept).
+* Within-subject designs (:func:`within_subject_design`): paired and one-way repeated measures over
+  several first-level contrasts, with sum-to-zero subject effects.
 * The fit is the ordinary least-squares GLM of :mod:`glmx_workflows.core.glm` (nilearn's
-  ``SecondLevelModel`` computes the same numbers through ``run_glm``).
+  ``SecondLevelModel`` computes the same numbers through ``run_glm``), or the mixed-effects model of
+  :mod:`glmx_workflows.core.mixed` (``group_model`` 'mixed': the subjects' first-level variances plus a
+  REML between-subject variance); per-voxel subject sets go through the latter (with zero variances
+  for OLS). t and F contrasts; z and p from each voxel's degrees of freedom.
 * Parametric inference: uncorrected height, Benjamini-Hochberg FDR, Bonferroni, cluster extent.
 * Non-parametric inference (:func:`permutation_inference`): Freedman-Lane on the contrast's
   reparametrised design, sign flips when the tested regressor is constant (one-sample: the
@@ -26,10 +31,19 @@ from scipy import stats as sps
 
 from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
-from .glm import contrast_statistics, estimate_contrast, fit_glm
+from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm
+from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
 from .tfce import cluster_measures, label_clusters, tfce
 
 INTERCEPT = "intercept"
+
+#: The group models (spec key ``group_model``), with the words the report and the sidecars use.
+GROUP_MODELS = {
+    "ols": "ordinary least squares on the subjects' effects (summary-statistics random effects)",
+    "mixed": "mixed effects: weighted least squares with each subject's first-level variance plus a "
+             "between-subject variance tau2 estimated by REML (FSL FLAME1's model)",
+}
+
 
 #: The one list of group inference methods (spec schema, CLI choices, workflow and report read it).
 #: Parametric ones threshold the group z/p maps; permutation ones run :func:`permutation_inference`.
@@ -170,6 +184,77 @@ def group_design(participants, subjects, regressors, source=None):
     return design, mean_weights
 
 
+#: Within-subject designs of the spec key ``group_design`` (besides the default between-subject models).
+WITHIN_DESIGNS = ("paired", "repeated")
+
+
+def within_subject_design(subjects, conditions, kind, source=None):
+    """Design of a paired or one-way repeated-measures model over several first-level contrasts.
+
+    One row per (subject, first-level contrast) map. Columns: one indicator per first-level contrast
+    (named after it), then subject effects in sum-to-zero coding (``sub_<label>`` for every subject but
+    the first: +1 on the subject's rows, -1 on the first subject's), so that each contrast column's
+    coefficient is that contrast's mean over subjects and the model removes each subject's own level
+    (nilearn's explicit design with subject indicator columns spans the same space).
+
+    Parameters
+    ----------
+    subjects : list of str
+        Subject label of each row.
+    conditions : list of str
+        First-level contrast label of each row (every subject must have every one exactly once).
+    kind : {'paired', 'repeated'}
+        'paired' (two contrasts; the main test is the t of the first minus the second) or 'repeated'
+        (two or more; the main test is the F of "no difference").
+    source : str, optional
+        Spec file named in errors.
+
+    Returns
+    -------
+    design : pandas.DataFrame, shape (n_rows, n_conditions + n_subjects - 1)
+    main : list of dict
+        The main test's weight rows over the columns: one row (t) for 'paired', the successive
+        differences (F) for 'repeated'.
+
+    Raises
+    ------
+    GlmxError
+        An unknown kind, a wrong number of contrasts, a subject lacking a contrast or having one twice,
+        or fewer than two subjects.
+    """
+    if kind not in WITHIN_DESIGNS:
+        raise GlmxError(f"unknown group_design type {kind!r}; expected one of {', '.join(WITHIN_DESIGNS)}",
+                        file=source, field="group_design.type")
+    subjects = [_subject_label(s) for s in subjects]
+    levels = list(dict.fromkeys(conditions))
+    if (kind == "paired" and len(levels) != 2) or len(levels) < 2:
+        raise GlmxError(f"a {kind} group design needs {'two' if kind == 'paired' else 'two or more'} first-level "
+                        f"contrasts, got {len(levels)} ({', '.join(levels)})", file=source,
+                        field="group_design.contrasts")
+    rows = list(zip(subjects, conditions))
+    if len(set(rows)) != len(rows):
+        raise GlmxError("a subject has the same first-level contrast twice in a within-subject design", file=source,
+                        field="group_design.contrasts")
+    subs = list(dict.fromkeys(subjects))
+    for sub in subs:
+        have = {c for s, c in rows if s == sub}
+        if have != set(levels):
+            raise GlmxError(f"sub-{sub} lacks the first-level contrast(s) {', '.join(sorted(set(levels) - have))} "
+                            f"of the {kind} design", file=source, field="group_design.contrasts")
+    if len(subs) < 2:
+        raise GlmxError(f"a {kind} group design needs at least two subjects", file=source, field="group_design")
+    columns = {sanitize_name(c): np.array([float(c == cond) for cond in conditions]) for c in levels}
+    first = subs[0]
+    for sub in subs[1:]:
+        columns[sanitize_name(f"sub_{sub}")] = np.array([float(s == sub) - float(s == first) for s in subjects])
+    index = pd.Index([f"{s}" for s in subjects], name="participant_id")
+    design = pd.DataFrame(columns, index=index)
+    names = [sanitize_name(c) for c in levels]
+    main = [{names[i]: 1.0, names[i + 1]: -1.0} for i in range(len(names) - 1)]
+    check_design(design, source)
+    return design, main
+
+
 def check_design(design, source=None):
     """Refuse a design the OLS fit cannot estimate (constant or collinear columns, too few subjects).
 
@@ -205,37 +290,49 @@ def check_design(design, source=None):
 
 
 def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
-    """The group contrasts of a design: the mean effect, then each formula.
+    """The group contrasts of a design: the mean effect, then each formula (t) or list of formulas (F).
 
     Parameters
     ----------
     design_columns : list of str
         Column names of the design, in order.
-    mean_weights : dict
-        From :func:`group_design`.
+    mean_weights : dict or list of dict
+        From :func:`group_design` (the mean), or the main test of :func:`within_subject_design` (a list:
+        one row is a t contrast, several an F contrast); it is written without desc.
     formulas : dict, optional
-        ``{name: formula}`` over design columns (``"-intercept"``, ``"group_patient - group_control"``).
+        ``{name: formula}`` over design columns (``"-intercept"``, ``"group_patient - group_control"``);
+        a list of formulas is an F contrast (one row each, as in the first level).
     source : str, optional
         Spec file named in errors.
 
     Returns
     -------
     list of dict
-        ``{'name', 'desc' (None for the mean, else the BIDS label of the name), 'weights' (list of
-        float, one per column)}``.
+        ``{'name', 'desc' (None for the mean, else the BIDS label of the name), 'stat' ('t' or 'F'),
+        'weights' (list of float, one per column; a list of such rows for F)}``.
     """
     columns = list(design_columns)
-    out = [{"name": "mean", "desc": None,
-            "weights": contrast_matrix([mean_weights], columns)[0].tolist()}]
+    if isinstance(mean_weights, (list, tuple)) and len(mean_weights) > 1:  # within-subject 'repeated': F
+        out = [{"name": "mean", "desc": None, "stat": "F",
+                "weights": contrast_matrix(list(mean_weights), columns).tolist()}]
+    else:
+        mean = mean_weights[0] if isinstance(mean_weights, (list, tuple)) else mean_weights
+        out = [{"name": "mean", "desc": None, "stat": "t", "weights": contrast_matrix([mean], columns)[0].tolist()}]
     for name, formula in (formulas or {}).items():
-        weights = parse_formula(formula)
-        missing = unknown_regressors([weights], columns)
+        rows = [parse_formula(f) for f in (formula if isinstance(formula, (list, tuple)) else [formula])]
+        missing = unknown_regressors(rows, columns)
         if missing:
             raise GlmxError(f"group contrast '{name}' uses {', '.join(repr(m) for m in missing)}, not a column of "
                             f"the group design (columns: {', '.join(columns)})", file=source,
                             field=f"group_contrasts.{name}")
-        out.append({"name": name, "desc": bids_label(name),
-                    "weights": contrast_matrix([weights], columns)[0].tolist()})
+        matrix = contrast_matrix(rows, columns)
+        if isinstance(formula, (list, tuple)):
+            if np.linalg.matrix_rank(matrix) < len(rows):
+                raise GlmxError(f"the rows of F contrast '{name}' are linearly dependent", file=source,
+                                field=f"group_contrasts.{name}")
+            out.append({"name": name, "desc": bids_label(name), "stat": "F", "weights": matrix.tolist()})
+        else:
+            out.append({"name": name, "desc": bids_label(name), "stat": "t", "weights": matrix[0].tolist()})
     return out
 
 
@@ -244,8 +341,8 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def fit_group_model(Y, X):
-    """Ordinary least squares of subject maps on the group design (nilearn's SecondLevelModel fit).
+def fit_group_model(Y, X, model="ols", variances=None, present=None):
+    """Fit the group model of subject maps on the group design.
 
     Parameters
     ----------
@@ -253,33 +350,83 @@ def fit_group_model(Y, X):
         Subject maps, in-mask voxels.
     X : numpy.ndarray, shape (n_subjects, n_columns)
         Group design.
+    model : {'ols', 'mixed'}
+        'ols': ordinary least squares (nilearn's SecondLevelModel fit); 'mixed': the mixed-effects
+        model of :mod:`glmx_workflows.core.mixed` (needs ``variances``).
+    variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
+        The subjects' first-level variances (``model='mixed'``).
+    present : numpy.ndarray of bool, shape (n_subjects, n_voxels), optional
+        Per-voxel subject sets (``group_min_subjects``): each voxel is fitted on its present subjects
+        alone, with its own degrees of freedom. OLS is then the mixed-effects fit with zero
+        first-level variances (REML's tau2 is the OLS residual variance), a MixedFit.
 
     Returns
     -------
-    GLMFit
-        Betas, residual variance and degrees of freedom of the OLS fit.
+    GLMFit or MixedFit
+        Betas, residual variance and degrees of freedom of the OLS fit, or the mixed-effects fit.
+
+    Raises
+    ------
+    GlmxError
+        An unknown model, or 'mixed' without variances.
     """
-    return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
+    if model == "ols" and present is not None:
+        return fit_mixed_effects(Y, np.zeros(np.shape(Y)), X, present=present)
+    if model == "ols":
+        return fit_glm(np.asarray(Y, dtype=np.float64), np.asarray(X, dtype=np.float64), noise_model="ols")
+    if model != "mixed":
+        raise GlmxError(f"unknown group model {model!r}; expected one of {', '.join(GROUP_MODELS)}",
+                        field="group_model")
+    if variances is None:
+        raise GlmxError("the mixed-effects group model needs the subjects' variance maps", field="group_model")
+    return fit_mixed_effects(Y, variances, X, present=present)
 
 
 def contrast_maps(fit, weights):
-    """Effect, variance, t, z and p (one-sided, upper tail) of a group t contrast.
+    """Effect, variance, t (or F), z and p (one-sided, upper tail) of a group contrast.
 
     Parameters
     ----------
-    fit : GLMFit
+    fit : GLMFit or MixedFit
         From :func:`fit_group_model`.
-    weights : array-like, shape (n_columns,)
-        Contrast weights over the design columns.
+    weights : array-like, shape (n_columns,) or (q, n_columns)
+        Contrast weights over the design columns; several rows make an F contrast.
 
     Returns
     -------
     dict
-        ``effect``, ``variance``, ``t``, ``z``, ``p``: arrays of shape (n_voxels,); ``dof``: float.
+        ``effect``, ``variance``, ``t`` (t contrasts) or ``F`` (F contrasts), ``z``, ``p``: arrays of
+        shape (n_voxels,) (``effect`` of an F contrast is (q, n_voxels)); ``dof``: float.
     """
-    stats = contrast_statistics(estimate_contrast(fit, np.asarray(weights, float)))
-    return {"effect": stats["effect"], "variance": stats["variance"], "t": stats["stat"], "z": stats["z"],
+    weights = np.asarray(weights, float)
+    if not isinstance(fit, MixedFit):
+        est = estimate_contrast(fit, weights)
+        stats = contrast_statistics(est)
+    else:
+        est = mixed_contrast(fit, weights)
+        dofs = np.unique(fit.dof[fit.dof > 0])
+        if dofs.size <= 1:
+            stats = contrast_statistics(est)
+        else:  # per-voxel subject sets: each voxel on its own degrees of freedom
+            stats = _statistics_by_dof(est, fit.dof, dofs)
+    stat = "t" if est.stat_type == "t" else "F"
+    return {"effect": stats["effect"], "variance": stats["variance"], stat: stats["stat"], "z": stats["z"],
             "p": stats["p"], "dof": stats["dof"]}
+
+
+def _statistics_by_dof(est, dof, dofs):
+    """contrast_statistics of the voxels of each degrees of freedom; NaN where not estimable (dof 0)."""
+    k = est.effect.shape[1]
+    out = {"stat": np.full(k, np.nan), "p": np.full(k, np.nan), "z": np.full(k, np.nan),
+           "effect": est.effect[0] if est.stat_type == "t" else est.effect, "variance": est.variance,
+           "dof": float(dofs.max())}
+    for d in dofs:
+        sel = dof == d
+        sub = contrast_statistics(ContrastEstimate(effect=est.effect[:, sel], variance=est.variance[sel],
+                                                   dof=float(d), stat_type=est.stat_type))
+        for key in ("stat", "p", "z"):
+            out[key][sel] = sub[key]
+    return out
 
 
 def fdr_qvalues(p):
@@ -476,6 +623,7 @@ class _PermutedT:
         self.aa = float(pinv[0] @ pinv[0])
         self.norm2 = np.einsum("ij,ij->j", self.R, self.R)
         self.single_regressor = Z.shape[1] == 0 and self.rank == 1
+        self.width = self.A.shape[1]  # float64 work values per transform and voxel
 
     def stats(self, transforms, sign_flip):
         """t maps of shape (len(transforms), n_voxels) for sign vectors or row orders."""
@@ -534,6 +682,61 @@ class _PermutedT:
             return np.sqrt(self.dof) * best / np.sqrt(np.maximum(1.0 - best * best, 0.0))
 
 
+class _PermutedMixedT:
+    """Mixed-effects t statistics of x in [x, Z] for transformed data, many transforms at once.
+
+    Freedman-Lane as for OLS: the data's OLS residuals ``R`` on Z are sign-flipped or permuted, and the
+    variances travel with their subjects (a row permutation moves a subject's variances with its
+    residuals; a sign flip leaves them). Adding ``Z g`` to the data changes neither the REML tau2 nor the
+    weighted estimate of x, so each transformed data set is refitted as ``[x, Z]`` on ``T R`` directly;
+    the transformed data sets of a chunk are fitted together as extra columns of one mixed-effects fit
+    (tau2 is re-estimated for every transform and voxel).
+    """
+
+    def __init__(self, Y, V, x, Z, present=None):
+        Y = np.asarray(Y, dtype=np.float64)
+        self.n = Y.shape[0]
+        self.V = np.zeros_like(Y) if V is None else np.asarray(V, dtype=np.float64)
+        self.present = None if present is None else np.asarray(present, bool)
+        if self.present is not None and Z.shape[1]:
+            raise GlmxError("permutations with per-voxel subject sets (group_min_subjects) are implemented for "
+                            "contrasts without nuisance columns (one-sample tests, sign flips) only",
+                            field="group_min_subjects")
+        self.M = np.column_stack([x, Z]) if Z.shape[1] else x[:, None]
+        self.R = Y - Z @ (Z.T @ Y) if Z.shape[1] else Y.copy()
+        self.rank = int(np.linalg.matrix_rank(self.M))
+        self.dof = self.n - self.rank
+        if self.dof < 1:
+            raise GlmxError(f"no residual degrees of freedom: {self.n} subjects for a design of rank {self.rank}")
+        self.width = 6 * self.n + 2 * self.M.shape[1] ** 2  # float64 work values per transform and voxel
+        self.single_regressor = False
+
+    def stats(self, transforms, sign_flip):
+        """t maps of shape (len(transforms), n_voxels) for sign vectors or row orders."""
+        k, n_vox = len(transforms), self.R.shape[1]
+        if sign_flip:
+            Yp = (transforms.T.astype(np.float64)[:, :, None] * self.R[:, None, :]).reshape(self.n, -1)
+            Vp = np.broadcast_to(self.V[:, None, :], (self.n, k, n_vox)).reshape(self.n, -1)
+        else:
+            Yp = self.R[transforms.T].reshape(self.n, -1)
+            Vp = self.V[transforms.T].reshape(self.n, -1)
+        Pp = None
+        if self.present is not None:
+            Pp = (np.broadcast_to(self.present[:, None, :], (self.n, k, n_vox)) if sign_flip
+                  else self.present[transforms.T]).reshape(self.n, -1)
+        fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])
+        if Pp is not None:
+            # voxels have their own degrees of freedom: compare them on the z scale
+            t = _statistics_by_dof(ContrastEstimate(effect=t[None], variance=np.ones(t.size), dof=1.0,
+                                                    stat_type="t"), fit.dof, np.unique(fit.dof[fit.dof > 0]))["z"]
+        return t.reshape(k, n_vox)
+
+    def observed(self):
+        return self.stats(np.ones((1, self.n), np.int8), True)[0]
+
+
 def _volume(values, mask):
     out = np.zeros((values.shape[0],) + mask.shape)
     out[:, mask] = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
@@ -551,8 +754,11 @@ def _fwe_p(null_max, observed, n_null):
 
 def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0, methods=("perm_fwe",),
                           cluster_threshold=None, two_sided=False, tfce_steps=100, connectivity=1,
-                          max_chunk_bytes=64 * 2 ** 20):
+                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None):
     """Non-parametric inference on a group contrast (Freedman-Lane; sign flips or permutations).
+
+    With ``variances`` the statistic is the mixed-effects t (:class:`_PermutedMixedT`: each subject's
+    variances travel with it), refitted for every transform; without, the OLS t.
 
     Parameters
     ----------
@@ -581,6 +787,14 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         Neighbourhood for clusters and TFCE (1: faces, as nilearn).
     max_chunk_bytes : int
         Memory for the permuted statistics of one chunk.
+    variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
+        The subjects' first-level variances: permute the mixed-effects model instead of OLS.
+    present : numpy.ndarray of bool, shape (n_subjects, n_voxels), optional
+        Per-voxel subject sets (``group_min_subjects``): a subject's absence at a voxel travels with it
+        like its data (sign flips leave it, row permutations move it); every transform is refitted on
+        each voxel's present subjects, and the statistic is the z of each voxel's t on its own degrees of
+        freedom (``t`` in the result is then that z, and ``cluster_threshold`` a z height). One-sample
+        tests only (no nuisance columns).
 
     Returns
     -------
@@ -609,7 +823,10 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if "perm_cluster_mass" in methods and cluster_threshold is None:
         raise GlmxError("cluster-mass inference needs a cluster-forming threshold")
     x, Z, sign_flip = partition_design(X, weights)
-    model = _PermutedT(Y, x, Z)
+    if variances is None and present is None:
+        model = _PermutedT(Y, x, Z)
+    else:
+        model = _PermutedMixedT(Y, variances, x, Z, present)
     transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed)
     K = len(transforms)
     t_obs = model.observed()
@@ -623,7 +840,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     h0_t = np.empty(K)
     h0_mass = np.empty(K) if "perm_cluster_mass" in methods else None
     h0_tfce = np.empty(K) if "tfce" in methods else None
-    per_perm = Y.shape[1] * 8 * (model.A.shape[1] + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
+    per_perm = Y.shape[1] * 8 * (model.width + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
     chunk = int(max(1, min(K, max_chunk_bytes // max(per_perm, 1))))
     fast_max = not spatial and model.single_regressor  # no t maps needed
     if fast_max:

@@ -21,6 +21,8 @@ from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
 
 MAP_STATS = ("effect", "variance", "t", "z", "p")
+#: Design TSV column naming each row's first-level contrast in a within-subject design (not a regressor).
+WITHIN_COLUMN = "first_level_contrast"
 
 
 def _write_json(cwd, name, obj):
@@ -35,6 +37,23 @@ def _read_json(path):
 def _load_data(path):
     with np.load(path, allow_pickle=False) as data:
         return data["Y"], data["mask"].astype(bool), data["affine"], [str(s) for s in data["subjects"]]
+
+
+def _load_variances(path):
+    """The subjects' variance maps stored by load_maps (None when the model did not need them)."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["V"] if "V" in data.files else None
+
+
+def _load_present(path):
+    """Per-voxel subject sets stored by load_maps (None unless group_min_subjects is set)."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["P"].astype(bool) if "P" in data.files else None
+
+
+def _sidecar(model, stat):
+    """The JSON sidecar of a group map: which model was fitted and what the map holds."""
+    return {"GroupModel": model, "GroupModelDescription": cg.GROUP_MODELS[model], "Statistic": stat}
 
 
 def _method_desc(group_desc, method):
@@ -66,12 +85,17 @@ class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
     variance_files = traits.List(traits.Either(None, File(exists=True)), desc="matching stat-variance maps or None")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, one per map")
     smoothing_fwhm = traits.Either(None, traits.Float, usedefault=True, desc="Gaussian smoothing (mm FWHM)")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True,
+                        desc="group model: 'mixed' needs every subject's variance map (stored as V)")
+    min_subjects = traits.Either(None, traits.Int, usedefault=True,
+                                 desc="group_min_subjects: keep voxels defined in at least this many subjects "
+                                      "(per-voxel subject sets, stored as P); None: defined in every subject")
 
 
 class LoadGroupMapsOutputSpec(TraitedSpec):
     """Outputs of :class:`LoadGroupMaps` (each trait is described by its ``desc``)."""
 
-    data_file = File(exists=True, desc="NPZ: Y (n_subjects, n_voxels), mask, affine, subjects")
+    data_file = File(exists=True, desc="NPZ: Y (n_subjects, n_voxels), mask, affine, subjects (and V for 'mixed')")
     mask_file = File(exists=True, desc="group mask NIfTI (voxels defined in every subject)")
 
 
@@ -85,7 +109,8 @@ class LoadGroupMaps(SimpleInterface):
     ------
     GlmxError
         When a map cannot be read, the maps are not all on one grid, or no voxel is defined (finite,
-        non-zero, positive variance) in every subject.
+        non-zero, positive variance) in every subject; with the 'mixed' model, when a subject's variance
+        map is missing, or not finite and positive wherever every subject's effect is defined.
     """
 
     input_spec = LoadGroupMapsInputSpec
@@ -101,25 +126,72 @@ class LoadGroupMaps(SimpleInterface):
                 raise GlmxError(f"map grid {img.shape[:3]} differs from {self.inputs.effect_files[0]} "
                                 f"{ref.shape[:3]}; every subject's map must be on the same grid", file=f)
         data = np.stack([np.asarray(img.get_fdata(), dtype=np.float64).reshape(ref.shape[:3]) for img in imgs])
-        mask = np.all(np.isfinite(data) & (data != 0), axis=0)
-        for f in self.inputs.variance_files or []:
-            if f:
-                var = np.asarray(load_image(f, "subject variance map").get_fdata()).reshape(ref.shape[:3])
-                mask &= np.isfinite(var) & (var > 0)
+        defined = np.isfinite(data) & (data != 0)
+        min_subjects = self.inputs.min_subjects
+        mask = defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0)
+        mixed = self.inputs.model == "mixed"
+        variance_files = list(self.inputs.variance_files or [])
+        var_imgs = []
+        if mixed:
+            var_imgs = self._variance_images(variance_files, defined & mask if min_subjects else mask[None], ref)
+        else:
+            for f in variance_files:
+                if f:
+                    var = np.asarray(load_image(f, "subject variance map").get_fdata()).reshape(ref.shape[:3])
+                    mask &= np.isfinite(var) & (var > 0)
         if not mask.any():
             raise GlmxError("no voxel is defined (finite, non-zero) in every subject's map", file=os.path.dirname(
                 self.inputs.effect_files[0]))
         if self.inputs.smoothing_fwhm:
             data = np.stack([np.asarray(smooth_img(img, self.inputs.smoothing_fwhm).get_fdata()).reshape(
                 ref.shape[:3]) for img in imgs])
+        extra = {}
+        if min_subjects:  # absent subjects hold 0 (any value: they get no weight)
+            present = defined[:, mask]
+            extra["P"] = present
+            data = np.where(defined, np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+        if mixed:
+            # smoothed variances: the variance maps get the effects' kernel (the usual approximation; the
+            # variance of a smoothed map is not the smoothed variance)
+            extra["V"] = np.stack([np.asarray((smooth_img(img, self.inputs.smoothing_fwhm) if
+                                               self.inputs.smoothing_fwhm else img).get_fdata()).reshape(
+                ref.shape[:3])[mask] for img in var_imgs])
+            if min_subjects:
+                extra["V"] = np.where(extra["P"], np.nan_to_num(extra["V"], nan=1.0), 1.0)
         out = os.path.join(runtime.cwd, "data.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, Y=data[:, mask], mask=mask, affine=ref.affine,
-                     subjects=np.array(self.inputs.subjects, dtype=str))
+                     subjects=np.array(self.inputs.subjects, dtype=str), **extra)
         self._results["data_file"] = out
         self._results["mask_file"] = str(write_image(unmask(np.ones(int(mask.sum()), np.uint8), mask, ref.affine,
                                                             dtype=np.uint8), os.path.join(runtime.cwd, "mask.nii.gz")))
         return runtime
+
+    def _variance_images(self, variance_files, mask, ref):
+        """Every subject's variance map, checked finite and positive where its effect is used (``mask``: one
+        (x, y, z) mask for all subjects, or one per subject)."""
+        if len(variance_files) != len(self.inputs.effect_files):
+            raise GlmxError(f"{len(variance_files)} variance map(s) for {len(self.inputs.effect_files)} effect maps; "
+                            "group_model 'mixed' needs one per subject", field="group_model")
+        out = []
+        for effect, f in zip(self.inputs.effect_files, variance_files):
+            if not f:
+                raise GlmxError("no subject-level stat-variance map beside this effect map; group_model 'mixed' "
+                                "needs it (rerun the participant level, or use group_model 'ols')", file=effect,
+                                field="group_model")
+            img = load_image(f, "subject variance map")
+            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise GlmxError(f"variance map grid {img.shape[:3]} differs from the effect maps' {ref.shape[:3]}",
+                                file=f)
+            where = mask[len(out)] if len(mask) > 1 else mask[0]
+            var = np.asarray(img.get_fdata()).reshape(ref.shape[:3])[where]
+            bad = ~(np.isfinite(var) & (var > 0))
+            if bad.any():
+                raise GlmxError(f"the variance map is not finite and positive in {int(bad.sum())} voxel(s) where "
+                                "the group model uses the subject's effect; group_model 'mixed' needs a positive "
+                                "first-level variance there", file=f, field="group_model")
+            out.append(img)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- build_design
@@ -131,8 +203,13 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
     participants_file = traits.Either(None, File(exists=True), usedefault=True, desc="participants.tsv")
     subjects = traits.List(traits.Str, mandatory=True, desc="subject labels, design rows in this order")
     regressors = traits.List(traits.Str, usedefault=True, desc="participants.tsv columns (group_level_regressors)")
-    group_contrasts = traits.Dict(traits.Str, traits.Str, usedefault=True, desc="{name: formula} besides the mean")
+    group_contrasts = traits.Dict(traits.Str, traits.Either(traits.Str, traits.List(traits.Str)), usedefault=True,
+                                  desc="{name: formula (t) or list of formulas (F)} besides the mean")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label (names the outputs)")
+    design_type = traits.Enum("between", *cg.WITHIN_DESIGNS, usedefault=True,
+                              desc="'between' (participants.tsv design), or a within-subject 'paired'/'repeated' one")
+    conditions = traits.List(traits.Str, usedefault=True,
+                             desc="first-level contrast of each row (within-subject designs)")
 
 
 class BuildGroupDesignOutputSpec(TraitedSpec):
@@ -151,10 +228,16 @@ class BuildGroupDesign(SimpleInterface):
 
     def _run_interface(self, runtime):
         source = self.inputs.participants_file
-        table = read_tsv(source, "participants table") if source else None
-        design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
+        if self.inputs.design_type == "between":
+            table = read_tsv(source, "participants table") if source else None
+            design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
+        else:
+            design, mean = cg.within_subject_design(self.inputs.subjects, self.inputs.conditions,
+                                                    self.inputs.design_type)
         contrasts = cg.group_contrasts(design.columns, mean, self.inputs.group_contrasts)
         frame = design.copy()
+        if self.inputs.design_type != "between":
+            frame.insert(0, WITHIN_COLUMN, list(self.inputs.conditions))
         frame.insert(0, "participant_id", ["sub-" + s for s in design.index])
         path = os.path.join(runtime.cwd, "design.tsv")
         write_tsv(frame, path)
@@ -167,7 +250,7 @@ class BuildGroupDesign(SimpleInterface):
 
 def _read_design(path):
     frame = read_tsv(path, "group design")
-    return frame.drop(columns=["participant_id"])
+    return frame.drop(columns=[c for c in ("participant_id", WITHIN_COLUMN) if c in frame.columns])
 
 
 # ---------------------------------------------------------------------------------------------- fit / contrasts
@@ -178,26 +261,29 @@ class FitGroupInputSpec(BaseInterfaceInputSpec):
 
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV from build_design")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model (spec key group_model)")
 
 
 class FitGroupOutputSpec(TraitedSpec):
     """Outputs of :class:`FitGroup` (each trait is described by its ``desc``)."""
 
-    fit_file = File(exists=True, desc="NPZ of the OLS fit")
+    fit_file = File(exists=True, desc="NPZ of the fit (OLS or mixed effects)")
 
 
 class FitGroup(SimpleInterface):
-    """Ordinary least squares of the subject maps on the group design."""
+    """The group model of the subject maps on the group design: OLS, or mixed effects with their variances."""
 
     input_spec = FitGroupInputSpec
     output_spec = FitGroupOutputSpec
 
     def _run_interface(self, runtime):
         Y, _, _, _ = _load_data(self.inputs.data_file)
-        fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float))
+        fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float), model=self.inputs.model,
+                                 variances=_load_variances(self.inputs.data_file),
+                                 present=_load_present(self.inputs.data_file))
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
-            np.savez(tmp, **fit.to_arrays())
+            np.savez(tmp, **{**fit.to_arrays(), "model": np.array(self.inputs.model)})
         self._results["fit_file"] = out
         return runtime
 
@@ -226,19 +312,32 @@ class ComputeGroupContrasts(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..core.glm import GLMFit
+        from ..core.mixed import MixedFit
 
         with np.load(self.inputs.fit_file, allow_pickle=False) as data:
-            fit = GLMFit.from_arrays({k: data[k] for k in data.files})
+            arrays = {k: data[k] for k in data.files}
+        model = str(arrays["model"]) if "model" in arrays else "ols"
+        fit = MixedFit.from_arrays(arrays) if "tau2" in arrays else GLMFit.from_arrays(arrays)
         _, mask, affine, _ = _load_data(self.inputs.data_file)
         listing, manifest = [], []
+
+        def publish(values, name, entities, stat):
+            path = _write_map(values, mask, affine, runtime.cwd, name)
+            side = _write_json(runtime.cwd, name + ".json", _sidecar(model, stat))
+            manifest.extend([{"path": path, "entities": entities, "suffix": "statmap"},
+                             {"path": side, "entities": entities, "suffix": "statmap"}])
+            return path
+
+        if model == "mixed":
+            publish(fit.tau2, "tau2", _entities(self.inputs.contrast, "tau2", None), "tau2")
+        if _load_present(self.inputs.data_file) is not None:  # group_min_subjects: subjects modelled per voxel
+            publish(fit.n, "n", _entities(self.inputs.contrast, "n", None), "n")
         for con in _read_json(self.inputs.contrasts_file):
             maps = cg.contrast_maps(fit, con["weights"])
-            paths = {}
-            for stat in MAP_STATS:
-                paths[stat] = _write_map(maps[stat], mask, affine, runtime.cwd, f"{con['name']}_{stat}")
-                manifest.append({"path": paths[stat], "entities": _entities(self.inputs.contrast, stat, con["desc"]),
-                                 "suffix": "statmap"})
-            listing.append({**con, "maps": paths, "dof": maps["dof"]})
+            stats = MAP_STATS if con.get("stat", "t") == "t" else ("F", "z", "p")
+            paths = {stat: publish(maps[stat], f"{con['name']}_{stat}",
+                                   _entities(self.inputs.contrast, stat, con["desc"]), stat) for stat in stats}
+            listing.append({**con, "maps": paths, "dof": maps["dof"], "model": model})
         self._results["maps_file"] = _write_json(runtime.cwd, "maps.json", listing)
         self._results["manifest_file"] = _write_json(runtime.cwd, "manifest.json", manifest)
         return runtime
@@ -326,23 +425,30 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
     p_threshold = traits.Float(0.001, usedefault=True, desc="cluster-forming uncorrected p (cluster mass)")
+    model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model whose t is permuted")
 
 
 class PermuteGroup(SimpleInterface):
-    """Permutation inference (max-t FWE, cluster mass, TFCE) for every group contrast."""
+    """Permutation inference (max-t FWE, cluster mass, TFCE) for every group t contrast (F contrasts: parametric
+    inference only)."""
 
     input_spec = PermuteGroupInputSpec
     output_spec = InferenceOutputSpec
 
     def _run_interface(self, runtime):
         Y, mask, affine, _ = _load_data(self.inputs.data_file)
+        V = _load_variances(self.inputs.data_file) if self.inputs.model == "mixed" else None
+        P = _load_present(self.inputs.data_file)
         X = _read_design(self.inputs.design_file).to_numpy(float)
         manifest, record = [], {}
         for con in _read_json(self.inputs.maps_file):
+            if con.get("stat", "t") != "t":
+                continue
             methods = list(self.inputs.methods)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
-                                           seed=self.inputs.seed, methods=methods,
-                                           cluster_threshold=cg.t_threshold(self.inputs.p_threshold, con["dof"]))
+                                           seed=self.inputs.seed, methods=methods, variances=V, present=P,
+                                           cluster_threshold=cg.z_threshold(self.inputs.p_threshold) if P is not None
+                                           else cg.t_threshold(self.inputs.p_threshold, con["dof"]))
             z = _volume_values(con["maps"]["z"], mask)
             info = {"scheme": out["scheme"], "n_permutations": out["n_permutations"], "exhaustive": out["exhaustive"]}
             record[con["name"]] = {}
@@ -475,7 +581,8 @@ class PlotGroup(SimpleInterface):
             for path in plot_stat_figures(load_image(con["maps"]["z"]), os.path.join(cwd, f"{con['name']}_z"),
                                           title=f"{self.inputs.contrast} {con['name']}: z (unthresholded)"):
                 figures.append({"path": str(path), "caption": f"z map, unthresholded ({path.stem.split('_')[-1]})"})
-            notes = []
+            notes = [f"Group model: {con.get('model', 'ols')} ({cg.GROUP_MODELS[con.get('model', 'ols')]})"
+                     + (f"; F test on {len(con['weights'])} rows" if con.get("stat") == "F" else "") + "."]
             for method, entry in inference.get(con["name"], {}).items():
                 label = cg.INFERENCE_DESC[method]
                 detail = (f"; {entry['n_permutations']} {'enumerated' if entry['exhaustive'] else 'random'} "

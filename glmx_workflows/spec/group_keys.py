@@ -10,11 +10,34 @@ _P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _METHODS = list(INFERENCE_METHODS)
 
 GROUP_KEYS = {
+    "group_model": (
+        {"enum": ["ols", "mixed"]}, "ols",
+        "Group model: 'ols' (least squares on the subjects' effects) or 'mixed' (mixed effects: each subject's "
+        "first-level stat-variance map plus a between-subject variance tau2 by REML, written as stat-tau2).",
+        "mixed"),
+    "group_design": (
+        {"anyOf": [{"type": "null"}, {"type": "object", "required": ["type", "contrasts"],
+                                      "additionalProperties": False,
+                                      "properties": {"type": {"enum": ["paired", "repeated"]},
+                                                     "contrasts": {"type": "array", "items": {"type": "string"},
+                                                                   "minItems": 2, "uniqueItems": True},
+                                                     "name": {"type": "string"}}}]}, None,
+        "Within-subject model over several first-level contrasts of the same subjects instead of one model per "
+        "contrast: {'type': 'paired', 'contrasts': [A, B]} tests A - B (t) with a subject effect per subject; "
+        "{'type': 'repeated', 'contrasts': [...]} tests 'no difference' (F). Outputs are named "
+        "contrast-<name> (default: the contrasts joined, e.g. AVsB); group_contrasts are formulas over the "
+        "contrast names. Not with group_level_regressors or permutation methods.",
+        {"type": "paired", "contrasts": ["incongruent", "congruent"]}),
+    "group_min_subjects": (
+        {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 2}]}, None,
+        "Per-voxel subject sets: model a voxel with the subjects whose map is defined there when at least this "
+        "many are (its own degrees of freedom; count map stat-n). null: only voxels defined in every subject.", 10),
     "group_contrasts": (
-        {"type": "object", "additionalProperties": {"type": "string"}}, {},
+        {"type": "object", "additionalProperties": {"anyOf": [
+            {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}, {},
         "Group contrasts besides the mean effect (always written, without desc): {name: formula} over the group "
         "design's columns ('intercept', covariates by name, '<column>_<level>' for groups); a negative weight tests "
-        "the opposite direction. Maps carry desc-<name>.",
+        "the opposite direction; a list of formulas is an F contrast (stat-F, z, p). Maps carry desc-<name>.",
         {"patientVcontrol": "group_patient - group_control"}),
     "group_smoothing_fwhm": (
         {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0}]}, None,
@@ -75,12 +98,32 @@ def group_settings(entry, **overrides):
         _check_keys(given, where, entry["_spec_file"], allowed)
         _check_types(given, where, entry["_spec_file"])
         out.update(copy.deepcopy(given))
+    design = out.get("group_design")
+    if design:
+        field = f"{entry['_task']}.group_design"
+        if out["group_level_regressors"]:
+            raise GlmxError("group_design (a within-subject model) cannot be combined with group_level_regressors",
+                            file=entry["_spec_file"], field=field)
+        perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
+        if perm:
+            raise GlmxError(f"group_design '{design['type']}' has no permutation scheme yet (the maps of a subject "
+                            f"are not exchangeable with another's); drop {', '.join(perm)} from group_inference",
+                            file=entry["_spec_file"], field=field)
+        if design["type"] == "paired" and len(design["contrasts"]) != 2:
+            raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
+                            file=entry["_spec_file"], field=field + ".contrasts")
+    perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
+    if out.get("group_min_subjects") and perm and out["group_level_regressors"]:
+        raise GlmxError("permutations with group_min_subjects are implemented for one-sample models only (no "
+                        f"group_level_regressors); drop {', '.join(perm)} or the regressors", file=entry["_spec_file"],
+                        field=f"{entry['_task']}.group_min_subjects")
     for name, formula in out["group_contrasts"].items():
         if not name.strip():
             raise GlmxError("group contrast name is empty", file=entry["_spec_file"],
                             field=f"{entry['_task']}.group_contrasts")
         try:
-            parse_formula(formula)
+            for row in formula if isinstance(formula, list) else [formula]:
+                parse_formula(row)
         except GlmxError as exc:
             raise GlmxError(exc.message, file=entry["_spec_file"],
                             field=f"{entry['_task']}.group_contrasts.{name}") from None

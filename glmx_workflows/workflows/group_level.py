@@ -9,7 +9,7 @@ from ..interfaces.group import (PARAMETRIC_METHODS, PERMUTATION_METHODS, BuildGr
                                 ThresholdGroupMaps)
 from ..interfaces.sink import DerivativesSink
 
-INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "participants_file", "missing"]
+INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "conditions", "participants_file", "missing"]
 OUTPUT_FIELDS = ["maps_file", "section_file", "out_files"]
 
 
@@ -21,8 +21,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     contrast : str
         First-level contrast label (BIDS label of the subject maps).
     settings : dict
-        Group keys of the spec: ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``,
-        ``group_inference``, ``group_alpha``, ``group_p_threshold``, ``group_cluster_extent``,
+        Group keys of the spec: ``group_model``, ``group_design``, ``group_min_subjects``,
+        ``group_level_regressors``, ``group_contrasts``, ``group_smoothing_fwhm``, ``group_inference``, ``group_alpha``, ``group_p_threshold``, ``group_cluster_extent``,
         ``group_n_permutations``, ``group_seed``.
     z_threshold : float
         Height in z for 'uncorrected', 'cluster' and the cluster tables.
@@ -41,7 +41,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     Notes
     -----
     ``inputnode``: ``effect_files`` / ``variance_files`` (one per subject, variance may be None),
-    ``subjects`` (labels, same order), ``participants_file`` (participants.tsv or None), ``missing``
+    ``subjects`` (labels, same order), ``conditions`` (the first-level contrast of each map, for a
+    within-subject ``group_design``; else empty), ``participants_file`` (participants.tsv or None), ``missing``
     (subjects left out for lack of a map, for the report).
 
     ``outputnode``: ``maps_file`` (JSON of group contrasts and their maps), ``section_file`` (the report
@@ -54,11 +55,15 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     parametric = [m for m in methods if m in PARAMETRIC_METHODS]
     permutation = [m for m in methods if m in PERMUTATION_METHODS]
 
-    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"]), name="load_maps")
+    model = settings.get("group_model", "ols")
+    load_maps = pe.Node(LoadGroupMaps(smoothing_fwhm=settings["group_smoothing_fwhm"], model=model,
+                                      min_subjects=settings.get("group_min_subjects")), name="load_maps")
+    within = settings.get("group_design")
     build_design = pe.Node(BuildGroupDesign(regressors=list(settings["group_level_regressors"]),
-                                            group_contrasts=dict(settings["group_contrasts"]), contrast=contrast),
+                                            group_contrasts=dict(settings["group_contrasts"]), contrast=contrast,
+                                            design_type=within["type"] if within else "between"),
                            name="build_design")
-    fit_group = pe.Node(FitGroup(), name="fit_group")
+    fit_group = pe.Node(FitGroup(model=model), name="fit_group")
     compute_contrasts = pe.Node(ComputeGroupContrasts(contrast=contrast), name="compute_contrasts")
     threshold_maps = pe.Node(ThresholdGroupMaps(
         contrast=contrast, methods=parametric, alpha=settings["group_alpha"], z_threshold=z_threshold,
@@ -75,7 +80,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     wf.connect([
         (inputnode, load_maps, [("effect_files", "effect_files"), ("variance_files", "variance_files"),
                                 ("subjects", "subjects")]),
-        (inputnode, build_design, [("participants_file", "participants_file"), ("subjects", "subjects")]),
+        (inputnode, build_design, [("participants_file", "participants_file"), ("subjects", "subjects"),
+                                   ("conditions", "conditions")]),
         (load_maps, fit_group, [("data_file", "data_file")]),
         (build_design, fit_group, [("design_file", "design_file")]),
         (fit_group, compute_contrasts, [("fit_file", "fit_file")]),
@@ -99,7 +105,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     if permutation:
         permute = pe.Node(PermuteGroup(contrast=contrast, methods=permutation,
                                        n_permutations=settings["group_n_permutations"], seed=settings["group_seed"],
-                                       alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"]),
+                                       alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"],
+                                       model=model),
                           name="permute")
         permute.config = {"execution": {"remove_unnecessary_outputs": "false"}}
         wf.connect([
@@ -164,9 +171,10 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
         return wf
     gather_sections = pe.Node(Merge(len(subs)), name="gather_sections")
     gather_published = pe.Node(Merge(len(subs)), name="gather_published")
-    shown = {k: settings[k] for k in ("group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
-                                      "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
-                                      "group_cluster_extent", "group_n_permutations", "group_seed")}
+    shown = {k: settings.get(k) for k in ("group_model", "group_design", "group_min_subjects",
+                                          "group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
+                                          "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
+                                          "group_cluster_extent", "group_n_permutations", "group_seed")}
     group_report = pe.Node(GroupReport(task=task, excluded=list(excluded), settings=shown), name="group_report")
     ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir), entities={"task": task}), name="ds_report",
                         overwrite=True)

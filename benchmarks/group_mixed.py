@@ -1,0 +1,130 @@
+"""Mixed-effects group fit: glmx's vectorised REML against PyMARE, and against glmx's own OLS group fit.
+
+20 subjects' effect and variance arrays the size of an MNI 2 mm brain (--voxels, default 300,000; arrays,
+no files: the fit is what is measured), first-level variances log-uniform over two decades, a
+between-subject variance that is 0 in a third of the voxels (REML optimum on the boundary), one-sample
+design plus a covariate. Sides, each in a fresh process, BLAS pinned to one thread, median of --repeats:
+
+* ``ols``    (the anchor): ``fit_group_model(Y, X)`` + the two contrasts' t/z/p (today's group fit);
+* ``mixed``: ``fit_group_model(Y, X, 'mixed', V)`` + the same two contrasts, every voxel;
+* ``pymare``: ``VarianceBasedLikelihoodEstimator(method='REML', small_sample_correction='wald')`` on a random
+  subset of --pymare-voxels voxels (vectorised over voxels as PyMARE does it; its per-voxel cost is what
+  is compared), and ``pymare_loop``: the same estimator fitted voxel by voxel on a smaller subset (how a
+  user would run a meta-analysis package per voxel), per-voxel cost.
+
+Prints wall times, per-voxel costs, the ratios (mixed / ols; pymare per voxel / mixed per voxel), and how
+far glmx's tau2 and t are from PyMARE's on the subset.
+
+    python benchmarks/group_mixed.py [--voxels 300000] [--subjects 20] [--pymare-voxels 20000] [--repeats 3]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def make_arrays(folder, n_subjects, n_voxels, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n_subjects), rng.standard_normal(n_subjects)])
+    V = np.exp(rng.uniform(np.log(0.1), np.log(10.0), (n_subjects, 1))) * rng.uniform(0.8, 1.25,
+                                                                                      (n_subjects, n_voxels))
+    tau2 = rng.choice([0.0, 0.5, 2.0], n_voxels)
+    Y = 0.3 + rng.standard_normal((n_subjects, n_voxels)) * np.sqrt(V + tau2)
+    path = os.path.join(folder, "arrays.npz")
+    np.savez(path, Y=Y.astype(np.float32), V=V.astype(np.float32), X=X)
+    return path
+
+
+def child(which, path, n_sub, out):
+    from glmx_workflows.core.group import contrast_maps, fit_group_model
+
+    with np.load(path) as data:
+        Y, V, X = data["Y"].astype(np.float64), data["V"].astype(np.float64), data["X"]
+    result = {}
+    if which in ("ols", "mixed"):
+        start = time.perf_counter()
+        fit = fit_group_model(Y, X, which, V if which == "mixed" else None)
+        maps = [contrast_maps(fit, c) for c in ([1.0, 0.0], [0.0, 1.0])]
+        result["wall"] = time.perf_counter() - start
+        result["per_voxel_us"] = result["wall"] / Y.shape[1] * 1e6
+        if which == "mixed":
+            sub = np.random.default_rng(1).choice(Y.shape[1], n_sub, replace=False)
+            np.savez(out, sub=sub, tau2=fit.tau2[sub], t=maps[1]["t"][sub])
+    else:
+        from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+        sub = np.random.default_rng(1).choice(Y.shape[1], n_sub, replace=False)
+        if which == "pymare_loop":
+            sub = sub[:max(n_sub // 20, 50)]
+        est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald")
+        start = time.perf_counter()
+        if which == "pymare":
+            est.fit(Y[:, sub], V[:, sub], X)
+            tau2 = est.params_["tau2"][0]
+            beta, cov = est.params_["fe_params"], est.params_["inv_cov"]
+            t = beta[1] / np.sqrt(cov[1, 1])
+        else:
+            tau2, t = np.empty(sub.size), np.empty(sub.size)
+            for i, j in enumerate(sub):
+                est.fit(Y[:, [j]], V[:, [j]], X)
+                tau2[i] = est.params_["tau2"][0, 0]
+                t[i] = est.params_["fe_params"][1, 0] / np.sqrt(est.params_["inv_cov"][1, 1, 0])
+        result["wall"] = time.perf_counter() - start
+        result["per_voxel_us"] = result["wall"] / sub.size * 1e6
+        np.savez(out, sub=sub, tau2=tau2, t=t)
+    print(json.dumps(result))
+
+
+def run_child(which, path, n_sub, out):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, "--child", which, path, str(n_sub), out], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voxels", type=int, default=300_000)
+    parser.add_argument("--subjects", type=int, default=20)
+    parser.add_argument("--pymare-voxels", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", nargs=4, metavar=("WHICH", "PATH", "NSUB", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        which, path, n_sub, out = args.child
+        child(which, path, int(n_sub), out)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = make_arrays(folder, args.subjects, args.voxels)
+        sides = ("ols", "mixed", "pymare", "pymare_loop")
+        runs = {s: [] for s in sides}
+        for _ in range(args.repeats):  # interleaved, so that machine load hits every side alike
+            for side in sides:
+                runs[side].append(run_child(side, path, args.pymare_voxels, os.path.join(folder, f"{side}.npz")))
+        med = {s: {k: float(np.median([r[k] for r in runs[s]])) for k in runs[s][0]} for s in sides}
+        ours = np.load(os.path.join(folder, "mixed.npz"))
+        agreement = {}
+        for side in ("pymare", "pymare_loop"):
+            ref = np.load(os.path.join(folder, f"{side}.npz"))
+            pos = np.array([np.flatnonzero(ours["sub"] == j)[0] for j in ref["sub"]])
+            agreement[side] = {"max_abs_dtau2": float(np.abs(ours["tau2"][pos] - ref["tau2"]).max()),
+                               "max_abs_dt": float(np.abs(ours["t"][pos] - ref["t"]).max())}
+    print(f"{args.subjects} subjects x {args.voxels} voxels; medians of {args.repeats} interleaved cold runs, 1 thread")
+    for side in sides:
+        print(f"  {side:12s} wall {med[side]['wall']:8.3f} s   {med[side]['per_voxel_us']:10.2f} us/voxel")
+    print(f"  mixed / ols (whole brain)            : {med['mixed']['wall'] / med['ols']['wall']:.2f}x")
+    for side in ("pymare", "pymare_loop"):
+        print(f"  {side} / mixed (per voxel)        : {med[side]['per_voxel_us'] / med['mixed']['per_voxel_us']:.1f}x"
+              f"   max |dtau2| {agreement[side]['max_abs_dtau2']:.2e}  max |dt| {agreement[side]['max_abs_dt']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The mixed-effects group model (core.mixed, core.group with group_model 'mixed') on arrays, against PyMARE's
+``VarianceBasedLikelihoodEstimator(method="REML")``, the OLS path, the fixed-effects combination, null
+simulations and a power comparison."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from glmx_workflows.core.errors import GlmxError
+from glmx_workflows.core.glm import ContrastEstimate, combine_fixed_effects, contrast_statistics
+from glmx_workflows.core.group import contrast_maps, fit_group_model, permutation_inference
+from glmx_workflows.core.mixed import fit_mixed_effects, restricted_loglik
+
+
+def _data(n, k, seed, tau2_levels=(0.0, 0.05, 1.0, 4.0), p=2):
+    """Effects with heterogeneous first-level variances and a mix of between-subject variances (0 included,
+    so that many voxels have their REML optimum on the boundary)."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n)] + [rng.standard_normal(n) for _ in range(p - 1)])
+    V = rng.uniform(0.2, 3.0, (n, k)) * rng.uniform(0.5, 2.0, (n, 1))
+    tau2 = rng.choice(tau2_levels, k)
+    Y = X @ rng.standard_normal((p, k)) + rng.standard_normal((n, k)) * np.sqrt(V + tau2)
+    return Y, V, X
+
+
+def _pymare(Y, V, X):
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    # "wald": the model-based covariance (X'WX)^-1 of the issue (PyMARE's default adds Knapp-Hartung);
+    # a tight bracket so that PyMARE's own search error is below the tolerances asserted
+    est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald", xtol=1e-12, maxiter=200)
+    est.fit(Y, V, X)
+    return (est.params_["fe_params"], np.moveaxis(est.params_["inv_cov"], 2, 0), est.params_["tau2"][0])
+
+
+@pytest.mark.parametrize("n,p", [(12, 1), (15, 2), (20, 3)])
+def test_mixed_equals_pymare_reml_including_boundary_voxels(n, p):
+    Y, V, X = _data(n, 3000, seed=n, p=p)
+    fit = fit_mixed_effects(Y, V, X)
+    beta, cov, tau2 = _pymare(Y, V, X)
+    boundary = fit.tau2 == 0
+    assert 0.1 < boundary.mean() < 0.9  # both kinds of voxels are compared
+    assert np.array_equal(boundary, tau2 == 0)
+    # Our estimate is the maximiser: its restricted likelihood is never below PyMARE's (up to rounding);
+    # PyMARE stops on a bracket of 1e-12 of its search interval, so tau2 agrees to ~1e-6 relative to the
+    # total variance and beta / cov / t (smooth functions of tau2) to the same order.
+    ll_ours = restricted_loglik(Y, V, X, fit.tau2)
+    ll_ref = restricted_loglik(Y, V, X, tau2)
+    assert (ll_ours - ll_ref).min() > -1e-9
+    scale = V.mean(axis=0) + tau2
+    assert np.abs(fit.tau2 - tau2).max() / scale.min() < 1e-5
+    assert np.abs(fit.beta - beta).max() < 1e-5 * np.abs(beta).max()
+    assert np.abs(fit.cov - cov).max() < 1e-5 * np.abs(cov).max()
+    c = np.zeros(p)
+    c[-1] = 1.0
+    ours = contrast_maps(fit, c)
+    t_ref = beta[-1] / np.sqrt(cov[:, -1, -1])
+    assert np.abs(ours["t"] - t_ref).max() < 1e-5
+    assert np.allclose(ours["effect"], beta[-1], atol=1e-6) and np.allclose(ours["variance"], cov[:, -1, -1],
+                                                                          rtol=1e-5)
+    # z and p "exactly as the OLS path": the t distribution with n - p degrees of freedom
+    assert ours["dof"] == n - p
+    assert np.allclose(ours["p"], sps.t.sf(ours["t"], n - p), rtol=1e-8, atol=1e-300)
+    assert np.allclose(fit.tau2[~boundary], tau2[~boundary], rtol=1e-5)
+
+
+def test_zero_within_subject_variance_equals_ols():
+    Y, _, X = _data(14, 500, seed=3, p=3)
+    mixed = fit_group_model(Y, X, model="mixed", variances=np.zeros_like(Y))
+    ols = fit_group_model(Y, X)
+    for c in ([1, 0, 0], [0, 1, -1], [[0, 1, 0], [0, 0, 1]]):
+        a, b = contrast_maps(mixed, c), contrast_maps(ols, c)
+        stat = "t" if np.ndim(c) == 1 else "F"
+        for key in (stat, "z", "p") + (("effect", "variance") if stat == "t" else ()):
+            assert np.abs(a[key] - b[key]).max() < 1e-8 * max(1.0, np.abs(b[key]).max()), (c, key)
+        assert a["dof"] == b["dof"]
+
+
+def test_no_between_subject_variance_and_equal_variances_is_the_fixed_effects_combination():
+    rng = np.random.default_rng(5)
+    n, k, v = 10, 400, 2.0
+    # spread well below the within-subject variance: the REML optimum is tau2 = 0
+    Y = 1.0 + rng.standard_normal((n, k)) * 0.3
+    V = np.full((n, k), v)
+    fit = fit_mixed_effects(Y, V, np.ones((n, 1)))
+    assert np.all(fit.tau2 == 0)
+    ours = contrast_maps(fit, [1.0])
+    fixed = combine_fixed_effects([ContrastEstimate(effect=Y[i][None], variance=V[i], dof=1.0, stat_type="t")
+                                   for i in range(n)])
+    assert np.allclose(ours["effect"], fixed.effect[0], rtol=1e-12)
+    assert np.allclose(ours["variance"], fixed.variance, rtol=1e-12)
+    assert np.allclose(ours["t"], contrast_statistics(fixed)["stat"], rtol=1e-10)
+
+
+def test_mixed_needs_valid_variances():
+    Y, V, X = _data(8, 10, seed=1)
+    with pytest.raises(GlmxError, match="variance maps"):
+        fit_group_model(Y, X, model="mixed")
+    V[2, 3] = np.nan
+    with pytest.raises(GlmxError, match="non-negative variances"):
+        fit_group_model(Y, X, model="mixed", variances=V)
+
+
+def test_mixed_permutation_refits_and_matches_brute_force():
+    """Exhaustive sign flips: each flipped data set refitted by the mixed model, one voxel at a time."""
+    Y, V, _ = _data(7, 30, seed=11)
+    X = np.ones((7, 1))
+    out = permutation_inference(Y, X, [1.0], n_permutations=10_000, variances=V)
+    assert out["exhaustive"] and out["n_permutations"] == 2 ** 7 - 1
+    t_obs = contrast_maps(fit_mixed_effects(Y, V, X), [1.0])["t"]
+    assert np.allclose(out["t"], t_obs, rtol=1e-10)
+    signs = np.array([[1 - 2 * ((c >> i) & 1) for i in range(7)] for c in range(1, 2 ** 7)], float)
+    null_max = np.array([contrast_maps(fit_mixed_effects(s[:, None] * Y, V, X), [1.0])["t"].max() for s in signs])
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
+    expected = (1 + (null_max[None, :] >= t_obs[:, None] - 1e-10).sum(axis=1)) / 2 ** 7
+    assert np.allclose(out["p_fwe"], expected)
+
+
+def test_mixed_row_permutations_carry_the_variances_with_the_subjects():
+    Y, V, X = _data(6, 20, seed=2)  # a covariate: row permutations
+    out = permutation_inference(Y, X, [0.0, 1.0], n_permutations=10_000, variances=V)
+    assert out["scheme"] == "permutation" and out["exhaustive"]
+    from itertools import permutations
+
+    from glmx_workflows.core.group import partition_design
+
+    x, Z, _ = partition_design(X, [0.0, 1.0])
+    R = Y - Z @ (Z.T @ Y)
+    M = np.column_stack([x, Z])
+    null_max = []
+    for order in list(permutations(range(6)))[1:]:
+        order = list(order)
+        fit = fit_mixed_effects(R[order], V[order], M)
+        null_max.append((fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])).max())
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
+
+
+def _null_sim(design, n, k, seed, tau2):
+    """One simulated group data set of k independent voxels: log-uniform first-level variances over two decades
+    (a subject's variance is shared by its voxels up to +-25%), no effect."""
+    rng = np.random.default_rng(seed)
+    if design == "one_sample":
+        X, c = np.ones((n, 1)), [1.0]
+    elif design == "covariate":
+        X, c = np.column_stack([np.ones(n), rng.standard_normal(n)]), [0.0, 1.0]
+    else:
+        g = np.repeat([1.0, 0.0], n // 2)
+        X, c = np.column_stack([g, 1 - g]), [1.0, -1.0]
+    V = np.exp(rng.uniform(np.log(0.1), np.log(10.0), (n, 1))) * rng.uniform(0.8, 1.25, (n, k))
+    return rng.standard_normal((n, k)) * np.sqrt(V + tau2), V, X, c
+
+
+@pytest.mark.parametrize("design", ["one_sample", "covariate", "two_sample"])
+def test_null_false_positive_rate(design):
+    """200 simulated null data sets of 100 voxels per design and regime.
+
+    OLS is nominal within 3 Monte Carlo SE. The mixed model (t on n - p degrees of freedom with the REML tau2
+    plugged in, as FLAME1 and PyMARE's 'wald' covariance) is not exactly nominal at n = 16: conservative when
+    the true tau2 is 0 (tau2 estimates at the boundary), slightly liberal when tau2 is of the order of the
+    first-level variances (the uncertainty of tau2 is ignored). The bands below are what it does, measured on
+    these simulations (2.8-3.5 % and 5.5-6.1 % at n = 12-20); README.rst states them.
+    """
+    n, k, n_sims = 16, 100, 200
+    rates, se = {}, {}
+    for tau2 in (0.0, 1.0):
+        per_sim = {"ols": [], "mixed": []}
+        for sim in range(n_sims):
+            Y, V, X, c = _null_sim(design, n, k, 1000 * sim + int(tau2), tau2)
+            for model in per_sim:
+                per_sim[model].append((contrast_maps(fit_group_model(Y, X, model, V), c)["p"] < 0.05).mean())
+        # the voxels of one simulation share its subjects' variances (and covariate): the Monte Carlo
+        # error comes from the spread of the per-simulation rates, not from a binomial over voxels
+        rates[tau2] = {m: float(np.mean(r)) for m, r in per_sim.items()}
+        se[tau2] = {m: float(np.std(r, ddof=1) / np.sqrt(n_sims)) for m, r in per_sim.items()}
+    for tau2 in rates:
+        assert abs(rates[tau2]["ols"] - 0.05) < 3 * se[tau2]["ols"], (rates, se)
+    assert 0.02 < rates[0.0]["mixed"] < 0.05 - 3 * se[0.0]["mixed"], (rates, se)
+    assert 0.05 < rates[1.0]["mixed"] < 0.07, (rates, se)
+
+
+def test_mixed_has_more_power_than_ols_with_heterogeneous_variances():
+    """A planted effect, subjects' first-level variances over two decades: at thresholds that give each model a
+    5 % false positive rate on the matching null data (size-adjusted, so that calibration cannot explain the
+    difference), and at the nominal t threshold, the mixed model finds the effect in more voxels."""
+    n, k = 12, 500
+    power = {}
+    for model in ("ols", "mixed"):
+        null, alt = [], []
+        for sim in range(20):
+            Y, V, X, c = _null_sim("one_sample", n, k, sim, 0.1)
+            null.append(contrast_maps(fit_group_model(Y, X, model, V), c)["t"])
+            alt.append(contrast_maps(fit_group_model(Y + 0.5, X, model, V), c)["t"])
+        null, alt = np.concatenate(null), np.concatenate(alt)
+        power[model] = ((alt > np.quantile(null, 0.95)).mean(), (alt > sps.t.isf(0.05, n - 1)).mean())
+    assert power["mixed"][0] > power["ols"][0] + 0.15, power
+    assert power["mixed"][1] > power["ols"][1] + 0.15, power
+
+
+def test_rank_deficient_design_names_the_dependent_columns():
+    import pandas as pd
+
+    from glmx_workflows.core.group import check_design
+
+    rng = np.random.default_rng(0)
+    age = rng.standard_normal(10)
+    design = pd.DataFrame({"intercept": np.ones(10), "age": age, "iq": rng.standard_normal(10),
+                           "months": 12 * age})
+    with pytest.raises(GlmxError) as err:
+        check_design(design, source="participants.tsv")
+    line = err.value.one_line()
+    # the first level's rank rule (core.design.collinear_sets), shared by the group design
+    assert "collinear regressors {age, months}" in line and "participants.tsv" in line
+    assert "iq" not in line and "intercept" not in line.split("participants.tsv")[1]
+
+
+def _nilearn_f(Y, X, C):
+    """nilearn's second-level F (and z) on a tiny volume holding the voxels of Y."""
+    import nibabel as nb
+    import pandas as pd
+    from nilearn.glm.second_level import SecondLevelModel
+
+    k = Y.shape[1]
+    affine = np.eye(4)
+    mask = nb.Nifti1Image(np.ones((k, 1, 1), np.uint8), affine)
+    imgs = [nb.Nifti1Image(row.reshape(k, 1, 1), affine) for row in Y]
+    design = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])])
+    model = SecondLevelModel(mask_img=mask).fit(imgs, design_matrix=design)
+    out = model.compute_contrast(np.asarray(C, float), second_level_stat_type="F", output_type="all")
+    return out["stat"].get_fdata().ravel(), out["z_score"].get_fdata().ravel()
+
+
+def test_group_f_contrast_equals_nilearn_and_mixed_f_with_zero_variances():
+    Y, _, X = _data(14, 300, seed=9, p=3)
+    C = [[0, 1, 0], [0, 0, 1]]
+    ols = contrast_maps(fit_group_model(Y, X), C)
+    F_ref, z_ref = _nilearn_f(Y, X, C)
+    assert np.abs(ols["F"] - F_ref).max() < 1e-4 * max(1.0, F_ref.max())
+    assert np.abs(ols["z"] - z_ref).max() < 1e-4
+    mixed = contrast_maps(fit_group_model(Y, X, "mixed", np.zeros_like(Y)), C)
+    assert np.abs(mixed["F"] - F_ref).max() < 1e-4 * max(1.0, F_ref.max())
+    assert np.abs(mixed["z"] - z_ref).max() < 1e-4
+
+
+def _within_data(n, conditions, seed):
+    rng = np.random.default_rng(seed)
+    k = 200
+    subject = rng.standard_normal((n, k)) * 2.0
+    Y = np.concatenate([subject + 0.3 * j + rng.standard_normal((n, k)) for j in range(len(conditions))])
+    V = rng.uniform(0.2, 2.0, Y.shape)
+    subs = [f"{i + 1:02d}" for i in range(n)] * len(conditions)
+    conds = [c for c in conditions for _ in range(n)]
+    return Y, V, subs, conds
+
+
+def _explicit_nilearn_design(subs, conds, kept):
+    """nilearn's explicit design: indicators of the contrasts in ``kept`` (the others are the baseline), then one
+    indicator column per subject."""
+    import pandas as pd
+
+    cols = {c: [float(x == c) for x in conds] for c in kept}
+    cols.update({f"s{s}": [float(x == s) for x in subs] for s in sorted(set(subs))})
+    return pd.DataFrame(cols)
+
+
+def _nilearn_second_level(Y, design, C, stat_type):
+    import nibabel as nb
+    from nilearn.glm.second_level import SecondLevelModel
+
+    k = Y.shape[1]
+    mask = nb.Nifti1Image(np.ones((k, 1, 1), np.uint8), np.eye(4))
+    imgs = [nb.Nifti1Image(row.reshape(k, 1, 1), np.eye(4)) for row in Y]
+    model = SecondLevelModel(mask_img=mask).fit(imgs, design_matrix=design)
+    out = model.compute_contrast(np.asarray(C, float), second_level_stat_type=stat_type, output_type="all")
+    return {key: out[key].get_fdata().ravel() for key in ("stat", "z_score")}
+
+
+def test_paired_design_equals_nilearn_with_subject_indicators_and_the_differences():
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    Y, V, subs, conds = _within_data(9, ["A", "B"], seed=4)
+    design, main = within_subject_design(subs, conds, "paired")
+    con = group_contrasts(design.columns, main)[0]
+    assert con["stat"] == "t" and con["weights"][:2] == [1.0, -1.0]
+    ours = contrast_maps(fit_group_model(Y, design.to_numpy()), con["weights"])
+    explicit = _explicit_nilearn_design(subs, conds, ["A"])
+    ref = _nilearn_second_level(Y, explicit, [1.0] + [0.0] * (explicit.shape[1] - 1), "t")
+    assert np.abs(ours["z"] - ref["z_score"]).max() < 1e-4 and np.abs(ours["t"] - ref["stat"]).max() < 1e-4
+    # the one-sample test of the within-subject differences, for OLS and for the mixed model (REML removes the
+    # subject effects exactly as the differences do: tau2 of the differences is twice the model's)
+    diff = Y[:9] - Y[9:]
+    one = contrast_maps(fit_group_model(diff, np.ones((9, 1))), [1.0])
+    assert np.allclose(ours["t"], one["t"], atol=1e-9)
+    mixed_fit = fit_group_model(Y, design.to_numpy(), "mixed", V)
+    mixed = contrast_maps(mixed_fit, con["weights"])
+    diff_fit = fit_group_model(diff, np.ones((9, 1)), "mixed", V[:9] + V[9:])
+    assert np.allclose(mixed["t"], contrast_maps(diff_fit, [1.0])["t"], atol=1e-6)
+    assert np.allclose(2 * mixed_fit.tau2, diff_fit.tau2, atol=1e-6 * diff_fit.tau2.max())
+
+
+def test_repeated_design_f_equals_nilearn_and_mixed_f_runs():
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    Y, V, subs, conds = _within_data(8, ["A", "B", "C"], seed=6)
+    design, main = within_subject_design(subs, conds, "repeated")
+    cons = group_contrasts(design.columns, main, {"AvC": "A - C"})
+    assert cons[0]["stat"] == "F" and cons[1]["stat"] == "t"
+    fit = fit_group_model(Y, design.to_numpy())
+    ours = contrast_maps(fit, cons[0]["weights"])
+    explicit = _explicit_nilearn_design(subs, conds, ["A", "B"])
+    C = np.zeros((2, explicit.shape[1]))
+    C[0, 0] = C[1, 1] = 1.0
+    ref = _nilearn_second_level(Y, explicit, C, "F")
+    assert np.abs(ours["F"] - ref["stat"]).max() < 1e-4 * max(1.0, ref["stat"].max())
+    assert np.abs(ours["z"] - ref["z_score"]).max() < 1e-4
+    ref_t = _nilearn_second_level(Y, explicit, [1.0] + [0.0] * (explicit.shape[1] - 1), "t")
+    assert np.abs(contrast_maps(fit, cons[1]["weights"])["z"] - ref_t["z_score"]).max() < 1e-4
+    mixed = contrast_maps(fit_group_model(Y, design.to_numpy(), "mixed", V), cons[0]["weights"])
+    assert np.isfinite(mixed["F"]).all() and mixed["dof"] == 24 - 10
+    zero = contrast_maps(fit_group_model(Y, design.to_numpy(), "mixed", np.zeros_like(Y)), cons[0]["weights"])
+    assert np.abs(zero["F"] - ref["stat"]).max() < 1e-4 * max(1.0, ref["stat"].max())
+
+
+def test_within_subject_design_refuses_incomplete_subjects():
+    from glmx_workflows.core.group import within_subject_design
+
+    with pytest.raises(GlmxError, match="sub-02 lacks the first-level contrast"):
+        within_subject_design(["01", "02", "01", "03", "03"], ["A", "A", "B", "A", "B"], "paired")
+    with pytest.raises(GlmxError, match="two first-level contrasts"):
+        within_subject_design(["01", "01", "01"], ["A", "B", "C"], "paired")
+
+
+@pytest.mark.parametrize("model", ["ols", "mixed"])
+def test_per_voxel_subject_sets_equal_the_fit_on_the_present_subjects(model):
+    Y, V, X = _data(12, 60, seed=21, p=2)
+    rng = np.random.default_rng(3)
+    present = np.ones(Y.shape, bool)
+    missing_k = rng.integers(0, 4, Y.shape[1])  # 0 to 3 subjects missing per voxel
+    for j, k in enumerate(missing_k):
+        present[rng.choice(12, k, replace=False), j] = False
+    Y_holes = np.where(present, Y, np.nan)
+    fit = fit_group_model(np.nan_to_num(Y_holes), X, model, V if model == "mixed" else None, present=present)
+    maps = contrast_maps(fit, [0.0, 1.0])
+    assert np.array_equal(fit.n, present.sum(axis=0))
+    for j in range(Y.shape[1]):
+        rows = present[:, j]
+        alone = fit_group_model(Y[rows, j:j + 1], X[rows], model, V[rows, j:j + 1] if model == "mixed" else None)
+        ref = contrast_maps(alone, [0.0, 1.0])
+        assert ref["dof"] == rows.sum() - 2
+        for key in ("effect", "variance", "t", "z", "p"):
+            assert abs(maps[key][j] - ref[key][0]) <= 1e-8 * max(1.0, abs(ref[key][0])), (j, key)
+
+
+def test_per_voxel_subject_sets_permutations_move_the_absences_with_the_subjects():
+    Y, V, _ = _data(6, 12, seed=8)
+    X = np.ones((6, 1))
+    present = np.ones(Y.shape, bool)
+    present[0, :4] = False
+    present[3, 6:] = False
+    out = permutation_inference(np.where(present, Y, 0.0), X, [1.0], n_permutations=1000, variances=V,
+                                present=present)
+    assert out["exhaustive"] and out["n_permutations"] == 63
+    signs = np.array([[1 - 2 * ((c >> i) & 1) for i in range(6)] for c in range(1, 64)], float)
+    null_max = [contrast_maps(fit_group_model(s[:, None] * np.where(present, Y, 0.0), X, "mixed", V,
+                                              present=present), [1.0])["z"].max() for s in signs]
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(null_max), rtol=1e-8)
+    with pytest.raises(GlmxError, match="group_min_subjects"):
+        permutation_inference(Y, np.column_stack([X, np.arange(6.0)]), [0.0, 1.0], present=present)
+
+
+def test_bimodal_restricted_likelihood_gets_the_higher_maximum():
+    """Voxels whose restricted likelihood has a local maximum at tau2 = 0 and a higher one inside (found by a
+    dense grid): the fit returns the inside one. PyMARE's bracketing search finds it too, except where the
+    inside maximum is very close to 0 (there it returns 0, a lower likelihood)."""
+    rng = np.random.default_rng(0)
+    n, k = 20, 16_000
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    V = np.exp(rng.uniform(np.log(0.1), np.log(10.0), (n, 1))) * rng.uniform(0.8, 1.25, (n, k))
+    Y = rng.standard_normal((n, k)) * np.sqrt(V + rng.choice([0.0, 0.5, 2.0], k))
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 20.0, 60)])
+    ll = np.stack([restricted_loglik(Y, V, X, np.full(k, g)) for g in grid])
+    bimodal = (ll[0] > ll[1]) & (ll.argmax(axis=0) > 1)
+    assert bimodal.sum() >= 3
+    Yb, Vb = Y[:, bimodal], V[:, bimodal]
+    fit = fit_mixed_effects(Yb, Vb, X)
+    assert np.all(fit.tau2 > 0)
+    assert np.all(restricted_loglik(Yb, Vb, X, fit.tau2) >= ll[:, bimodal].max(axis=0) - 1e-12)
+    _, _, tau2_ref = _pymare(Yb, Vb, X)
+    gain = restricted_loglik(Yb, Vb, X, fit.tau2) - restricted_loglik(Yb, Vb, X, tau2_ref)
+    assert gain.min() > -1e-12
+    same = gain < 1e-9
+    assert same.sum() >= 3 and np.allclose(fit.tau2[same], tau2_ref[same], rtol=1e-5)
+    assert np.all(tau2_ref[~same] == 0)
+    # the whole set: never below the grid's best point
+    full = fit_mixed_effects(Y, V, X)
+    assert np.all(restricted_loglik(Y, V, X, full.tau2) >= ll.max(axis=0) - 1e-9)
+
+
+def test_mixed_tfce_and_cluster_mass_use_the_mixed_t_maps():
+    from glmx_workflows.core.tfce import tfce
+
+    rng = np.random.default_rng(12)
+    mask = np.zeros((6, 6, 5), bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    n, k = 7, int(mask.sum())
+    V = rng.uniform(0.2, 3.0, (n, k))
+    Y = 0.8 + rng.standard_normal((n, k)) * np.sqrt(V + 0.3)
+    X = np.ones((n, 1))
+    out = permutation_inference(Y, X, [1.0], mask=mask, n_permutations=50, seed=1, variances=V,
+                                methods=("perm_fwe", "perm_cluster_mass", "tfce"), cluster_threshold=2.0)
+    t = contrast_maps(fit_mixed_effects(Y, V, X), [1.0])["t"]
+    assert np.allclose(out["t"], t, rtol=1e-10)
+    vol = np.zeros(mask.shape)
+    vol[mask] = t
+    assert np.allclose(out["tfce"], tfce(vol)[mask], rtol=1e-10)
+    assert out["p_tfce"].min() < 0.1 and out["p_cluster_mass"].min() < 0.1 and out["h0_max_mass"].shape == (50,)
