@@ -43,7 +43,7 @@ from .events import conditions_of
 from .glm import _check_finite, _chunks, _moment_matrix, _rho_from_sums, _scan_sums, _whiten, fit_glm
 
 __all__ = ["trial_table", "raw_trial_regressors", "nilearn_columns", "nuisance_columns", "lsa_design",
-           "lss_design", "check_trials", "fit_lss", "fit_lsa", "TRIAL_PREFIX"]
+           "lss_design", "check_trials", "fit_lss", "fit_lsa", "outlier_trials", "trial_groups", "TRIAL_PREFIX"]
 
 #: Name given to trial regressors in the designs shown and in the reference loops.
 TRIAL_PREFIX = "trial_"
@@ -209,7 +209,21 @@ def lsa_design(raw, trials, nuisance):
     return pd.concat([pd.DataFrame(block, columns=names, index=nuisance.index), nuisance], axis=1)
 
 
-def _groups(trials, others):
+def trial_groups(trials, others="condition"):
+    """Group of each trial for its LSS "other trials" regressor.
+
+    Parameters
+    ----------
+    trials : pandas.DataFrame
+        From :func:`trial_table`.
+    others : {"condition", "single"}
+
+    Returns
+    -------
+    groups : numpy.ndarray of int, shape (n_trials,)
+    names : list of str
+        Name of each group (its conditions, or ``others``).
+    """
     if others == "single":
         return np.zeros(len(trials), dtype=int), ["others"]
     names = sorted(pd.unique(trials["trial_type"]))
@@ -233,7 +247,7 @@ def lss_design(raw, trials, nuisance, j, others="condition"):
     pandas.DataFrame of shape (n_scans, p)
         ``trial`` (+ derivatives), one column set per group of other trials, then the nuisance.
     """
-    groups, names = _groups(trials, others)
+    groups, names = trial_groups(trials, others)
     k = raw.shape[2]
     cols = {f"{TRIAL_PREFIX[:-1]}{s}": c for s, c in zip(_basis_suffixes(k), nilearn_columns(raw[:, j, :]).T)}
     for g, name in enumerate(names):
@@ -509,3 +523,27 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
             out[j, start:stop] = (np.einsum("vq,vq->v", wa[idx], MST) + np.einsum("vq,vq->v", wb[idx], LST)
                                   + wc[idx] * last)
     return out
+
+
+def outlier_trials(betas, threshold=3.5):
+    """Trials whose beta map is unusually large, by a robust z of its root mean square (flagged, not dropped).
+
+    Parameters
+    ----------
+    betas : numpy.ndarray of shape (n_trials, n_locations)
+        One condition's beta series.
+    threshold : float
+        Robust z (``0.6745 * (x - median) / MAD``, Iglewicz and Hoaglin) above which a trial is flagged.
+
+    Returns
+    -------
+    rms : numpy.ndarray of shape (n_trials,)
+        Root mean square of each trial's beta map.
+    robust_z : numpy.ndarray of shape (n_trials,)
+    flagged : numpy.ndarray of bool, shape (n_trials,)
+    """
+    rms = np.sqrt(np.mean(np.asarray(betas, float) ** 2, axis=1))
+    med = np.median(rms)
+    mad = np.median(np.abs(rms - med))
+    z = np.zeros_like(rms) if mad == 0 else 0.6745 * (rms - med) / mad
+    return rms, z, z > threshold

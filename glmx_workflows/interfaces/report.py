@@ -36,6 +36,7 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
     settings = traits.Str("{}", usedefault=True, desc="model settings shown in the report, as JSON")
     z_threshold = traits.Float(Z_THRESHOLD, usedefault=True, desc="|z| height of the shown maps and cluster tables")
     cluster_extent = traits.Int(CLUSTER_EXTENT, usedefault=True, desc="smallest cluster listed (voxels)")
+    single_trial_files = InputMultiObject(File(exists=True), desc="single_trial's summary JSON of each run")
 
 
 class SubjectReportOutputSpec(TraitedSpec):
@@ -78,7 +79,8 @@ class SubjectReport(SimpleInterface):
         path = os.path.join(runtime.cwd, "report.html")
         build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
                              background=inp.mean_files[0], settings=json.loads(inp.settings),
-                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"))
+                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"),
+                             single_trial=[json.loads(open(f).read()) for f in inp.single_trial_files or []])
         manifest = [{"path": path, "suffix": "report", "entities": dict(_DROPPED), "datatype": ""}]
         self._results["report_file"] = path
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
