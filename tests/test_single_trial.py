@@ -263,7 +263,8 @@ BAD = {
                           ["events.tsv", "outside the run"]),
     "trial_wholly_censored": (lambda ev: ev.assign(onset=ev.onset.where(ev.index != 0, 1.0)), {}, {"dummy_scans": 4},
                               ["events.tsv", "wholly in censored volumes"]),
-    "lsa_too_many_regressors": (None, {"method": "lsa"}, {"dummy_scans": 70},
+    # kept volumes between the main design's regressors and the LSA design's (set in the test)
+    "lsa_too_many_regressors": (None, {"method": "lsa"}, {"dummy_scans": "BETWEEN"},
                                 ["events.tsv", "LSA needs more kept volumes than regressors"]),
 }
 
@@ -280,7 +281,14 @@ def test_bad_input_one_line_exit_2_nothing_written(dataset, tmp_path):
             ev = pd.read_csv(ev_path, sep="\t", keep_default_na=False)
             edit(ev).to_csv(ev_path, sep="\t", index=False)
         spec = json.loads((root / "task_information.json").read_text())
-        spec[TASK].update({"single_trial": single, **extra})
+        if extra.get("dummy_scans") == "BETWEEN":
+            n_trials = len(pd.read_csv(ev_path, sep="\t"))
+            n_main = len(Subject("01", TASK, root, spec=root / "task_information.json", modulators=[],
+                                 design_contrasts={"c": "congruent"}).plan().run_regressors[0])
+            assert n_trials > 4
+            extra = {"dummy_scans": nb.load(str(_files(root)["bold"])).shape[3] - n_main - 2}
+        spec[TASK].update({"single_trial": single, "modulators": [],
+                           "design_contrasts": {"incongruentVcongruent": "incongruent - congruent"}, **extra})
         (root / "task_information.json").write_text(json.dumps(spec))
         out = tmp_path / name / "out"
         args = [str(root), str(out), "participant", "--task", TASK, "--quiet", "--work-dir", str(tmp_path / name / "w")]

@@ -293,9 +293,15 @@ def check_trials(trials, n_scans, tr, keep, method="lss", n_nuisance=0, k=1, sou
     if few:
         raise GlmxError(f"condition '{few[0]}' has {int(counts[few[0]])} trial in this run; single-trial models "
                         "need at least 2 trials per condition", file=source, field="single_trial")
+    keep = np.asarray(keep, bool)
+    if method == "lsa":
+        p = len(trials) * k + n_nuisance
+        if int(keep.sum()) <= p:
+            raise GlmxError(f"LSA needs more kept volumes than regressors: {int(keep.sum())} volumes for "
+                            f"{len(trials)} trials x {k} + {n_nuisance} other regressors", file=source,
+                            field="single_trial")
     end = n_scans * tr
     names = _trial_names(trials)
-    keep = np.asarray(keep, bool)
     for name, on, du in zip(names, trials["onset"], trials["duration"]):
         if on < 0 or on >= end:
             raise GlmxError(f"trial {name} (onset {on:g} s) lies outside the run (0 to {end:g} s)",
@@ -305,12 +311,6 @@ def check_trials(trials, n_scans, tr, keep, method="lss", n_nuisance=0, k=1, sou
         if not keep[first:last + 1].any():
             raise GlmxError(f"trial {name} (onset {on:g} s) falls wholly in censored volumes "
                             f"{first}-{last} (dummy scans / FD censoring)", file=source, field="single_trial")
-    if method == "lsa":
-        p = len(trials) * k + n_nuisance
-        if int(keep.sum()) <= p:
-            raise GlmxError(f"LSA needs more kept volumes than regressors: {int(keep.sum())} volumes for "
-                            f"{len(trials)} trials x {k} + {n_nuisance} other regressors", file=source,
-                            field="single_trial")
 
 
 def fit_lsa(Y, design, n_trials, k=1, noise_model="ar1"):
