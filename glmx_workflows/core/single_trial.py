@@ -334,13 +334,22 @@ def fit_lsa(Y, design, n_trials, k=1, noise_model="ar1"):
 
 
 def _jacobi_inv(g):
+    """Inverse of a symmetric positive (semi-)definite matrix, column-scaled first for accuracy."""
     d = np.sqrt(np.diag(g))
     d[d == 0] = 1.0
     return spl.pinvh(g / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
 
 
 class _LSSModels:
-    """Per-run constants of the LSS models (no data): S, B, the trial maps and the per-bin weights."""
+    """Per-run constants of the LSS models (no data).
+
+    ``S`` (n, q): every trial's nilearn columns then the nuisance, kept volumes. ``B = S A_B`` (n, p_B):
+    each group's summed raw regressors and the nuisance, the part of span(X_j) shared by all trials.
+    Model j is ``X_j = [T_j, Q_j]`` (trial j's k columns, then the other columns, p_B of them) with
+    ``span(X_j) = span(T_j) + span(B)``; ``Q_j = B D_j - T_j E_j``, so the trial's canonical beta in
+    nilearn's parametrisation is ``a'_0 + f_j . b'`` with ``(a', b')`` the coefficients on ``[T_j, B]``
+    and ``f_j = inv(D_j)' E_j[0]`` (no dependence on the data or on rho).
+    """
 
     def __init__(self, raw, groups, nuisance, keep):
         n_all, n_t, k = raw.shape
@@ -353,11 +362,12 @@ class _LSSModels:
         q = self.S.shape[1]
         n_groups = int(groups.max()) + 1
         sums = [raw[:, groups == g, :].sum(axis=1) for g in range(n_groups)]
-        b_all = np.concatenate(sums + [nuis], axis=1)
         pinv_s = spl.pinv(s_all)
-        self.A_B = pinv_s @ b_all
+        self.A_B = pinv_s @ np.concatenate(sums + [nuis], axis=1)
         B = self.S @ self.A_B
         self.B = B
+        p_b = B.shape[1]
+        self.p_max = k + p_b
         pinv_b = spl.pinv(B)
         self.cov_B = pinv_b @ pinv_b.T
         self.B_sum = B.sum(0)
@@ -365,55 +375,72 @@ class _LSSModels:
         n = self.S.shape[0]
         ones = np.ones(n)
         u = ones - B @ (pinv_b @ ones)
-        group_cols = [pinv_s @ nilearn_columns(s) for s in sums]  # (q, k) per group
+        group_cols = [pinv_s @ nilearn_columns(s) for s in sums]  # (q, k) per group, in S coordinates
         n_nuis = nuis.shape[1]
-        self.A = []
-        self.P, self.Tt, self.Ginv, self.Lam, self.LagB, self.u = [], [], [], [], [], []
+        tail = np.zeros((q, n_nuis))
+        tail[n_t * k + np.arange(n_nuis), np.arange(n_nuis)] = 1.0
+        self.F = np.empty((n_t, p_b))
+        P, Tts = [], []
+        self.Ginv = np.empty((n_t, k, k))
+        self.Lam = np.empty((n_t, k, k))
+        self.LagBt = np.empty((n_t * k, p_b))
+        self.u_means = np.empty((n_t, n))
         for j in range(n_t):
             g = groups[j]
-            cols_j = np.arange(j * k, (j + 1) * k)
-            # the trial, the other trials of its group (nilearn's columns of their summed raw regressors),
-            # the other groups, the nuisance: X_j = S A_j
-            a = np.zeros((q, k))
-            a[cols_j, np.arange(k)] = 1.0
-            blocks = [a]
+            cols = np.arange(j * k, (j + 1) * k)
+            e = np.zeros((q, k))
+            e[cols, np.arange(k)] = 1.0
             members = (groups == g) & (np.arange(n_t) != j)
-            blocks.append(pinv_s @ nilearn_columns(raw[:, members, :].sum(axis=1)))
-            blocks += [group_cols[h] for h in range(n_groups) if h != g]
-            tail = np.zeros((q, n_nuis))
-            tail[n_t * k + np.arange(n_nuis), np.arange(n_nuis)] = 1.0
-            blocks.append(tail)
-            self.A.append(np.concatenate(blocks, axis=1))
-            T = self.S[:, cols_j]
-            P = self.cov_B @ (B.T @ T)
-            Tt = T - B @ P
-            G = Tt.T @ Tt
-            self.P.append(P)
-            self.Tt.append(Tt)
-            self.Ginv.append(np.linalg.pinv(G))
+            # the other columns of model j (nilearn's: the group's other trials, the other groups, nuisance)
+            a_q = np.concatenate([pinv_s @ nilearn_columns(raw[:, members, :].sum(axis=1))]
+                                 + [group_cols[h] for h in range(n_groups) if h != g] + [tail], axis=1)
+            z = np.linalg.lstsq(np.concatenate([self.A_B, e], axis=1), a_q, rcond=None)[0]
+            self.F[j] = np.linalg.solve(z[:p_b].T, -z[p_b:][0])
+            T = self.S[:, cols]
+            Pj = self.cov_B @ (B.T @ T)
+            Tt = T - B @ Pj
+            P.append(Pj.T)
+            Tts.append(Tt)
+            self.Ginv[j] = np.linalg.pinv(Tt.T @ Tt)
             lam = Tt[1:].T @ Tt[:-1]
-            self.Lam.append(0.5 * (lam + lam.T))
+            self.Lam[j] = 0.5 * (lam + lam.T)
             lag_t = np.zeros_like(Tt)
             lag_t[:-1] += Tt[1:]
             lag_t[1:] += Tt[:-1]
-            self.LagB.append(lag_t.T @ B)
-            self.u.append(u - Tt @ (self.Ginv[-1] @ (Tt.T @ u)))
-        self._gram = {}
-        self._weights = {}
+            self.LagBt[cols] = lag_t.T @ B
+            self.u_means[j] = u - Tt @ (self.Ginv[j] @ (Tt.T @ u))
+        self.Pt = np.concatenate(P, axis=0)  # (n_t * k, p_B)
+        Tt = np.stack(Tts)  # (n_t, n, k)
+        self.T_sum, self.T_first, self.T_last = Tt.sum(axis=1), Tt[:, 0], Tt[:, -1]
+        self.S_last_trials = self.S[-1, :n_t * k].reshape(n_t, k)
+        self._tables = {}
 
-    def gram(self, key, bins):
-        if key not in self._gram:
-            xw = _whiten(self.S, key * 1.0 / bins)
-            self._gram[key] = xw.T @ xw
-        return self._gram[key]
+    def tables(self, key, bins):
+        """Per-trial weights of the trial's beta at AR coefficient key / bins.
 
-    def weights(self, j, key, bins):
-        """(q,) w with beta_j = w . S'W'Wy for AR coefficient key / bins."""
-        if (j, key) not in self._weights:
-            a = self.A[j]
-            cov = _jacobi_inv(a.T @ self.gram(key, bins) @ a)
-            self._weights[(j, key)] = a @ cov[:, 0]
-        return self._weights[(j, key)]
+        Returns ``g`` (n_t, k) and ``h`` (n_t, p_B) with ``beta_j = g_j . T_j'W'Wy + h_j . B'W'Wy``, and
+        ``last`` (n_t,) = ``g_j . T_j[-1] + h_j . B[-1]``.
+        """
+        if key in self._tables:
+            return self._tables[key]
+        n_t, k = self.n_t, self.k
+        xw = _whiten(self.S, key * 1.0 / bins)
+        G = xw.T @ xw
+        GA = G @ self.A_B
+        Hinv = _jacobi_inv(self.A_B.T @ GA)
+        C = GA[:n_t * k].reshape(n_t, k, -1)  # E_j' G A_B
+        idx = np.arange(n_t * k).reshape(n_t, k)
+        D = G[idx[:, :, None], idx[:, None, :]]  # (n_t, k, k) trial blocks of G
+        HinvCt = np.einsum("pq,jaq->jpa", Hinv, C)
+        Sc = D - np.einsum("jaq,jqb->jab", C, HinvCt)
+        e0 = np.zeros((n_t, k))
+        e0[:, 0] = 1.0
+        row = e0 - np.einsum("jp,jpa->ja", self.F, HinvCt)
+        g = np.einsum("ja,jab->jb", row, np.linalg.inv(Sc))
+        h = np.einsum("pq,jq->jp", Hinv, self.F - np.einsum("ja,jaq->jq", g, C))
+        last = np.einsum("ja,ja->j", g, self.S_last_trials) + h @ self.B[-1]
+        self._tables[key] = (g, h, last)
+        return self._tables[key]
 
 
 def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, chunk_size=None):
@@ -441,6 +468,11 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
     -------
     numpy.ndarray of float64, shape (n_trials, n_locations)
         The canonical-regressor beta of each trial in its own model.
+
+    Notes
+    -----
+    Memory beyond Y and the result: the chunk's (n_kept, chunk) float64 copy, its moments and a few
+    (n_trials, chunk, n_base) work arrays (chunk ~ 4e6 / (n_trials * n_base) locations).
     """
     raw = np.asarray(raw, float)
     n_all, n_t, k = raw.shape
@@ -453,18 +485,22 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
     m = _LSSModels(raw, groups, nuisance, keep)
     S = m.S
     n, q = S.shape
+    nk = n_t * k
     n_vox = Y.shape[1]
-    if n <= max(a.shape[1] for a in m.A):
-        raise GlmxError(f"{n} kept volumes are too few for {max(a.shape[1] for a in m.A)} regressors")
+    if n <= m.p_max:
+        raise GlmxError(f"{n} kept volumes are too few for {m.p_max} regressors")
     out = np.empty((n_t, n_vox))
-    if noise_model == "ols":
-        W = np.stack([m.weights(j, 0, bins) for j in range(n_t)], axis=1)  # (q, n_t)
-    else:
+    if noise_model == "ar1":
         scan_sums = _scan_sums(Y)
-        means = [float(np.dot(u, scan_sums)) / (n * n_vox) for u in m.u]
+        means = (m.u_means @ scan_sums) / (n * n_vox)  # each model's global residual mean, as nilearn's
     K = _moment_matrix(S)
-    s_last = S[-1]
-    step = chunk_size or max(256, _CHUNK_ELEMENTS // max(n, 2 * q + 1))
+    step = chunk_size or max(64, min(8192, _CHUNK_ELEMENTS // max(n_t * m.B.shape[1], n)))
+    trial_index = np.arange(n_t)[:, None]
+    offset = 2 * bins  # |rho| <= n / (n - 1) <= 2
+    have = np.zeros(4 * bins + 1, bool)
+    g_tab = np.zeros((4 * bins + 1, n_t, k))
+    h_tab = np.zeros((4 * bins + 1, n_t, m.B.shape[1]))
+    l_tab = np.zeros((4 * bins + 1, n_t))
     buf = None
     for start, stop in _chunks(n_vox, step):
         if buf is None or buf.shape[1] != stop - start:
@@ -477,51 +513,49 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
         if not np.isfinite(mom).all():
             _check_finite(buf)
         MS, LS = mom[:q], mom[q:2 * q]
+        MB = m.A_B.T @ MS
+        MT = MS[:nk].reshape(n_t, k, -1)
         if noise_model == "ols":
-            out[:, start:stop] = W.T @ MS
+            g, h, _ = m.tables(0, bins)
+            out[:, start:stop] = np.einsum("ja,jav->jv", g, MT) + h @ MB
             continue
+        LB = m.A_B.T @ LS
+        LT = LS[:nk].reshape(n_t, k, -1)
         sum_y = mom[2 * q]
         s0 = np.einsum("tv,tv->v", buf, buf)
         s1 = np.einsum("tv,tv->v", buf[1:], buf[:-1])
-        first, last = buf[0], buf[-1]
-        MB = m.A_B.T @ MS
-        LB = m.A_B.T @ LS
+        last = buf[-1]
+        # residuals of the shared part B, then of each model by a rank-k update (Frisch-Waugh-Lovell)
         bB = m.cov_B @ MB
         rssB = s0 - np.einsum("pv,pv->v", bB, MB)
         rsumB = sum_y - m.B_sum @ bB
         r1B = s1 - np.einsum("pv,pv->v", bB, LB) + np.einsum("pv,pv->v", bB, m.cross_B.T @ bB)
-        rB0 = first - m.B[0] @ bB
+        rB0 = buf[0] - m.B[0] @ bB
         rBL = last - m.B[-1] @ bB
-        MST = np.ascontiguousarray(MS.T)
-        LST = np.ascontiguousarray(LS.T)
-        for j in range(n_t):
-            cols = slice(j * k, (j + 1) * k)
-            Tt, P = m.Tt[j], m.P[j]
-            ty = MS[cols] - P.T @ MB  # (k, v)
-            gam = m.Ginv[j] @ ty
-            rss = rssB - np.einsum("kv,kv->v", gam, ty)
-            rsum = rsumB - Tt.sum(0) @ gam
-            cross = (LS[cols] - P.T @ LB) - m.LagB[j] @ bB
-            r1 = r1B - np.einsum("kv,kv->v", gam, cross) + np.einsum("kv,kv->v", gam, m.Lam[j] @ gam)
-            rf = rB0 - Tt[0] @ gam
-            rl = rBL - Tt[-1] @ gam
-            mu = means[j]
-            r0 = rss - 2.0 * mu * rsum + n * mu * mu
-            r1 = r1 - mu * (2.0 * rsum - rf - rl) + (n - 1) * mu * mu
-            rho = _rho_from_sums(r0, r1, n)
-            keys = (rho * bins).astype(np.int64)
-            uniq, idx = np.unique(keys, return_inverse=True)
-            wa = np.empty((uniq.size, q))
-            wb = np.empty((uniq.size, q))
-            wc = np.empty(uniq.size)
-            for b, key in enumerate(uniq):
-                r = key * 1.0 / bins
-                w = m.weights(j, int(key), bins)
-                wa[b] = (1.0 + r * r) * w
-                wb[b] = -r * w
-                wc[b] = -(r * r) * (w @ s_last)
-            out[j, start:stop] = (np.einsum("vq,vq->v", wa[idx], MST) + np.einsum("vq,vq->v", wb[idx], LST)
-                                  + wc[idx] * last)
+        ty = (MS[:nk] - m.Pt @ MB).reshape(n_t, k, -1)
+        cross = (LS[:nk] - m.Pt @ LB - m.LagBt @ bB).reshape(n_t, k, -1)
+        gam = np.einsum("jab,jbv->jav", m.Ginv, ty)
+        rss = rssB - np.einsum("jav,jav->jv", gam, ty)
+        rsum = rsumB - np.einsum("ja,jav->jv", m.T_sum, gam)
+        r1 = (r1B - np.einsum("jav,jav->jv", gam, cross)
+              + np.einsum("jav,jav->jv", gam, np.einsum("jab,jbv->jav", m.Lam, gam)))
+        rf = rB0 - np.einsum("ja,jav->jv", m.T_first, gam)
+        rl = rBL - np.einsum("ja,jav->jv", m.T_last, gam)
+        mu = means[:, None]
+        r0 = rss - 2.0 * mu * rsum + n * mu * mu
+        r1 = r1 - mu * (2.0 * rsum - rf - rl) + (n - 1) * mu * mu
+        keys = (_rho_from_sums(r0, r1, n) * bins).astype(np.int64)
+        slots = keys + offset
+        for slot in np.flatnonzero((np.bincount(slots.ravel(), minlength=have.size) > 0) & ~have):
+            g_tab[slot], h_tab[slot], l_tab[slot] = m.tables(int(slot - offset), bins)
+            have[slot] = True
+        r = keys * (1.0 / bins)
+        hg = h_tab[slots, trial_index]  # (n_t, v, p_B)
+        gg = g_tab[slots, trial_index]  # (n_t, v, k)
+        first_terms = np.einsum("jvp,pv->jv", hg, MB) + np.einsum("jva,jav->jv", gg, MT)
+        lag_terms = np.einsum("jvp,pv->jv", hg, LB) + np.einsum("jva,jav->jv", gg, LT)
+        out[:, start:stop] = ((1.0 + r * r) * first_terms - r * lag_terms
+                              - (r * r) * last[None, :] * l_tab[slots, trial_index])
     return out
 
 
