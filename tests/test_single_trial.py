@@ -183,6 +183,32 @@ def _labels_atlas(root, mask_path):
     return path
 
 
+@pytest.mark.parametrize("value, needle", [
+    ({"method": "lsx"}, "t.single_trial"),
+    ({"others": "all"}, "t.single_trial"),
+    ({"conditions": []}, "t.single_trial"),
+    ({"atlas": {"name": "x"}}, "t.single_trial"),
+    ({"metod": "lss"}, "t.single_trial"),
+])
+def test_bad_single_trial_values_name_the_key(tmp_path, value, needle):
+    from glmx_workflows.core.errors import GlmxError
+    from glmx_workflows.spec.model import load_spec
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"t": {"single_trial": value}}))
+    with pytest.raises(GlmxError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_trial_wise_condition_is_refused_at_planning(dataset, tmp_path):
+    from glmx_workflows.core.errors import GlmxError
+
+    spec = _spec(dataset, tmp_path / "spec.json", conditions=["neutral"])
+    with pytest.raises(GlmxError, match="single_trial.conditions: condition 'neutral' is not modelled"):
+        Subject("01", TASK, dataset, spec=spec, output_dir=tmp_path / "out").plan()
+
+
 def _spec(root, path, **single):
     spec = json.loads((root / "task_information.json").read_text())
     spec[TASK].update({"confound_regressors": MOTION, "dummy_scans": 3, "fd_threshold": 0.25,
@@ -237,13 +263,20 @@ def test_workflow_outputs_match_nilearn_and_connectivity(dataset, tmp_path):
 
 
 def test_changing_single_trial_reruns_only_single_trial_nodes(dataset, tmp_path):
+    """Through the CLI's facade (Aggregator, MultiProc): the first run fits both, a change of single_trial
+    alone reruns the single-trial node and never the main fit."""
+    from glmx_workflows.api import Aggregator
+
     work = tmp_path / "work"
 
     def run(spec):
         start = time.time()
         time.sleep(0.01)
-        Subject("01", TASK, dataset, spec=spec, output_dir=tmp_path / "out", work_dir=work).run(plugin="Linear")
-        return {n.split("/")[1] for n in executed_nodes(work, start)}
+        agg = Aggregator(dataset, TASK, spec=spec, output_dir=tmp_path / "out", work_dir=work)
+        report = agg.run(n_procs=2, progress=False)
+        assert report.ok, report.summary()
+        assert agg.progress.done == agg.progress.total
+        return {part for n in executed_nodes(work, start) for part in n.split("/")}
 
     first = run(_spec(dataset, tmp_path / "a.json", method="lss"))
     assert {"fit_glm", "compute_contrasts", "single_trial"} <= first
