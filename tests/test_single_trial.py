@@ -275,7 +275,6 @@ def test_changing_single_trial_reruns_only_single_trial_nodes(dataset, tmp_path)
         agg = Aggregator(dataset, TASK, spec=spec, output_dir=tmp_path / "out", work_dir=work)
         report = agg.run(n_procs=2, progress=False)
         assert report.ok, report.summary()
-        assert agg.progress.done == agg.progress.total
         return {part for n in executed_nodes(work, start) for part in n.split("/")}
 
     first = run(_spec(dataset, tmp_path / "a.json", method="lss"))
