@@ -395,13 +395,21 @@ class _LSSModels:
             a_q = np.concatenate([pinv_s @ nilearn_columns(raw[:, members, :].sum(axis=1))]
                                  + [group_cols[h] for h in range(n_groups) if h != g] + [tail], axis=1)
             z = np.linalg.lstsq(np.concatenate([self.A_B, e], axis=1), a_q, rcond=None)[0]
-            self.F[j] = np.linalg.solve(z[:p_b].T, -z[p_b:][0])
+            try:
+                self.F[j] = np.linalg.solve(z[:p_b].T, -z[p_b:][0])
+            except np.linalg.LinAlgError:
+                raise GlmxError(f"the other trials of trial {j + 1}'s LSS model are collinear with the rest of "
+                                "the model", field="single_trial") from None
             T = self.S[:, cols]
             Pj = self.cov_B @ (B.T @ T)
             Tt = T - B @ Pj
             P.append(Pj.T)
             Tts.append(Tt)
-            self.Ginv[j] = np.linalg.pinv(Tt.T @ Tt)
+            gram = Tt.T @ Tt
+            if np.linalg.eigvalsh(gram)[0] <= 1e-10 * np.trace(T.T @ T):
+                raise GlmxError(f"trial {j + 1} (in condition and onset order) cannot be told apart from the other "
+                                "regressors of its LSS model (collinear on the kept volumes)", field="single_trial")
+            self.Ginv[j] = np.linalg.inv(gram)
             lam = Tt[1:].T @ Tt[:-1]
             self.Lam[j] = 0.5 * (lam + lam.T)
             lag_t = np.zeros_like(Tt)
