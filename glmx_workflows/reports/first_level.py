@@ -563,11 +563,11 @@ def _single_trial_section(summaries, runs):
         conds = summary["conditions"]
         fig, ax = plt.subplots(figsize=(min(3 + 0.25 * sum(len(c["rms"]) for c in conds.values()), 14), 3.5))
         pos = 0
-        for name, c in conds.items():
+        for ci, (name, c) in enumerate(conds.items()):
             q = np.asarray(c["quantiles"])  # (n_trials, 5): 1, 25, 50, 75, 99 %
             x = pos + np.arange(len(q))
             ax.vlines(x, q[:, 0], q[:, 4], color="0.6", lw=1)
-            ax.vlines(x, q[:, 1], q[:, 3], lw=4, label=name)
+            ax.vlines(x, q[:, 1], q[:, 3], lw=4, color=f"C{ci % 10}", label=name)
             ax.plot(x, q[:, 2], "k_", ms=6)
             bad = np.asarray(c["outlier"], bool)
             if bad.any():
