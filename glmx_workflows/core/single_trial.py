@@ -505,10 +505,13 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
     step = chunk_size or max(64, min(8192, _CHUNK_ELEMENTS // max(n_t * m.B.shape[1], n)))
     trial_index = np.arange(n_t)[:, None]
     offset = 2 * bins  # |rho| <= n / (n - 1) <= 2
-    have = np.zeros(4 * bins + 1, bool)
-    g_tab = np.zeros((4 * bins + 1, n_t, k))
-    h_tab = np.zeros((4 * bins + 1, n_t, m.B.shape[1]))
-    l_tab = np.zeros((4 * bins + 1, n_t))
+    n_slots = 4 * bins + 1
+    have = np.zeros(n_slots, bool)
+    # per-trial tables, row j * n_slots + slot: one np.take gathers every (trial, location)'s weights
+    g_tab = np.zeros((n_t, n_slots, k))
+    h_tab = np.zeros((n_t, n_slots, m.B.shape[1]))
+    l_tab = np.zeros((n_t, n_slots))
+    g_flat, h_flat, l_flat = g_tab.reshape(-1, k), h_tab.reshape(-1, m.B.shape[1]), l_tab.reshape(-1)
     buf = None
     for start, stop in _chunks(n_vox, step):
         if buf is None or buf.shape[1] != stop - start:
@@ -554,16 +557,20 @@ def fit_lss(Y, raw, groups, nuisance, keep=None, noise_model="ar1", bins=100, ch
         r1 = r1 - mu * (2.0 * rsum - rf - rl) + (n - 1) * mu * mu
         keys = (_rho_from_sums(r0, r1, n) * bins).astype(np.int64)
         slots = keys + offset
-        for slot in np.flatnonzero((np.bincount(slots.ravel(), minlength=have.size) > 0) & ~have):
-            g_tab[slot], h_tab[slot], l_tab[slot] = m.tables(int(slot - offset), bins)
+        for slot in np.flatnonzero((np.bincount(slots.ravel(), minlength=n_slots) > 0) & ~have):
+            g_tab[:, slot], h_tab[:, slot], l_tab[:, slot] = m.tables(int(slot - offset), bins)
             have[slot] = True
         r = keys * (1.0 / bins)
-        hg = h_tab[slots, trial_index]  # (n_t, v, p_B)
-        gg = g_tab[slots, trial_index]  # (n_t, v, k)
-        first_terms = np.einsum("jvp,pv->jv", hg, MB) + np.einsum("jva,jav->jv", gg, MT)
-        lag_terms = np.einsum("jvp,pv->jv", hg, LB) + np.einsum("jva,jav->jv", gg, LT)
+        rows = (trial_index * n_slots + slots).ravel()
+        v = stop - start
+        hg = np.take(h_flat, rows, axis=0).reshape(n_t, v, -1)  # (n_t, v, p_B)
+        gg = np.take(g_flat, rows, axis=0).reshape(n_t, v, k)
+        # h . B'y and h . lag(B)'y of every (trial, location) in one batched product over locations
+        both = np.matmul(hg.transpose(1, 0, 2), np.stack([MB.T, LB.T], axis=2))  # (v, n_t, 2)
+        first_terms = both[:, :, 0].T + np.einsum("jva,jav->jv", gg, MT)
+        lag_terms = both[:, :, 1].T + np.einsum("jva,jav->jv", gg, LT)
         out[:, start:stop] = ((1.0 + r * r) * first_terms - r * lag_terms
-                              - (r * r) * last[None, :] * l_tab[slots, trial_index])
+                              - (r * r) * last[None, :] * np.take(l_flat, rows).reshape(n_t, v))
     return out
 
 
