@@ -28,8 +28,9 @@ the fits need (as in ``glm._fit_ar1_moments``); then, per trial and voxel, in O(
    squares, sum, first/last values and lag-1 sum of model j are rank-k updates of ``B``'s;
 2. the AR(1) coefficient follows with nilearn's Yule-Walker arithmetic (global de-meaning over all
    voxels of model j's residuals) and is truncated into nilearn's bins;
-3. the trial's beta in the bin's whitened model is ``w · S'W'Wy`` with ``w = A_j inv(A_j' S'W'WS A_j) e_0``
-   (``X_j = S A_j``), and ``S'W'Wy`` is a quadratic in rho of the chunk's moments.
+3. the trial's beta in the bin's whitened model is ``g · T_j'W'Wy + h · B'W'Wy``: the weights ``g`` (k) and
+   ``h`` (p_B) come, for every trial at once, from a block inversion against ``B``'s whitened Gram (one
+   per AR bin), and ``T_j'W'Wy``, ``B'W'Wy`` are quadratics in rho of the chunk's moments.
 
 Arrays are (time x locations): volumes or surface vertices alike.
 """

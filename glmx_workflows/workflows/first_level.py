@@ -1,6 +1,7 @@
 """Workflow builders for the first level: one subject's runs → per-run fits → fixed effects."""
 
 import json
+import os
 
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
@@ -70,7 +71,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     ``outputnode`` fields: ``design_files`` (per run), ``fit_files`` (per run NPZ), ``run_manifests``
     and ``subject_manifest`` (JSON lists of the maps with their entities), ``out_files`` (published
     paths; empty without ``output_dir``), ``single_trial_manifests`` (per run JSON lists of the beta
-    series; empty lists without ``single_trial``).
+    series; connected only with ``single_trial``).
 
     With ``settings['single_trial']`` a ``single_trial`` node (one per run) fits the trial-wise models
     from the run, its built design and kept volumes; it takes nothing from ``fit_glm``, so changing
@@ -140,7 +141,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             conditions=settings["conditions"], drop_conditions=settings["drop_conditions"],
             modulators=settings["modulators"], single_trial=json.dumps(single, sort_keys=True),
             space=str(settings.get("space") or ""),
-            spec_dir=str(__import__("os").path.dirname(spec_file)) if spec_file else ""),
+            spec_dir=os.path.dirname(str(spec_file)) if spec_file else ""),
             iterfield=["bold_file", "mask_file", "events_file", "source_events", "design_file", "censor_file"],
             name="single_trial", mem_gb=fit_mem_gb)
         wf.connect([
