@@ -342,3 +342,12 @@ def test_bad_input_one_line_exit_2_nothing_written(dataset, tmp_path):
         for needle in needles:
             assert needle in lines[0], (name, needle, lines[0])
         assert not (out / "sub-01").exists(), name
+
+
+def test_outlier_trials_flag_a_planted_outlier_only():
+    rng = np.random.default_rng(3)
+    betas = rng.normal(size=(20, 500))
+    betas[7] *= 6.0  # one trial with a much larger beta map (e.g. a motion spike inside its response)
+    rms, z, flagged = st.outlier_trials(betas)
+    assert np.flatnonzero(flagged).tolist() == [7]
+    assert np.allclose(rms, np.sqrt((betas ** 2).mean(axis=1))) and z[7] > 3.5
