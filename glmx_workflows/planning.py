@@ -220,6 +220,47 @@ def _checked_design(settings, run, events=None, user_design=None):
     return design
 
 
+def _check_single_trial(settings, runs, events, designs, spec_file, where):
+    """Refuse single-trial models that cannot be estimated (before anything runs): user designs, an
+    unknown trial-wise condition, too few trials, trials outside the run or wholly censored, LSA without
+    enough volumes, an unreadable atlas."""
+    from .core import single_trial as st
+    from .core.confounds import censor_run
+    from .core.events import conditions_of
+    from .io.tables import read_tsv
+    from .spec.keys import resolve_single_trial
+
+    opts = resolve_single_trial(settings["single_trial"])
+    if events is None:
+        raise GlmxError("single-trial models are built from the events; they cannot use user design matrices",
+                        file=spec_file, field=f"{where}.single_trial")
+    if opts["conditions"] is not None:
+        modelled = set().union(*(conditions_of(e, settings["modulators"]) for e in events))
+        unknown = sorted(set(opts["conditions"]) - modelled)
+        if unknown:
+            raise GlmxError(f"condition '{unknown[0]}' is not modelled; modelled: {', '.join(sorted(modelled))}",
+                            file=spec_file, field=f"{where}.single_trial.conditions")
+    k = 1 + ("derivative" in settings["hrf_model"]) + ("dispersion" in settings["hrf_model"])
+    for run, ev, design in zip(runs, events, designs):
+        table = read_tsv(run.confounds, "confounds file")
+        keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                             source=run.confounds)
+        trials, _ = st.trial_table(ev, settings["modulators"], opts["conditions"])
+        nuisance = st.nuisance_columns(design, sorted(set(trials["trial_type"])), settings["modulators"])
+        st.check_trials(trials, run.n_scans, settings["tr"], keep, opts["method"], nuisance.shape[1], k,
+                        source=run.events)
+    if opts["atlas"] is not None:
+        from .io.atlases import load_atlas
+        from .io.images import load_image
+
+        try:
+            load_atlas(opts["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=runs[0].space,
+                       base_dir=str(Path(spec_file).parent))
+        except GlmxError as exc:
+            raise GlmxError(exc.message, file=exc.file or spec_file,
+                            field=f"{where}.single_trial.{exc.field or 'atlas'}") from None
+
+
 def _check_mask(run):
     """The mask must be a non-empty 3D image on the BOLD's grid."""
     from .io.images import load_image, load_mask
@@ -471,6 +512,9 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
         designs = [_checked_design(settings, r, events=e) for r, e in zip(runs, events)]
         conditions = sorted(set().union(*(conditions_of(e, settings["modulators"]) for e in events)))
         task_regressors = set().union(*(regressor_names(e) for e in events))
+    if settings.get("single_trial") is not None:
+        _check_single_trial(settings, runs, None if user_designs is not None else events, designs, spec_file,
+                            where)
     regressors = [set(d.columns) for d in designs]
     contrasts = resolve_contrasts(settings, conditions, regressors, spec_file, where,
                                   task_regressors, [] if user_designs is not None else [r.events for r in runs])

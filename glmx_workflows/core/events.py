@@ -64,6 +64,28 @@ def check_events(frame, source, condition_column, modulators=(), block_column=No
                         file=source, field="column 'duration'")
 
 
+def modelled_rows(frame, condition_column, drop_conditions=()):
+    """Rows of a raw events table that the model uses: a condition label that is not dropped.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Raw events table of one run.
+    condition_column : str
+        Column holding the condition.
+    drop_conditions : iterable of str
+        Conditions left unmodelled (from :func:`conditions_to_drop`).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n_rows,)
+        In row order; the condition rows of :func:`normalize_events` are these rows, in this order.
+    """
+    labels = frame[condition_column]
+    drop = {str(d) for d in drop_conditions}
+    return (labels.notna() & ~labels.astype(str).isin(drop)).to_numpy()
+
+
 def normalize_events(frames, sources, condition_column, modulators=(), block_column=None,
                      drop_conditions=()):
     """Turn a subject's raw events tables into design events, one table per run.
@@ -100,14 +122,11 @@ def normalize_events(frames, sources, condition_column, modulators=(), block_col
     """
     for frame, src in zip(frames, sources):
         check_events(frame, src, condition_column, modulators, block_column)
-    drop = {str(d) for d in drop_conditions}
     _check_modulator_names(modulators, condition_column, block_column, sources[0] if sources else None)
     kept = []
     origin = {}  # regressor name -> the (block, condition) values it was made from, across runs
     for frame, src in zip(frames, sources):
-        labels = frame[condition_column]
-        keep = labels.notna() & ~labels.astype(str).isin(drop)
-        sub = frame.loc[keep]
+        sub = frame.loc[modelled_rows(frame, condition_column, drop_conditions)]
         raw = sub[condition_column].astype(str)
         cond = raw.map(sanitize_name)
         if block_column:

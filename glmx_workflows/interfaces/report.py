@@ -41,6 +41,7 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
                            desc="folder keeping the drawn parts (a run's diagnostics, a contrast's section) under "
                                 "the digest of what they show, so that a rebuild draws only what changed; "
                                 "'' draws everything")
+    single_trial_files = InputMultiObject(File(exists=True), desc="single_trial's summary JSON of each run")
 
 
 class SubjectReportOutputSpec(TraitedSpec):
@@ -85,7 +86,8 @@ class SubjectReport(SimpleInterface):
         build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
                              background=inp.mean_files[0], settings=json.loads(inp.settings),
                              threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"),
-                             cache=cache)
+                             cache=cache,
+                             single_trial=[json.loads(open(f).read()) for f in inp.single_trial_files or []])
         cache.prune()  # the folder keeps this report's parts only
         manifest = [{"path": path, "suffix": "report", "entities": dict(_DROPPED), "datatype": ""}]
         self._results["report_file"] = path

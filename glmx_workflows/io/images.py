@@ -278,3 +278,27 @@ def write_image(img, path):
         else:
             nb.save(img, str(tmp))
     return Path(path)
+
+
+def unmask_series(values, mask, affine, dtype=np.float32):
+    """(n_volumes, n_voxels) values → a 4D NIfTI image on the mask's grid (zero outside).
+
+    Parameters
+    ----------
+    values : array-like of shape (n_volumes, n_voxels)
+        One row per output volume, columns in the mask's C order.
+    mask : numpy.ndarray of bool, 3D
+    affine : numpy.ndarray of shape (4, 4)
+    dtype : numpy dtype
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The 4D image (x, y, z, n_volumes), spatial units mm.
+    """
+    values = np.asarray(values)
+    vol = np.zeros(mask.shape + (values.shape[0],), dtype=dtype)
+    vol[mask] = values.T
+    img = nb.Nifti1Image(vol, affine)
+    img.header.set_xyzt_units("mm")
+    return img

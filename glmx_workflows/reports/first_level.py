@@ -487,8 +487,63 @@ def _ranges(values):
     return ", ".join(out)
 
 
+def _single_trial_section(summaries, runs):
+    """The trial-wise design (LSA, or the first trial's LSS model), beta distributions and outlier trials."""
+    from nilearn.plotting import plot_design_matrix
+
+    from ..io.tables import read_tsv
+
+    parts = [H.tag("h2", "Single-trial models", id="single-trial")]
+    for run, summary in zip(runs, summaries):
+        method = summary["method"].upper()
+        parts.append(H.tag("h3", f"Run {run['label']}: {method}"))
+        design = read_tsv(summary["design_file"], "single-trial design")
+        what = ("the LSA design: every trial its own regressor" if summary["method"] == "lsa" else
+                "the LSS design of the first trial (one such model per trial; other trials grouped by "
+                + ("condition" if summary["others"] == "condition" else "one regressor") + ")")
+        fig, ax = plt.subplots(figsize=(min(2 + 0.3 * design.shape[1], 24), 5))
+        plot_design_matrix(design, axes=ax)
+        fig.tight_layout()
+        parts.append(H.figure(fig, f"{what}, run {run['label']}"))
+        parts.append(H.tag("p", f"Shown: {what}; all {len(design)} volumes (censored ones are left out of the fit)."))
+        conds = summary["conditions"]
+        fig, ax = plt.subplots(figsize=(min(3 + 0.25 * sum(len(c["rms"]) for c in conds.values()), 14), 3.5))
+        pos = 0
+        for ci, (name, c) in enumerate(conds.items()):
+            q = np.asarray(c["quantiles"])  # (n_trials, 5): 1, 25, 50, 75, 99 %
+            x = pos + np.arange(len(q))
+            ax.vlines(x, q[:, 0], q[:, 4], color="0.6", lw=1)
+            ax.vlines(x, q[:, 1], q[:, 3], lw=4, color=f"C{ci % 10}", label=name)
+            ax.plot(x, q[:, 2], "k_", ms=6)
+            bad = np.asarray(c["outlier"], bool)
+            if bad.any():
+                ax.plot(x[bad], q[bad, 4], "rv", ms=7)
+            pos += len(q) + 1
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_xlabel("trial (by condition, onset order)")
+        ax.set_ylabel("beta (% signal change)")
+        ax.legend(fontsize="small", frameon=False)
+        fig.tight_layout()
+        parts.append(H.figure(fig, f"trial beta distributions, run {run['label']}"))
+        parts.append(H.tag("p", "Each trial's betas across the brain mask: 1-99 % (thin), 25-75 % (thick) and the "
+                                "median; red marks a trial flagged as an outlier."))
+        rows = []
+        for name, c in conds.items():
+            for i in np.flatnonzero(c["outlier"]):
+                rows.append([name, int(i) + 1, float(c["onset"][i]), float(c["rms"][i]), float(c["robust_z"][i])])
+        if rows:
+            parts.append(H.tag("p", f"{len(rows)} trial(s) flagged (kept in the beta series): robust z of the "
+                                    "beta map's root mean square > 3.5 within its condition.", cls="warn"))
+            parts.append(H.table(rows, header=["condition", "trial", "onset (s)", "RMS beta", "robust z"],
+                                 cell_classes=[[None, None, None, None, "flag"]] * len(rows)))
+        else:
+            parts.append(H.tag("p", "No outlier trial (robust z of the beta map's root mean square > 3.5 within its "
+                                    "condition).", cls="none"))
+    return parts
+
+
 def build_subject_report(path, subject, task, runs, contrasts, z_maps, background=None, settings=None,
-                         threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, session=None, cache=None):
+                         threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, session=None, cache=None, single_trial=None):
     """Write the first-level HTML report of one subject and task.
 
     Parameters
@@ -519,6 +574,8 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
         Where the drawn parts are kept (a folder, or a :class:`~glmx_workflows.reports.cache.PartCache`):
         each run's diagnostics and each contrast's section are drawn only when what they show changed
         (each contrast has its own colour scale, so one added map redraws nothing else). None draws all.
+    single_trial : list of dict, optional
+        Per run, the summary JSON of the ``single_trial`` node (adds the single-trial section).
 
     Returns
     -------
@@ -542,6 +599,8 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
 
     for i, run in enumerate(runs):
         parts += _run_section(i, run, contrasts, cache)
+    if single_trial:
+        parts += _single_trial_section(single_trial, runs)
 
     parts.append(H.tag("h2", "Contrasts (subject level)", id="contrasts"))
     parts.append(H.tag("p", f"z maps of the runs combined by fixed effects, shown where |z| ≥ {threshold:.2f} "

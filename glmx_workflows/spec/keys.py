@@ -73,10 +73,45 @@ from .rest_keys import REST_KEYS  # noqa: E402
 TASK_KEYS.update(GROUP_KEYS)
 TASK_KEYS.update(REST_KEYS)
 
+# Defaults of the fields of a ``single_trial`` object (see resolve_single_trial).
+SINGLE_TRIAL_DEFAULTS = {"method": "lss", "conditions": None, "others": "condition", "atlas": None}
+TASK_KEYS["single_trial"] = (
+    _NULL_OR({"type": "object", "additionalProperties": False, "properties": {
+        "method": {"enum": ["lss", "lsa"]},
+        "conditions": _NULL_OR({"type": "array", "items": {"type": "string"}, "minItems": 1}),
+        "others": {"enum": ["condition", "single"]},
+        "atlas": _NULL_OR(REST_KEYS["atlas"][0])}}),
+    None,
+    "Single-trial estimates (beta series) per run: {method: 'lss' (one model per trial, Mumford 2012) | 'lsa' "
+    "(one model, every trial its own regressor), conditions: trial-wise conditions (null: all modelled), "
+    "others: 'condition' (LSS: the other trials grouped by condition) | 'single' (all other trial-wise trials "
+    "as one regressor), atlas: optional regions as the connectivity 'atlas' key, for beta-series "
+    "connectivity}. HRF, drifts, confounds, noise_model, dummy_scans, fd_threshold and smoothing come from "
+    "the entry; modulators are not used. null: none.",
+    {"method": "lss", "conditions": ["incongruent"], "others": "condition"})
+
 # Keys that make no sense per subject.
 # group keys act on the whole group, so a per-subject override of them would mean nothing
 NOT_OVERRIDABLE = {"overrides", "excludes", "description", "analysis", "group_level_regressors",
                    "connectivity_group_column"} | {k for k in GROUP_KEYS}
+
+
+def resolve_single_trial(value):
+    """The ``single_trial`` key with its fields' defaults filled in.
+
+    Parameters
+    ----------
+    value : dict or None
+        The key as given (validated).
+
+    Returns
+    -------
+    dict or None
+        None when single-trial models are off, else ``method``, ``conditions``, ``others``, ``atlas``.
+    """
+    if value is None:
+        return None
+    return {**SINGLE_TRIAL_DEFAULTS, **value}
 
 
 def defaults():

@@ -1,6 +1,7 @@
 """Workflow builders for the first level: one subject's runs → per-run fits → fixed effects."""
 
 import json
+import os
 
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
@@ -11,21 +12,24 @@ from ..interfaces.events import LoadEvents
 from ..interfaces.glm import ComputeContrasts, FitGLM, FixedEffects
 from ..interfaces.report import SubjectReport
 from ..interfaces.sink import DerivativesSink
+from ..interfaces.single_trial import SingleTrial
+from ..spec.keys import resolve_single_trial
 
 INPUT_FIELDS = ["bold_files", "mask_files", "events_files", "confounds_files", "design_files",
                 "run_map_entities", "run_design_entities", "subject_entities"]
-OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest", "out_files"]
+OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest", "out_files",
+                 "single_trial_manifests"]
 
 
 # Nodes sent to the cluster as jobs by the SLURM/SGE plugins; every other node runs in the
 # submitting process (see the end of init_first_level_wf).
-SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects", "report")
+SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects", "report", "single_trial")
 
 # Settings shown in the subject's report (those that change the first-level model).
 REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_conditions", "modulators",
                      "block_identifier", "hrf_model", "drift_model", "high_pass", "drift_order", "noise_model",
                      "estimator", "smoothing_fwhm", "confound_regressors", "include_motion_outliers",
-                     "non_steady_state", "dummy_scans", "fd_threshold")
+                     "non_steady_state", "dummy_scans", "fd_threshold", "single_trial")
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
@@ -70,7 +74,12 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
 
     ``outputnode`` fields: ``design_files`` (per run), ``fit_files`` (per run NPZ), ``run_manifests``
     and ``subject_manifest`` (JSON lists of the maps with their entities), ``out_files`` (published
-    paths; empty without ``output_dir``).
+    paths; empty without ``output_dir``), ``single_trial_manifests`` (per run JSON lists of the beta
+    series; connected only with ``single_trial``).
+
+    With ``settings['single_trial']`` a ``single_trial`` node (one per run) fits the trial-wise models
+    from the run, its built design and kept volumes; it takes nothing from ``fit_glm``, so changing
+    only ``single_trial`` reruns only it, its sink and the report.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
@@ -126,6 +135,28 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         (fixed_effects, outputnode, [("manifest_file", "subject_manifest")]),
     ])
 
+    single = resolve_single_trial(settings.get("single_trial"))
+    single_trial = None
+    if single is not None:
+        spec_file = settings.get("_spec_file")
+        single_trial = pe.MapNode(SingleTrial(
+            tr=settings["tr"], hrf_model=settings["hrf_model"], noise_model=settings["noise_model"],
+            smoothing_fwhm=settings["smoothing_fwhm"], condition_identifier=settings["condition_identifier"],
+            conditions=settings["conditions"], drop_conditions=settings["drop_conditions"],
+            modulators=settings["modulators"], single_trial=json.dumps(single, sort_keys=True),
+            space=str(settings.get("space") or ""),
+            spec_dir=os.path.dirname(str(spec_file)) if spec_file else ""),
+            iterfield=["bold_file", "mask_file", "events_file", "source_events", "design_file", "censor_file"],
+            name="single_trial", mem_gb=fit_mem_gb)
+        wf.connect([
+            (inputnode, single_trial, [("bold_files", "bold_file"), ("mask_files", "mask_file"),
+                                       ("events_files", "source_events")]),
+            (load_events, single_trial, [("events_files", "events_file")]),
+            (build_design, single_trial, [("design_file", "design_file")]),
+            (select_confounds, single_trial, [("censor_file", "censor_file")]),
+            (single_trial, outputnode, [("manifest_file", "single_trial_manifests")]),
+        ])
+
     if output_dir is not None:
         # Sinks always run (cheap: they copy only what differs) so that a deleted output is rewritten
         # on the next run even though every node before it is cached.
@@ -152,13 +183,27 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (report, ds_report, [("manifest_file", "manifest_file")]),
             (inputnode, ds_report, [("subject_entities", "entities")]),
         ])
-        gather_outputs = pe.Node(Merge(4, ravel_inputs=True), name="gather_outputs")
+        gather_outputs = pe.Node(Merge(4 if single_trial is None else 5, ravel_inputs=True), name="gather_outputs")
         wf.connect([
             (ds_design, gather_outputs, [("out_files", "in1")]),
             (ds_subject_maps, gather_outputs, [("out_files", "in3")]),
             (ds_report, gather_outputs, [("out_files", "in4")]),
             (gather_outputs, outputnode, [("out", "out_files")]),
         ])
+        if single_trial is not None:
+            ds_single_trial = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
+                                         iterfield=["manifest_file", "entities"], name="ds_single_trial",
+                                         overwrite=True)
+            gather_single = pe.Node(Merge(2), name="gather_single_trial")
+            wf.connect([
+                (fixed_effects, gather_single, [("manifest_file", "in1")]),
+                (single_trial, gather_single, [("manifest_file", "in2")]),
+                (gather_single, ds_single_trial, [("out", "wait_for")]),
+                (single_trial, ds_single_trial, [("manifest_file", "manifest_file")]),
+                (inputnode, ds_single_trial, [("run_map_entities", "entities")]),
+                (single_trial, report, [("summary_file", "single_trial_files")]),
+                (ds_single_trial, gather_outputs, [("out_files", "in5")]),
+            ])
         if publish_run_maps:
             ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
                                      iterfield=["manifest_file", "entities"], name="ds_run_maps", overwrite=True)
