@@ -6,7 +6,7 @@ from pathlib import Path
 from .atomic import copy_file, write_text
 
 # Entity order of the BIDS specification (with the statmap entities contrast/stat after space).
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "echo", "space", "res", "den", "cohort", "seg", "contrast",
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "echo", "hemi", "space", "res", "den", "cohort", "seg", "contrast",
                 "stat", "desc")
 
 
@@ -79,10 +79,14 @@ def extension_of(path):
     Returns
     -------
     str
-        ``.nii.gz`` for gzipped NIfTI, else the last suffix (``""`` when none).
+        ``.nii.gz`` for gzipped NIfTI, ``.dscalar.nii``/``.func.gii``... for CIFTI and GIfTI, else the last suffix (``""`` when none).
     """
     name = Path(path).name
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    for double in (".nii.gz", ".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".pscalar.nii", ".ptseries.nii",
+                   ".pconn.nii", ".func.gii", ".label.gii", ".shape.gii", ".surf.gii"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
 
 
 def publish(manifest, base_entities, out_dir):
