@@ -79,6 +79,34 @@ def load_cifti(path, what="CIFTI file"):
     return img
 
 
+_HEADERS = {}
+
+
+def cifti_axes(path):
+    """(series or scalar axis, brain-model axis) of a CIFTI file, parsed once per file version in a process.
+
+    nibabel parses the CIFTI XML (every vertex and voxel index as text) at each load: about a second for 91k
+    grayordinates. Planning, reading and writing ask for the same axes several times.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    tuple of 2 nibabel.cifti2 axes
+    """
+    import os
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HEADERS:
+        img = load_cifti(path)
+        _HEADERS.clear()  # one file at a time is what the callers reuse
+        _HEADERS[key] = (img.header.get_axis(0), img.header.get_axis(1))
+    return _HEADERS[key]
+
+
 def cifti_density(axis):
     """The fsLR density of a brain-model axis from its cortex meshes' vertex counts ('91k', '170k'), or None."""
     counts = {n for name, _, bm in axis.iter_structures() if name in _CORTEX for n in [axis.nvertices[name]]}
@@ -111,8 +139,9 @@ def check_cifti_run(path, density=None):
     """
     import nibabel as nb
 
-    img = load_cifti(path, "CIFTI BOLD run")
-    series, models = img.header.get_axis(0), img.header.get_axis(1)
+    if not Path(path).is_file():
+        load_cifti(path, "CIFTI BOLD run")  # raises, naming the file
+    series, models = cifti_axes(path)
     if not isinstance(series, nb.cifti2.SeriesAxis) or not isinstance(models, nb.cifti2.BrainModelAxis):
         raise GlmxError(f"expected a dense time series (series × brain models), got {type(series).__name__} × "
                         f"{type(models).__name__}", file=path, field="CIFTI axes")
@@ -266,6 +295,25 @@ class CiftiGeometry:
         self.axis = axis
         self.mask = np.ones(len(axis), bool) if mask is None else mask
 
+    def edges(self, meshes=None):
+        """Neighbour pairs over the grayordinates (cortex mesh edges, subcortical voxel faces).
+
+        Parameters
+        ----------
+        meshes : dict, optional
+            ``{'L': (coordinates, faces), 'R': ...}`` of the fsLR meshes; needed when the axis has cortex.
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape (n_edges, 2)
+
+        Raises
+        ------
+        GlmxError
+            No meshes for the cortex, saying what to provide.
+        """
+        return _cifti_edges(self.axis, meshes)
+
     def write(self, values, stem, mask=None):
         """One map: ``stem.dscalar.nii`` with the input's brain-model axis (zero where not in ``mask``).
 
@@ -290,6 +338,35 @@ class CiftiGeometry:
         with atomic_path(path) as tmp:
             nb.save(img, str(tmp))  # nibabel picks the format from the name: give it the final one
         return [(path, {})]
+
+
+def _cifti_edges(axis, meshes):
+    """Neighbours of a brain-model axis: mesh edges of the cortex structures, voxel faces of the rest."""
+    from .meshes import mesh_edges, voxel_face_edges
+
+    out = []
+    for name, sl, bm in axis.iter_structures():
+        start = sl.start or 0
+        if name in _CORTEX:
+            hemi = _CORTEX[name]
+            if not meshes or hemi not in meshes:
+                raise GlmxError("cluster and TFCE methods on fsLR need the midthickness meshes of both hemispheres: set "
+                                "'surface_meshes' to {\"L\": \"...hemi-L_space-fsLR_den-32k_midthickness.surf.gii\", "
+                                "\"R\": ...}, or choose a voxel-wise method (perm_fwe, fdr, bonferroni, uncorrected)",
+                                field="surface_meshes")
+            coords, faces = meshes[hemi]
+            if len(coords) != axis.nvertices[name]:
+                raise GlmxError(f"the {hemi} mesh has {len(coords)} vertices but the CIFTI's {name} has "
+                                f"{axis.nvertices[name]}", field="surface_meshes")
+            index = np.full(len(coords), -1, np.int64)
+            index[bm.vertex] = np.arange(len(bm.vertex)) + start
+            e = index[mesh_edges(faces)]
+            out.append(e[(e >= 0).all(axis=1)])
+    volume = axis.volume_mask
+    if volume.any():  # every subcortical voxel on one grid: face neighbours, across structures too
+        rows = np.flatnonzero(volume)
+        out.append(rows[voxel_face_edges(axis.voxel[volume])])
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
 class GiftiGeometry:
@@ -340,6 +417,41 @@ class GiftiGeometry:
             out.append((path, {"hemi": hemi}))
         return out
 
+    def edges(self, meshes=None):
+        """Mesh edges over the two hemispheres' vertices (right ones offset by the left count).
+
+        Parameters
+        ----------
+        meshes : dict, optional
+            ``{'L': (coordinates, faces), 'R': ...}``; default the fsaverage mesh of this vertex count that
+            nilearn ships (fsaverage5).
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape (n_edges, 2)
+
+        Raises
+        ------
+        GlmxError
+            No mesh of this vertex count is packaged and none was given.
+        """
+        from .meshes import mesh_edges, packaged_mesh
+
+        if meshes is None:
+            space = next((s for s, n in FSAVERAGE_VERTICES.items() if self.n_vertices == (n, n)), None)
+            meshes = packaged_mesh(space) if space else None
+        if meshes is None:
+            raise GlmxError(f"cluster and TFCE methods need the mesh of these {self.n_vertices[0]}-vertex hemispheres; "
+                            "nilearn ships fsaverage5 only: set 'surface_meshes' to the pair of .surf.gii files, or "
+                            "choose a voxel-wise method (perm_fwe, fdr, bonferroni, uncorrected)", field="surface_meshes")
+        out = []
+        for (hemi, offset), n in zip((("L", 0), ("R", self.n_vertices[0])), self.n_vertices):
+            coords, faces = meshes[hemi]
+            if len(coords) != n:
+                raise GlmxError(f"the {hemi} mesh has {len(coords)} vertices, the maps {n}", field="surface_meshes")
+            out.append(mesh_edges(faces) + offset)
+        return np.concatenate(out)
+
     def save(self, path):
         """Record the vertex counts and kept vertices (``.npz``) for :func:`load_geometry`."""
         from .atomic import atomic_path
@@ -364,7 +476,7 @@ def load_geometry(path):
     """
     form = file_form(path)
     if form == "cifti":
-        return CiftiGeometry(load_cifti(path).header.get_axis(1))
+        return CiftiGeometry(cifti_axes(path)[1])
     if str(path).endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             return GiftiGeometry(data["n_vertices"], data["mask"].astype(bool))
@@ -406,8 +518,10 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     if form == "cifti":
         check_cifti_run(bold_path)
         img = load_cifti(bold_path, "CIFTI BOLD run")
-        Y = np.array(img.dataobj, dtype=np.float32)  # a copy, not nibabel's memory map: scaled in place below
-        geometry = CiftiGeometry(img.header.get_axis(1))
+        # a copy of nibabel's memory map, scaled in place below; in the file's order (time fastest: each
+        # grayordinate's series contiguous), which the fit reads column block by column block without a transpose
+        Y = np.array(np.asanyarray(img.dataobj), dtype=np.float32, order="K")
+        geometry = CiftiGeometry(cifti_axes(bold_path)[1])
     else:
         left, right = gifti_series(bold_path), gifti_series(mask_path)
         if left.shape[0] != right.shape[0]:
@@ -425,10 +539,9 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
             raise GlmxError("no vertex has a non-constant finite series", file=bold_path)
         geometry.mask = good
         Y = np.ascontiguousarray(Y[:, good])
-    elif not np.isfinite(Y).all():
-        raise GlmxError("the run has non-finite values", file=bold_path)
-    Y = np.ascontiguousarray(Y)
     Y, mean = mean_scaling(Y, copy=False)
+    if form == "cifti" and not np.isfinite(mean).all():  # a NaN or inf anywhere in a series makes its mean one
+        raise GlmxError(f"{int((~np.isfinite(mean)).sum())} grayordinate(s) have non-finite values", file=bold_path)
     return Y, mean, geometry
 
 
@@ -445,8 +558,8 @@ def run_size(bold_path, mask_path):
     """
     form = file_form(bold_path)
     if form == "cifti":
-        img = load_cifti(bold_path)
-        return int(img.shape[1]), int(img.shape[0])
+        series, models = cifti_axes(bold_path)
+        return len(models), len(series)
     if form == "gifti":
         (t, nl), (_, nr) = gifti_shape(bold_path), gifti_shape(mask_path)
         return nl + nr, t

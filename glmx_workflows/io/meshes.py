@@ -55,3 +55,51 @@ def read_mesh(path):
     except Exception as exc:
         raise GlmxError(f"not a readable surface mesh ({exc})", file=path, field="surface_meshes") from None
     return np.asarray(mesh.coordinates, float), np.asarray(mesh.faces, np.int64)
+
+
+def mesh_edges(faces):
+    """Unique undirected edges of a triangle mesh.
+
+    Parameters
+    ----------
+    faces : array of int, shape (n_faces, 3)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_edges, 2)
+        Each edge once, smaller index first, sorted.
+    """
+    faces = np.asarray(faces, np.int64)
+    pairs = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def voxel_face_edges(ijk):
+    """Face-neighbour pairs (6-connectivity) among voxels given by their indices.
+
+    Parameters
+    ----------
+    ijk : array of int, shape (n_voxels, 3)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_edges, 2)
+        Row indices of ``ijk`` that are face neighbours.
+    """
+    ijk = np.asarray(ijk, np.int64)
+    if not len(ijk):
+        return np.zeros((0, 2), np.int64)
+    dims = ijk.max(axis=0) + 2
+    keys = np.ravel_multi_index(ijk.T, dims)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    out = []
+    for axis in range(3):
+        step = np.zeros(3, np.int64)
+        step[axis] = 1
+        nkeys = np.ravel_multi_index((ijk + step).T, dims)
+        pos = np.clip(np.searchsorted(sorted_keys, nkeys), 0, len(keys) - 1)
+        hit = sorted_keys[pos] == nkeys
+        out.append(np.column_stack([np.flatnonzero(hit), order[pos[hit]]]))
+    return np.concatenate(out)
