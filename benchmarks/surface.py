@@ -112,18 +112,19 @@ def generate(data_dir, n_vol, seed=91):
 def _child(what, bold, design, out):
     import pandas as pd
 
-    t0 = time.perf_counter()
-    X = pd.read_csv(design, sep="\t")
     if what == "read":
         import nibabel as nb
 
-        Y = np.array(nb.load(bold).dataobj, dtype=np.float32)
+        t0 = time.perf_counter()
+        Y = np.array(np.asanyarray(nb.load(bold).dataobj), dtype=np.float32, order="K")
         z = None
     elif what == "glmx":
         from glmx_workflows.core.formula import contrast_matrix
         from glmx_workflows.core.glm import contrast_statistics, estimate_contrast, fit_glm
         from glmx_workflows.io.geometry import read_run
 
+        t0 = time.perf_counter()
+        X = pd.read_csv(design, sep="\t")
         Y, _, _ = read_run(bold, bold)  # as the fit_glm node reads and scales a CIFTI run
         fit = fit_glm(Y, X.to_numpy(float), noise_model="ar1")
         del Y
@@ -137,7 +138,9 @@ def _child(what, bold, design, out):
         from nilearn.glm.first_level import run_glm
         from nilearn.glm.first_level.first_level import mean_scaling
 
-        Y = np.array(nb.load(bold).dataobj, dtype=np.float32)
+        t0 = time.perf_counter()
+        X = pd.read_csv(design, sep="\t")
+        Y = np.array(np.asanyarray(nb.load(bold).dataobj), dtype=np.float32, order="K")
         Y, _ = mean_scaling(Y)
         labels, results = run_glm(Y, X.to_numpy(), noise_model="ar1")
         del Y

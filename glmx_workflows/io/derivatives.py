@@ -113,9 +113,15 @@ def publish(manifest, base_entities, out_dir):
     out = []
     for item in manifest:
         ent = {**base_entities, **item.get("entities", {})}
-        target = derivative_path(out_dir, ent, item["suffix"], extension_of(item["path"]),
-                                 datatype=item.get("datatype", "func"))
-        out.append(str(copy_file(item["path"], target)))
+        sources = [(item["path"], ent)]
+        if str(item["path"]).endswith("_hemi-L.func.gii") and "hemi" not in ent:
+            # a GIfTI pair travels between nodes as its left file (io.geometry): publish both hemispheres
+            sources = [(item["path"], {**ent, "hemi": "L"}),
+                       (item["path"][:-len("_hemi-L.func.gii")] + "_hemi-R.func.gii", {**ent, "hemi": "R"})]
+        for path, entities in sources:
+            target = derivative_path(out_dir, entities, item["suffix"], extension_of(path),
+                                     datatype=item.get("datatype", "func"))
+            out.append(str(copy_file(path, target)))
     return out
 
 

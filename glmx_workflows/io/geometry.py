@@ -73,20 +73,47 @@ def load_cifti(path, what="CIFTI file"):
         raise GlmxError(f"{what} not found", file=path)
     try:
         img = nb.load(str(path))
-        img.header.get_axis(1)
     except Exception as exc:  # nibabel raises many types
         raise GlmxError(f"{what} is not a readable CIFTI-2 file ({exc})", file=path) from None
+    if not isinstance(img, nb.Cifti2Image) or len(img.shape) != 2:
+        raise GlmxError(f"{what} is not a CIFTI-2 file of two axes", file=path)
     return img
 
 
-_HEADERS = {}
+_CIFTI = {}
+
+
+def _cifti_entry(path):
+    import os
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _CIFTI:
+        img = load_cifti(path)
+        _CIFTI.clear()  # one file at a time is what the callers reuse
+        _CIFTI[key] = {"img": img, "axes": None}
+    return _CIFTI[key]
+
+
+def cifti_image(path):
+    """A CIFTI image (header parsed, data not read), loaded once per file version in a process.
+
+    nibabel parses (and deep-copies) the CIFTI XML, every vertex and voxel index as text, at each load: a
+    second or more for 91k grayordinates. Planning, reading and writing ask for the same file several times.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    nibabel.Cifti2Image
+    """
+    return _cifti_entry(path)["img"]
 
 
 def cifti_axes(path):
-    """(series or scalar axis, brain-model axis) of a CIFTI file, parsed once per file version in a process.
-
-    nibabel parses the CIFTI XML (every vertex and voxel index as text) at each load: about a second for 91k
-    grayordinates. Planning, reading and writing ask for the same axes several times.
+    """(series or scalar axis, brain-model axis) of a CIFTI file, built once per file version in a process.
 
     Parameters
     ----------
@@ -96,15 +123,10 @@ def cifti_axes(path):
     -------
     tuple of 2 nibabel.cifti2 axes
     """
-    import os
-
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HEADERS:
-        img = load_cifti(path)
-        _HEADERS.clear()  # one file at a time is what the callers reuse
-        _HEADERS[key] = (img.header.get_axis(0), img.header.get_axis(1))
-    return _HEADERS[key]
+    entry = _cifti_entry(path)
+    if entry["axes"] is None:
+        entry["axes"] = (entry["img"].header.get_axis(0), entry["img"].header.get_axis(1))
+    return entry["axes"]
 
 
 def cifti_density(axis):
@@ -292,8 +314,33 @@ class CiftiGeometry:
     form = "cifti"
 
     def __init__(self, axis, mask=None):
-        self.axis = axis
+        self._axis = axis
         self.mask = np.ones(len(axis), bool) if mask is None else mask
+
+    @classmethod
+    def of_file(cls, path):
+        """The geometry of a CIFTI file, its brain-model axis built only when a map is written or edges asked.
+
+        Parameters
+        ----------
+        path : str or Path
+            A dense CIFTI file.
+
+        Returns
+        -------
+        CiftiGeometry
+        """
+        geometry = cls.__new__(cls)
+        geometry._axis = str(path)
+        geometry.mask = np.ones(cifti_image(path).shape[1], bool)
+        return geometry
+
+    @property
+    def axis(self):
+        """The brain-model axis (nibabel.cifti2.BrainModelAxis)."""
+        if isinstance(self._axis, str):
+            self._axis = cifti_axes(self._axis)[1]
+        return self._axis
 
     def edges(self, meshes=None):
         """Neighbour pairs over the grayordinates (cortex mesh edges, subcortical voxel faces).
@@ -476,7 +523,7 @@ def load_geometry(path):
     """
     form = file_form(path)
     if form == "cifti":
-        return CiftiGeometry(cifti_axes(path)[1])
+        return CiftiGeometry.of_file(path)
     if str(path).endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             return GiftiGeometry(data["n_vertices"], data["mask"].astype(bool))
@@ -516,12 +563,15 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     if smoothing_fwhm:
         raise GlmxError("smoothing_fwhm is not available on surfaces", file=bold_path, field="smoothing_fwhm")
     if form == "cifti":
-        check_cifti_run(bold_path)
-        img = load_cifti(bold_path, "CIFTI BOLD run")
+        img = cifti_image(bold_path)
+        kinds = [img.header.matrix.get_index_map(i).indices_map_to_data_type for i in (0, 1)]
+        if kinds != ["CIFTI_INDEX_TYPE_SERIES", "CIFTI_INDEX_TYPE_BRAIN_MODELS"]:
+            raise GlmxError(f"expected a dense time series (series × brain models), got {' × '.join(kinds)}",
+                            file=bold_path, field="CIFTI axes")
         # a copy of nibabel's memory map, scaled in place below; in the file's order (time fastest: each
         # grayordinate's series contiguous), which the fit reads column block by column block without a transpose
         Y = np.array(np.asanyarray(img.dataobj), dtype=np.float32, order="K")
-        geometry = CiftiGeometry(cifti_axes(bold_path)[1])
+        geometry = CiftiGeometry.of_file(bold_path)
     else:
         left, right = gifti_series(bold_path), gifti_series(mask_path)
         if left.shape[0] != right.shape[0]:
@@ -558,8 +608,8 @@ def run_size(bold_path, mask_path):
     """
     form = file_form(bold_path)
     if form == "cifti":
-        series, models = cifti_axes(bold_path)
-        return len(models), len(series)
+        shape = cifti_image(bold_path).shape
+        return int(shape[1]), int(shape[0])
     if form == "gifti":
         (t, nl), (_, nr) = gifti_shape(bold_path), gifti_shape(mask_path)
         return nl + nr, t
@@ -593,3 +643,55 @@ def check_run_locations(bold_path, mask_path, space=None, density=None):
         from .images import load_image, load_mask
 
         load_mask(mask_path, reference=load_image(bold_path, "BOLD run"), reference_path=bold_path)
+
+
+def is_surface_file(path):
+    """Whether a map or run is a CIFTI or GIfTI file (by name).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    bool
+    """
+    return file_form(path) != "volume"
+
+
+def right_of(left):
+    """The ``hemi-R`` sibling of a ``hemi-L`` GIfTI (work-folder ``..._hemi-L.func.gii`` or BIDS ``_hemi-L_`` names)."""
+    import re
+
+    name = Path(left).name
+    right = re.sub(r"_hemi-L([_.])", r"_hemi-R\1", name, count=1)
+    if right == name:
+        raise GlmxError("expected a hemi-L GIfTI file standing for its pair", file=left, field="hemi")
+    return str(Path(left).with_name(right))
+
+
+def read_map(path):
+    """One surface map (first map of a CIFTI, or a GIfTI pair named by its left file) and its geometry.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.dscalar.nii``, or the ``hemi-L`` ``.func.gii`` of a pair (the ``hemi-R`` file beside it).
+
+    Returns
+    -------
+    values : numpy.ndarray of float64, shape (n_locations,)
+    geometry : CiftiGeometry or GiftiGeometry
+        All locations in ``mask``.
+
+    Raises
+    ------
+    GlmxError
+        Unreadable file or missing right hemisphere, naming the file.
+    """
+    if file_form(path) == "cifti":
+        img = cifti_image(path)
+        return np.asarray(img.dataobj, dtype=np.float64)[0], CiftiGeometry.of_file(path)
+    right = right_of(path)
+    parts = [np.asarray(load_gifti(p, "GIfTI map").darrays[0].data, dtype=np.float64).ravel() for p in (path, right)]
+    return np.concatenate(parts), GiftiGeometry((len(parts[0]), len(parts[1])))

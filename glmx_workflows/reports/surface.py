@@ -209,3 +209,40 @@ def surface_contrast_section(name, spec, path, threshold, vmax):
     out.append(H.table(rows, header=["structure", "locations", f"|z| ≥ {threshold:.2f}", "peak z",
                                      "peak at (vertex, or voxel i j k)"]))
     return out
+
+
+def surface_figure_file(path, out_png, threshold=None, title=""):
+    """:func:`surface_figure` of a map file written as PNG (group figures travel as files).
+
+    Parameters
+    ----------
+    path : str
+        A ``.dscalar.nii`` or the ``hemi-L`` ``.func.gii`` of a pair (the right file beside it).
+    out_png : str or Path
+        The figure.
+    threshold : float, optional
+        \\|values\\| below it not coloured (default: every non-zero value).
+    title : str
+        Alternative text.
+
+    Returns
+    -------
+    list of Path
+        ``[out_png]``, or ``[]`` when no mesh of the space is available.
+    """
+    import base64
+
+    from ..io.geometry import read_map, right_of
+
+    paths = [path] if str(path).endswith(".dscalar.nii") else [path, right_of(path)]
+    parts = load_surface_map(paths)
+    values = np.concatenate([np.nan_to_num(v) for v, _ in parts.values()])
+    vmax = max(float(np.abs(values).max()), 1e-6)
+    thr = 1e-6 if threshold is None else threshold
+    tag = surface_figure(parts, mesh_space(parts), thr, vmax, title)
+    if tag is None:
+        return []
+    data = re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1)
+    Path(out_png).write_bytes(base64.b64decode(data))
+    del read_map
+    return [Path(out_png)]
