@@ -50,14 +50,22 @@ def stack_structure(connectivity=1):
 
 
 def is_graph(connectivity):
-    """Whether ``connectivity`` is a neighbour list (an ``(n_edges, 2)`` array) rather than a grid neighbourhood."""
+    """Whether ``connectivity`` is a neighbour list rather than a grid neighbourhood.
+
+    Parameters
+    ----------
+    connectivity : int or array of shape (n_edges, 2)
+        1, 2 or 3 (grid neighbourhoods), or pairs of neighbouring locations.
+
+    Returns
+    -------
+    bool
+    """
     return not isinstance(connectivity, (int, np.integer))
 
 
-def graph_edges(edges):
-    """Checked ``(n_edges, 2)`` int64 neighbour pairs."""
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    return edges
+def _graph_edges(edges):
+    return np.asarray(edges, dtype=np.int64).reshape(-1, 2)
 
 
 def mask_edges(edges, mask):
@@ -76,7 +84,7 @@ def mask_edges(edges, mask):
         Edges with both ends in the mask, indices into the kept locations.
     """
     mask = np.asarray(mask, bool)
-    edges = graph_edges(edges)
+    edges = _graph_edges(edges)
     index = np.full(mask.size, -1, np.int64)
     index[mask] = np.arange(int(mask.sum()))
     kept = index[edges]
@@ -104,7 +112,7 @@ def graph_label(active, edges):
 
     active = np.asarray(active, bool)
     n_maps, n_loc = active.shape
-    edges = graph_edges(edges)
+    edges = _graph_edges(edges)
     both = active[:, edges[:, 0]] & active[:, edges[:, 1]]
     m, e = np.nonzero(both)
     rows, cols = m * n_loc + edges[e, 0], m * n_loc + edges[e, 1]
