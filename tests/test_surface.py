@@ -208,3 +208,51 @@ def test_bad_surface_input(dataset, tmp_path, name):
     for needle in needles + [str(named if named is not None else spec)]:
         assert needle in lines[0], (needle, lines[0])
     assert not (out / "sub-01").exists()
+
+
+def _dlabel(path, axis, labels, names):
+    label_axis = nb.cifti2.LabelAxis(["parcels"], [{0: ("???", (0, 0, 0, 0)),
+                                                    **{k + 1: (n, (1, 0, 0, 1)) for k, n in enumerate(names)}}])
+    nb.save(nb.Cifti2Image(labels[None].astype(np.float32), header=(label_axis, axis)), path)
+    return path
+
+
+def test_connectivity_with_a_dlabel_atlas_equals_direct_parcel_means(dataset, tmp_path):
+    """denoise_run on the CIFTI with a .dlabel.nii: parcel means computed here from the dtseries, cleaned by
+    nilearn's signal.clean with the node's settings; a dlabel on other grayordinates is refused naming it."""
+    from nilearn.signal import clean
+
+    from glmx_workflows.core.errors import GlmxError
+    from glmx_workflows.interfaces.connectivity import DenoiseRun
+
+    bold = dataset / PREP / f"sub-01_task-{TASK}_run-1_space-fsLR_den-91k_bold.dtseries.nii"
+    confounds = dataset / PREP / f"sub-01_task-{TASK}_run-1_desc-confounds_timeseries.tsv"
+    img = nb.load(bold)
+    axis = img.header.get_axis(1)
+    labels = np.zeros(len(axis), int)
+    for k, (name, sl, _) in enumerate(axis.iter_structures()):  # two parcels per structure, some background
+        idx = np.arange(len(axis))[sl]
+        labels[idx[: len(idx) // 3]] = 2 * k + 1
+        labels[idx[len(idx) // 3: 2 * len(idx) // 3]] = 2 * k + 2
+    names = [f"p{i}" for i in range(1, labels.max() + 1)]
+    atlas = _dlabel(tmp_path / "parcels.dlabel.nii", axis, labels, names)
+    node = DenoiseRun(bold_file=str(bold), mask_file=str(bold), confounds_file=str(confounds),
+                      atlas=json.dumps({"name": "parcels", "labels_img": str(atlas)}), space="fsLR", tr=TR,
+                      dummy_scans=2, min_volumes=40, confound_preset="6P", run_entities={"run": "1"})
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node2").mkdir()
+    out = node.run(cwd=str(tmp_path / "node")).outputs
+    ours = pd.read_csv(out.timeseries_file, sep="\t")
+    assert list(ours.columns) == names
+    data = np.asarray(img.dataobj, np.float64)[2:]
+    direct = np.column_stack([data[:, labels == k].mean(axis=1) for k in range(1, labels.max() + 1)])
+    conf = pd.read_csv(confounds, sep="\t", na_values="n/a")[CONFOUNDS].to_numpy()[2:]
+    ref = clean(direct, confounds=conf, detrend=True, standardize="zscore_sample", high_pass=0.01, low_pass=0.08,
+                t_r=TR)
+    np.testing.assert_allclose(ours.to_numpy(), ref, atol=1e-6)
+    other = nb.cifti2.BrainModelAxis.from_surface(np.arange(len(axis)), 59292, "CortexLeft")
+    bad = _dlabel(tmp_path / "other.dlabel.nii", other, labels, names)
+    node.inputs.atlas = json.dumps({"labels_img": str(bad)})
+    with pytest.raises(GlmxError, match="another grayordinate set") as err:
+        node.run(cwd=str(tmp_path / "node2"))
+    assert str(bad) in str(err.value)

@@ -86,9 +86,16 @@ def find_rest_runs(layout, subject, task, space, tr=None):
 
     if subject not in layout.get_subjects():
         raise GlmxError(f"subject 'sub-{subject}' not found in the dataset", file=layout.root, field=f"sub-{subject}")
+    from ..io.geometry import space_form
+
     space_name, extra = parse_space(space)
-    bolds = layout.get(subject=subject, task=task, suffix="bold", desc="preproc", space=space_name,
-                       extension=[".nii.gz", ".nii"], scope="derivatives", **extra)
+    cifti = space_form(space_name) == "cifti"  # fsLR: the dtseries, whose grayordinates are its own mask
+    if space_form(space_name) == "gifti":
+        raise GlmxError(f"connectivity on GIfTI pairs (space '{space}') is not available; use the fsLR CIFTI "
+                        "outputs ('space': 'fsLR') with a .dlabel.nii atlas", field="space")
+    bolds = layout.get(subject=subject, task=task, suffix="bold", space=space_name, scope="derivatives",
+                       **({"extension": ".dtseries.nii"} if cifti else
+                          {"desc": "preproc", "extension": [".nii.gz", ".nii"]}), **extra)
     if not bolds:
         raise GlmxError(f"no preprocessed BOLD for task '{task}' in space '{space}'", file=layout.root,
                         field=f"sub-{subject}")
@@ -98,8 +105,9 @@ def find_rest_runs(layout, subject, task, space, tr=None):
         run_ent = {k: ent[k] for k in _RUN_ENTITIES if k in ent}
         null = {k: Query.NONE for k in _RUN_ENTITIES if k not in run_ent}
         img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
-        mask = _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
-                    extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent, **null)
+        mask = bf.path if cifti else _one(layout, "brain mask", bf.path, subject=subject, suffix="mask", desc="brain",
+                                          extension=[".nii.gz", ".nii"], scope="derivatives", **run_ent, **img_ent,
+                                          **null)
         confounds = _one(layout, "confounds", bf.path, subject=subject, desc="confounds",
                          suffix=["timeseries", "regressors"], extension=".tsv", scope="derivatives", **run_ent,
                          **null)
@@ -107,6 +115,10 @@ def find_rest_runs(layout, subject, task, space, tr=None):
             if path is None:
                 raise GlmxError(f"no {what} file for this run", file=bf.path, field=what)
         meta_tr, source = _tr_from_metadata(layout, bf.path, None)
+        if cifti:  # the sidecar checked against the series axis (the axis when there is no sidecar)
+            from ..io.bids import _cifti_tr
+
+            meta_tr, source = _cifti_tr(bf.path, meta_tr, source)
         if tr is not None and meta_tr is not None and abs(float(tr) - meta_tr) > 1e-3:
             raise GlmxError(f"spec tr {tr} differs from RepetitionTime {meta_tr} of {source}", file=bf.path,
                             field="tr")
