@@ -143,3 +143,22 @@ def test_cluster_methods_without_a_mesh_are_refused():
     # subcortical voxels alone need no mesh: their face neighbours
     vox = nb.cifti2.BrainModelAxis.from_mask(np.ones((2, 2, 1), bool), "ThalamusLeft", affine=np.eye(4))
     assert len(CiftiGeometry(vox).edges()) == 4
+
+
+def test_cifti_neighbours_from_given_meshes_and_voxel_faces(tmp_path):
+    """fsLR cortex: the given mesh's edges between the grayordinates' vertices (renumbered); voxels: faces."""
+    import nibabel as nb
+
+    coords = np.zeros((6, 3))
+    faces = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 0]])
+    axis = (nb.cifti2.BrainModelAxis.from_surface(np.array([0, 1, 2, 5]), 6, "CortexLeft")
+            + nb.cifti2.BrainModelAxis.from_surface(np.array([3, 4]), 6, "CortexRight")
+            + nb.cifti2.BrainModelAxis.from_mask(np.array([[[True, True], [False, True]]]), "ThalamusLeft",
+                                                 affine=np.eye(4)))
+    edges = CiftiGeometry(axis).edges({"L": (coords, faces), "R": (coords, faces)})
+    got = {tuple(sorted(e)) for e in edges.tolist()}
+    # left: vertices 0,1,2,5 → rows 0..3; mesh edges 0-1, 1-2, 0-2, 5-0 (2-3, 3-4, 4-5, 2-4, 0-4 need 3 or 4)
+    # right: vertices 3,4 → rows 4,5; edge 3-4; voxels (0,0,0),(0,0,1),(0,1,1) → rows 6,7,8: faces 6-7, 7-8
+    assert got == {(0, 1), (1, 2), (0, 2), (0, 3), (4, 5), (6, 7), (7, 8)}
+    with pytest.raises(GlmxError, match="vertices"):
+        CiftiGeometry(axis).edges({"L": (np.zeros((7, 3)), faces), "R": (coords, faces)})

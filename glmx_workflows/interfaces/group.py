@@ -301,6 +301,15 @@ class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
     alpha = traits.Float(0.05, usedefault=True, desc="corrected significance level")
     z_threshold = traits.Float(mandatory=True, desc="height in z (uncorrected, cluster)")
     cluster_extent = traits.Int(10, usedefault=True, desc="smallest cluster kept (voxels)")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
+
+
+def _meshes(paths):
+    """The spec's surface_meshes read, or None (fsaverage5's come from nilearn)."""
+    from ..io.meshes import read_mesh
+
+    return {h: read_mesh(p) for h, p in paths.items()} if paths else None
 
 
 class InferenceOutputSpec(TraitedSpec):
@@ -337,7 +346,8 @@ class ThresholdGroupMaps(SimpleInterface):
                     keep = corrected <= self.inputs.alpha
                 elif hasattr(affine, "edges"):  # surfaces: clusters along mesh edges (and voxel faces)
                     keep = cg.cluster_extent_mask(z, self.inputs.z_threshold, self.inputs.cluster_extent,
-                                                  connectivity=mask_edges(affine.edges(), mask))
+                                                  connectivity=mask_edges(
+                                                      affine.edges(_meshes(self.inputs.surface_meshes)), mask))
                 else:
                     vol = np.zeros(mask3d.shape)
                     vol[mask3d] = z
@@ -368,6 +378,8 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
     p_threshold = traits.Float(0.001, usedefault=True, desc="cluster-forming uncorrected p (cluster mass)")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
 
 
 class PermuteGroup(SimpleInterface):
@@ -384,7 +396,8 @@ class PermuteGroup(SimpleInterface):
             methods = list(self.inputs.methods)
             spatial = {"perm_cluster_mass", "tfce"} & set(methods)
             # surfaces: neighbours are mesh edges (refused with a message when no mesh is known)
-            neighbours = mask_edges(affine.edges(), mask) if spatial and hasattr(affine, "edges") else 1
+            neighbours = (mask_edges(affine.edges(_meshes(self.inputs.surface_meshes)), mask)
+                          if spatial and hasattr(affine, "edges") else 1)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
                                            seed=self.inputs.seed, methods=methods, connectivity=neighbours,
                                            cluster_threshold=cg.t_threshold(self.inputs.p_threshold, con["dof"]))
