@@ -115,13 +115,12 @@ class SubjectPlan:
         if getattr(self, "_fit_mem_gb", None) is not None:  # reading every run's header and mask once is enough
             return self._fit_mem_gb
         from .io.fastread import fit_memory_gb  # scipy.ndimage: imported only when computed
-        from .io.images import load_image, load_mask
+        from .io.geometry import run_size
 
         worst = 0.0
         for r in self.runs:
-            shape = load_image(r.bold, "BOLD run").shape
-            n_vox = int(load_mask(r.mask)[0].sum())
-            worst = max(worst, fit_memory_gb(n_vox, shape[3], smoothing=bool(self.settings.get("smoothing_fwhm")),
+            n_vox, n_scans = run_size(r.bold, r.mask)
+            worst = max(worst, fit_memory_gb(n_vox, n_scans, smoothing=bool(self.settings.get("smoothing_fwhm")),
                                              estimator=self.settings.get("estimator", "glmx")))
         self._fit_mem_gb = worst
         return worst
@@ -262,10 +261,36 @@ def _check_single_trial(settings, runs, events, designs, spec_file, where):
 
 
 def _check_mask(run):
-    """The mask must be a non-empty 3D image on the BOLD's grid."""
-    from .io.images import load_image, load_mask
+    """The mask must be a non-empty 3D image on the BOLD's grid (surfaces: the density, the two hemispheres)."""
+    from .io.geometry import check_run_locations
 
-    load_mask(run.mask, reference=load_image(run.bold, "BOLD run"), reference_path=run.bold)
+    check_run_locations(run.bold, run.mask, run.space, run.extra.get("den"))
+
+
+def check_surface_settings(settings, spec_file, where):
+    """What surfaces cannot do yet is refused before any work: smoothing (no geodesic smoothing here).
+
+    Parameters
+    ----------
+    settings : dict
+        Subject settings (``space``, ``smoothing_fwhm``).
+    spec_file, where : str
+        For the message.
+
+    Raises
+    ------
+    GlmxError
+        ``smoothing_fwhm`` set with a surface space.
+    """
+    from .io.bids import parse_space
+    from .io.geometry import space_form
+
+    form = space_form(parse_space(settings["space"])[0])
+    if form != "volume" and settings.get("smoothing_fwhm"):
+        raise GlmxError(f"smoothing_fwhm is {settings['smoothing_fwhm']:g} mm but space '{settings['space']}' is a "
+                        "surface: glmx has no geodesic smoothing on meshes; set smoothing_fwhm to null (fMRIPrep's "
+                        "CIFTI is usually already smoothed) or smooth the surfaces beforehand (e.g. Connectome "
+                        "Workbench's -cifti-smoothing)", file=spec_file, field=f"{where}.smoothing_fwhm")
 
 
 def resolve_contrasts(settings, conditions, regressors, spec_file, where, task_regressors=(), events_files=()):
@@ -490,6 +515,7 @@ def plan_subject(layout, entry, settings, user_designs=None, work_dir=None):
 
     subject, task = settings["_subject"], entry["_task"]
     spec_file = entry["_spec_file"]
+    check_surface_settings(settings, spec_file, task)
     runs = find_runs(layout, subject, task, settings["space"])
     settings = dict(settings, tr=resolve_tr(settings, entry, runs))
     where = f"{task} (sub-{subject})"

@@ -123,6 +123,9 @@ class GroupLevel(Project):
         self.wanted_contrasts = list(contrasts) if contrasts else None
         self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
         self.settings = group_settings(self.entry, **overrides)
+        if self.settings.get("surface_meshes"):  # mesh paths are read relative to the spec file
+            self.settings["surface_meshes"] = {h: str((Path(self.spec_path).parent / p).resolve())
+                                               for h, p in self.settings["surface_meshes"].items()}
 
     @property
     def group_dir(self):

@@ -33,7 +33,7 @@ from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
 from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm
 from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
-from .tfce import cluster_measures, label_clusters, tfce
+from .tfce import cluster_measures, is_graph, label_clusters, tfce
 
 INTERCEPT = "intercept"
 
@@ -769,7 +769,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     weights : numpy.ndarray, shape (n_columns,)
         The contrast (one-sided: large positive values are significant).
     mask : numpy.ndarray of bool, shape (x, y, z), optional
-        Where the voxels lie; needed for cluster mass and TFCE.
+        Where the voxels lie; needed for cluster mass and TFCE on a grid (not with a neighbour list).
     n_permutations : int
         Random transforms to draw (all of them when there are fewer distinct ones).
     seed : int
@@ -783,8 +783,9 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         Test both signs (|t|); default one-sided.
     tfce_steps : int
         Heights per map for TFCE.
-    connectivity : {1, 2, 3}
-        Neighbourhood for clusters and TFCE (1: faces, as nilearn).
+    connectivity : {1, 2, 3} or array of shape (n_edges, 2)
+        Neighbourhood for clusters and TFCE (1: faces, as nilearn), or neighbour pairs of the columns of ``Y``
+        (mesh edges of surface vertices, see :func:`glmx_workflows.core.tfce.mask_edges`).
     max_chunk_bytes : int
         Memory for the permuted statistics of one chunk.
     variances : numpy.ndarray, shape (n_subjects, n_voxels), optional
@@ -814,7 +815,10 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if Y.ndim != 2 or X.ndim != 2 or Y.shape[0] != X.shape[0]:
         raise GlmxError(f"data of shape {Y.shape} do not match a design of shape {X.shape}")
     spatial = "perm_cluster_mass" in methods or "tfce" in methods
-    if spatial:
+    graph = is_graph(connectivity)
+    if graph:  # locations are the columns of Y: maps need no grid
+        mask = np.ones(Y.shape[1], bool)
+    elif spatial:
         if mask is None or int(np.count_nonzero(mask)) != Y.shape[1]:
             raise GlmxError("cluster mass and TFCE need the mask of the voxels")
         mask = np.asarray(mask, bool)
@@ -840,7 +844,8 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     h0_t = np.empty(K)
     h0_mass = np.empty(K) if "perm_cluster_mass" in methods else None
     h0_tfce = np.empty(K) if "tfce" in methods else None
-    per_perm = Y.shape[1] * 8 * (model.width + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0))
+    per_perm = Y.shape[1] * 8 * (model.width + 2 + (mask.size / Y.shape[1] * 3 if spatial else 0)
+                                 + (len(connectivity) / Y.shape[1] if graph and spatial else 0))
     chunk = int(max(1, min(K, max_chunk_bytes // max(per_perm, 1))))
     fast_max = not spatial and model.single_regressor  # no t maps needed
     if fast_max:

@@ -222,15 +222,75 @@ def effect_weights(shape, affine, mask, effects=PLANTED_EFFECTS):
     """
     xyz = voxel_coordinates(shape, affine)
     voxel = float(np.abs(affine[:3, :3]).max())
+    return {name: np.where(mask, w, 0.0) for name, w in effect_weights_at(xyz, voxel, effects).items()}
+
+
+def effect_weights_at(xyz, min_sigma=0.0, effects=PLANTED_EFFECTS):
+    """Spatial profile of each planted effect at given coordinates (voxel centres or mesh vertices).
+
+    Parameters
+    ----------
+    xyz : numpy.ndarray, shape (..., 3)
+        Coordinates (mm).
+    min_sigma : float
+        Smallest sd (mm), e.g. the voxel size.
+    effects : sequence of dict
+        As for :func:`effect_weights`.
+
+    Returns
+    -------
+    dict
+        name → float array of shape ``xyz.shape[:-1]`` in [0, 1]: a Gaussian of sd ``max(sigma_mm, min_sigma)``
+        around each centre (max over centres), 0 beyond 2 sd.
+    """
     out = {}
     for eff in effects:
-        sigma = max(float(eff["sigma_mm"]), voxel)
-        w = np.zeros(shape)
+        sigma = max(float(eff["sigma_mm"]), min_sigma)
+        w = np.zeros(xyz.shape[:-1])
         for c in eff["centers_mm"]:
             d = np.sqrt(((xyz - np.asarray(c, float)) ** 2).sum(axis=-1))
             w = np.maximum(w, np.where(d <= 2 * sigma, np.exp(-0.5 * (d / sigma) ** 2), 0.0))
-        out[eff["name"]] = np.where(mask, w, 0.0)
+        out[eff["name"]] = w
     return out
+
+
+def simulate_surface_run(xyz, run, tr, rng, scales=None, constant=None, effects=PLANTED_EFFECTS):
+    """One run's BOLD series at surface locations (vertices, grayordinates), with the planted effects.
+
+    The model is :func:`simulate_bold`'s on a one-dimensional "grid" of locations: baseline, task signal,
+    drift, motion-related signal, a shared fluctuation and AR(1) noise.
+
+    Parameters
+    ----------
+    xyz : numpy.ndarray, shape (n_locations, 3)
+        Coordinates (mm) of the locations (the effects' profiles are Gaussians around their centres).
+    run : dict
+        One item of :func:`simulate_subject`'s ``runs`` (``regressors``, ``motion``, ``n_nonsteady``): the
+        surface run shares the volume run's events and motion.
+    tr : float
+    rng : numpy.random.Generator
+    scales : dict, optional
+        Effect name → subject scale factor.
+    constant : numpy.ndarray of bool, shape (n_locations,), optional
+        Locations without signal (a medial wall): their series is 0.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (n_volumes, n_locations)
+    """
+    xyz = np.asarray(xyz, float)
+    n_loc = len(xyz)
+    weights = effect_weights_at(xyz, 0.0, effects)
+    betas = beta_maps(weights, scales, effects)
+    task = run["regressors"].to_numpy() @ np.stack([betas[r] for r in REGRESSORS])
+    radius = np.clip(np.sqrt((xyz ** 2).sum(axis=1)) / 100.0, 0, 1)
+    anatomy = {"mask": np.ones(n_loc, bool), "radius": radius}
+    baseline = 9000.0 * np.exp(0.05 * rng.normal(size=n_loc))
+    out = simulate_bold(baseline, anatomy, task, run["motion"], tr, rng, n_nonsteady=run["n_nonsteady"],
+                        orthogonal_to=run["regressors"].to_numpy()).T
+    if constant is not None:
+        out[:, constant] = 0.0
+    return np.ascontiguousarray(out)
 
 
 def effect_labels(weights, effects=PLANTED_EFFECTS):

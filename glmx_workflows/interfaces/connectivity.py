@@ -22,6 +22,7 @@ from ..core.confounds import censor_table, check_confounds_rows
 from ..core.errors import GlmxError
 from ..io.atlases import load_atlas, region_signals
 from ..io.atomic import write_text
+from ..io.geometry import check_cifti_run, cifti_image, file_form, is_surface_file
 from ..io.images import load_image, load_mask, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
 
@@ -179,12 +180,21 @@ class DenoiseRun(SimpleInterface):
     @_one_thread
     def _run_interface(self, runtime):
         inp = self.inputs
-        img = load_image(inp.bold_file, "BOLD run")
-        if len(img.shape) != 4:
-            raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
-        mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
+        if is_surface_file(inp.bold_file):  # a CIFTI dtseries: grayordinates × time, every grayordinate kept
+            if file_form(inp.bold_file) != "cifti":
+                raise GlmxError("connectivity on GIfTI pairs is not available; use the fsLR CIFTI outputs",
+                                file=inp.bold_file, field="space")
+            check_cifti_run(inp.bold_file)
+            img = cifti_image(inp.bold_file)
+            surface_data = np.asarray(img.dataobj, dtype=np.float32).T
+            mask = np.ones(surface_data.shape[0], bool)
+        else:
+            img = load_image(inp.bold_file, "BOLD run")
+            if len(img.shape) != 4:
+                raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
+            mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
         table = read_tsv(inp.confounds_file, "confounds file")
-        n = img.shape[3]
+        n = img.shape[0] if is_surface_file(inp.bold_file) else img.shape[3]
         check_confounds_rows(table, n, inp.confounds_file, inp.bold_file)
         outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
                                 source=inp.confounds_file)
@@ -192,10 +202,14 @@ class DenoiseRun(SimpleInterface):
                                              source=inp.confounds_file)
         clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,
                      low_pass=inp.low_pass, standardize=inp.standardize)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        surface = is_surface_file(inp.bold_file)
+        data = surface_data if surface else np.asarray(img.get_fdata(dtype=np.float32))
         atlas = load_atlas(json.loads(inp.atlas), img, inp.bold_file, space=inp.space or None,
                            base_dir=inp.atlas_base_dir or None)
-        raw, names = region_signals(atlas, data, img.affine, mask)
+        if surface and atlas.kind != "labels":
+            raise GlmxError("on a CIFTI run the atlas must be a dense label file ({'labels_img': '...dlabel.nii'})",
+                            file=inp.bold_file, field="atlas")
+        raw, names = region_signals(atlas, data, None if surface else img.affine, mask)
         series = cc.denoise(raw, confounds, **clean)
         cwd = runtime.cwd
         ts_path = os.path.join(cwd, "timeseries.tsv")

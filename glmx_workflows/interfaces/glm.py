@@ -13,7 +13,7 @@ from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contras
                         fit_glm, subset_estimate)
 from ..core.glm_reference import fit_glm_nilearn
 from ..io.atomic import atomic_path, write_text
-from ..io.images import load_mask, load_scaled_bold, unmask, write_image
+from ..io.geometry import load_geometry, read_run
 from ..io.tables import read_tsv
 
 T_STATS = ("effect", "variance", "t", "z", "p")
@@ -23,8 +23,10 @@ F_STATS = ("F", "z", "p")
 class FitGLMInputSpec(BaseInterfaceInputSpec):
     """Inputs of FitGLM: one run's BOLD, mask, design, kept volumes and fit options."""
 
-    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI)")
-    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
+    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI, CIFTI dtseries, or the "
+                                                        "left hemisphere's GIfTI)")
+    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask (NIfTI), the dtseries itself (CIFTI) or "
+                                                       "the right hemisphere's GIfTI (see io.geometry)")
     design_file = File(exists=True, mandatory=True, desc="design matrix TSV (all volumes)")
     censor_file = File(exists=True, mandatory=True, desc="kept-volume TSV")
     noise_model = traits.Enum("ar1", "ols", usedefault=True, desc="temporal noise model")
@@ -38,7 +40,10 @@ class FitGLMOutputSpec(TraitedSpec):
 
     fit_file = File(exists=True, desc="NPZ with the fitted model (betas, per-bin covariances, design columns)")
     mean_file = File(exists=True, desc="mean of the kept volumes in the mask (0 outside), float32 NIfTI: the "
-                                       "report's underlay, so that the run is not read a second time")
+                                       "report's underlay, so that the run is not read a second time (surfaces: "
+                                       "the map in the input's form, the left hemisphere's for GIfTI)")
+    mask_file = File(exists=True, desc="where the fitted locations are (io.geometry.load_geometry): the brain mask, "
+                                       "the dtseries, or the kept vertices of a GIfTI pair (.npz)")
 
 
 class FitGLM(SimpleInterface):
@@ -57,10 +62,12 @@ class FitGLM(SimpleInterface):
         keep = read_tsv(self.inputs.censor_file)["kept"].to_numpy(bool)
         design = read_tsv(self.inputs.design_file)
         # the run is held once (float32 scaled in place, or its stored integers): peak ~ the in-mask data + work
-        Y, mean, mask, affine = load_scaled_bold(self.inputs.bold_file, self.inputs.mask_file, keep,
-                                                 self.inputs.smoothing_fwhm)
-        self._results["mean_file"] = str(write_image(unmask(mean, mask, affine),
-                                                     os.path.join(runtime.cwd, "mean.nii.gz")))
+        Y, mean, geometry = read_run(self.inputs.bold_file, self.inputs.mask_file, keep, self.inputs.smoothing_fwhm)
+        self._results["mean_file"] = geometry.write(mean, os.path.join(runtime.cwd, "mean"))[0][0]
+        if geometry.form == "gifti":  # the kept vertices depend on the data: recorded beside the fit
+            self._results["mask_file"] = geometry.save(os.path.join(runtime.cwd, "locations.npz"))
+        else:
+            self._results["mask_file"] = self.inputs.bold_file if geometry.form == "cifti" else self.inputs.mask_file
         X = design.to_numpy(float)[keep]
         engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
         fit = engine(Y, X, noise_model=self.inputs.noise_model)
@@ -79,15 +86,16 @@ def _load_fit(path):
     return GLMFit.from_arrays(arrays), columns
 
 
-def _write_maps(est, label, mask, affine, cwd, prefix):
+def _write_maps(est, label, geometry, cwd, prefix, mask=None):
     stats = contrast_statistics(est)
     names = T_STATS if est.stat_type == "t" else F_STATS
     entries = []
     for stat in names:
         key = "stat" if stat in ("t", "F") else stat
-        path = os.path.join(cwd, f"{prefix}{label}_stat-{stat}.nii.gz")
-        write_image(unmask(np.asarray(stats[key], dtype=np.float32), mask, affine), path)
-        entries.append({"path": path, "entities": {"contrast": label, "stat": stat}, "suffix": "statmap"})
+        for path, extra in geometry.write(np.asarray(stats[key], dtype=np.float32),
+                                          os.path.join(cwd, f"{prefix}{label}_stat-{stat}"), mask=mask):
+            entries.append({"path": path, "entities": {"contrast": label, "stat": stat, **extra},
+                            "suffix": "statmap"})
     return entries
 
 
@@ -101,7 +109,7 @@ class ComputeContrastsInputSpec(BaseInterfaceInputSpec):
     """Inputs of ComputeContrasts: a stored fit, its mask and the contrasts to compute."""
 
     fit_file = File(exists=True, mandatory=True, desc="NPZ from fit_glm")
-    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
+    mask_file = File(exists=True, mandatory=True, desc="fit_glm's mask_file: where the fitted locations are")
     contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
                             desc="{name: {'label': BIDS label, 'rows': [{regressor: weight}], 'type': 't'|'F'}}")
 
@@ -121,7 +129,7 @@ class ComputeContrasts(SimpleInterface):
 
     def _run_interface(self, runtime):
         fit, columns = _load_fit(self.inputs.fit_file)
-        mask, affine = load_mask(self.inputs.mask_file)
+        geometry = load_geometry(self.inputs.mask_file)
         manifest, estimates = [], {}
         for name, spec in sorted(self.inputs.contrasts.items()):
             con = contrast_matrix(spec["rows"], columns)
@@ -129,7 +137,7 @@ class ComputeContrasts(SimpleInterface):
                 continue  # a regressor of this contrast is absent from this run
             est = estimate_contrast(fit, con if spec["type"] == "F" else con[0], stat_type=spec["type"])
             label = spec["label"]
-            manifest += _write_maps(est, label, mask, affine, runtime.cwd, "contrast-")
+            manifest += _write_maps(est, label, geometry, runtime.cwd, "contrast-")
             estimates[name] = {"label": label,
                                "path": _save_estimate(est, os.path.join(runtime.cwd, f"estimate-{label}.npz")),
                                "mask": self.inputs.mask_file}
@@ -165,15 +173,15 @@ class FixedEffects(SimpleInterface):
         manifest = []
         for name in names:
             items = [r[name] for r in runs if name in r]
-            masks = [load_mask(it["mask"]) for it in items]
-            common = np.logical_and.reduce([m for m, _ in masks])
+            geometries = [load_geometry(it["mask"]) for it in items]
+            common = np.logical_and.reduce([g.mask for g in geometries])
             ests = []
-            for it, (m, _) in zip(items, masks):
+            for it, m in zip(items, [g.mask for g in geometries]):
                 with np.load(it["path"], allow_pickle=False) as data:
                     est = ContrastEstimate.from_arrays({k: data[k] for k in data.files})
                 ests.append(subset_estimate(est, common[m]))
             combined = combine_fixed_effects(ests)
-            manifest += _write_maps(combined, items[0]["label"], common, masks[0][1], runtime.cwd, "contrast-")
+            manifest += _write_maps(combined, items[0]["label"], geometries[0], runtime.cwd, "contrast-", mask=common)
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
         return runtime

@@ -17,6 +17,8 @@ from ..core.clusters import cluster_extent_mask, cluster_table
 from ..core.errors import GlmxError
 from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
 from ..io.atomic import atomic_path, write_text
+from ..core.tfce import mask_edges
+from ..io.geometry import is_surface_file, read_map
 from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
 
@@ -36,7 +38,10 @@ def _read_json(path):
 
 def _load_data(path):
     with np.load(path, allow_pickle=False) as data:
-        return data["Y"], data["mask"].astype(bool), data["affine"], [str(s) for s in data["subjects"]]
+        where = data["affine"]
+        if "reference" in data.files:  # surfaces: the first subject's map tells where the group maps live
+            where = read_map(str(data["reference"]))[1]
+        return data["Y"], data["mask"].astype(bool), where, [str(s) for s in data["subjects"]]
 
 
 def _load_variances(path):
@@ -70,6 +75,8 @@ def _entities(contrast, stat, desc):
 
 
 def _write_map(values, mask, affine, cwd, name):
+    if hasattr(affine, "write"):  # a surface geometry from _load_data: the map in the inputs' own form
+        return affine.write(np.asarray(values, dtype=np.float32), os.path.join(cwd, name), mask=mask)[0][0]
     path = os.path.join(cwd, name + ".nii.gz")
     write_image(unmask(np.asarray(values, dtype=np.float32), mask, affine), path)
     return path
@@ -119,6 +126,8 @@ class LoadGroupMaps(SimpleInterface):
     def _run_interface(self, runtime):
         from nilearn.image import smooth_img
 
+        if is_surface_file(self.inputs.effect_files[0]):
+            return self._surfaces(runtime)
         imgs = [load_image(f, "subject effect map") for f in self.inputs.effect_files]
         ref = imgs[0]
         for f, img in zip(self.inputs.effect_files, imgs):
@@ -192,6 +201,36 @@ class LoadGroupMaps(SimpleInterface):
                                 "first-level variance there", file=f, field="group_model")
             out.append(img)
         return out
+
+    def _surfaces(self, runtime):
+        """CIFTI or GIfTI-pair maps: the locations every subject defines, in the first map's geometry."""
+        files = self.inputs.effect_files
+        if self.inputs.smoothing_fwhm:
+            raise GlmxError("group smoothing_fwhm is not available on surfaces (no geodesic smoothing); set it to "
+                            "null", file=files[0], field="smoothing_fwhm")
+        data, geometry = [], None
+        for f in files:
+            values, g = read_map(f)
+            if data and values.shape != data[0].shape:
+                raise GlmxError(f"map has {values.size} locations but {files[0]} has {data[0].size}; every subject's "
+                                "map must be in one space and density", file=f)
+            geometry = geometry or g
+            data.append(values)
+        data = np.stack(data)
+        mask = np.all(np.isfinite(data) & (data != 0), axis=0)
+        for f in self.inputs.variance_files or []:
+            if f:
+                var = read_map(f)[0]
+                mask &= np.isfinite(var) & (var > 0)
+        if not mask.any():
+            raise GlmxError("no location is defined (finite, non-zero) in every subject's map", file=files[0])
+        out = os.path.join(runtime.cwd, "data.npz")
+        with atomic_path(out) as tmp:
+            np.savez(tmp, Y=data[:, mask], mask=mask, affine=np.eye(4), subjects=np.array(self.inputs.subjects, str),
+                     reference=np.array(str(files[0])))
+        self._results["data_file"] = out
+        self._results["mask_file"] = _write_map(np.ones(int(mask.sum())), mask, geometry, runtime.cwd, "mask")
+        return runtime
 
 
 # ---------------------------------------------------------------------------------------------- build_design
@@ -347,6 +386,8 @@ class ComputeGroupContrasts(SimpleInterface):
 
 
 def _volume_values(path, mask):
+    if is_surface_file(path):
+        return read_map(path)[0][mask]
     return np.asarray(load_image(path).get_fdata(), dtype=np.float64)[mask]
 
 
@@ -361,6 +402,15 @@ class ThresholdGroupMapsInputSpec(BaseInterfaceInputSpec):
     alpha = traits.Float(0.05, usedefault=True, desc="corrected significance level")
     z_threshold = traits.Float(mandatory=True, desc="height in z (uncorrected, cluster)")
     cluster_extent = traits.Int(10, usedefault=True, desc="smallest cluster kept (voxels)")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
+
+
+def _meshes(paths):
+    """The spec's surface_meshes read, or None (fsaverage5's come from nilearn)."""
+    from ..io.meshes import read_mesh
+
+    return {h: read_mesh(p) for h, p in paths.items()} if paths else None
 
 
 class InferenceOutputSpec(TraitedSpec):
@@ -395,6 +445,10 @@ class ThresholdGroupMaps(SimpleInterface):
                 elif method == "bonferroni":
                     corrected = cg.bonferroni(p)
                     keep = corrected <= self.inputs.alpha
+                elif hasattr(affine, "edges"):  # surfaces: clusters along mesh edges (and voxel faces)
+                    keep = cg.cluster_extent_mask(z, self.inputs.z_threshold, self.inputs.cluster_extent,
+                                                  connectivity=mask_edges(
+                                                      affine.edges(_meshes(self.inputs.surface_meshes)), mask))
                 else:
                     vol = np.zeros(mask3d.shape)
                     vol[mask3d] = z
@@ -426,6 +480,8 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
     p_threshold = traits.Float(0.001, usedefault=True, desc="cluster-forming uncorrected p (cluster mass)")
     model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model whose t is permuted")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
 
 
 class PermuteGroup(SimpleInterface):
@@ -445,8 +501,13 @@ class PermuteGroup(SimpleInterface):
             if con.get("stat", "t") != "t":
                 continue
             methods = list(self.inputs.methods)
+            spatial = {"perm_cluster_mass", "tfce"} & set(methods)
+            # surfaces: neighbours are mesh edges (refused with a message when no mesh is known)
+            neighbours = (mask_edges(affine.edges(_meshes(self.inputs.surface_meshes)), mask)
+                          if spatial and hasattr(affine, "edges") else 1)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
                                            seed=self.inputs.seed, methods=methods, variances=V, present=P,
+                                           connectivity=neighbours,
                                            cluster_threshold=cg.z_threshold(self.inputs.p_threshold) if P is not None
                                            else cg.t_threshold(self.inputs.p_threshold, con["dof"]))
             z = _volume_values(con["maps"]["z"], mask)
@@ -511,7 +572,8 @@ class ClusterTables(SimpleInterface):
             return np.asarray(load_image(path).get_fdata(), dtype=np.float64)
 
         manifest, tables = [], {}
-        for con in _read_json(self.inputs.maps_file):
+        for con in _read_json(self.inputs.maps_file) if not hasattr(affine, "write") else []:
+            # (surfaces: no cluster table yet; the report lists each structure's locations above threshold)
             values = {"p_uncorrected": vol(con["maps"]["p"])}
             for method, entry in sorted(inference.get(con["name"], {}).items()):
                 if "p" in entry:
@@ -563,13 +625,24 @@ class PlotGroup(SimpleInterface):
         from ..reports.figures import plot_design
         from ..reports.group import plot_stat_figures, plot_subject_mosaic
 
-        Y, mask, _, subjects = _load_data(self.inputs.data_file)
+        Y, mask, where, subjects = _load_data(self.inputs.data_file)
         design = _read_design(self.inputs.design_file)
         design.index = [f"sub-{s}" for s in subjects]
         cwd = runtime.cwd
         design_svg = str(plot_design(design, os.path.join(cwd, "design.svg")))
-        mosaic = str(plot_subject_mosaic(Y, mask, subjects, os.path.join(cwd, "mosaic.png"),
-                                         title=f"{self.inputs.contrast}: subject effect maps"))
+        surface = hasattr(where, "write")
+        if surface:  # maps on the inflated mesh when one is packaged (no subject mosaic on surfaces yet)
+            from ..reports.surface import surface_figure_file
+
+            def draw(path, prefix, threshold=None, title="", kinds=None):
+                return surface_figure_file(path, f"{prefix}_surface.png", threshold, title)
+            mosaic = None
+        else:
+            def draw(path, prefix, **kw):
+                return plot_stat_figures(load_image(path), prefix, **kw)
+
+            mosaic = str(plot_subject_mosaic(Y, mask, subjects, os.path.join(cwd, "mosaic.png"),
+                                             title=f"{self.inputs.contrast}: subject effect maps"))
         inference = {}
         for f in self.inputs.inference_files or []:
             for name, methods in _read_json(f).items():
@@ -578,8 +651,8 @@ class PlotGroup(SimpleInterface):
         sections = []
         for con in _read_json(self.inputs.maps_file):
             figures = []
-            for path in plot_stat_figures(load_image(con["maps"]["z"]), os.path.join(cwd, f"{con['name']}_z"),
-                                          title=f"{self.inputs.contrast} {con['name']}: z (unthresholded)"):
+            for path in draw(con["maps"]["z"], os.path.join(cwd, f"{con['name']}_z"),
+                             title=f"{self.inputs.contrast} {con['name']}: z (unthresholded)"):
                 figures.append({"path": str(path), "caption": f"z map, unthresholded ({path.stem.split('_')[-1]})"})
             notes = [f"Group model: {con.get('model', 'ols')} ({cg.GROUP_MODELS[con.get('model', 'ols')]})"
                      + (f"; F test on {len(con['weights'])} rows" if con.get("stat") == "F" else "") + "."]
@@ -589,17 +662,18 @@ class PlotGroup(SimpleInterface):
                           f"{'sign flips' if entry['scheme'] == 'sign_flip' else 'permutations'}"
                           if "scheme" in entry else "")
                 notes.append(f"{label}: {entry['n_significant']} voxel(s) significant{detail}.")
-                path = plot_stat_figures(load_image(entry["z"]), os.path.join(cwd, f"{con['name']}_{label}"),
-                                         threshold=1e-6, title=f"{con['name']}: {label}", kinds=("glass",))[0]
-                figures.append({"path": str(path), "caption": f"z map thresholded by {label}"})
+                for path in draw(entry["z"], os.path.join(cwd, f"{con['name']}_{label}"), threshold=1e-6,
+                                 title=f"{con['name']}: {label}", kinds=("glass",))[:1]:
+                    figures.append({"path": str(path), "caption": f"z map thresholded by {label}"})
             sections.append({"name": con["name"] if not con["desc"] else f"{con['name']} (desc-{con['desc']})",
                              "figures": figures, "clusters": tables.get(con["name"]), "notes": notes})
         section = {"contrast": self.inputs.contrast, "subjects": subjects, "missing": list(self.inputs.missing),
                    "design_figure": design_svg, "mosaic": mosaic, "group_contrasts": sections}
         self._results["section_file"] = _write_json(cwd, "section.json", section)
         self._results["manifest_file"] = _write_json(cwd, "manifest.json", [
-            {"path": design_svg, "entities": {"contrast": self.inputs.contrast}, "suffix": "design"},
-            {"path": mosaic, "entities": {"contrast": self.inputs.contrast, "desc": "subjects"}, "suffix": "mosaic"}])
+            {"path": design_svg, "entities": {"contrast": self.inputs.contrast}, "suffix": "design"}] + (
+            [{"path": mosaic, "entities": {"contrast": self.inputs.contrast, "desc": "subjects"}, "suffix": "mosaic"}]
+            if mosaic else []))
         return runtime
 
 

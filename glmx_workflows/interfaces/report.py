@@ -78,8 +78,14 @@ class SubjectReport(SimpleInterface):
         with open(inp.subject_manifest) as fh:
             maps = json.load(fh)
         by_label = {spec["label"]: name for name, spec in inp.contrasts.items()}
-        z_maps = {by_label[m["entities"]["contrast"]]: m["path"] for m in maps
-                  if m["entities"].get("stat") == "z" and m["entities"].get("contrast") in by_label}
+        z_maps = {}
+        for m in sorted(maps, key=lambda m: m["entities"].get("hemi", "")):
+            if m["entities"].get("stat") == "z" and m["entities"].get("contrast") in by_label:
+                name = by_label[m["entities"]["contrast"]]
+                if "hemi" in m["entities"]:  # a GIfTI pair: both hemispheres, left first
+                    z_maps.setdefault(name, []).append(m["path"])
+                else:
+                    z_maps[name] = m["path"]
         ent = inp.subject_entities
         path = os.path.join(runtime.cwd, "report.html")
         cache = PartCache(inp.cache_dir or None)

@@ -250,6 +250,8 @@ def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
         coords, names, networks = read_coordinates(path)
         return Atlas(kind="spheres", name=name, names=names, centres=coords, source=str(path), coords=coords,
                      radius=radius, networks=networks)
+    if "labels_img" in spec and str(spec["labels_img"]).endswith(".dlabel.nii"):
+        return _dlabel_atlas(_resolve(spec["labels_img"], base_dir), spec, bold_path)
     if "labels_img" in spec:
         path = _resolve(spec["labels_img"], base_dir)
         img = load_image(path, "atlas labels image")
@@ -299,6 +301,33 @@ def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
                      centres=centres, source=str(path), maps=maps)
     raise GlmxError("atlas needs one of 'coordinates', 'labels_img' or 'maps_img' (or the name of a packaged "
                     f"coordinate atlas: {', '.join(PACKAGED)})", field="atlas")
+
+
+def _dlabel_atlas(path, spec, bold_path):
+    """A CIFTI dense label atlas (Schaefer, Glasser... in fsLR) on a dtseries' grayordinates.
+
+    Parcels are the label table's keys (0 and unlabelled grayordinates are background); names from the
+    table. The dlabel's brain models must be the BOLD's (same structures, vertices and voxels), else an error
+    naming the dlabel. Centres are unknown without a mesh (NaN).
+    """
+    import nibabel as nb
+
+    from .geometry import cifti_axes, load_cifti
+
+    img = load_cifti(path, "atlas dlabel file")
+    labels_axis, models = img.header.get_axis(0), img.header.get_axis(1)
+    if not isinstance(labels_axis, nb.cifti2.LabelAxis):
+        raise GlmxError("expected a dense label file (label × brain models)", file=path, field="atlas.labels_img")
+    bold_models = cifti_axes(bold_path)[1]
+    if models != bold_models:
+        raise GlmxError(f"the dlabel's {len(models)} grayordinates are not those of the BOLD {bold_path} "
+                        f"({len(bold_models)}): another grayordinate set or density", file=path, field="atlas.labels_img")
+    labels = np.rint(np.asarray(img.dataobj)[0]).astype(int)
+    table = labels_axis.label[0]
+    values = sorted(int(v) for v in np.unique(labels) if v != 0)
+    names = [str(table[v][0]) if v in table else str(v) for v in values]
+    return Atlas(kind="labels", name=seg_label(spec.get("name", Path(path).name.split(".")[0])), names=names,
+                 centres=np.full((len(values), 3), np.nan), source=str(path), labels=labels, label_values=values)
 
 
 def region_signals(atlas, data, affine, mask):

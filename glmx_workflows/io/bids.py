@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import GlmxError
-from ..core.timing import check_tr
+from ..core.timing import check_tr, same_tr
+from .geometry import check_cifti_run, check_gifti_pair, space_form
 
 _RUN_ENTITIES = ("session", "task", "acquisition", "run", "echo")
 
@@ -312,6 +313,36 @@ def _only(hits, what, bold):
     return hits[0][0]
 
 
+def _hemisphere_pairs(bolds):
+    """GIfTI runs as ``(left path, entities with '_right')``: each run needs both hemispheres."""
+    by_run = {}
+    for path, ent in bolds:
+        key = tuple(sorted((k, str(v)) for k, v in ent.items() if k not in ("hemi", "extension")))
+        by_run.setdefault(key, {})[str(ent.get("hemi"))] = (path, ent)
+    pairs = []
+    for hemis in by_run.values():
+        for need, other in (("L", "R"), ("R", "L")):
+            if need not in hemis:
+                raise GlmxError(f"the run has no hemi-{need} file beside this hemi-{other} one", file=hemis[other][0],
+                                field="hemi")
+        left, ent = hemis["L"]
+        pairs.append((left, {**ent, "_right": hemis["R"][0]}))
+    return sorted(pairs, key=lambda p: p[0])
+
+
+def _cifti_tr(bold, tr, tr_source):
+    """The sidecar's TR checked against the dtseries' series axis (the axis when there is no sidecar)."""
+    _, step = check_cifti_run(bold)
+    if step is None:
+        return tr, tr_source
+    if tr is None:
+        return step, str(bold)
+    if not same_tr(step, tr):  # the one TR agreement rule (core.timing)
+        raise GlmxError(f"RepetitionTime is {tr:g} s in {tr_source} but the series axis step is {step:g} s",
+                        file=bold, field="RepetitionTime")
+    return tr, tr_source
+
+
 def find_runs(layout, subject, task, space="MNI152NLin2009cAsym", events=True):
     """Every preprocessed run of a subject and task, with its mask, events and confounds.
 
@@ -355,10 +386,19 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym", events=True):
                         f"(subjects: {', '.join('sub-' + s for s in list_subjects(layout)[:10])})",
                         file=layout.root, field=f"sub-{subject}")
     nifti = [".nii.gz", ".nii"]
-    bolds = sorted(_select(deriv, task=task, suffix="bold", desc="preproc", space=space_name, extension=nifti,
-                           **extra))
+    form = space_form(space_name)
+    if form == "cifti":  # fMRIPrep: ..._space-fsLR_den-91k_bold.dtseries.nii (no desc)
+        bolds = sorted(_select(deriv, task=task, suffix="bold", space=space_name, extension=".dtseries.nii",
+                               **extra))
+    elif form == "gifti":  # ..._hemi-L_space-fsaverage5_bold.func.gii: the left file stands for the pair
+        bolds = sorted(_select(deriv, task=task, suffix="bold", space=space_name, extension=".func.gii", **extra))
+        bolds = _hemisphere_pairs(bolds)
+    else:
+        bolds = sorted(_select(deriv, task=task, suffix="bold", desc="preproc", space=space_name, extension=nifti,
+                               **extra))
     if not bolds:
-        spaces = sorted({str(e["space"]) for _, e in _select(deriv, task=task, suffix="bold") if "space" in e})
+        spaces = sorted({str(e["space"]) + (f":den-{e['den']}" if "den" in e else "")
+                         for _, e in _select(deriv, task=task, suffix="bold") if "space" in e})
         raise GlmxError(f"no preprocessed BOLD for task '{task}' in space '{space}' "
                         f"(spaces found: {', '.join(spaces) or 'none'})", file=layout.root, field=f"sub-{subject}")
     seen = {}
@@ -373,8 +413,15 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym", events=True):
         seen[key] = bold
         null = {k: ABSENT for k in _RUN_ENTITIES if k not in run_ent}
         img_ent = {k: ent[k] for k in ("space", "res", "den", "cohort") if k in ent}
-        mask = _only(_select(deriv, suffix="mask", desc="brain", extension=nifti, **run_ent, **img_ent, **null),
-                     "brain mask", bold)
+        if form == "cifti":  # the grayordinates are the mask
+            mask = bold
+            check_cifti_run(bold, extra.get("den") or str(ent.get("den", "")) or None)
+        elif form == "gifti":  # the right hemisphere travels where a volume's mask does
+            mask = ent.pop("_right")
+            check_gifti_pair(bold, mask, space_name)
+        else:
+            mask = _only(_select(deriv, suffix="mask", desc="brain", extension=nifti, **run_ent, **img_ent, **null),
+                         "brain mask", bold)
         confounds = _only(_select(deriv, desc="confounds", suffix=["timeseries", "regressors"], extension=".tsv",
                                   **run_ent, **null), "confounds", bold)
         events_file = _only(_select(raw, suffix="events", extension=".tsv",
@@ -387,6 +434,8 @@ def find_runs(layout, subject, task, space="MNI152NLin2009cAsym", events=True):
             if path is None:
                 raise GlmxError(f"no {what} file for this run", file=bold, field=what)
         tr, tr_source = _tr_from_metadata(layout, bold, raw_bold)
+        if form == "cifti":
+            tr, tr_source = _cifti_tr(bold, tr, tr_source)
         records.append(RunRecord(
             subject=subject, task=task, bold=bold, mask=mask, events=events_file, confounds=confounds,
             tr=tr, tr_source=tr_source, n_scans=bold_length(bold),
@@ -460,6 +509,9 @@ def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
     runs = []
     from ..core.timing import resolve_tr
 
+    if space_form(parse_space(space)[0]) == "gifti":
+        raise GlmxError(f"connectivity on GIfTI pairs (space '{space}') is not available; use the fsLR CIFTI "
+                        "outputs ('space': 'fsLR') with a .dlabel.nii atlas", field="space")
     for rec in find_runs(layout, subject, task, space, events=False):
         # the one TR rule (core.timing), as the task GLM applies it
         use_tr = resolve_tr([rec.tr], spec_tr=tr, override_tr=override_tr, sources=[rec.tr_source or rec.bold])

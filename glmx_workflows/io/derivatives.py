@@ -8,7 +8,7 @@ from pathlib import Path
 from .atomic import copy_file, write_text
 
 # Entity order of the BIDS specification (with the statmap entities contrast/stat after space).
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "echo", "space", "res", "den", "cohort", "seg", "contrast",
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "echo", "hemi", "space", "res", "den", "cohort", "seg", "contrast",
                 "stat", "desc")
 
 
@@ -112,10 +112,14 @@ def extension_of(path):
     Returns
     -------
     str
-        ``.nii.gz`` for gzipped NIfTI, else the last suffix (``""`` when none).
+        ``.nii.gz`` for gzipped NIfTI, ``.dscalar.nii``/``.func.gii``... for CIFTI and GIfTI, else the last suffix (``""`` when none).
     """
     name = Path(path).name
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    for double in (".nii.gz", ".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".pscalar.nii", ".ptseries.nii",
+                   ".pconn.nii", ".func.gii", ".label.gii", ".shape.gii", ".surf.gii"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
 
 
 def publish(manifest, base_entities, out_dir):
@@ -142,9 +146,15 @@ def publish(manifest, base_entities, out_dir):
     out = []
     for item in manifest:
         ent = {**base_entities, **item.get("entities", {})}
-        target = derivative_path(out_dir, ent, item["suffix"], extension_of(item["path"]),
-                                 datatype=item.get("datatype", "func"))
-        out.append(str(copy_file(item["path"], target)))
+        sources = [(item["path"], ent)]
+        if str(item["path"]).endswith("_hemi-L.func.gii") and "hemi" not in ent:
+            # a GIfTI pair travels between nodes as its left file (io.geometry): publish both hemispheres
+            sources = [(item["path"], {**ent, "hemi": "L"}),
+                       (item["path"][:-len("_hemi-L.func.gii")] + "_hemi-R.func.gii", {**ent, "hemi": "R"})]
+        for path, entities in sources:
+            target = derivative_path(out_dir, entities, item["suffix"], extension_of(path),
+                                     datatype=item.get("datatype", "func"))
+            out.append(str(copy_file(path, target)))
     return out
 
 

@@ -149,8 +149,80 @@ It is meant for trying out and testing GLM pipelines.
 """
 
 
+#: The simulated CIFTI's fsLR cortex: every CIFTI_STEP-th fsaverage5 vertex stands in for a vertex of the 32k mesh.
+CIFTI_STEP = 8
+#: Subcortical structures of the simulated CIFTI: name → (centre in MNI mm, half-width in 2 mm voxels).
+CIFTI_SUBCORTEX = {"ThalamusLeft": ((-10.0, -18.0, 8.0), 2), "ThalamusRight": ((10.0, -18.0, 8.0), 2)}
+_MNI2MM = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+_MNI2MM_SHAPE = (91, 109, 91)
+
+
+def surface_locations():
+    """Where the simulated surface data live.
+
+    Returns
+    -------
+    dict
+        ``fsaverage5``: ``{'L': coords (10242, 3), 'R': ..., 'medial': {'L': bool, 'R': bool}}`` (pial
+        coordinates from nilearn's package data; the medial wall stand-in holds constant zeros);
+        ``fsLR``: ``{'axis': nibabel BrainModelAxis (den-91k cortex meshes, a subset of their vertices, and a
+        few subcortical voxels), 'xyz': coords (n_grayordinates, 3)}``.
+    """
+    from .geometry import FSLR_VERTICES
+    from .meshes import packaged_mesh
+
+    mesh = packaged_mesh("fsaverage5", "pial")
+    fsavg = {h: mesh[h][0] for h in ("L", "R")}
+    fsavg["medial"] = {h: (np.abs(c[:, 0]) < 8) & (c[:, 1] > -30) & (c[:, 1] < 10) & (c[:, 2] > -10) & (c[:, 2] < 20)
+                       for h, c in fsavg.items() if h in ("L", "R")}
+    ax = None
+    xyz = []
+    for hemi, structure in (("L", "CortexLeft"), ("R", "CortexRight")):
+        vertices = np.arange(0, len(fsavg[hemi]), CIFTI_STEP)
+        part = nib.cifti2.BrainModelAxis.from_surface(vertices, FSLR_VERTICES["91k"], structure)
+        ax = part if ax is None else ax + part
+        xyz.append(fsavg[hemi][vertices])
+    inv = np.linalg.inv(_MNI2MM)
+    for structure, (centre, half) in CIFTI_SUBCORTEX.items():
+        ijk = np.rint(inv[:3, :3] @ np.asarray(centre) + inv[:3, 3]).astype(int)
+        vol = np.zeros(_MNI2MM_SHAPE, bool)
+        vol[tuple(slice(c - half, c + half + 1) for c in ijk)] = True
+        part = nib.cifti2.BrainModelAxis.from_mask(vol, structure, affine=_MNI2MM)
+        ax = ax + part
+        xyz.append(part.voxel[part.volume_mask] @ _MNI2MM[:3, :3].T + _MNI2MM[:3, 3])
+    return {"fsaverage5": fsavg, "fsLR": {"axis": ax, "xyz": np.concatenate(xyz)}}
+
+
+def _write_surface_run(dfunc, stem, run, tr, rng_seed, scales, locations):
+    """The run's CIFTI dtseries and fsaverage5 GIfTI pair (fMRIPrep's names and sidecars)."""
+    fslr = locations["fsLR"]
+    data = sim.simulate_surface_run(fslr["xyz"], run, tr, np.random.default_rng([*rng_seed, 1]), scales)
+    series = nib.cifti2.SeriesAxis(start=0.0, step=tr, size=data.shape[0], unit="SECOND")
+    img = nib.Cifti2Image(data, header=(series, fslr["axis"]))
+    name = dfunc / f"{stem}_space-fsLR_den-91k_bold.dtseries.nii"
+    name.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(name))
+    _write_json(name.with_name(name.name.replace(".dtseries.nii", ".json")),
+                # as recent fMRIPrep: the older 'space': 'HCP grayordinates' key clashes with the entity in pybids
+                {"RepetitionTime": tr, "TaskName": TASK, "Density": "91k grayordinates (simulated subset)",
+                 "SpatialReference": {"CIFTI_STRUCTURE_CORTEX_LEFT": "fsLR 32k", "CIFTI_STRUCTURE_CORTEX_RIGHT":
+                                      "fsLR 32k", "VolumeReference": "MNI152NLin6Asym 2 mm"}})
+    fsavg = locations["fsaverage5"]
+    for i, hemi in enumerate(("L", "R")):
+        data = sim.simulate_surface_run(fsavg[hemi], run, tr, np.random.default_rng([*rng_seed, 2 + i]), scales,
+                                        constant=fsavg["medial"][hemi])
+        gii = nib.gifti.GiftiImage(meta=nib.gifti.GiftiMetaData(
+            {"AnatomicalStructurePrimary": "CortexLeft" if hemi == "L" else "CortexRight"}))
+        for row in data:
+            gii.add_gifti_data_array(nib.gifti.GiftiDataArray(row, intent="NIFTI_INTENT_TIME_SERIES",
+                                                              datatype="NIFTI_TYPE_FLOAT32"))
+        name = dfunc / f"{stem}_hemi-{hemi}_space-fsaverage5_bold.func.gii"
+        nib.save(gii, str(name))
+        _write_json(name.with_name(name.name.replace(".func.gii", ".json")), {"RepetitionTime": tr, "TaskName": TASK})
+
+
 def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n_volumes=DEFAULT_N_VOLUMES,
-                         tr=2.0, seed=0):
+                         tr=2.0, seed=0, surfaces=False):
     """Write the simulated flanker dataset (raw BIDS + fmriprep-style derivatives) to ``out_dir``.
 
     Parameters
@@ -171,6 +243,13 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
         Repetition time in seconds; the planted signal is built at this TR.
     seed : int
         Seed of every random draw; the same arguments give byte-identical files.
+    surfaces : bool
+        Also write each run on surfaces, as fMRIPrep's ``--cifti-output`` and ``fsaverage5`` outputs do:
+        ``..._space-fsLR_den-91k_bold.dtseries.nii`` (a small valid CIFTI-2: a subset of the 32k cortex
+        vertices and two subcortical structures, see :func:`surface_locations`) and
+        ``..._hemi-<L|R>_space-fsaverage5_bold.func.gii`` (all 10242 vertices, a medial wall of zeros), with
+        the same events, motion and planted effects (Gaussians around the same centres, in mm). The volume
+        files are the same as without surfaces.
 
     Returns
     -------
@@ -248,6 +327,7 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
     })
 
     mask_img = _image(mask.astype(np.uint8), affine)
+    locations = surface_locations() if surfaces else None
     subjects_record = {}
     for s in range(n_subjects):
         sub = f"sub-{s + 1:02d}"
@@ -274,6 +354,8 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
             _write_json(dfunc / f"{prefix}_desc-brain_mask.json", {"Type": "Brain"})
             _write_tsv(dfunc / f"{stem}_desc-confounds_timeseries.tsv", run["confounds"])
             _write_json(dfunc / f"{stem}_desc-confounds_timeseries.json", _round(run["confounds_meta"]))
+            if surfaces:
+                _write_surface_run(dfunc, stem, run, tr, (seed, s, r + 1, 77), result["scales"], locations)
             subjects_record[sub]["runs"][f"run-{r + 1}"] = {
                 "n_trials": int(len(run["events"])),
                 "n_nonsteady": run["n_nonsteady"],

@@ -31,8 +31,10 @@ def parse_bids_name(path):
         Entities in name order, suffix, and extension (``.nii.gz`` kept whole); None when the name
         is not a BIDS name.
     """
+    from .derivatives import extension_of
+
     name = Path(path).name
-    ext = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    ext = extension_of(name)
     stem = name[: len(name) - len(ext)]
     *parts, suffix = stem.split("_")
     entities = {}
@@ -77,11 +79,15 @@ def find_subject_maps(output_dir, task, space=None, space_extra=None):
     found = {}
     spaces = set()
     current = {}
-    for path in sorted(root.resolve().glob("sub-*/**/*_statmap.nii.gz")):
+    # volumes, CIFTI dense scalars, and GIfTI pairs (the hemi-L file stands for its pair, as between nodes)
+    candidates = [p for pattern in ("*_statmap.nii.gz", "*_statmap.dscalar.nii", "*_hemi-L_*_statmap.func.gii")
+                  for p in root.resolve().glob(f"sub-*/**/{pattern}")]
+    for path in sorted(candidates):
         parsed = parse_bids_name(path)
         if parsed is None:
             continue
         ent, suffix, _ = parsed
+        ent.pop("hemi", None)
         if ent.get("task") != task or "run" in ent or ent.get("stat") not in ("effect", "variance") \
                 or "contrast" not in ent or "sub" not in ent:
             continue

@@ -63,6 +63,10 @@ def bold_length(path):
     GlmxError
         If the file is missing, unreadable or not 4D.
     """
+    if str(path).endswith((".dtseries.nii", ".gii")):  # surfaces: volumes of the series axis or data arrays
+        from .geometry import run_length
+
+        return run_length(path)
     img = load_image(path, "BOLD run")
     if len(img.shape) != 4:
         raise GlmxError(f"BOLD image is {len(img.shape)}D with shape {img.shape}; expected a 4D run",

@@ -559,7 +559,8 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
     contrasts : dict
         ``{name: {'label', 'rows': [{regressor: weight}], 'type': 't' | 'F'}}``.
     z_maps : dict
-        ``{contrast name: subject-level z map (path or nibabel image)}``.
+        ``{contrast name: subject-level z map (path or nibabel image)}``; surface maps (a ``.dscalar.nii``, or the
+        list of a GIfTI pair's two ``.func.gii``) are drawn by :mod:`glmx_workflows.reports.surface`.
     background : path or nibabel image, optional
         Underlay of the slices (the mean BOLD); None uses nilearn's MNI template.
     settings : dict, optional
@@ -606,6 +607,20 @@ def build_subject_report(path, subject, task, runs, contrasts, z_maps, backgroun
     parts.append(H.tag("p", f"z maps of the runs combined by fixed effects, shown where |z| ≥ {threshold:.2f} "
                             f"(p < {_p_of(threshold):.2g} one-sided, uncorrected); cluster tables list clusters of at "
                             f"least {extent} voxels (coordinates in mm)."))
+    from .surface import is_surface_map, load_surface_map, surface_contrast_section
+
+    if z_maps and all(is_surface_map(p) for p in z_maps.values()):
+        peaks = [max(float(np.nanmax(np.abs(v))) if v.size else 0.0 for v, _ in load_surface_map(p).values())
+                 for p in z_maps.values()]
+        vmax = max([threshold + 1.0, *[p for p in peaks if np.isfinite(p)]])
+        for name, spec in sorted(contrasts.items()):
+            if name in z_maps:
+                parts += surface_contrast_section(name, spec, z_maps[name], threshold, vmax)
+        missing = sorted(set(contrasts) - set(z_maps))
+        if missing:
+            parts.append(H.tag("p", "No subject-level map (no run carries the contrast): " + ", ".join(missing) + ".",
+                               cls="warn"))
+        return H.write_page(path, title, parts)
     imgs = {name: nb.load(str(p)) if not hasattr(p, "affine") else p for name, p in z_maps.items()}
     # read each map once (figures, counts, the cluster table and the part's key all use it)
     imgs = {name: nb.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header) for name, img in imgs.items()}

@@ -202,7 +202,8 @@ def build_group_report(task, sections, summary, path):
             parts.append("<p class='warn'>Left out (no subject-level map): "
                          + ", ".join(f"sub-{html.escape(s)}" for s in sec["missing"]) + ".</p>")
         parts.append("<h3>Design</h3>" + _img_tag(sec["design_figure"], "design matrix"))
-        parts.append("<h3>Subject maps</h3>" + _img_tag(sec["mosaic"], "subject mosaic"))
+        if sec.get("mosaic"):  # (none on surfaces)
+            parts.append("<h3>Subject maps</h3>" + _img_tag(sec["mosaic"], "subject mosaic"))
         for gc in sec["group_contrasts"]:
             parts.append(f"<h3>Group contrast <code>{html.escape(gc['name'])}</code></h3>")
             for note in gc.get("notes", []):

@@ -65,6 +65,12 @@ GROUP_KEYS = {
         "fewer distinct ones, all are enumerated (exact p-values).", 10000),
     "group_seed": ({"type": "integer", "minimum": 0}, 0,
                    "Seed of the permutations: the same seed gives the same maps.", 42),
+    "surface_meshes": (
+        {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"L": {"type": "string"}, "R": {"type": "string"}},
+                                      "required": ["L", "R"], "additionalProperties": False}]}, None,
+        "fsLR meshes (e.g. fMRIPrep's hemi-L/R_space-fsLR_den-32k_midthickness.surf.gii, relative to the spec) whose "
+        "edges are the cortex neighbours of 'cluster', 'perm_cluster_mass' and 'tfce' on CIFTI maps (fsaverage5 "
+        "needs none: nilearn ships it).", {"L": "l.surf.gii", "R": "r.surf.gii"}),
 }
 
 

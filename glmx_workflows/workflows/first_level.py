@@ -66,7 +66,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     ``inputnode`` fields (lists have one item per run, in the same order):
 
     - ``bold_files``, ``mask_files``, ``events_files``, ``confounds_files``: fmriprep BOLD, brain mask,
-      raw BIDS events and fmriprep confounds.
+      raw BIDS events and fmriprep confounds. On surfaces (see ``io.geometry``): the CIFTI dtseries twice,
+      or the left and right hemispheres' GIfTI.
     - ``design_files``: None per run, or a user's design TSV that replaces the built design.
     - ``run_map_entities`` / ``run_design_entities``: BIDS entity dicts naming a run's maps
       (sub, ses, task, run, space) and its design (sub, ses, task, run).
@@ -126,8 +127,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         (inputnode, fit_glm, [("bold_files", "bold_file"), ("mask_files", "mask_file")]),
         (build_design, fit_glm, [("design_file", "design_file")]),
         (select_confounds, fit_glm, [("censor_file", "censor_file")]),
-        (fit_glm, compute_contrasts, [("fit_file", "fit_file")]),
-        (inputnode, compute_contrasts, [("mask_files", "mask_file")]),
+        # the fit says where its locations are (a GIfTI pair's kept vertices are known only once read)
+        (fit_glm, compute_contrasts, [("fit_file", "fit_file"), ("mask_file", "mask_file")]),
         (compute_contrasts, fixed_effects, [("estimates_file", "estimates_files")]),
         (build_design, outputnode, [("design_file", "design_files")]),
         (fit_glm, outputnode, [("fit_file", "fit_files")]),

@@ -67,7 +67,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     compute_contrasts = pe.Node(ComputeGroupContrasts(contrast=contrast), name="compute_contrasts")
     threshold_maps = pe.Node(ThresholdGroupMaps(
         contrast=contrast, methods=parametric, alpha=settings["group_alpha"], z_threshold=z_threshold,
-        cluster_extent=settings["group_cluster_extent"]), name="threshold_maps")
+        cluster_extent=settings["group_cluster_extent"], surface_meshes=settings.get("surface_meshes") or {}),
+        name="threshold_maps")
     cluster_tables = pe.Node(ClusterTables(contrast=contrast, z_threshold=z_threshold,
                                            cluster_extent=settings["group_cluster_extent"]), name="cluster_tables")
     plot_figures = pe.Node(PlotGroup(contrast=contrast), name="plot_figures")
@@ -106,7 +107,7 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
         permute = pe.Node(PermuteGroup(contrast=contrast, methods=permutation,
                                        n_permutations=settings["group_n_permutations"], seed=settings["group_seed"],
                                        alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"],
-                                       model=model),
+                                       model=model, surface_meshes=settings.get("surface_meshes") or {}),
                           name="permute")
         permute.config = {"execution": {"remove_unnecessary_outputs": "false"}}
         wf.connect([
