@@ -87,9 +87,9 @@ class Subject(Project):
     """
 
     def __init__(self, sub_id, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None,
-                 **overrides):
+                 model=None, **overrides):
         self.sub_id = normalize_subject(sub_id)
-        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir, model=model)
         self.overrides = overrides
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
 
@@ -113,6 +113,14 @@ class Subject(Project):
         """
         from ..planning import plan_subject
 
+        if self.model is not None:
+            from ..bsm import plan_model_subject
+
+            if design_matrices is not None:
+                raise GlmxError("a BIDS Stats Model gives the designs; design matrices cannot be passed too",
+                                field="design_matrices")
+            return plan_model_subject(self.layout, self.entry, self.settings, self.model_graph([self.sub_id]),
+                                      self.work_dir)
         return plan_subject(self.layout, self.entry, self.settings, design_matrices, self.work_dir)
 
     def workflow(self, plan=None, name=None, output_dir=True):
@@ -135,9 +143,13 @@ class Subject(Project):
         from ..workflows.first_level import init_first_level_wf
 
         plan = plan or self.plan()
-        wf = init_first_level_wf(plan.settings, plan.contrasts,
-                                 output_dir=str(self.output_dir.resolve()) if output_dir else None,
-                                 fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=plan.publish_run_maps(),
+        out, subject_out, publish_runs = self.output_dir.resolve(), None, plan.publish_run_maps()
+        if self.model is not None:  # fitlins' layout: OUTPUT_DIR/node-<name>/ per node of the model
+            dirs = list(self.node_dirs().values())
+            out, subject_out, publish_runs = dirs[0].resolve(), (dirs[1].resolve() if len(dirs) > 1 else None), True
+        wf = init_first_level_wf(plan.settings, plan.contrasts, output_dir=str(out) if output_dir else None,
+                                 fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=publish_runs,
+                                 subject_output_dir=str(subject_out) if output_dir and subject_out else None,
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():
             setattr(wf.inputs.inputnode, field, value)
@@ -426,9 +438,12 @@ class Aggregator(Project):
         Spec keys applied to every subject.
     """
 
-    def __init__(self, bids_root, task, spec=None, derivatives=None, output_dir=None, work_dir=None,
-                 participant_label=None, design_dir=None, **overrides):
-        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
+    def __init__(self, bids_root, task=None, spec=None, derivatives=None, output_dir=None, work_dir=None,
+                 participant_label=None, design_dir=None, model=None, **overrides):
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir, model=model)
+        if self.model is not None and design_dir is not None:
+            raise GlmxError("a BIDS Stats Model gives the designs; --design-dir cannot be used with it",
+                            field="--design-dir")
         self.participant_label = participant_label
         self.design_dir = design_dir
         self.overrides = overrides
@@ -444,9 +459,13 @@ class Aggregator(Project):
         return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
 
     def _subject(self, sub):
-        subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
-                       output_dir=self.output_dir, work_dir=self.work_dir, **self.overrides)
+        subj = Subject(sub, self.task, self.bids_root, spec=None if self.model else self.spec_path,
+                       derivatives=self.derivatives, output_dir=self.output_dir, work_dir=self.work_dir,
+                       model=self.model["_model_file"] if self.model else None, **self.overrides)
         subj._layout = self.layout
+        if self.model is not None:
+            # one walk of the model's graph for every subject to plan (pybids takes seconds per walk)
+            subj.model_graph = lambda subjects=None: self.model_graph(self._to_plan)
         return subj
 
     def _plan_options(self, derivatives_dir):
@@ -506,6 +525,7 @@ class Aggregator(Project):
         to_run, excluded = listed
         _, keys = plan_keys(options, stats, to_run)
         plans, failures = {}, {}
+        self._to_plan = [s for s in to_run if cache.plan(s, keys[s]) is None]
         for sub in to_run:
             plan = cache.plan(sub, keys[sub])
             if plan is not None:

@@ -29,7 +29,7 @@ REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
-                        name="first_level_wf"):
+                        subject_output_dir=None, name="first_level_wf"):
     """Build the first-level workflow of one subject and task.
 
     Parameters
@@ -45,6 +45,9 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         Memory the ``fit_glm`` node declares to the engine.
     publish_run_maps : bool
         Publish per-run maps (False when a subject's only run would get the subject-level names).
+    subject_output_dir : str, optional
+        Where the subject-level (fixed-effects) maps are published when not in ``output_dir`` (a BIDS
+        Stats Model's Subject node folder).
     name : str
         Workflow name.
 
@@ -127,7 +130,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         # on the next run even though every node before it is cached.
         ds_design = pe.MapNode(DerivativesSink(out_dir=str(output_dir)), iterfield=["manifest_file", "entities"],
                                name="ds_design", overwrite=True)
-        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps", overwrite=True)
+        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(subject_output_dir or output_dir)),
+                                  name="ds_subject_maps", overwrite=True)
         wf.connect([
             (fixed_effects, ds_design, [("manifest_file", "wait_for")]),
             (build_design, ds_design, [("manifest_file", "manifest_file")]),
