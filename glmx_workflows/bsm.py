@@ -409,3 +409,97 @@ def node_dirs(graph, output_dir):
     """
     model = graph.model if isinstance(graph, ModelGraph) else graph
     return {n["Name"]: Path(output_dir) / f"node-{n['Name']}" for n in model["Nodes"]}
+
+
+def _formula(conditions, weights):
+    return " + ".join(f"{float(w)!r}*{c}" for c, w in zip(conditions, weights) if float(w) != 0.0)
+
+
+def plan_model_group(graph, found, design_dir, wanted=None):
+    """The Dataset node as the group level's plan: per incoming contrast, its subjects, maps and design.
+
+    The design is the graph's ``X`` for that contrast, rows of the subjects that have maps, written as a
+    TSV (``participant_id`` then the columns) that the group's ``build_design`` uses as is. The node's
+    contrasts on the intercept are the group level's mean; the others become named group contrasts.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+        The walked graph.
+    found : dict
+        From :func:`glmx_workflows.io.group_inputs.find_subject_maps` on the Subject node's folder.
+    design_dir : str or Path
+        Where the designs are written (``<work_dir>/bsm_designs``).
+    wanted : list of str, optional
+        Only these first-level contrast labels.
+
+    Returns
+    -------
+    dict
+        ``contrasts`` (``{label: {'subjects', 'effect_files', 'variance_files', 'design_file'}}``),
+        ``excluded`` ([]), ``missing``, ``participants_file`` (None), ``log``, ``group_contrasts``
+        (``{name: formula}``) and ``shared`` (the maps' space entities).
+
+    Raises
+    ------
+    GlmxError
+        The Dataset node's X lacks the intercept, a contrast names a column X lacks or is not a t test,
+        different contrasts get different group contrasts, or a requested contrast has no maps.
+    """
+    from .core.formula import bids_label
+
+    file = graph.model["_model_file"]
+    name = graph.node("Dataset")
+    where = _path(graph.model, name)
+    found = dict(found)
+    shared = found.pop(None)
+    chosen, missing, log, formulas = {}, {}, [], None
+    for out in graph.outputs[name]:
+        label = bids_label(str(out["entities"].get("contrast")))
+        if wanted and label not in wanted:
+            continue
+        X = out["X"]
+        if "intercept" not in X.columns:
+            raise GlmxError("the Dataset node's X must include the intercept (1)", file=file, field=f"{where}.Model.X")
+        subjects = [str(s) for s in out["inputs"]["subject"]]
+        maps = found.get(label, {})
+        have = [i for i, s in enumerate(subjects) if s in maps]
+        missing[label] = sorted(s for s in subjects if s not in maps)
+        if missing[label]:
+            log.append(f"contrast {label}: no Subject-node stat-effect map for "
+                       + ", ".join(f"sub-{s}" for s in missing[label]) + "; left out")
+        if not have:
+            raise GlmxError(f"no Subject-node maps of contrast '{label}'; run the participant level first", file=file,
+                            field=where)
+        mine = {}
+        for con in out["contrasts"]:
+            if con["test"] != "t":
+                raise GlmxError(f"contrast '{con['name']}': only t tests are supported at the Dataset level yet",
+                                file=file, field=_contrast_path(graph.model, name, con["name"]))
+            lacking = [c for c in con["conditions"] if c not in X.columns]
+            if lacking:
+                raise GlmxError(f"contrast '{con['name']}' names {', '.join(map(str, lacking))}, not a column of the "
+                                f"Dataset design ({', '.join(X.columns)})", file=file,
+                                field=_contrast_path(graph.model, name, con["name"]))
+            if [str(c) for c in con["conditions"]] == ["intercept"]:
+                continue  # the group level's mean effect
+            mine[bids_label(con["name"]) if con["name"] != out["entities"].get("contrast") else
+                 bids_label("_".join(map(str, con["conditions"])))] = _formula(con["conditions"], con["weights"])
+        if formulas is not None and mine != formulas:
+            raise GlmxError("the Dataset node's contrasts differ between incoming contrasts; not supported yet",
+                            file=file, field=where)
+        formulas = mine
+        design = X.iloc[have].reset_index(drop=True)
+        design.insert(0, "participant_id", ["sub-" + subjects[i] for i in have])
+        path = _write_if_changed(design, Path(design_dir) / name / f"contrast-{label}_design.tsv")
+        kept = [subjects[i] for i in have]
+        chosen[label] = {"subjects": kept, "effect_files": [maps[s]["effect"] for s in kept],
+                         "variance_files": [maps[s]["variance"] for s in kept], "design_file": path}
+    if wanted:
+        unknown = [c for c in wanted if c not in chosen]
+        if unknown:
+            raise GlmxError(f"the Dataset node has no contrast {', '.join(unknown)}; it has "
+                            f"{', '.join(bids_label(str(o['entities'].get('contrast'))) for o in graph.outputs[name])}",
+                            file=file, field="--contrast")
+    return {"contrasts": chosen, "excluded": [], "missing": missing, "participants_file": None, "log": log,
+            "group_contrasts": formulas or {}, "shared": shared}

@@ -60,6 +60,7 @@ def run_group(args):
     plugin_args = parse_plugin_args(args.plugin_args)
     group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,
                        contrasts=args.contrast, participant_label=args.participant_label,
+                       model=getattr(args, "model", None), derivatives=args.derivatives,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,
                        group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm)
     result = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)

@@ -131,6 +131,9 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
     regressors = traits.List(traits.Str, usedefault=True, desc="participants.tsv columns (group_level_regressors)")
     group_contrasts = traits.Dict(traits.Str, traits.Str, usedefault=True, desc="{name: formula} besides the mean")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label (names the outputs)")
+    user_design_file = traits.Either(None, File(exists=True), usedefault=True,
+                                     desc="a design given as is (participant_id, then its columns with 'intercept'): "
+                                          "a BIDS Stats Model's Dataset node; replaces the participants.tsv design")
 
 
 class BuildGroupDesignOutputSpec(TraitedSpec):
@@ -149,8 +152,12 @@ class BuildGroupDesign(SimpleInterface):
 
     def _run_interface(self, runtime):
         source = self.inputs.participants_file
-        table = read_tsv(source, "participants table") if source else None
-        design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
+        if self.inputs.user_design_file:
+            design = _read_design(self.inputs.user_design_file, index=True).loc[list(self.inputs.subjects)]
+            mean = {"intercept": 1.0}
+        else:
+            table = read_tsv(source, "participants table") if source else None
+            design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
         contrasts = cg.group_contrasts(design.columns, mean, self.inputs.group_contrasts)
         frame = design.copy()
         frame.insert(0, "participant_id", ["sub-" + s for s in design.index])
@@ -163,8 +170,11 @@ class BuildGroupDesign(SimpleInterface):
         return runtime
 
 
-def _read_design(path):
+def _read_design(path, index=False):
     frame = read_tsv(path, "group design")
+    if index:  # rows by subject label, for picking the subjects with maps
+        return frame.set_index(frame["participant_id"].astype(str).str.replace("sub-", "", regex=False)).drop(
+            columns=["participant_id"])
     return frame.drop(columns=["participant_id"])
 
 

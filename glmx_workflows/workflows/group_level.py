@@ -10,7 +10,7 @@ from ..interfaces.sink import DerivativesSink
 
 PARAMETRIC = ("uncorrected", "fdr", "bonferroni", "cluster")
 PERMUTATION = ("perm_fwe", "perm_cluster_mass", "tfce")
-INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "participants_file", "missing"]
+INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "participants_file", "missing", "design_file"]
 OUTPUT_FIELDS = ["maps_file", "section_file", "out_files"]
 
 
@@ -43,7 +43,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     -----
     ``inputnode``: ``effect_files`` / ``variance_files`` (one per subject, variance may be None),
     ``subjects`` (labels, same order), ``participants_file`` (participants.tsv or None), ``missing``
-    (subjects left out for lack of a map, for the report).
+    (subjects left out for lack of a map, for the report), ``design_file`` (None, or a design TSV used as
+    is: a BIDS Stats Model's Dataset node).
 
     ``outputnode``: ``maps_file`` (JSON of group contrasts and their maps), ``section_file`` (the report
     section), ``out_files`` (published paths; empty without ``output_dir``).
@@ -76,7 +77,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     wf.connect([
         (inputnode, load_maps, [("effect_files", "effect_files"), ("variance_files", "variance_files"),
                                 ("subjects", "subjects")]),
-        (inputnode, build_design, [("participants_file", "participants_file"), ("subjects", "subjects")]),
+        (inputnode, build_design, [("participants_file", "participants_file"), ("subjects", "subjects"),
+                                   ("design_file", "user_design_file")]),
         (load_maps, fit_group, [("data_file", "data_file")]),
         (build_design, fit_group, [("design_file", "design_file")]),
         (fit_group, compute_contrasts, [("fit_file", "fit_file")]),
