@@ -320,10 +320,9 @@ def check_subject_node(graph, subject, contrasts):
                 raise GlmxError("only the intercept (each run contrast's fixed effect) is supported at the Subject "
                                 f"level; got {con['name']}", file=file, field=_path(graph.model, name))
             kept.add(con["name"])
-    t_contrasts = {n for n, c in contrasts.items() if c["type"] == "t"}
-    if kept != t_contrasts:
+    if kept != set(contrasts):
         raise GlmxError(f"the Subject node keeps {', '.join(sorted(kept)) or 'no contrast'} of the run contrasts "
-                        f"{', '.join(sorted(t_contrasts))}; keeping a subset is not supported yet (use DummyContrasts "
+                        f"{', '.join(sorted(contrasts))}; keeping a subset is not supported yet (use DummyContrasts "
                         "without a Contrasts list)", file=file, field=_path(graph.model, name))
 
 
@@ -462,6 +461,10 @@ def plan_model_group(graph, found, design_dir, wanted=None):
         if "intercept" not in X.columns:
             raise GlmxError("the Dataset node's X must include the intercept (1)", file=file, field=f"{where}.Model.X")
         subjects = [str(s) for s in out["inputs"]["subject"]]
+        if label not in found and not wanted:
+            # an F contrast's subject maps have no effect size to model (nor any contrast not run yet)
+            log.append(f"contrast {label}: no Subject-node stat-effect maps (an F contrast?); not modelled")
+            continue
         maps = found.get(label, {})
         have = [i for i, s in enumerate(subjects) if s in maps]
         missing[label] = sorted(s for s in subjects if s not in maps)

@@ -456,7 +456,14 @@ class Aggregator(Project):
         to_run, excluded : list of str
             As for :func:`select_subjects`.
         """
-        return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
+        to_run, excluded = select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
+        if self.model is not None:
+            from ..spec.bsm import model_subjects
+
+            allowed = model_subjects(self.model)  # the model's Input.subject, when it names subjects
+            if allowed is not None:
+                to_run = [s for s in to_run if s in allowed]
+        return to_run, excluded
 
     def _subject(self, sub):
         subj = Subject(sub, self.task, self.bids_root, spec=None if self.model else self.spec_path,
@@ -526,6 +533,10 @@ class Aggregator(Project):
         _, keys = plan_keys(options, stats, to_run)
         plans, failures = {}, {}
         self._to_plan = [s for s in to_run if cache.plan(s, keys[s]) is None]
+        if self.model is not None and self._to_plan:
+            # a model's problems (a contrast on a missing regressor, an X entry matching nothing) are the
+            # model's, not one subject's: they stop the run before anything is written
+            self.model_graph(self._to_plan)
         for sub in to_run:
             plan = cache.plan(sub, keys[sub])
             if plan is not None:

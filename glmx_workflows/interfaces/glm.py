@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from ..core.formula import contrast_matrix
 from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contrast_statistics, estimate_contrast,
-                        fit_glm, subset_estimate)
+                        fit_glm, goodness_of_fit, subset_estimate)
 from ..core.glm_reference import fit_glm_nilearn
 from ..io.atomic import atomic_path, write_text
 from ..io.images import load_mask, load_scaled_bold, unmask, write_image
@@ -64,12 +64,19 @@ class FitGLM(SimpleInterface):
         X = design.to_numpy(float)[keep]
         engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
         fit = engine(Y, X, noise_model=self.inputs.noise_model)
+        # fitlins' per-run rSquare / logLikelihood maps, while the run is in memory (ComputeContrasts writes them)
+        r_square, log_likelihood = goodness_of_fit(Y, X, fit)
         del Y
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
-            np.savez(tmp, columns=np.array(design.columns, dtype=str), **fit.to_arrays())
+            np.savez(tmp, columns=np.array(design.columns, dtype=str), r_square=r_square,
+                     log_likelihood=log_likelihood, **fit.to_arrays())
         self._results["fit_file"] = out
         return runtime
+
+
+# fitlins' names of the per-run model maps (BIDS stat entity) for the fit's goodness-of-fit arrays
+FIT_MAPS = {"r_square": "rSquare", "log_likelihood": "logLikelihood"}
 
 
 def _load_fit(path):
@@ -77,6 +84,19 @@ def _load_fit(path):
         arrays = {k: data[k] for k in data.files}
     columns = [str(c) for c in arrays.pop("columns")]
     return GLMFit.from_arrays(arrays), columns
+
+
+def _write_fit_maps(path, mask, affine, cwd):
+    """The stored fit's per-run model maps (stat-rSquare, stat-logLikelihood) as manifest entries."""
+    entries = []
+    with np.load(path, allow_pickle=False) as data:
+        for key, stat in FIT_MAPS.items():
+            if key not in data.files:  # a fit stored before these maps existed
+                continue
+            out = os.path.join(cwd, f"stat-{stat}.nii.gz")
+            write_image(unmask(np.asarray(data[key], dtype=np.float32), mask, affine), out)
+            entries.append({"path": out, "entities": {"stat": stat}, "suffix": "statmap"})
+    return entries
 
 
 def _write_maps(est, label, mask, affine, cwd, prefix):
@@ -122,7 +142,7 @@ class ComputeContrasts(SimpleInterface):
     def _run_interface(self, runtime):
         fit, columns = _load_fit(self.inputs.fit_file)
         mask, affine = load_mask(self.inputs.mask_file)
-        manifest, estimates = [], {}
+        manifest, estimates = _write_fit_maps(self.inputs.fit_file, mask, affine, runtime.cwd), {}
         for name, spec in sorted(self.inputs.contrasts.items()):
             con = contrast_matrix(spec["rows"], columns)
             if con is None:

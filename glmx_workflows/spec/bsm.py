@@ -255,8 +255,11 @@ def support_problems(data):
                 problems.append((f"{where}.Contrasts[{k}].Test", f"Test '{con.get('Test')}' is not supported yet "
                                                                  "(t and F are)"))
         dummy = node.get("DummyContrasts")
-        if isinstance(dummy, dict) and dummy.get("Test", "t") not in ("t",):
-            problems.append((f"{where}.DummyContrasts.Test", "DummyContrasts are t tests"))
+        # 'pass' hands the estimates on untested: the Subject node's fixed effects are computed either way
+        allowed = ("t", "pass") if level == "Subject" else ("t",)
+        if isinstance(dummy, dict) and dummy.get("Test", "t") not in allowed:
+            problems.append((f"{where}.DummyContrasts.Test", f"DummyContrasts Test '{dummy.get('Test')}' is not "
+                                                             f"supported here yet ({' or '.join(allowed)})"))
         transforms = node.get("Transformations") or {}
         for k, ins in enumerate(transforms.get("Instructions") or []):
             name = ins.get("Name") if isinstance(ins, dict) else None
@@ -278,6 +281,30 @@ def support_problems(data):
     return problems
 
 
+def normalise_input(data):
+    """The document with each single ``Input`` entity value as a one-item list.
+
+    The specification's own examples write ``"Input": {"task": "stroop"}``; bsmschema's model of BSM 1.0
+    wants lists, and pybids takes either.
+
+    Parameters
+    ----------
+    data : dict
+        Parsed JSON.
+
+    Returns
+    -------
+    dict
+        A shallow copy with ``Input`` normalised (``data`` itself unchanged).
+    """
+    if not isinstance(data.get("Input"), dict):
+        return data
+    out = dict(data)
+    out["Input"] = {k: [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
+                    for k, v in data["Input"].items()}
+    return out
+
+
 def model_problems(data):
     """Every problem of a parsed document: schema first, then what glmx refuses.
 
@@ -294,7 +321,7 @@ def model_problems(data):
     if not is_bsm_document(data):
         return [("(root)", "not a BIDS Stats Models document: expected an object with 'BIDSModelVersion' and "
                            "'Nodes'")]
-    found = schema_problems(data)
+    found = schema_problems(normalise_input(data))
     return found or support_problems(data)
 
 
@@ -322,7 +349,7 @@ def load_model(path):
     if problems:
         text = "; ".join(f"{p}: {m}" for p, m in problems)
         raise GlmxError(f"{len(problems)} problem(s) in the model: {text}", file=path, field=problems[0][0])
-    data = dict(data)
+    data = normalise_input(dict(data))
     data["_model_file"] = str(path)
     return data
 
@@ -341,6 +368,25 @@ def model_task(model):
     """
     task = model["Input"]["task"]
     return task if isinstance(task, str) else task[0]
+
+
+def model_subjects(model):
+    """The subjects the model's ``Input.subject`` names (labels without 'sub-'), or None for every subject.
+
+    Parameters
+    ----------
+    model : dict
+        A validated document.
+
+    Returns
+    -------
+    list of str or None
+    """
+    subjects = (model.get("Input") or {}).get("subject")
+    if subjects is None:
+        return None
+    subjects = [subjects] if isinstance(subjects, str) else subjects
+    return [str(s)[4:] if str(s).startswith("sub-") else str(s) for s in subjects]
 
 
 def node_index(model, name):
