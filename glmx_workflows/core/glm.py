@@ -780,6 +780,7 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     r_square : numpy.ndarray of float64, shape (n_voxels,)
         0 where the whitened data are constant.
     log_likelihood : numpy.ndarray of float64, shape (n_voxels,)
+        0 where the residuals are all zero (the likelihood is unbounded there; maps stay finite).
     """
     X = np.asarray(X, np.float64)
     n_scans, n_vox = Y.shape
@@ -812,7 +813,7 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         r_square = np.where(var_y > 0, var_pred / var_y, 0.0)
         sse = np.asarray(fit.dispersion, np.float64) * (n_scans - X.shape[1])
-        log_likelihood = -n_scans / 2.0 * (np.log(2 * np.pi * sse / n_scans) + 1.0)
+        log_likelihood = np.where(sse > 0, -n_scans / 2.0 * (np.log(2 * np.pi * sse / n_scans) + 1.0), 0.0)
     return r_square, log_likelihood
 
 
