@@ -49,10 +49,22 @@ class ModelGraph:
 
     @property
     def run_node(self):
+        """str: the Run-level node (the first)."""
         return self.nodes[0]
 
     def node(self, level):
-        """Name of the node of ``level`` ('Subject', 'Dataset'), or None."""
+        """The node of a level.
+
+        Parameters
+        ----------
+        level : str
+            'Run', 'Subject' or 'Dataset'.
+
+        Returns
+        -------
+        str or None
+            Its name, None when the model has no node of that level.
+        """
         for n in self.model["Nodes"]:
             if n["Level"] == level:
                 return n["Name"]

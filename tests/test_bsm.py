@@ -156,6 +156,11 @@ def test_every_node_reported_and_designs_written(fitted):
         assert (out / "node-run" / f"sub-{sub:02d}" / f"sub-{sub:02d}_task-flanker_report.html").is_file()
         assert (out / "node-run" / f"sub-{sub:02d}" / "func" / f"sub-{sub:02d}_task-flanker_run-2_design.tsv").is_file()
     assert (out / "node-dataset" / "task-flanker_report.html").is_file()
+    index = (out / "index.html").read_text()
+    assert "node-dataset/task-flanker_report.html" in index and "node-run/sub-03/sub-03_task-flanker_report.html" in index
+    for stat in ("rSquare", "logLikelihood"):
+        assert (out / "node-run" / "sub-02" / "func" /
+                f"sub-02_task-flanker_run-1_space-{SPACE}_stat-{stat}_statmap.nii.gz").is_file()
     # the F contrast reaches the subject level (nilearn's approximate fixed effects of F) but has no effect
     # size for the dataset level
     assert (out / "node-subject" / "sub-01" / "func" /

@@ -29,6 +29,7 @@ DOCUMENTED = [
     "core/group.py", "core/tfce.py", "core/connectivity.py", "io/atlases.py", "io/group_inputs.py",
     "io/example_rest.py", "interfaces/glm.py",
     "core/glm.py", "core/design.py", "core/signal.py", "core/smoothing.py", "io/images.py", "io/fastread.py", "core/glm_reference.py", "core/simulate.py", "spec/group_keys.py", "reports/first_level.py",
+    "bsm.py", "spec/bsm.py",
 ]
 
 

@@ -46,6 +46,9 @@ class Project:
         OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
     work_dir : str or Path, optional
         Nipype work directory, where nodes are cached (default ``OUTPUT_DIR`` + ``_work``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (also detected when ``spec`` is one); the
+        task is then its ``Input.task``.
     """
 
     def __init__(self, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None, model=None):

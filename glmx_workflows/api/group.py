@@ -101,6 +101,11 @@ class GroupLevel(Project):
         First-level contrasts to model (default: every contrast with subject maps).
     participant_label : list of str, optional
         Subjects to include (default: every subject with maps, less the spec's ``excludes``).
+    model : str or Path, optional
+        A BIDS Stats Models file: its Dataset node is fitted over its Subject node's maps
+        (``OUTPUT_DIR/node-<subject>``) and written to ``OUTPUT_DIR/node-<dataset>`` (``task`` may be None).
+    derivatives : str or Path, optional
+        fmriprep derivatives (for the model's graph; default: found under ``bids_root/derivatives``).
     **overrides
         Group keys of the spec for this run: ``group_inference``, ``group_n_permutations``,
         ``group_seed``, ``group_contrasts``, ``group_level_regressors``, ...

@@ -81,6 +81,9 @@ class Subject(Project):
         OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
     work_dir : str or Path, optional
         Nipype work directory, where nodes are cached (default: ``OUTPUT_DIR`` + ``_work``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (``task`` may then be None: the model's
+        ``Input.task``); its nodes publish under ``OUTPUT_DIR/node-<name>/``.
     **overrides
         Spec keys for this subject only: ``tr``, ``dummy_scans``, ``conditions``,
         ``confound_regressors``, ``design_contrasts``, ``smoothing_fwhm``, ... .
@@ -434,6 +437,8 @@ class Aggregator(Project):
         Subjects to run (default: every subject of the dataset not in ``excludes``).
     design_dir : str or Path, optional
         Folder of user design matrices (``..._run-<r>_design.tsv``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (``task`` may then be None).
     **overrides
         Spec keys applied to every subject.
     """
