@@ -306,3 +306,13 @@ def test_same_analysis_as_task_information(dataset, tmp_path):
             # pybids' regressors sit about half a TR later than nilearn's (measured 0.90-0.94 here; 0.98 with
             # nilearn's frame times shifted by TR/2): the same events, not the same numbers
             assert 0.85 < np.corrcoef(ours[cond], theirs[cond])[0, 1] < 0.999, cond
+
+
+def test_validate_model_on_the_dataset(dataset, tmp_path, capsys):
+    assert main(["validate", str(dataset), "--model", str(MODEL)]) == 0
+    assert "ok       node dataset" in capsys.readouterr().out
+    path = _bad(tmp_path, BAD["contrast on a missing regressor"][0])
+    assert main(["validate", str(dataset), "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Nodes[0].Contrasts[2].ConditionList" in err[0]
+    assert not (dataset / "derivatives" / "glmx").exists()
