@@ -452,6 +452,7 @@ class Aggregator(Project):
         self.participant_label = participant_label
         self.design_dir = design_dir
         self.overrides = overrides
+        self._to_plan = None  # subjects whose plans are not cached (set by plans(); None: every subject)
 
     def subjects(self):
         """Subjects to run and subjects excluded by the spec.

@@ -130,6 +130,9 @@ class ComputeContrastsOutputSpec(TraitedSpec):
     """Outputs of ComputeContrasts: the stat-map manifest and the per-contrast estimates."""
 
     manifest_file = File(exists=True, desc="JSON list of stat maps with their BIDS entities")
+    fit_manifest_file = File(exists=True, desc="JSON list of the run's model maps only (stat-rSquare, "
+                                               "stat-logLikelihood): published even when the contrast maps of a "
+                                               "single run are not")
     estimates_file = File(exists=True, desc="JSON {contrast: NPZ of the estimate} for fixed effects")
 
 
@@ -142,7 +145,10 @@ class ComputeContrasts(SimpleInterface):
     def _run_interface(self, runtime):
         fit, columns = _load_fit(self.inputs.fit_file)
         mask, affine = load_mask(self.inputs.mask_file)
-        manifest, estimates = _write_fit_maps(self.inputs.fit_file, mask, affine, runtime.cwd), {}
+        fit_maps = _write_fit_maps(self.inputs.fit_file, mask, affine, runtime.cwd)
+        self._results["fit_manifest_file"] = str(write_text(os.path.join(runtime.cwd, "fit_manifest.json"),
+                                                            json.dumps(fit_maps, indent=1)))
+        manifest, estimates = list(fit_maps), {}
         for name, spec in sorted(self.inputs.contrasts.items()):
             con = contrast_matrix(spec["rows"], columns)
             if con is None:

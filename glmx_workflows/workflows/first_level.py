@@ -167,6 +167,17 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
                 (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
                 (ds_run_maps, gather_outputs, [("out_files", "in2")]),
             ])
+        else:
+            # a single run's contrast maps would take the subject-level names; its model maps (stat-rSquare,
+            # stat-logLikelihood) have no subject-level twin and are published
+            ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
+                                     iterfield=["manifest_file", "entities"], name="ds_run_fit_maps", overwrite=True)
+            wf.connect([
+                (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
+                (compute_contrasts, ds_run_maps, [("fit_manifest_file", "manifest_file")]),
+                (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
+                (ds_run_maps, gather_outputs, [("out_files", "in2")]),
+            ])
     # On SLURM/SGE each submitted node pays a job's scheduling and a Python start (seconds); nodes
     # that read only small tables or copy files run in the submitting process instead. The fit and
     # the contrasts, which read the BOLD run or the fitted model, go to the cluster.
