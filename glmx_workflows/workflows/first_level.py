@@ -21,6 +21,9 @@ OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest
 # submitting process (see the end of init_first_level_wf).
 SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects", "report")
 
+# Settings shown in the report of a BIDS Stats Model's subject (besides the model file).
+MODEL_REPORTED_SETTINGS = ("tr", "space", "noise_model", "estimator")
+
 # Settings shown in the subject's report (those that change the first-level model).
 REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_conditions", "modulators",
                      "block_identifier", "hrf_model", "drift_model", "high_pass", "drift_order", "noise_model",
@@ -139,8 +142,12 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
             (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
         ])
-        report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(
-            {k: settings.get(k) for k in REPORTED_SETTINGS}, default=str)), name="report", mem_gb=light_mem_gb)
+        reported = {k: settings.get(k) for k in REPORTED_SETTINGS}
+        if settings.get("_model"):
+            # a BIDS Stats Model gives the designs: the spec's design keys did not shape them
+            reported = {"model": settings["_spec_file"], **{k: settings.get(k) for k in MODEL_REPORTED_SETTINGS}}
+        report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(reported, default=str)),
+                         name="report", mem_gb=light_mem_gb)
         ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_report", overwrite=True)
         wf.connect([
             (build_design, report, [("manifest_file", "design_manifests")]),
