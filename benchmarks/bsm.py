@@ -70,15 +70,21 @@ def _rss_kb(pid):
 
 
 def timed(cmd, env):
-    """Run ``cmd``; return (wall seconds, peak tree RSS in GB). A failure stops the benchmark."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, sum(_rss_kb(p) for p in [proc.pid, *_children(proc.pid)]))
-        time.sleep(0.1)
-    wall = time.perf_counter() - start
-    output = proc.stdout.read()
+    """Run ``cmd``; return (wall seconds, peak tree RSS in GB). A failure stops the benchmark.
+
+    Output goes to a file, not a pipe: fitlins logs more than a pipe holds, and its workers would block
+    writing to a pipe read only at the end.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, sum(_rss_kb(p) for p in [proc.pid, *_children(proc.pid)]))
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        output = log.read()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{output[-3000:]}")
     return wall, peak / 1024**2
