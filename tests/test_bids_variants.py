@@ -110,5 +110,8 @@ def test_single_run_subject(plain, tmp_path):
     assert mask.sum() > 100
     np.testing.assert_allclose(z[mask], ref[mask], atol=1e-3)
     assert not list(out.rglob("*_run-*_statmap.nii.gz"))
+    # the run's model maps have no subject-level twin: published under the run's own (run-less) entities
+    for stat in ("rSquare", "logLikelihood"):
+        assert len(list(out.rglob(f"sub-01_task-{TASK}_space-{SPACE}_stat-{stat}_statmap.nii.gz"))) == 1
     spec = json.loads((root / "task_information.json").read_text())
     assert spec[TASK]["modulators"]  # the modulator path was exercised

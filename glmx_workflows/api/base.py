@@ -14,6 +14,7 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.bids import open_layout
 from ..io.derivatives import write_dataset_description
 from ..io.lock import locked
+from ..spec.bsm import is_bsm_file, load_model
 from ..spec.model import load_spec, task_entry
 
 
@@ -77,9 +78,12 @@ class Project:
         OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
     work_dir : str or Path, optional
         Nipype work directory, where nodes are cached (default ``OUTPUT_DIR`` + ``_work``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (also detected when ``spec`` is one); the
+        task is then its ``Input.task``.
     """
 
-    def __init__(self, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None):
+    def __init__(self, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None, model=None):
         if bids_root is None:
             raise GlmxError("bids_root is required", field="bids_root")
         self.task = task
@@ -90,8 +94,51 @@ class Project:
         self.derivatives = _absolute(derivatives) if derivatives is not None else None
         self.output_dir = _absolute(output_dir) if output_dir else self.bids_root / "derivatives" / "glmx"
         self.work_dir = _absolute(work_dir) if work_dir else Path(str(self.output_dir) + "_work")
-        self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
         self._layout = None
+        self._graph = None
+        self.model = None
+        if model is None and spec is not None and is_bsm_file(self.spec_path):
+            model = self.spec_path  # a BIDS Stats Models document passed as the spec
+        if model is not None:
+            self._use_model(_absolute(model))
+        else:
+            self.entry = task_entry(load_spec(self.spec_path), task, self.spec_path)
+
+    def _use_model(self, path):
+        """Validate a BIDS Stats Models file and take its first level's entry (see ``glmx_workflows.bsm``)."""
+        from ..bsm import model_entry
+
+        self.model = load_model(path)
+        self.entry = model_entry(self.model)
+        if self.task is not None and self.task != self.entry["_task"]:
+            raise GlmxError(f"--task is '{self.task}' but the model's Input.task is '{self.entry['_task']}'",
+                            file=path, field="Input.task")
+        self.task = self.entry["_task"]
+        self.spec_path = Path(path)
+
+    def model_graph(self, subjects=None):
+        """The model's graph walked by pybids on this dataset (once; see ``glmx_workflows.bsm.walk_graph``).
+
+        Parameters
+        ----------
+        subjects : list of str, optional
+            Restrict the walk to these subjects.
+
+        Returns
+        -------
+        glmx_workflows.bsm.ModelGraph
+        """
+        from ..bsm import walk_graph
+
+        if self._graph is None:
+            self._graph = walk_graph(self.layout, self.model, subjects)
+        return self._graph
+
+    def node_dirs(self):
+        """``{node name: OUTPUT_DIR/node-<name>}`` of the model's nodes (empty without a model)."""
+        from ..bsm import node_dirs
+
+        return node_dirs(self.model, self.output_dir) if self.model else {}
 
     def is_spec_error(self, exc):
         """True when ``exc`` is about the spec file itself: every subject would fail with it, so a dataset run

@@ -112,14 +112,20 @@ class GroupLevel(Project):
         First-level contrasts to model (default: every contrast with subject maps).
     participant_label : list of str, optional
         Subjects to include (default: every subject with maps, less the spec's ``excludes``).
+    model : str or Path, optional
+        A BIDS Stats Models file: its Dataset node is fitted over its Subject node's maps
+        (``OUTPUT_DIR/node-<subject>``) and written to ``OUTPUT_DIR/node-<dataset>`` (``task`` may be None).
+    derivatives : str or Path, optional
+        fmriprep derivatives (for the model's graph; default: found under ``bids_root/derivatives``).
     **overrides
         Group keys of the spec for this run: ``group_inference``, ``group_n_permutations``,
         ``group_seed``, ``group_contrasts``, ``group_level_regressors``, ...
     """
 
     def __init__(self, task, bids_root, spec=None, output_dir=None, work_dir=None, contrasts=None,
-                 participant_label=None, **overrides):
-        super().__init__(task, bids_root, spec, output_dir=output_dir, work_dir=work_dir)
+                 participant_label=None, model=None, derivatives=None, **overrides):
+        super().__init__(task, bids_root, spec, derivatives=derivatives, output_dir=output_dir, work_dir=work_dir,
+                         model=model)
         self.wanted_contrasts = list(contrasts) if contrasts else None
         self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
         self.settings = group_settings(self.entry, **overrides)
@@ -129,8 +135,23 @@ class GroupLevel(Project):
 
     @property
     def group_dir(self):
-        """``OUTPUT_DIR/group``."""
+        """``OUTPUT_DIR/group`` (a BIDS Stats Model's: ``OUTPUT_DIR/node-<Dataset node>``)."""
+        if self.model is not None:
+            return self._model_dirs()[1]
         return self.output_dir / "group"
+
+    def _model_dirs(self):
+        """(folder of the Subject node's maps, folder of the Dataset node) of a model."""
+        from ..spec.bsm import node_index
+
+        levels = {n["Level"]: n["Name"] for n in self.model["Nodes"]}
+        if "Dataset" not in levels or "Subject" not in levels:
+            raise GlmxError("the group level runs the model's Dataset node over its Subject node's maps; the model "
+                            f"has {', '.join(levels.values())}", file=self.spec_path,
+                            field=f"Nodes[{len(self.model['Nodes']) - 1}]")
+        dirs = self.node_dirs()
+        node_index(self.model, levels["Dataset"])
+        return dirs[levels["Subject"]], dirs[levels["Dataset"]]
 
     def z_threshold(self):
         """The height in z (group_z_threshold, or the z of group_p_threshold).
@@ -160,6 +181,17 @@ class GroupLevel(Project):
         """
         space, extra = parse_space(self.settings["space"])
         extra = {_SPACE_ENTITY[k]: v for k, v in extra.items()}
+        if self.model is not None:
+            from ..bsm import plan_model_group
+
+            found = find_subject_maps(self._model_dirs()[0], self.task, space, extra)
+            plan = plan_model_group(self.model_graph(self.participant_label), found,
+                                    self.work_dir / "bsm_designs", self.wanted_contrasts)
+            self.settings["group_contrasts"] = plan.pop("group_contrasts")
+            for line in plan["log"]:
+                LOG.info(line)
+            shared = plan.pop("shared")
+            return GroupPlan(**plan, base_entities={"task": self.task, **shared})
         found = find_subject_maps(self.output_dir, self.task, space, extra)
         shared = found.pop(None)
         current = current_contrasts(self.output_dir, self.task)
@@ -282,6 +314,7 @@ class GroupLevel(Project):
             node.conditions = inputs.get("conditions", [])
             node.participants_file = plan.participants_file
             node.missing = plan.missing[contrast]
+            node.design_file = inputs.get("design_file")
         return wf
 
     @writes

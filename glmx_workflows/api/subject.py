@@ -37,15 +37,18 @@ class Subject(Project):
         OUTPUT_DIR (default ``bids_root/derivatives/glmx``).
     work_dir : str or Path, optional
         Nipype work directory, where nodes are cached (default: ``OUTPUT_DIR`` + ``_work``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (``task`` may then be None: the model's
+        ``Input.task``); its nodes publish under ``OUTPUT_DIR/node-<name>/``.
     **overrides
         Spec keys for this subject only: ``tr``, ``dummy_scans``, ``conditions``,
         ``confound_regressors``, ``design_contrasts``, ``smoothing_fwhm``, ... .
     """
 
     def __init__(self, sub_id, task, bids_root, spec=None, derivatives=None, output_dir=None, work_dir=None,
-                 **overrides):
+                 model=None, **overrides):
         self.sub_id = normalize_subject(sub_id)
-        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir, model=model)
         self.overrides = overrides
         self.settings = subject_settings(self.entry, self.sub_id, **overrides)
 
@@ -78,6 +81,14 @@ class Subject(Project):
         """
         from ..planning import plan_subject
 
+        if self.model is not None:
+            from ..bsm import plan_model_subject
+
+            if design_matrices is not None:
+                raise GlmxError("a BIDS Stats Model gives the designs; design matrices cannot be passed too",
+                                field="design_matrices")
+            return plan_model_subject(self.layout, self.entry, self.settings, self.model_graph([self.sub_id]),
+                                      self.work_dir)
         return plan_subject(self.layout, self.entry, self.settings, design_matrices, self.work_dir)
 
     def workflow(self, plan=None, name=None, output_dir=True):
@@ -100,10 +111,14 @@ class Subject(Project):
         from ..workflows.first_level import init_first_level_wf
 
         plan = plan or self.plan()
-        wf = init_first_level_wf(plan.settings, plan.contrasts,
-                                 output_dir=str(self.output_dir.resolve()) if output_dir else None,
-                                 fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=plan.publish_run_maps(),
+        out, subject_out, publish_runs = self.output_dir.resolve(), None, plan.publish_run_maps()
+        if self.model is not None:  # fitlins' layout: OUTPUT_DIR/node-<name>/ per node of the model
+            dirs = list(self.node_dirs().values())
+            out, subject_out, publish_runs = dirs[0].resolve(), (dirs[1].resolve() if len(dirs) > 1 else None), True
+        wf = init_first_level_wf(plan.settings, plan.contrasts, output_dir=str(out) if output_dir else None,
+                                 fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=publish_runs,
                                  report_cache=str(self.report_cache_dir().resolve()),
+                                 subject_output_dir=str(subject_out) if output_dir and subject_out else None,
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():
             setattr(wf.inputs.inputnode, field, value)
@@ -200,16 +215,22 @@ class Aggregator(Project):
         Subjects to run (default: every subject of the dataset not in ``excludes``).
     design_dir : str or Path, optional
         Folder of user design matrices (``..._run-<r>_design.tsv``).
+    model : str or Path, optional
+        A BIDS Stats Models file used instead of the spec (``task`` may then be None).
     **overrides
         Spec keys applied to every subject.
     """
 
-    def __init__(self, bids_root, task, spec=None, derivatives=None, output_dir=None, work_dir=None,
-                 participant_label=None, design_dir=None, **overrides):
-        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir)
+    def __init__(self, bids_root, task=None, spec=None, derivatives=None, output_dir=None, work_dir=None,
+                 participant_label=None, design_dir=None, model=None, **overrides):
+        super().__init__(task, bids_root, spec, derivatives, output_dir, work_dir, model=model)
+        if self.model is not None and design_dir is not None:
+            raise GlmxError("a BIDS Stats Model gives the designs; --design-dir cannot be used with it",
+                            field="--design-dir")
         self.participant_label = participant_label
         self.design_dir = design_dir
         self.overrides = overrides
+        self._to_plan = None  # subjects whose plans are not cached (set by plans(); None: every subject)
 
     def subjects(self):
         """Subjects to run and subjects excluded by the spec.
@@ -219,13 +240,25 @@ class Aggregator(Project):
         to_run, excluded : list of str
             As for :func:`select_subjects`.
         """
-        return select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
+        to_run, excluded = select_subjects(self.layout, self.participant_label, self.entry["excludes"], self.bids_root)
+        if self.model is not None:
+            from ..spec.bsm import model_subjects
+
+            allowed = model_subjects(self.model)  # the model's Input.subject, when it names subjects
+            if allowed is not None:
+                to_run = [s for s in to_run if s in allowed]
+        return to_run, excluded
 
     def _subject(self, sub):
-        subj = Subject(sub, self.task, self.bids_root, spec=self.spec_path, derivatives=self.derivatives,
-                       output_dir=self.output_dir, work_dir=self.work_dir, **self.overrides)
-        # shared when already indexed; not indexed for a subject whose plan came from the plan cache
+        subj = Subject(sub, self.task, self.bids_root, spec=None if self.model else self.spec_path,
+                       derivatives=self.derivatives, output_dir=self.output_dir, work_dir=self.work_dir,
+                       model=self.model["_model_file"] if self.model else None, **self.overrides)
+        # shared when already indexed; not indexed for a subject whose plan came from its state record
         subj._layout = self._layout
+        if self.model is not None:
+            subj._layout = self.layout
+            # one walk of the model's graph for every subject to plan (pybids takes seconds per walk)
+            subj.model_graph = lambda subjects=None: self.model_graph(self._to_plan)
         return subj
 
     def _unit_options(self, derivatives_dir):
@@ -302,6 +335,11 @@ class Aggregator(Project):
         from ..planning import with_contrasts
 
         plans, failures = {}, {}
+        self._to_plan = [s for s in to_run if cache.plan(s, keys[s]) is None]
+        if self.model is not None and self._to_plan:
+            # a model's problems (a contrast on a missing regressor, an X entry matching nothing) are the
+            # model's, not one subject's: they stop the run before anything is written
+            self.model_graph(self._to_plan)
         for sub in to_run:
             plan = states[sub].plan(keys[sub])
             if plan is not None:

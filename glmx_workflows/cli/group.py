@@ -68,6 +68,7 @@ def run_group(args):
     plugin_args = plugin_options(args)
     group = GroupLevel(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir, work_dir=args.work_dir,
                        contrasts=args.contrast, participant_label=args.participant_label,
+                       model=getattr(args, "model", None), derivatives=args.derivatives,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,
                        group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm,
                        group_model=args.group_model, group_min_subjects=args.group_min_subjects)

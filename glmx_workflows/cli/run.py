@@ -55,8 +55,12 @@ def _app_parser():
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives outputs are written")
     p.add_argument("analysis_level", choices=["participant", "group"],
                    help="'participant': first level per subject; 'group': second level over OUTPUT_DIR's subject maps")
-    p.add_argument("--task", required=True, help="task to model (a key of the spec)")
-    p.add_argument("--spec", type=Path, help="task_information.json (default: BIDS_DIR/task_information.json)")
+    p.add_argument("--task", help="task to model (a key of the spec); required unless --model gives it")
+    p.add_argument("--spec", type=Path, help="task_information.json (default: BIDS_DIR/task_information.json); "
+                                             "a BIDS Stats Models document here is read as --model")
+    p.add_argument("--model", type=Path, metavar="MODEL.json",
+                   help="a BIDS Stats Models file (model-<name>_smdl.json) instead of task_information.json; its "
+                        "nodes publish under OUTPUT_DIR/node-<name>/")
     p.add_argument("--derivatives", type=Path,
                    help="fmriprep derivatives folder (default: BIDS_DIR/derivatives/fmriprep)")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL",
@@ -101,8 +105,12 @@ def _validate_parser():
                                 description="Check the spec and every subject's inputs without fitting (files, TR, "
                                             "events, confound patterns, masks, designs, contrasts); report every "
                                             "problem at once. Exit 0 when all is well, 1 otherwise.")
-    p.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
+    p.add_argument("bids_dir", type=Path, nargs="?", help="the raw BIDS dataset (optional with --model: the model "
+                                                          "alone is checked against the schema)")
     p.add_argument("--spec", type=Path, help="task_information.json (default: BIDS_DIR/task_information.json)")
+    p.add_argument("--model", type=Path, metavar="MODEL.json",
+                   help="check a BIDS Stats Models file: every schema and support problem with its JSON path, "
+                        "then (with BIDS_DIR) its designs and contrasts on the dataset")
     p.add_argument("--task", nargs="+", help="tasks to check (default: every task of the spec)")
     p.add_argument("--derivatives", type=Path, help="fmriprep derivatives folder")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to check (default: all)")
@@ -123,8 +131,36 @@ def _init_parser():
     return p
 
 
+def _cmd_validate_model(args):
+    """``glmx validate --model``: every problem of the model file, one per line (exit 2 when any)."""
+    from ..spec.bsm import model_problems, read_model_file
+
+    problems = model_problems(read_model_file(args.model))
+    for path, message in problems:
+        print(f"PROBLEM  {args.model}: {path}: {message}")
+    if not problems and args.bids_dir is not None:
+        from ..api import Aggregator
+
+        agg = Aggregator(args.bids_dir, model=args.model, derivatives=args.derivatives,
+                         participant_label=args.participant_label, output_dir=args.bids_dir / "derivatives" / "glmx")
+        graph = agg.model_graph(agg.subjects()[0])  # designs and contrasts of every subject, checked on the data
+        for node in graph.nodes:
+            print(f"ok       node {node}: {len(graph.outputs[node])} design(s)")
+    if problems:
+        print(f"glmx: error: {len(problems)} problem(s) in the model; the first: {problems[0][0]}: "
+              f"{problems[0][1]}", file=sys.stderr)
+        return 2
+    print(f"model {args.model} ok")
+    return 0
+
+
 def _cmd_validate(args):
     from ..api.dataset import validate_dataset
+
+    if args.model is not None:
+        return _cmd_validate_model(args)
+    if args.bids_dir is None:
+        raise GlmxError("BIDS_DIR is required (or --model MODEL.json to check a model file)", field="BIDS_DIR")
 
     checked, problems = validate_dataset(args.bids_dir, args.spec, args.derivatives, args.task,
                                          args.participant_label)
@@ -172,7 +208,7 @@ def _cmd_participant(args):
     plugin_args = plugin_options(args)
     agg = Aggregator(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,
                      output_dir=args.output_dir, work_dir=args.work_dir, participant_label=args.participant_label,
-                     design_dir=args.design_dir)
+                     design_dir=args.design_dir, model=args.model)
     report = agg.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs, progress=not args.quiet)
     print(report.summary())
     if not report.ok:
@@ -226,7 +262,14 @@ def main(argv=None):
         from .group import group_options_given, run_group
         from .rest import is_connectivity, run_rest
 
-        if is_connectivity(args):  # "analysis": "connectivity" entries: both levels are resting state
+        if args.model is None and args.spec is not None:
+            from ..spec.bsm import is_bsm_file
+
+            if is_bsm_file(args.spec):  # a BIDS Stats Models document passed as the spec
+                args.model, args.spec = args.spec, None
+        if args.model is None and args.task is None:
+            raise GlmxError("--task is required (or --model MODEL.json, whose Input.task names it)", field="--task")
+        if args.model is None and is_connectivity(args):  # "analysis": "connectivity" entries: both levels are resting state
             return run_rest(args)
         if args.analysis_level == "group":
             return run_group(args)

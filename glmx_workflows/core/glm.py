@@ -754,6 +754,69 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
 # ----------------------------------------------------------------------------------------------
 
 
+def goodness_of_fit(Y, X, fit, chunk_size=None):
+    """Per-voxel R² and maximised log-likelihood of a fitted GLM, as nilearn's ``RegressionResults.r_square``
+    and ``RegressionModel.logL`` (what fitlins writes as ``stat-rSquare`` and ``stat-logLikelihood``).
+
+    Both are taken in the model of the voxel's bin: with AR(1) the whitened data ``wY`` (``y[t] - rho * y[t-1]``,
+    the first scan unchanged) and whitened design ``Xw``. ``r_square = var(Xw @ beta) / var(wY)`` over scans
+    (a pseudo-R² unless OLS); ``log_likelihood = -n/2 * (log(2 pi SSE / n) + 1)`` with the whitened residual sum
+    of squares ``SSE = dispersion * (n_scans - n_regressors)``. ``wY``'s variance comes from five sums per voxel
+    (sum, sum of squares, lag-1 products, first and last scan), so the run is read once more without a copy.
+
+    Parameters
+    ----------
+    Y : numpy.ndarray or ScaledIntegerRun, shape (n_scans, n_voxels)
+        The data the model was fitted to.
+    X : numpy.ndarray, shape (n_scans, n_regressors)
+        Its design.
+    fit : GLMFit
+        From :func:`fit_glm` on ``Y`` and ``X``.
+    chunk_size : int, optional
+        Voxels read at once (default: about 2e6 / n_scans).
+
+    Returns
+    -------
+    r_square : numpy.ndarray of float64, shape (n_voxels,)
+        0 where the whitened data are constant.
+    log_likelihood : numpy.ndarray of float64, shape (n_voxels,)
+        0 where the residuals are all zero (the likelihood is unbounded there; maps stay finite).
+    """
+    X = np.asarray(X, np.float64)
+    n_scans, n_vox = Y.shape
+    chunk = chunk_size or max(256, _CHUNK_ELEMENTS // n_scans)
+    total = np.empty(n_vox)
+    sq = np.empty(n_vox)
+    lag = np.empty(n_vox)
+    last = np.empty(n_vox)
+    for start, stop in _chunks(n_vox, chunk):
+        Yc = np.asarray(Y[:, start:stop], np.float64)
+        total[start:stop] = Yc.sum(0)
+        sq[start:stop] = np.einsum("ij,ij->j", Yc, Yc)
+        lag[start:stop] = np.einsum("ij,ij->j", Yc[1:], Yc[:-1])
+        last[start:stop] = Yc[-1]
+    rho = fit.bin_rho[fit.labels]
+    w_sum = total - rho * (total - last)
+    w_sq = sq - 2 * rho * lag + rho**2 * (sq - last**2)
+    var_y = w_sq / n_scans - (w_sum / n_scans) ** 2
+    var_pred = np.empty(n_vox)
+    beta = np.asarray(fit.beta, np.float64)
+    for b, r in enumerate(fit.bin_rho):
+        vox = np.flatnonzero(fit.labels == b)
+        if not vox.size:
+            continue
+        Xw = _whiten(X, r)
+        Xw = Xw - Xw.mean(0)
+        moment = Xw.T @ Xw / n_scans
+        bv = beta[:, vox]
+        var_pred[vox] = np.einsum("iv,iv->v", bv, moment @ bv)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_square = np.where(var_y > 0, var_pred / var_y, 0.0)
+        sse = np.asarray(fit.dispersion, np.float64) * (n_scans - X.shape[1])
+        log_likelihood = np.where(sse > 0, -n_scans / 2.0 * (np.log(2 * np.pi * sse / n_scans) + 1.0), 0.0)
+    return r_square, log_likelihood
+
+
 def estimate_contrast(fit, con, stat_type=None):
     """Effect and variance of a t or F contrast from a stored fit (no refit), as nilearn's ``compute_contrast``.
 

@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from ..core.formula import contrast_matrix
 from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contrast_statistics, estimate_contrast,
-                        fit_glm, subset_estimate)
+                        fit_glm, goodness_of_fit, subset_estimate)
 from ..core.glm_reference import fit_glm_nilearn
 from ..io.atomic import atomic_path, write_text
 from ..io.geometry import load_geometry, read_run
@@ -71,12 +71,19 @@ class FitGLM(SimpleInterface):
         X = design.to_numpy(float)[keep]
         engine = fit_glm if self.inputs.estimator == "glmx" else fit_glm_nilearn
         fit = engine(Y, X, noise_model=self.inputs.noise_model)
+        # fitlins' per-run rSquare / logLikelihood maps, while the run is in memory (ComputeContrasts writes them)
+        r_square, log_likelihood = goodness_of_fit(Y, X, fit)
         del Y
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
-            np.savez(tmp, columns=np.array(design.columns, dtype=str), **fit.to_arrays())
+            np.savez(tmp, columns=np.array(design.columns, dtype=str), r_square=r_square,
+                     log_likelihood=log_likelihood, **fit.to_arrays())
         self._results["fit_file"] = out
         return runtime
+
+
+# fitlins' names of the per-run model maps (BIDS stat entity) for the fit's goodness-of-fit arrays
+FIT_MAPS = {"r_square": "rSquare", "log_likelihood": "logLikelihood"}
 
 
 def _load_fit(path):
@@ -84,6 +91,18 @@ def _load_fit(path):
         arrays = {k: data[k] for k in data.files}
     columns = [str(c) for c in arrays.pop("columns")]
     return GLMFit.from_arrays(arrays), columns
+
+
+def _write_fit_maps(path, geometry, cwd):
+    """The stored fit's per-run model maps (stat-rSquare, stat-logLikelihood) as manifest entries."""
+    entries = []
+    with np.load(path, allow_pickle=False) as data:
+        for key, stat in FIT_MAPS.items():
+            if key not in data.files:  # a fit stored before these maps existed
+                continue
+            for out, extra in geometry.write(np.asarray(data[key], dtype=np.float32), os.path.join(cwd, f"stat-{stat}")):
+                entries.append({"path": out, "entities": {"stat": stat, **extra}, "suffix": "statmap"})
+    return entries
 
 
 def _write_maps(est, label, geometry, cwd, prefix, mask=None):
@@ -118,6 +137,9 @@ class ComputeContrastsOutputSpec(TraitedSpec):
     """Outputs of ComputeContrasts: the stat-map manifest and the per-contrast estimates."""
 
     manifest_file = File(exists=True, desc="JSON list of stat maps with their BIDS entities")
+    fit_manifest_file = File(exists=True, desc="JSON list of the run's model maps only (stat-rSquare, "
+                                               "stat-logLikelihood): published even when the contrast maps of a "
+                                               "single run are not")
     estimates_file = File(exists=True, desc="JSON {contrast: NPZ of the estimate} for fixed effects")
 
 
@@ -130,7 +152,10 @@ class ComputeContrasts(SimpleInterface):
     def _run_interface(self, runtime):
         fit, columns = _load_fit(self.inputs.fit_file)
         geometry = load_geometry(self.inputs.mask_file)
-        manifest, estimates = [], {}
+        fit_maps = _write_fit_maps(self.inputs.fit_file, geometry, runtime.cwd)
+        self._results["fit_manifest_file"] = str(write_text(os.path.join(runtime.cwd, "fit_manifest.json"),
+                                                            json.dumps(fit_maps, indent=1)))
+        manifest, estimates = list(fit_maps), {}
         for name, spec in sorted(self.inputs.contrasts.items()):
             con = contrast_matrix(spec["rows"], columns)
             if con is None:

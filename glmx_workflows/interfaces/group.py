@@ -249,6 +249,9 @@ class BuildGroupDesignInputSpec(BaseInterfaceInputSpec):
                               desc="'between' (participants.tsv design), or a within-subject 'paired'/'repeated' one")
     conditions = traits.List(traits.Str, usedefault=True,
                              desc="first-level contrast of each row (within-subject designs)")
+    user_design_file = traits.Either(None, File(exists=True), usedefault=True,
+                                     desc="a design given as is (participant_id, then its columns with 'intercept'): "
+                                          "a BIDS Stats Model's Dataset node; replaces the participants.tsv design")
 
 
 class BuildGroupDesignOutputSpec(TraitedSpec):
@@ -267,7 +270,10 @@ class BuildGroupDesign(SimpleInterface):
 
     def _run_interface(self, runtime):
         source = self.inputs.participants_file
-        if self.inputs.design_type == "between":
+        if self.inputs.user_design_file:
+            design = _read_design(self.inputs.user_design_file, index=True).loc[list(self.inputs.subjects)]
+            mean = {"intercept": 1.0}
+        elif self.inputs.design_type == "between":
             table = read_tsv(source, "participants table") if source else None
             design, mean = cg.group_design(table, self.inputs.subjects, self.inputs.regressors, source=source)
         else:
@@ -287,8 +293,11 @@ class BuildGroupDesign(SimpleInterface):
         return runtime
 
 
-def _read_design(path):
+def _read_design(path, index=False):
     frame = read_tsv(path, "group design")
+    if index:  # rows by subject label, for picking the subjects with maps
+        return frame.set_index(frame["participant_id"].astype(str).str.replace("sub-", "", regex=False)).drop(
+            columns=["participant_id"])
     return frame.drop(columns=[c for c in ("participant_id", WITHIN_COLUMN) if c in frame.columns])
 
 

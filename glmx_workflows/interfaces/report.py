@@ -73,7 +73,7 @@ class SubjectReport(SimpleInterface):
             figure = next((it["path"] for it in items if it["path"].endswith((".svg", ".png"))), None)
             label = " ".join(f"{k}-{ent[k]}" for k in ("ses", "run") if ent.get(k)).replace("run-", "") or str(i + 1)
             runs.append({"label": label, "design": read_tsv(design, "design matrix"), "design_figure": figure,
-                         "confounds": list(read_tsv(confounds, "confounds").columns),
+                         "confounds": _header(confounds),
                          "censor": read_tsv(censor, "censoring table")})
         with open(inp.subject_manifest) as fh:
             maps = json.load(fh)
@@ -100,3 +100,11 @@ class SubjectReport(SimpleInterface):
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
         return runtime
+
+
+def _header(tsv):
+    """Column names of a TSV from its first line; none for the empty table select_confounds writes when no
+    confound is selected (a BIDS Stats Model's design, or confound_regressors [])."""
+    with open(tsv) as fh:
+        first = fh.readline().rstrip("\r\n")
+    return first.split("\t") if first else []

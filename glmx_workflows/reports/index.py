@@ -116,7 +116,9 @@ def find_subject_maps(output_dir):
     """
     found, current = {}, {}
     root = Path(output_dir).resolve()
-    for path in sorted(root.glob("sub-*/**/*_stat-z_statmap.nii.gz")):
+    # a BIDS Stats Model's subject maps are its nodes' (OUTPUT_DIR/node-<name>/sub-<s>/...)
+    for path in sorted([*root.glob("sub-*/**/*_stat-z_statmap.nii.gz"),
+                        *root.glob("node-*/sub-*/**/*_stat-z_statmap.nii.gz")]):
         m = _SUBJECT_MAP.match(path.name)
         if m is None or "_run-" in path.name:
             continue
@@ -145,13 +147,13 @@ def find_reports(output_dir):
     """
     out = Path(output_dir)
     subjects, first_level = {}, {}
-    for path in sorted(out.glob("sub-*/**/*_report.html")):
-        sub = path.relative_to(out).parts[0][len("sub-"):]
+    for path in sorted([*out.glob("sub-*/**/*_report.html"), *out.glob("node-*/sub-*/**/*_report.html")]):
+        sub = next(p for p in path.relative_to(out).parts if p.startswith("sub-"))[len("sub-"):]
         subjects.setdefault(sub, []).append(path)
         m = _REPORT.match(path.name)
         if m:
             first_level[(m["task"], m["sub"])] = path
-    group = sorted(out.glob("group/**/*.html"))
+    group = sorted([*out.glob("group/**/*.html"), *out.glob("node-*/*_report.html")])
     return {"subjects": subjects, "first_level": first_level, "group": group}
 
 

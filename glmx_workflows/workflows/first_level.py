@@ -25,6 +25,9 @@ OUTPUT_FIELDS = ["design_files", "fit_files", "run_manifests", "subject_manifest
 # submitting process (see the end of init_first_level_wf).
 SUBMITTED = ("fit_glm", "compute_contrasts", "fixed_effects", "report", "single_trial")
 
+# Settings shown in the report of a BIDS Stats Model's subject (besides the model file).
+MODEL_REPORTED_SETTINGS = ("tr", "space", "noise_model", "estimator")
+
 # Settings shown in the subject's report (those that change the first-level model).
 REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_conditions", "modulators",
                      "block_identifier", "hrf_model", "drift_model", "high_pass", "drift_order", "noise_model",
@@ -33,7 +36,7 @@ REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
-                        report_cache=None, name="first_level_wf"):
+                        report_cache=None, subject_output_dir=None, name="first_level_wf"):
     """Build the first-level workflow of one subject and task.
 
     Parameters
@@ -53,6 +56,9 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         Folder where the ``report`` node keeps the parts it drew (see
         :mod:`glmx_workflows.reports.cache`): a rebuild after a contrast-only change draws only the new
         contrast's part. None draws the whole report every time.
+    subject_output_dir : str, optional
+        Where the subject-level (fixed-effects) maps are published when not in ``output_dir`` (a BIDS
+        Stats Model's Subject node folder).
     name : str
         Workflow name.
 
@@ -163,7 +169,8 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         # on the next run even though every node before it is cached.
         ds_design = pe.MapNode(DerivativesSink(out_dir=str(output_dir)), iterfield=["manifest_file", "entities"],
                                name="ds_design", overwrite=True)
-        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_subject_maps", overwrite=True)
+        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(subject_output_dir or output_dir)),
+                                  name="ds_subject_maps", overwrite=True)
         wf.connect([
             (fixed_effects, ds_design, [("manifest_file", "wait_for")]),
             (build_design, ds_design, [("manifest_file", "manifest_file")]),
@@ -171,9 +178,13 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
             (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
         ])
-        report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(
-            {k: settings.get(k) for k in REPORTED_SETTINGS}, default=str), cache_dir=str(report_cache or "")),
-            name="report", mem_gb=light_mem_gb)
+        reported = {k: settings.get(k) for k in REPORTED_SETTINGS}
+        if settings.get("_model"):
+            # a BIDS Stats Model gives the designs: the spec's design keys did not shape them
+            reported = {"model": settings["_spec_file"], **{k: settings.get(k) for k in MODEL_REPORTED_SETTINGS}}
+        report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(reported, default=str),
+                                         cache_dir=str(report_cache or "")),
+                         name="report", mem_gb=light_mem_gb)
         ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_report", overwrite=True)
         wf.connect([
             (build_design, report, [("manifest_file", "design_manifests")]),
@@ -211,6 +222,17 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             wf.connect([
                 (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
                 (compute_contrasts, ds_run_maps, [("manifest_file", "manifest_file")]),
+                (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
+                (ds_run_maps, gather_outputs, [("out_files", "in2")]),
+            ])
+        else:
+            # a single run's contrast maps would take the subject-level names; its model maps (stat-rSquare,
+            # stat-logLikelihood) have no subject-level twin and are published
+            ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
+                                     iterfield=["manifest_file", "entities"], name="ds_run_fit_maps", overwrite=True)
+            wf.connect([
+                (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
+                (compute_contrasts, ds_run_maps, [("fit_manifest_file", "manifest_file")]),
                 (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
                 (ds_run_maps, gather_outputs, [("out_files", "in2")]),
             ])

@@ -9,7 +9,8 @@ from ..interfaces.group import (PARAMETRIC_METHODS, PERMUTATION_METHODS, BuildGr
                                 ThresholdGroupMaps)
 from ..interfaces.sink import DerivativesSink
 
-INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "conditions", "participants_file", "missing"]
+INPUT_FIELDS = ["effect_files", "variance_files", "subjects", "conditions", "participants_file", "missing",
+                "design_file"]
 OUTPUT_FIELDS = ["maps_file", "section_file", "out_files"]
 
 
@@ -43,7 +44,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
     ``inputnode``: ``effect_files`` / ``variance_files`` (one per subject, variance may be None),
     ``subjects`` (labels, same order), ``conditions`` (the first-level contrast of each map, for a
     within-subject ``group_design``; else empty), ``participants_file`` (participants.tsv or None), ``missing``
-    (subjects left out for lack of a map, for the report).
+    (subjects left out for lack of a map, for the report), ``design_file`` (None, or a design TSV used as
+    is: a BIDS Stats Model's Dataset node).
 
     ``outputnode``: ``maps_file`` (JSON of group contrasts and their maps), ``section_file`` (the report
     section), ``out_files`` (published paths; empty without ``output_dir``).
@@ -82,7 +84,7 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
         (inputnode, load_maps, [("effect_files", "effect_files"), ("variance_files", "variance_files"),
                                 ("subjects", "subjects")]),
         (inputnode, build_design, [("participants_file", "participants_file"), ("subjects", "subjects"),
-                                   ("conditions", "conditions")]),
+                                   ("conditions", "conditions"), ("design_file", "user_design_file")]),
         (load_maps, fit_group, [("data_file", "data_file")]),
         (build_design, fit_group, [("design_file", "design_file")]),
         (fit_group, compute_contrasts, [("fit_file", "fit_file")]),
