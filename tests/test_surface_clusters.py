@@ -7,7 +7,8 @@ import pytest
 from scipy import sparse
 
 from glmx_workflows.core.errors import GlmxError
-from glmx_workflows.core.group import cluster_extent_mask, permutation_inference
+from glmx_workflows.core.clusters import cluster_extent_mask
+from glmx_workflows.core.group import permutation_inference
 from glmx_workflows.core.tfce import cluster_measures, label_clusters, mask_edges, tfce
 from glmx_workflows.io.geometry import CiftiGeometry, GiftiGeometry
 from glmx_workflows.io.meshes import packaged_mesh

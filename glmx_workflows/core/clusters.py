@@ -40,12 +40,13 @@ def cluster_extent_mask(stat_map, threshold, min_size, connectivity=1):
         Height: voxels strictly above it form clusters.
     min_size : int
         Smallest cluster kept, in voxels.
-    connectivity : {1, 2, 3}
-        1: faces (6 neighbours), 2: + edges (18), 3: + corners (26).
+    connectivity : {1, 2, 3} or array of shape (n_edges, 2)
+        1: faces (6 neighbours), 2: + edges (18), 3: + corners (26); or a mesh's edges, ``stat_map`` then
+        being one value per location (see :func:`glmx_workflows.core.tfce.label_clusters`).
 
     Returns
     -------
-    numpy.ndarray of bool, shape (x, y, z)
+    numpy.ndarray of bool, shape of ``stat_map``
         True in the kept clusters.
     """
     labels, sizes, _ = label_clusters(stat_map, threshold, connectivity)

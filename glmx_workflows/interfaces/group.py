@@ -455,7 +455,7 @@ class ThresholdGroupMaps(SimpleInterface):
                     corrected = cg.bonferroni(p)
                     keep = corrected <= self.inputs.alpha
                 elif hasattr(affine, "edges"):  # surfaces: clusters along mesh edges (and voxel faces)
-                    keep = cg.cluster_extent_mask(z, self.inputs.z_threshold, self.inputs.cluster_extent,
+                    keep = cluster_extent_mask(z, self.inputs.z_threshold, self.inputs.cluster_extent,
                                                   connectivity=mask_edges(
                                                       affine.edges(_meshes(self.inputs.surface_meshes)), mask))
                 else:
