@@ -331,11 +331,11 @@ class Aggregator(Project):
             Not a BIDS dataset, a requested subject missing, planning failed and only one subject was
             asked for, or a subject's plan found an error in the spec file (see ``Project.is_spec_error``).
         """
-        to_run, excluded, keys, states = _states or self._states()
         from ..planning import with_contrasts
 
+        to_run, excluded, keys, states = _states or self._states()
         plans, failures = {}, {}
-        self._to_plan = [s for s in to_run if cache.plan(s, keys[s]) is None]
+        self._to_plan = [s for s in to_run if states[s].plan(keys[s]) is None]
         if self.model is not None and self._to_plan:
             # a model's problems (a contrast on a missing regressor, an X entry matching nothing) are the
             # model's, not one subject's: they stop the run before anything is written

@@ -492,6 +492,7 @@ def _single_trial_section(summaries, runs):
     from nilearn.plotting import plot_design_matrix
 
     from ..io.tables import read_tsv
+    from .figures import plt
 
     parts = [H.tag("h2", "Single-trial models", id="single-trial")]
     for run, summary in zip(runs, summaries):
