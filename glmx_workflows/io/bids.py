@@ -468,6 +468,8 @@ class RestRun:
         Further entities kept in output names (``res``/``den``/``cohort``).
     n_scans : int, optional
         Volumes of the run.
+    space : str, optional
+        The space's name (``fsLR``, ``fsaverage5``, ``MNI152NLin2009cAsym``...): how the run is read.
     """
 
     bold: str
@@ -477,6 +479,7 @@ class RestRun:
     entities: dict
     extra: dict
     n_scans: int = None
+    space: str = None
 
 
 def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
@@ -518,7 +521,7 @@ def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
         entities = {"ses": rec.session, "run": rec.run}
         runs.append(RestRun(bold=rec.bold, mask=rec.mask, confounds=rec.confounds, tr=use_tr,
                             entities={k: v for k, v in entities.items() if v is not None}, extra=dict(rec.extra),
-                            n_scans=rec.n_scans))
+                            n_scans=rec.n_scans, space=rec.space))
     resolve_tr([r.tr for r in runs], sources=[r.bold for r in runs])  # the runs must agree with each other
     return runs
 

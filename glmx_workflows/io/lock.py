@@ -205,6 +205,16 @@ def release(path):
             os.unlink(path)
 
 
+def _remove_if_bookkeeping(folder):
+    """Delete ``folder`` (made by this run) when every file in it is a state record (``glmx_state/``)."""
+    import shutil
+
+    folder = Path(folder)
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if all("glmx_state" in p.relative_to(folder).parts[:1] for p in files):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def locked(folders):
     """Hold the locks of ``folders`` (``{folder: what}``, taken in order) for the duration of the block.
@@ -238,6 +248,13 @@ def locked(folders):
         raise
     try:
         yield taken
+    except GlmxError:
+        for path in reversed(taken):
+            release(path)
+        taken = []
+        for folder in reversed(created):  # refused input: a folder this run made goes, if it holds no more
+            _remove_if_bookkeeping(folder)  # than the run's own state records (crash files and outputs stay)
+        raise
     finally:
         for path in reversed(taken):
             release(path)
