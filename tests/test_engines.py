@@ -86,8 +86,11 @@ def runs(tmp_path_factory):
     broken = tmp / "bids_broken"
     shutil.copytree(root, broken)
     bold = next((broken / "derivatives/fmriprep/sub-02/func").glob("*_desc-preproc_bold.nii.gz"))
-    data = bold.read_bytes()
-    bold.write_bytes(data[: len(data) // 2])  # the header reads, the data do not: fails inside fit_glm
+    # corrupt inside the gzip stream: the header and size read, the data do not, so it fails inside fit_glm
+    # (a file cut short is refused while planning, before any job: see test_error_classes)
+    data = bytearray(bold.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 2000] = bytes(2000)
+    bold.write_bytes(bytes(data))
     plan = {"MultiProc": (root, ["--plugin", "MultiProc"])}
     if SLURM_DOWN is None:
         plan["SLURM"] = (root, ["--plugin", "SLURM", "--plugin-args", str(REPO / "configs/slurm.yml")])

@@ -15,6 +15,7 @@ _POS_INT = {"type": "integer", "minimum": 1}
 _POS_NUM = {"type": "number", "exclusiveMinimum": 0}
 _NONNEG_NUM = {"type": "number", "minimum": 0}
 _STR = {"type": "string"}
+_STR_OR_NULL = {"type": ["string", "null"]}  # null: the site has no such complex / environment
 _BOOL = {"type": "boolean"}
 
 # key: (schema, plugins that read it)
@@ -34,18 +35,20 @@ PLUGIN_KEYS = {
     "poll_sleep_duration": (_NONNEG_NUM, ("SLURM", "SGE", "SLURMGraph", "SGEGraph")),
     "max_jobname_len": (_POS_INT, ("SGE",)),
     "dont_resubmit_completed_jobs": (_BOOL, ("SLURMGraph", "SGEGraph")),
-    "memory_resource": (_STR, ("SGE", "SGEGraph")),
-    "parallel_environment": (_STR, ("SGE", "SGEGraph")),
+    "memory_resource": (_STR_OR_NULL, ("SGE", "SGEGraph")),
+    "parallel_environment": (_STR_OR_NULL, ("SGE", "SGEGraph")),
 }
 
 
 def _kind(schema):
     if "enum" in schema:
         return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
-    kind = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false"}
+    kind = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+            "null": "null"}
     limit = "".join(f" {'>' if k.startswith('exclusive') else '>='} {schema[k]}"
                     for k in ("exclusiveMinimum", "minimum") if k in schema)
-    return kind[schema["type"]] + limit
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return " or ".join(kind[t] for t in types) + limit
 
 
 def check_plugin_args(plugin, plugin_args, source=None):
