@@ -224,7 +224,7 @@ def _check_single_trial(settings, runs, events, designs, spec_file, where):
     unknown trial-wise condition, too few trials, trials outside the run or wholly censored, LSA without
     enough volumes, an unreadable atlas."""
     from .core import single_trial as st
-    from .core.confounds import censor_run
+    from .core.confounds import censor_table
     from .core.events import conditions_of
     from .io.tables import read_tsv
     from .spec.keys import resolve_single_trial
@@ -242,8 +242,9 @@ def _check_single_trial(settings, runs, events, designs, spec_file, where):
     k = 1 + ("derivative" in settings["hrf_model"]) + ("dispersion" in settings["hrf_model"])
     for run, ev, design in zip(runs, events, designs):
         table = read_tsv(run.confounds, "confounds file")
-        keep, _ = censor_run(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
-                             source=run.confounds)
+        # the one censoring rule, as the main design's plan applies it
+        keep = censor_table(table, run.n_scans, settings["dummy_scans"], settings["fd_threshold"],
+                            source=run.confounds)["censored"].to_numpy() == 0
         trials, _ = st.trial_table(ev, settings["modulators"], opts["conditions"])
         nuisance = st.nuisance_columns(design, sorted(set(trials["trial_type"])), settings["modulators"])
         st.check_trials(trials, run.n_scans, settings["tr"], keep, opts["method"], nuisance.shape[1], k,
