@@ -178,3 +178,33 @@ def test_rerun_skips_only_what_is_unchanged(data, tmp_path, monkeypatch):
     _, _, nodes = _run(data, out, spec)
     assert nodes == []
 
+
+
+def test_code_fingerprint_covers_every_module():
+    """The code part of every state record's key lists each module of the package (an edited core/glm.py
+    makes the next run plan again and drops the node cache), not only the engine's own."""
+    from glmx_workflows.engine.state import code_fingerprint
+
+    pkg = Path(__import__("glmx_workflows").__file__).resolve().parent
+    listed = {name for name, _, _ in code_fingerprint()[2]}
+    modules = {str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules == listed
+    assert {"core/glm.py", "interfaces/glm.py", "engine/state.py"} <= listed
+
+
+def test_cli_start_imports_no_model_libraries(tmp_path):
+    """A rerun with nothing changed only parses the command line, reads the spec and the state records:
+    none of that imports scipy.stats, pandas or nipype (each a large share of such a rerun's time)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from glmx_workflows.cli.run import _app_parser\n"
+            "from glmx_workflows.spec.model import load_spec\n"
+            "from glmx_workflows.io.derivatives import current_contrasts\n"
+            "_app_parser().parse_args(['b', 'o', 'participant', '--task', 't', '--inference', 'fdr'])\n"
+            f"load_spec({str(tmp_path / 'spec.json')!r})\n"
+            "print(sorted(m for m in ('scipy.stats', 'pandas', 'nipype') if m in sys.modules))\n")
+    (tmp_path / "spec.json").write_text(json.dumps({"flanker": {"tr": 2.0, "design_contrasts": {}}}))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -32,6 +32,7 @@ from scipy import stats as sps
 from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
 from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm
+from .inference import INFERENCE_METHODS, PARAMETRIC_METHODS, PERMUTATION_METHODS  # noqa: F401 -- the one list
 from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
 from .tfce import cluster_measures, is_graph, label_clusters, tfce
 
@@ -45,11 +46,6 @@ GROUP_MODELS = {
 }
 
 
-#: The one list of group inference methods (spec schema, CLI choices, workflow and report read it).
-#: Parametric ones threshold the group z/p maps; permutation ones run :func:`permutation_inference`.
-PARAMETRIC_METHODS = ("uncorrected", "fdr", "bonferroni", "cluster")
-PERMUTATION_METHODS = ("perm_fwe", "perm_cluster_mass", "tfce")
-INFERENCE_METHODS = PARAMETRIC_METHODS + PERMUTATION_METHODS
 #: The key of each permutation method's corrected p-values in :func:`permutation_inference`'s result.
 PERMUTATION_P = {"perm_fwe": "p_fwe", "perm_cluster_mass": "p_cluster_mass", "tfce": "p_tfce"}
 #: The ``desc`` value of each method's maps.

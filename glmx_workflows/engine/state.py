@@ -91,7 +91,7 @@ def code_fingerprint():
 
         from .. import __version__
 
-        pkg = Path(__file__).resolve().parent
+        pkg = Path(__file__).resolve().parents[1]  # the whole package (this module is in engine/)
         files = []
         for top, dirs, names in os.walk(pkg):
             dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..core.errors import GlmxError
 from .derivatives import current_subject_files
-from .tables import read_tsv
 
 _ENTITY = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
 
@@ -200,6 +199,8 @@ def read_participants(bids_root, required=False):
             raise GlmxError("participants.tsv not found; group_level_regressors needs it", file=path,
                             field="group_level_regressors")
         return None, path
+    from .tables import read_tsv  # pandas only when a table is read: the index and pruning parse names only
+
     table = read_tsv(path, "participants table")
     if "participant_id" not in table.columns:
         raise GlmxError("participants table has no participant_id column", file=path, field="participant_id")

@@ -4,7 +4,7 @@ Same shape as ``TASK_KEYS``: ``name: (JSON schema, default, description, example
 (``group_level_regressors`` lives in ``keys.py``.)
 """
 
-from ..core.group import INFERENCE_METHODS
+from ..core.inference import INFERENCE_METHODS
 
 _P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _METHODS = list(INFERENCE_METHODS)
