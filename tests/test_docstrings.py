@@ -31,7 +31,7 @@ DOCUMENTED = [
     "io/example_rest.py", "interfaces/glm.py",
     "core/glm.py", "core/design.py", "core/timing.py", "core/clusters.py", "core/signal.py", "core/smoothing.py", "io/images.py", "io/fastread.py", "core/glm_reference.py", "core/simulate.py", "spec/group_keys.py", "reports/first_level.py",
     "core/single_trial.py", "interfaces/single_trial.py",
-    "bsm.py", "spec/bsm.py",
+    "bsm.py", "spec/bsm.py", "io/parts.py", "cli/outcome.py",
 ]
 
 

@@ -208,3 +208,62 @@ def test_cli_start_imports_no_model_libraries(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps({"flanker": {"tr": 2.0, "design_contrasts": {}}}))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def _parts(work):
+    """{entry folder relative to contrast_parts: mtime_ns} of the kept contrast maps."""
+    root = Path(str(work)) / "contrast_parts"
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob("*/*/*") if p.is_dir()}
+
+
+def _maps(out):
+    return {p.relative_to(out): np.asarray(nb.load(p).dataobj) for p in (out / "sub-01").rglob("*_statmap.nii.gz")}
+
+
+def test_contrast_only_change_computes_only_that_contrast(data, tmp_path):
+    """Adding a contrast reruns compute_contrasts and fixed_effects (nipype), which take every other contrast's
+    maps back from the kept parts (io.parts) and compute only the new one; the maps equal a run from scratch.
+    A contrast removed from the spec leaves neither maps nor kept parts; a redefined one is computed again."""
+    spec = tmp_path / "spec.json"
+    entry = json.loads((data / "task_information.json").read_text())
+    spec.write_text(json.dumps(entry))
+    out, work = tmp_path / "out", tmp_path / "work"
+
+    def run(out_dir, work_dir):
+        report = Aggregator(data, "flanker", spec=spec, output_dir=out_dir, work_dir=work_dir,
+                            participant_label=["01"]).run(plugin="Linear", progress=False)
+        assert report.ok, report.summary()
+
+    run(out, work)
+    kept = _parts(work)
+    assert {k.split("/")[-1].split("-")[0] for k in kept} >= {"task", "rt", "incongruentVcongruent", "model"}
+
+    entry["flanker"]["design_contrasts"]["incongruentOnly"] = "incongruent"
+    spec.write_text(json.dumps(entry))
+    run(out, work)
+    now = _parts(work)
+    new = {k for k in now if k not in kept or now[k] != kept[k]}
+    # one new entry per run and one for the subject, all of the new contrast; the others untouched
+    assert new and {k.split("/")[-1].split("-")[0] for k in new} == {"incongruentOnly"}
+    assert len(new) == len({k.split("/")[-1] for k in kept if k.split("/")[-1].startswith("model-")}) + 1
+    assert {k: now[k] for k in kept} == kept
+
+    # the same maps as a run from scratch with the new spec
+    fresh = tmp_path / "fresh"
+    run(fresh, tmp_path / "fresh_work")
+    ours, theirs = _maps(out), _maps(fresh)
+    assert ours.keys() == theirs.keys() and any("incongruentOnly" in str(k) for k in ours)
+    for key in ours:
+        assert np.array_equal(ours[key], theirs[key], equal_nan=True), key
+
+    # removed: its maps and its kept parts go; redefined: computed again (a new map)
+    before = _maps(out)
+    del entry["flanker"]["design_contrasts"]["rt"]
+    entry["flanker"]["design_contrasts"]["incongruentOnly"] = "2*incongruent"
+    spec.write_text(json.dumps(entry))
+    run(out, work)
+    assert not any(k.split("/")[-1].startswith("rt-") for k in _parts(work))
+    after = _maps(out)
+    assert not any("contrast-rt_" in str(k) for k in after)
+    z_only = [k for k in after if "contrast-incongruentOnly_stat-effect" in str(k)]
+    assert z_only and all(np.allclose(after[k], 2 * before[k], equal_nan=True) for k in z_only)

@@ -61,6 +61,16 @@ class Subject(Project):
         """
         return self.work_dir / "report_parts" / f"task-{self.task}_sub-{self.sub_id}"
 
+    def contrast_cache_dir(self):
+        """Where the subject's contrast and fixed-effects nodes keep each contrast's maps (see
+        :mod:`glmx_workflows.io.parts`): ``<work_dir>/contrast_parts/task-<t>_sub-<s>``.
+
+        Returns
+        -------
+        Path
+        """
+        return self.work_dir / "contrast_parts" / f"task-{self.task}_sub-{self.sub_id}"
+
     def plan(self, design_matrices=None):
         """Check inputs and spec for this subject.
 
@@ -118,6 +128,7 @@ class Subject(Project):
         wf = init_first_level_wf(plan.settings, plan.contrasts, output_dir=str(out) if output_dir else None,
                                  fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=publish_runs,
                                  report_cache=str(self.report_cache_dir().resolve()),
+                                 contrast_cache=str(self.contrast_cache_dir().resolve()),
                                  subject_output_dir=str(subject_out) if output_dir and subject_out else None,
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():

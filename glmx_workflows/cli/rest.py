@@ -1,7 +1,6 @@
 """``glmx BIDS_DIR OUTPUT_DIR participant|group --task T`` for a task whose spec entry says
 ``"analysis": "connectivity"``."""
 
-import sys
 from pathlib import Path
 
 from ..core.errors import GlmxError
@@ -52,6 +51,7 @@ def run_rest(args):
     """
     from ..api.rest import RestingStateDataset, RestingStateGroup
     from .options import plugin_options
+    from .outcome import finish
 
     unsupported = [opt for opt, value in (("--design-dir", args.design_dir),) if value is not None]
     if args.analysis_level == "group":
@@ -75,9 +75,4 @@ def run_rest(args):
                                   participant_label=args.participant_label)
     report = dataset.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs,
                          progress=not args.quiet)
-    print(report.summary())
-    if not report.ok:
-        print(f"glmx: error: {len(report.failed)} of {len(report.failed) + len(report.done)} subject(s) failed: "
-              + "; ".join(f"sub-{s}: {r}" for s, (r, _) in sorted(report.failed.items())), file=sys.stderr)
-        return 1
-    return 0
+    return finish(report)

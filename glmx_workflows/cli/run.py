@@ -204,18 +204,14 @@ def _cmd_example(args):
 def _cmd_participant(args):
     from ..api import Aggregator
     from .options import plugin_options
+    from .outcome import finish
 
     plugin_args = plugin_options(args)
     agg = Aggregator(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,
                      output_dir=args.output_dir, work_dir=args.work_dir, participant_label=args.participant_label,
                      design_dir=args.design_dir, model=args.model)
     report = agg.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs, progress=not args.quiet)
-    print(report.summary())
-    if not report.ok:
-        print(f"glmx: error: {len(report.failed)} of {len(report.failed) + len(report.done)} subject(s) failed: "
-              + "; ".join(f"sub-{s}: {r}" for s, (r, _) in sorted(report.failed.items())), file=sys.stderr)
-        return 1
-    return 0
+    return finish(report)
 
 
 def main(argv=None):

@@ -1,7 +1,9 @@
 """fit_glm, compute_contrasts and fixed_effects: the model fit and its maps."""
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
@@ -14,6 +16,7 @@ from ..core.glm import (ContrastEstimate, GLMFit, combine_fixed_effects, contras
 from ..core.glm_reference import fit_glm_nilearn
 from ..io.atomic import atomic_path, write_text
 from ..io.geometry import load_geometry, read_run
+from ..io.parts import FileParts, code_digest, file_digest, file_identity
 from ..io.tables import read_tsv
 
 T_STATS = ("effect", "variance", "t", "z", "p")
@@ -105,6 +108,20 @@ def _write_fit_maps(path, geometry, cwd):
     return entries
 
 
+# What computes and writes a contrast's maps: part of the key of every kept map (see io.parts).
+MAP_CODE = ("core", "io", "interfaces/glm.py")
+
+
+def _entries_out(entries):
+    """Manifest entries with their files named relative to the node's folder (as kept in io.parts)."""
+    return [{**e, "path": os.path.basename(e["path"])} for e in entries]
+
+
+def _entries_in(entries, cwd):
+    """Kept manifest entries with their files in ``cwd`` again (None stays None)."""
+    return None if entries is None else [{**e, "path": os.path.join(cwd, e["path"])} for e in entries]
+
+
 def _write_maps(est, label, geometry, cwd, prefix, mask=None):
     stats = contrast_statistics(est)
     names = T_STATS if est.stat_type == "t" else F_STATS
@@ -131,6 +148,8 @@ class ComputeContrastsInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="fit_glm's mask_file: where the fitted locations are")
     contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
                             desc="{name: {'label': BIDS label, 'rows': [{regressor: weight}], 'type': 't'|'F'}}")
+    cache_dir = traits.Str("", usedefault=True, desc="folder keeping each contrast's maps under the digest of what "
+                                                     "they come from (see io.parts); '' keeps none")
 
 
 class ComputeContrastsOutputSpec(TraitedSpec):
@@ -150,22 +169,49 @@ class ComputeContrasts(SimpleInterface):
     output_spec = ComputeContrastsOutputSpec
 
     def _run_interface(self, runtime):
-        fit, columns = _load_fit(self.inputs.fit_file)
-        geometry = load_geometry(self.inputs.mask_file)
-        fit_maps = _write_fit_maps(self.inputs.fit_file, geometry, runtime.cwd)
-        self._results["fit_manifest_file"] = str(write_text(os.path.join(runtime.cwd, "fit_manifest.json"),
+        cwd = runtime.cwd
+        # each contrast's maps are kept under the fit's bytes, the mask and the contrast's definition: a rerun
+        # after a contrast-only change computes only the new or changed ones (the node's folder is emptied)
+        base = [file_digest(self.inputs.fit_file), file_identity(self.inputs.mask_file)]
+        parts = FileParts(self.inputs.cache_dir, "run-" + hashlib.sha1(
+            str(Path(self.inputs.fit_file).resolve()).encode()).hexdigest()[:16], code_digest(MAP_CODE))
+        loaded = {}
+
+        def fit_and_geometry():
+            if not loaded:
+                loaded["fit"], loaded["columns"] = _load_fit(self.inputs.fit_file)
+                loaded["geometry"] = load_geometry(self.inputs.mask_file)
+            return loaded["fit"], loaded["columns"], loaded["geometry"]
+
+        fit_maps = _entries_in(parts.get("model", ["model", *base], cwd), cwd)
+        if fit_maps is None:
+            fit_maps = _write_fit_maps(self.inputs.fit_file, fit_and_geometry()[2], cwd)
+            parts.put("model", ["model", *base], cwd, [e["path"] for e in fit_maps], _entries_out(fit_maps))
+        self._results["fit_manifest_file"] = str(write_text(os.path.join(cwd, "fit_manifest.json"),
                                                             json.dumps(fit_maps, indent=1)))
         manifest, estimates = list(fit_maps), {}
         for name, spec in sorted(self.inputs.contrasts.items()):
-            con = contrast_matrix(spec["rows"], columns)
-            if con is None:
-                continue  # a regressor of this contrast is absent from this run
-            est = estimate_contrast(fit, con if spec["type"] == "F" else con[0], stat_type=spec["type"])
             label = spec["label"]
-            manifest += _write_maps(est, label, geometry, runtime.cwd, "contrast-")
-            estimates[name] = {"label": label,
-                               "path": _save_estimate(est, os.path.join(runtime.cwd, f"estimate-{label}.npz")),
-                               "mask": self.inputs.mask_file}
+            material = ["contrast", name, spec, *base]
+            kept = parts.get(name, material, cwd)
+            if kept is None:
+                fit, columns, geometry = fit_and_geometry()
+                con = contrast_matrix(spec["rows"], columns)
+                if con is None:  # a regressor of this contrast is absent from this run
+                    parts.put(name, material, cwd, [], {"absent": True})
+                    continue
+                est = estimate_contrast(fit, con if spec["type"] == "F" else con[0], stat_type=spec["type"])
+                entries = _write_maps(est, label, geometry, cwd, "contrast-")
+                estimate = _save_estimate(est, os.path.join(cwd, f"estimate-{label}.npz"))
+                parts.put(name, material, cwd, [e["path"] for e in entries] + [estimate],
+                          {"entries": _entries_out(entries)})
+            elif kept.get("absent"):
+                continue
+            else:
+                entries, estimate = _entries_in(kept["entries"], cwd), os.path.join(cwd, f"estimate-{label}.npz")
+            manifest += entries
+            estimates[name] = {"label": label, "path": estimate, "mask": self.inputs.mask_file}
+        parts.prune()
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
         self._results["estimates_file"] = str(write_text(os.path.join(runtime.cwd, "estimates.json"),
@@ -178,6 +224,8 @@ class FixedEffectsInputSpec(BaseInterfaceInputSpec):
 
     estimates_files = InputMultiObject(File(exists=True), mandatory=True,
                                        desc="estimates.json of every run from compute_contrasts")
+    cache_dir = traits.Str("", usedefault=True, desc="folder keeping each contrast's maps under the digest of what "
+                                                     "they come from (see io.parts); '' keeps none")
 
 
 class FixedEffectsOutputSpec(TraitedSpec):
@@ -193,11 +241,20 @@ class FixedEffects(SimpleInterface):
     output_spec = FixedEffectsOutputSpec
 
     def _run_interface(self, runtime):
+        cwd = runtime.cwd
         runs = [json.loads(open(f).read()) for f in self.inputs.estimates_files]
         names = sorted(set().union(*runs))
+        parts = FileParts(self.inputs.cache_dir, "subject", code_digest(MAP_CODE))
         manifest = []
         for name in names:
             items = [r[name] for r in runs if name in r]
+            # the runs' estimates by their bytes (a kept estimate linked back has the same), the masks as files
+            material = ["fixed", name, items[0]["label"],
+                        [[file_digest(it["path"]), file_identity(it["mask"])] for it in items]]
+            kept = parts.get(name, material, cwd)
+            if kept is not None:
+                manifest += _entries_in(kept, cwd)
+                continue
             geometries = [load_geometry(it["mask"]) for it in items]
             common = np.logical_and.reduce([g.mask for g in geometries])
             ests = []
@@ -206,7 +263,10 @@ class FixedEffects(SimpleInterface):
                     est = ContrastEstimate.from_arrays({k: data[k] for k in data.files})
                 ests.append(subset_estimate(est, common[m]))
             combined = combine_fixed_effects(ests)
-            manifest += _write_maps(combined, items[0]["label"], geometries[0], runtime.cwd, "contrast-", mask=common)
+            entries = _write_maps(combined, items[0]["label"], geometries[0], cwd, "contrast-", mask=common)
+            parts.put(name, material, cwd, [e["path"] for e in entries], _entries_out(entries))
+            manifest += entries
+        parts.prune()
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
         return runtime

@@ -15,24 +15,15 @@ import re
 from pathlib import Path
 
 from ..io.atomic import write_text
+from ..io.parts import code_digest, remove_unused
 from .html import Raw
 
 _PART = re.compile(r"^(?P<kind>[a-z]+)-(?P<name>[A-Za-z0-9]+)-(?P<key>[0-9a-f]{40})\.html$")
-_CODE = None
 
 
 def _code_digest():
     """The drawing code: the report modules' bytes (a changed figure routine never reuses old parts)."""
-    global _CODE
-    if _CODE is None:
-        from .. import __version__
-
-        h = hashlib.sha1(__version__.encode())
-        here = Path(__file__).resolve().parent
-        for name in ("cache.py", "first_level.py", "html.py", "figures.py"):
-            h.update((here / name).read_bytes())
-        _CODE = h.hexdigest()
-    return _CODE
+    return code_digest(("reports/cache.py", "reports/first_level.py", "reports/html.py", "reports/figures.py"))
 
 
 def material_digest(material):
@@ -121,11 +112,4 @@ class PartCache:
         list of Path
             The deleted files (only files named like parts are ever deleted).
         """
-        removed = []
-        if self.folder is None or not self.folder.is_dir():
-            return removed
-        for path in self.folder.iterdir():
-            if _PART.match(path.name) and path.name not in self.used and path.is_file():
-                path.unlink()
-                removed.append(path)
-        return removed
+        return remove_unused(self.folder, self.used, _PART)

@@ -369,6 +369,14 @@ def cluster_table(z_img, threshold=Z_THRESHOLD, extent=CLUSTER_EXTENT, two_sided
     return out
 
 
+def _table_material(table):
+    """A table as report-part material: its column names and dtypes, and the hashes of its rows."""
+    import pandas as pd
+
+    return [[str(c) for c in table.columns], [str(t) for t in table.dtypes],
+            pd.util.hash_pandas_object(table, index=True).to_numpy().tobytes()]
+
+
 def _run_section(i, run, contrasts, cache=None):
     """A run's part of the report: the diagnostics (kept in ``cache``, they do not depend on the
     contrasts), then its contrast matrix, confounds and censoring."""
@@ -378,7 +386,8 @@ def _run_section(i, run, contrasts, cache=None):
     censor = run["censor"]
     keep = censor["kept"].to_numpy(bool)
     figure = run.get("design_figure")
-    material = ["run", i, label, design.to_csv(), censor.to_csv(), list(run["confounds"]),
+    # the tables by pandas' own stable row hashes (writing them out as CSV took most of a rebuild's time)
+    material = ["run", i, label, *(_table_material(t) for t in (design, censor)), list(run["confounds"]),
                 Path(figure).read_bytes() if figure else None]
     parts = [cache.part("run", label, material, lambda: H.join(*_run_diagnostics(i, run, keep)))]
     parts += _run_contrasts_and_censoring(run, contrasts, keep)

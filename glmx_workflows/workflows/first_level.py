@@ -36,7 +36,7 @@ REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
-                        report_cache=None, subject_output_dir=None, name="first_level_wf"):
+                        report_cache=None, subject_output_dir=None, name="first_level_wf", contrast_cache=None):
     """Build the first-level workflow of one subject and task.
 
     Parameters
@@ -56,6 +56,10 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         Folder where the ``report`` node keeps the parts it drew (see
         :mod:`glmx_workflows.reports.cache`): a rebuild after a contrast-only change draws only the new
         contrast's part. None draws the whole report every time.
+    contrast_cache : str, optional
+        Folder where ``compute_contrasts`` and ``fixed_effects`` keep each contrast's maps (see
+        :mod:`glmx_workflows.io.parts`): a rerun after a contrast-only change computes only the new or
+        changed contrasts. None computes every contrast whenever the nodes rerun.
     subject_output_dir : str, optional
         Where the subject-level (fixed-effects) maps are published when not in ``output_dir`` (a BIDS
         Stats Model's Subject node folder).
@@ -113,9 +117,10 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     # contrasts and fixed effects hold the fitted model or a few maps per contrast, not the BOLD run:
     # a third of the fit's need, never below nipype's usual half gigabyte for cluster jobs
     light_mem_gb = max(0.5, round(fit_mem_gb / 3, 2))
-    compute_contrasts = pe.MapNode(ComputeContrasts(contrasts=contrasts), iterfield=["fit_file", "mask_file"],
-                                   name="compute_contrasts", mem_gb=light_mem_gb)
-    fixed_effects = pe.Node(FixedEffects(), name="fixed_effects", mem_gb=light_mem_gb)
+    compute_contrasts = pe.MapNode(ComputeContrasts(contrasts=contrasts, cache_dir=str(contrast_cache or "")),
+                                   iterfield=["fit_file", "mask_file"], name="compute_contrasts", mem_gb=light_mem_gb)
+    fixed_effects = pe.Node(FixedEffects(cache_dir=str(contrast_cache or "")), name="fixed_effects",
+                            mem_gb=light_mem_gb)
 
     # Manifests point at files that are not traits of their own; when this workflow is embedded in
     # a pipeline that keeps nipype's default remove_unnecessary_outputs=True, those files would be
