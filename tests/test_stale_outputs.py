@@ -180,3 +180,38 @@ def test_records_delete_only_recorded_files_inside_output_dir(tmp_path):
     assert retire_outputs(out, "task-t_sub-01") == [str(a)]
     assert not (out / "sub-01").exists() and outside.is_file()
     assert not output_record_path(out, "task-t_sub-01").exists()
+
+
+def test_rest_group_outputs_of_settings_no_longer_asked_for_are_deleted(tmp_path):
+    """The resting-state group level follows the task group level's rule: the edge comparison's matrices of
+    a ``connectivity_group_column`` since removed from the spec are deleted by the next group run (and only
+    they: the mean matrices stay, a file glmx did not write stays)."""
+    from glmx_workflows.api.rest import RestingStateDataset, RestingStateGroup
+    from glmx_workflows.io.example_rest import add_rest_runs
+
+    root = tmp_path / "bids"
+    make_example_dataset(root, n_subjects=4, n_runs=1, shape=(8, 10, 8), n_volumes=40, seed=4)
+    add_rest_runs(root, n_volumes=60, n_runs=1, seed=4)
+    entry = json.loads((root / "task_information.json").read_text())
+    assert entry["rest"]["connectivity_group_column"] == "group"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(entry))
+    out, work = tmp_path / "out", tmp_path / "work"
+    report = RestingStateDataset(root, "rest", spec=spec, output_dir=out, work_dir=work).run(
+        plugin="Linear", progress=False)
+    assert report.ok, report.summary()
+    group_dir = out / "group"
+    RestingStateGroup("rest", root, spec=spec, output_dir=out, work_dir=work).run(plugin="Linear")
+    comparison = sorted(group_dir.glob("*_stat-q_*")) + sorted(group_dir.glob("*_stat-t_*"))
+    means = sorted(group_dir.glob("*_desc-mean_relmat.tsv"))
+    assert comparison and means
+    user_file = group_dir / "task-rest_mynotes.txt"
+    user_file.write_text("mine")
+
+    entry["rest"]["connectivity_group_column"] = None
+    spec.write_text(json.dumps(entry))
+    group = RestingStateGroup("rest", root, spec=spec, output_dir=out, work_dir=work)
+    group.run(plugin="Linear")
+    assert not any(p.is_file() for p in comparison)
+    assert set(map(str, comparison)) <= set(group.removed)
+    assert all(p.is_file() for p in means) and user_file.is_file()

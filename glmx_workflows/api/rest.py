@@ -9,6 +9,7 @@ import re
 
 from ..core.errors import GlmxError
 from ..io.bids import RestRun, find_rest_runs, parse_space  # noqa: F401 -- re-exported
+from ..io.derivatives import settle_group_outputs
 from ..reports.index import build_index
 from ..spec.model import normalize_subject, subject_settings
 from ..workflows.rest import init_rest_group_wf, init_rest_wf
@@ -223,6 +224,7 @@ class RestingStateGroup(Project):
         super().__init__(task, bids_root, spec, output_dir=output_dir, work_dir=work_dir)
         self.participant_label = [normalize_subject(s) for s in participant_label] if participant_label else None
         _check_connectivity(self.entry, task, self.spec_path)
+        self.removed = []  # earlier group outputs the last run deleted
 
     def inputs(self):
         """Subjects with a Pearson matrix, their matrices, time series and groups; and the atlas name.
@@ -297,7 +299,8 @@ class RestingStateGroup(Project):
         Returns
         -------
         list of str
-            Files written.
+            Files written. Earlier group outputs of the task that this run no longer produces are deleted
+            (listed in ``self.removed``), as at the task group level.
 
         Raises
         ------
@@ -312,5 +315,8 @@ class RestingStateGroup(Project):
             setattr(wf.inputs.inputnode, key, inputs[key])
         outputs = published_files(self._execute(wf, plugin, plugin_args, n_procs,
                                                 publish_dir=self.output_dir / "group"))
+        # the task group level's rule: what an earlier group run of the task published and this one no longer
+        # does (another atlas or space, a group comparison no longer asked for) is deleted
+        self.removed = settle_group_outputs(self.output_dir, self.task, {}, outputs)
         build_index(self.output_dir)  # the dataset index links the group outputs
         return outputs

@@ -68,7 +68,8 @@ def run_rest(args):
         group = RestingStateGroup(args.task, args.bids_dir, spec=args.spec, output_dir=args.output_dir,
                           work_dir=args.work_dir, participant_label=args.participant_label)
         outputs = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
-        print(f"{len(outputs)} group file(s) written under {Path(args.output_dir) / 'group'}")
+        removed = f", {len(group.removed)} outdated file(s) removed" if group.removed else ""
+        print(f"{len(outputs)} group file(s) written under {Path(args.output_dir) / 'group'}{removed}")
         return 0
     dataset = RestingStateDataset(args.bids_dir, args.task, spec=args.spec, derivatives=args.derivatives,
                                   output_dir=args.output_dir, work_dir=args.work_dir,
