@@ -269,3 +269,37 @@ def test_configs_parse_to_plugin_arguments():
     site = {**sge, "memory_resource": "h_vmem", "parallel_environment": "smp"}
     assert job_requests(1.5, 4, "SGE", site).split() == [
         "-l", "h_vmem=1.50G", "-pe", "smp", "4", "-v", "OMP_NUM_THREADS=4,OPENBLAS_NUM_THREADS=4,MKL_NUM_THREADS=4"]
+
+
+@pytest.mark.parametrize("plugin", [pytest.param("SLURMGraph", marks=needs_slurm),
+                                    pytest.param("SGEGraph", marks=needs_sge)])
+def test_interrupted_cluster_run_cancels_its_jobs(tmp_path, plugin):
+    """Ctrl-C while a Graph plugin's jobs are queued: glmx exits 130, says which jobs it cancelled, and no job
+    of its batch folder is left in the queue (they would go on writing into the work directory)."""
+    import signal
+    import time
+
+    root = tmp_path / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=1, shape=(8, 10, 8), n_volumes=40, seed=13)
+    out = tmp_path / "out"
+    config = REPO / "configs" / ("slurm.yml" if plugin.startswith("SLURM") else "sge.yml")
+    proc = _start_glmx(root, out, "--plugin", plugin, "--plugin-args", str(config))
+    batch = Path(str(out) + "_work") / "glmx_flanker" / "batch"
+    try:
+        deadline = time.monotonic() + 180
+        while not _queued_scripts(plugin, batch):
+            assert proc.poll() is None and time.monotonic() < deadline, "no job of the run was ever queued"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-2000:]
+    line = [ln for ln in stderr.splitlines() if ln.startswith("glmx: interrupted")]
+    assert line and re.search(r"\d+ cluster job\(s\) of this run cancelled", line[0]), stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while _queued_scripts(plugin, batch) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _queued_scripts(plugin, batch)

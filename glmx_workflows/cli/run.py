@@ -279,8 +279,10 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
+        cancelled = getattr(exc, "cancelled", [])
         print("glmx: interrupted" + ("" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})")
-              + "; nothing of this run was recorded as failed, rerun to finish", file=stderr)
+              + (f"; {len(cancelled)} cluster job(s) of this run cancelled ({', '.join(cancelled)})" if cancelled
+                 else "") + "; nothing of this run was recorded as failed, rerun to finish", file=stderr)
         return 128 + signum
     finally:
         if previous_term is not None:

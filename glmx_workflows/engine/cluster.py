@@ -199,6 +199,70 @@ def _our_jobs(scheduler, batch_dir, known):
     return {jobid: (state, "") for jobid, state in listed if known.get(jobid)}
 
 
+def scheduler_of(plugin):
+    """The queue a cluster plugin submits to.
+
+    Parameters
+    ----------
+    plugin : str
+        One of ``CLUSTER_PLUGINS``.
+
+    Returns
+    -------
+    str
+        ``"slurm"`` or ``"sge"``.
+    """
+    return "slurm" if plugin.startswith("SLURM") else "sge"
+
+
+def _cancel(scheduler, job_ids):
+    """``scancel`` / ``qdel`` of ``job_ids`` (nothing when empty); a scheduler that does not answer is left."""
+    import subprocess
+
+    if job_ids:
+        try:
+            subprocess.run(["scancel" if scheduler == "slurm" else "qdel", *job_ids], capture_output=True,
+                           timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def cancel_jobs(batch_dir, scheduler, settle=15.0):
+    """Cancel the queued and running jobs this run submitted: those whose batch script lies in ``batch_dir``.
+
+    Called when a run is interrupted (Ctrl-C, SIGTERM): the jobs of SLURM, SGE and their Graph variants
+    would otherwise go on writing into the work directory after glmx has exited. Other jobs of the user,
+    other glmx runs' included (each has its own work directory and batch folder), are left alone.
+
+    Parameters
+    ----------
+    batch_dir : path
+        The workflow's ``batch`` directory (``<work_dir>/<workflow>/batch``).
+    scheduler : {"slurm", "sge"}
+        Which queue.
+    settle : float
+        Seconds during which the queue is asked again until it shows none of the run's jobs (a cancelled job
+        is listed until it has left).
+
+    Returns
+    -------
+    list of str
+        The job ids cancelled (empty when none, or when the scheduler did not answer).
+    """
+    if not Path(batch_dir).is_dir():
+        return []
+    cancelled, known = set(), {}
+    deadline = time.monotonic() + settle
+    # again until the queue shows none: a submission under way when the run stopped may still add one
+    while True:
+        jobs = _our_jobs(scheduler, batch_dir, known)
+        if not jobs or time.monotonic() > deadline:
+            return sorted(cancelled, key=lambda j: (len(j), j))
+        _cancel(scheduler, sorted(jobs))
+        cancelled.update(jobs)
+        time.sleep(1.0)
+
+
 def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None, patience=300.0):
     """Block until every job a Graph plugin submitted from ``batch_dir`` has left the queue.
 
@@ -220,8 +284,6 @@ def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None, patience=
     patience : float
         Seconds the scheduler may fail to answer in a row before GlmxError is raised.
     """
-    import subprocess
-
     script = Path(batch_dir) / "submit_jobs.sh"
     if not script.is_file():
         return
@@ -244,8 +306,7 @@ def wait_for_graph_jobs(batch_dir, scheduler, poll=2.0, progress=None, patience=
             return
         stuck = [jobid for jobid, (state, reason) in queued.items()
                  if "DependencyNeverSatisfied" in reason or (scheduler == "sge" and "E" in state)]
-        if stuck:
-            subprocess.run(["scancel" if scheduler == "slurm" else "qdel", *stuck], capture_output=True, timeout=60)
+        _cancel(scheduler, stuck)
         if progress is not None and len(queued) != last:
             last = len(queued)
             # jobs stand for nodes here: the Graph plugins report nothing else

@@ -6,6 +6,7 @@ changed; a cached rerun of a large dataset must finish in seconds. The cost is t
 input without changing it reruns what depends on it, which is safe.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 
 from ..core.errors import GlmxError
-from .cluster import prepare_plugin, request_resources, wait_for_graph_jobs
+from .cluster import (CLUSTER_PLUGINS, cancel_jobs, prepare_plugin, request_resources, scheduler_of,
+                      wait_for_graph_jobs)
 from .crashes import crash_files, crash_node, crash_reason, new_crash_files
 from .state import check_code
 
@@ -109,7 +111,28 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum=signal.SIGINT):
         self.signum = int(signum)
+        self.cancelled = []  # ids of the cluster jobs of the run cancelled on the way out
         super().__init__(signal.Signals(self.signum).name)
+
+
+def _child_processes():
+    """Pids of this process's direct children, from /proc (empty where there is none)."""
+    me, pids = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(me):
+            pids.append(int(entry))
+    return pids
 
 
 def call_interruptibly(target):
@@ -179,6 +202,10 @@ def call_interruptibly(target):
     except Interrupted:
         for child in multiprocessing.active_children():
             child.terminate()
+        # and the commands nipype runs (a Graph plugin's submit_jobs.sh would go on submitting jobs)
+        for pid in _child_processes():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
         # the helper thread stops at its next Python instruction (nipype may catch it: it is abandoned then)
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(Interrupted))
         worker.join(5)
@@ -269,7 +296,8 @@ def run(wf, plugin="MultiProc", plugin_args=None):
     GlmxError
         Unknown plugin.
     Interrupted
-        SIGINT or SIGTERM arrived during the run (see :func:`call_interruptibly`); nothing is recorded.
+        SIGINT or SIGTERM arrived during the run (see :func:`call_interruptibly`); nothing is recorded. With
+        a cluster plugin the jobs the run submitted are cancelled first (their ids in ``cancelled``).
     """
     import gc
 
@@ -284,6 +312,10 @@ def run(wf, plugin="MultiProc", plugin_args=None):
     gc.freeze()
     try:
         graph, error = call_interruptibly(lambda: _run_nipype(wf, plugin, plugin_args, args))
+    except Interrupted as exc:
+        if plugin in CLUSTER_PLUGINS:  # the jobs this run submitted would go on without it
+            exc.cancelled = cancel_jobs(Path(wf.base_dir) / wf.name / "batch", scheduler_of(plugin))
+        raise
     finally:
         gc.unfreeze()
     return Outcome(graph, new_crash_files(crash_dir, start, known), error, start)
@@ -297,7 +329,7 @@ def _run_nipype(wf, plugin, plugin_args, args):
     except RuntimeError as exc:
         error = exc
     if plugin.endswith("Graph"):
-        wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", "slurm" if plugin.startswith("SLURM") else "sge",
+        wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", scheduler_of(plugin),
                             progress=plugin_args.get("status_callback") if plugin_args else None)
     return graph, error
 
