@@ -267,3 +267,28 @@ def test_contrast_only_change_computes_only_that_contrast(data, tmp_path):
     assert not any("contrast-rt_" in str(k) for k in after)
     z_only = [k for k in after if "contrast-incongruentOnly_stat-effect" in str(k)]
     assert z_only and all(np.allclose(after[k], 2 * before[k], equal_nan=True) for k in z_only)
+
+
+def test_new_state_record_retires_the_former_formats_files(tmp_path):
+    """Writing a subject's state record deletes what the former format kept for it (the task's plan cache and
+    the subject's done stamp), and nothing else: another subject's stamp stays until its own record is
+    written, a file glmx did not write stays, and the folder goes once empty."""
+    from glmx_workflows.engine.state import UnitState
+
+    former = tmp_path / "glmx_state" / "task-flanker"
+    former.mkdir(parents=True)
+    for name in ("plans.pkl", "sub-01_done.json", "sub-02_done.json"):
+        (former / name).write_bytes(b"old")
+    other_task = tmp_path / "glmx_state" / "task-rest"
+    other_task.mkdir()
+    (other_task / "sub-01_done.json").write_bytes(b"old")
+
+    assert UnitState(tmp_path, "glmx_flanker", "sub_01_flanker").save()
+    assert sorted(p.name for p in former.iterdir()) == ["sub-02_done.json"]
+    assert (other_task / "sub-01_done.json").is_file()
+    (former / "notes.txt").write_text("mine")
+    assert UnitState(tmp_path, "glmx_flanker", "sub_02_flanker").save()
+    assert sorted(p.name for p in former.iterdir()) == ["notes.txt"]
+    (former / "notes.txt").unlink()
+    assert UnitState(tmp_path, "glmx_flanker", "sub_02_flanker").save()
+    assert not former.exists() and (tmp_path / "glmx_state" / "glmx_flanker" / "sub_02_flanker.pkl").is_file()

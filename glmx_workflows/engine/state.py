@@ -24,6 +24,7 @@ complete one. Deleting the work directory forgets everything; the next run recom
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -259,7 +260,27 @@ class UnitState:
                     pickle.dump(self.data, fh, protocol=pickle.HIGHEST_PROTOCOL)
         except OSError:
             return False
+        self._retire_former_records()
         return True
+
+    def _retire_former_records(self):
+        """Delete what the former state format kept for this unit, now that its record replaces it: the plan
+        cache ``glmx_state/task-<t>/plans.pkl`` and the done stamp ``glmx_state/task-<t>/sub-<s>_done.json``
+        (those names only; the folder goes when nothing else is left in it)."""
+        match = re.fullmatch(r"sub_(?P<sub>[A-Za-z0-9]+)_(?P<task>[A-Za-z0-9]+)", self.path.stem)
+        if match is None:
+            return
+        former = self.path.parent.parent / f"task-{match['task']}"
+        if not former.is_dir() or former.is_symlink():
+            return
+        for name in ("plans.pkl", f"sub-{match['sub']}_done.json"):
+            path = former / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+        try:
+            former.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def units(wf):
