@@ -237,6 +237,9 @@ def main(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    # nipype asks a web service for its latest version when the first interface is made (a request per run,
+    # ~0.2 s offline, up to its timeout on a slow network, and from every cluster job)
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
     # the stream as it is now: a run interrupted inside a block that redirects sys.stderr leaves it redirected
     stderr = sys.stderr
 

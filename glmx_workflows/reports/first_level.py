@@ -170,13 +170,25 @@ class _MapFigures:
     HEIGHT = 200  # pixels of the views
 
     def __init__(self, vmax, threshold, background=None):
-        import matplotlib
-
-        self.cmap = matplotlib.colormaps["RdBu_r"]  # not pyplot: these figures are composed as pixels
         self.set_scale(vmax)
         self.threshold = threshold
         self.background = background
         self._cache = {}
+
+    @property
+    def cmap(self):
+        """The colour map (matplotlib's, imported when a figure is drawn: a rebuild that reads every part
+        back draws none)."""
+        import matplotlib
+
+        return matplotlib.colormaps["RdBu_r"]  # not pyplot: these figures are composed as pixels
+
+    @property
+    def norm(self):
+        """z from -vmax to vmax onto [0, 1]."""
+        from matplotlib.colors import Normalize
+
+        return Normalize(-self.vmax, self.vmax)
 
     def set_scale(self, vmax):
         """Colour scale of the next figures: z from -vmax to vmax.
@@ -185,10 +197,7 @@ class _MapFigures:
         ----------
         vmax : float
         """
-        from matplotlib.colors import Normalize
-
         self.vmax = vmax
-        self.norm = Normalize(-vmax, vmax)
 
     def _grids(self, z_img):
         """(z, background, zooms, affine) on the RAS grid; the background is reoriented once per grid."""
