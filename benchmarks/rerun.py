@@ -8,8 +8,9 @@ dataset's first run against a rerun after adding one contrast to the spec and a 
 With ``--contrast``, each repeat makes a fresh copy of the example dataset (``glmx example``: 4
 subjects x 2 runs), runs it, adds the contrast ``incongruentOnly`` to task_information.json, runs
 again, then runs once more with nothing changed; the ratios first / add-one-contrast and first / no-op
-are printed (medians over the repeats). Only the subject reports' parts of the new contrast are drawn
-on the add-one-contrast rerun (the others come from the report's figure cache).
+are printed (medians over the repeats). Only the new contrast's maps are computed and only its parts of
+the subject reports drawn on the add-one-contrast rerun (the others come from the contrast parts and the
+report's figure cache in the work directory).
 
 The first run plans every subject, fits it and writes each subject's state record; a rerun with nothing
 changed reads the records (no pybids indexing, no nipype workflow built) and only
