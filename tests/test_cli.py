@@ -78,3 +78,17 @@ def test_example_command_and_readme(tmp_path):
         assert f"``{key}``" in readme, f"README lacks the spec key {key}"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q tests" in readme and "python -m pytest -q tests" in ci
+
+
+def test_output_read_by_a_closed_pipe_ends_without_traceback(tmp_path):
+    """``glmx ... | head``: when the reader of stdout has gone, the command still does its work, drops the rest
+    of its output and exits with a SIGPIPE's code (141), not a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "glmx_workflows.cli.run", "example", str(tmp_path / "ex"),
+                             "--subjects", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert (tmp_path / "ex" / "dataset_description.json").is_file()

@@ -300,7 +300,14 @@ def console():
     None
         Exits the process.
     """
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader of stdout went away (``glmx ... | head``): the rest of the output is dropped, without a
+        # traceback, and the exit code is a SIGPIPE's, as for other commands in a pipeline
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     if code > 128:
         # interrupted: the locks are released and nothing more is to be written; a run stopped mid-way can leave
         # threads inside native code whose teardown at interpreter exit aborts the process (SIGABRT instead of
