@@ -35,7 +35,7 @@ outputs under OUTPUT_DIR (BIDS Derivatives):
 exit status: 0 every subject done; 1 some subject failed (each named with its reason and crash
 file); 2 bad input, an OUTPUT_DIR or work dir touching an input, or a folder in use by another glmx
 run (one line on stderr naming the file and field; --debug for the traceback); 130 interrupted
-(Ctrl-C), 143 terminated (SIGTERM): nothing of the run recorded as failed.
+(Ctrl-C), 143 terminated (SIGTERM): nothing of the run recorded as failed; 141 stdout closed by its reader.
 
 examples:
   glmx example /tmp/ex && glmx /tmp/ex /tmp/out participant --task flanker
