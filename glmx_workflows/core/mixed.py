@@ -277,8 +277,10 @@ def _residuals(Y, m, X, XX):
 #: A voxel whose likelihood has a local maximum at tau2 = 0 with a standardised score there above this value is
 #: also searched for an interior maximum (see :func:`_fit_block`).
 _SECOND_PEAK_Z = -1.0
-#: Where such a voxel looks for a rising likelihood: tau2 = these multiples of its harmonic mean variance.
-_SCAN = (0.003, 0.01, 0.03, 0.1, 0.2, 0.35, 0.6, 1.0, 2.0, 4.0, 10.0)
+#: Where such a voxel looks for a rising likelihood: ``_SCAN`` points spaced geometrically from
+#: ``_SCAN_FROM`` times its harmonic mean variance to ``_SCAN_TO`` times its moment scale ``max(s2, mean v)``.
+_SCAN = 8
+_SCAN_FROM, _SCAN_TO = 0.05, 4.0
 #: Newton stops when its step is below this fraction of the voxel's total variance; the last step is then taken
 #: to first order (estimate and covariance), leaving an error of the order of its square.
 _STEP_TOL = 3e-6
@@ -311,8 +313,8 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
        inside). It also gives the DerSimonian-Laird moment estimate, the start of step 2.
     2. The other voxels climb to the root of the score by Newton steps kept inside a bracket of the root,
        all voxels at once, converged voxels dropped (:func:`_climb`).
-    3. The near-boundary voxels of step 1 scan the score at ``_SCAN`` multiples of their harmonic mean
-       variance; those with a rising likelihood there climb from it as in step 2, and keep the interior
+    3. The near-boundary voxels of step 1 scan the score at ``_SCAN`` points from a fraction of their harmonic
+       mean variance to a few times their moment scale; those with a rising likelihood there climb from it as in step 2, and keep the interior
        maximum when its restricted likelihood beats tau2 = 0's.
     """
     n, p = X.shape
@@ -370,14 +372,16 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
         ys, vs, ms = sub(idx)
         lo, s_lo = np.full(idx.size, np.nan), np.full(idx.size, np.nan)
         hi, s_hi = np.full(idx.size, np.inf), np.full(idx.size, -np.inf)
-        base = vharm[idx]
-        for u in _SCAN:
-            ev = _Evaluation(ys, vs, ms, X, L, base * u, order=2, work=work)
+        first = _SCAN_FROM * vharm[idx]
+        ratio = np.maximum(_SCAN_TO * np.maximum(s2[idx], vbar[idx]) / first, 1.0) ** (1.0 / (_SCAN - 1))
+        for i in range(_SCAN):
+            point = first * ratio ** i
+            ev = _Evaluation(ys, vs, ms, X, L, point, order=2, work=work)
             rising = ev.score > 0
             fall = ~rising & np.isfinite(lo) & np.isinf(hi)
-            hi, s_hi = np.where(fall, base * u, hi), np.where(fall, ev.score, s_hi)
+            hi, s_hi = np.where(fall, point, hi), np.where(fall, ev.score, s_hi)
             rise = rising & np.isinf(hi)
-            lo, s_lo = np.where(rise, base * u, lo), np.where(rise, ev.score, s_lo)
+            lo, s_lo = np.where(rise, point, lo), np.where(rise, ev.score, s_lo)
         found = np.flatnonzero(np.isfinite(lo))
         if found.size:
             j = idx[found]
