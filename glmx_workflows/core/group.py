@@ -726,7 +726,7 @@ class _PermutedMixedT:
                   else self.present[transforms.T]).reshape(self.n, -1)
         fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])
+            t = fit.beta[0] / np.sqrt(fit.scale * fit.cov[:, 0, 0])  # the maps' (Knapp-Hartung) t
         if Pp is not None:
             # voxels have their own degrees of freedom: compare them on the z scale
             t = _statistics_by_dof(ContrastEstimate(effect=t[None], variance=np.ones(t.size), dof=1.0,

@@ -53,8 +53,12 @@ class MixedFit:
         Subjects modelled at the voxel.
     dof : numpy.ndarray of float64, shape (n_voxels,)
         Residual degrees of freedom ``n - rank(X)`` of the voxel (0 where not estimable).
+    scale : numpy.ndarray of float64, shape (n_voxels,)
+        The Knapp-Hartung (Hartung-Knapp-Sidik-Jonkman) factor ``q = r'Wr / (n - p)`` at the fitted tau2
+        (``r``: the weighted fit's residuals): contrasts use the covariance ``q (X'WX)^-1`` with ``n - p``
+        degrees of freedom. All ones when not given (the model-based "Wald" covariance).
     iterations : int
-        Largest number of scoring iterations any voxel needed.
+        Largest number of Newton iterations any voxel needed.
     """
 
     beta: np.ndarray
@@ -62,7 +66,12 @@ class MixedFit:
     tau2: np.ndarray
     n: np.ndarray
     dof: np.ndarray
+    scale: np.ndarray = None
     iterations: int = 0
+
+    def __post_init__(self):
+        if self.scale is None:
+            self.scale = np.ones(np.shape(self.tau2))
 
     def to_arrays(self):
         """The fit as numpy arrays for ``numpy.savez`` (no pickled objects).
@@ -72,7 +81,7 @@ class MixedFit:
         dict of str to numpy.ndarray
         """
         return {"model": np.array("mixed"), "beta": self.beta, "cov": self.cov, "tau2": self.tau2, "n": self.n,
-                "dof": self.dof}
+                "dof": self.dof, "scale": self.scale}
 
     @classmethod
     def from_arrays(cls, arrays):
@@ -89,7 +98,7 @@ class MixedFit:
         try:
             return cls(beta=np.asarray(arrays["beta"], np.float64), cov=np.asarray(arrays["cov"], np.float64),
                        tau2=np.asarray(arrays["tau2"], np.float64), n=np.asarray(arrays["n"]),
-                       dof=np.asarray(arrays["dof"], np.float64))
+                       dof=np.asarray(arrays["dof"], np.float64), scale=np.asarray(arrays["scale"], np.float64))
         except KeyError as err:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
@@ -562,7 +571,28 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
         tau2[sel], beta[:, sel], cov[sel] = t, b, c
         iterations = max(iterations, it)
     dof = np.where(ok, count - p, 0).astype(np.float64)
-    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, iterations=iterations)
+    scale = np.full(n_vox, np.nan)
+    if cols.size:
+        scale[cols] = _knapp_hartung(Y, V, None if present is None else m, X, beta, tau2, cols, dof)
+    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, scale=scale, iterations=iterations)
+
+
+def _knapp_hartung(Y, V, m, X, beta, tau2, cols, dof):
+    """``r'Wr / (n - p)`` at the fitted tau2 of the voxels ``cols``, block by block."""
+    out = np.empty(cols.size)
+    for start in range(0, cols.size, _BLOCK):
+        sel = cols[start:start + _BLOCK]
+        r = _cols(Y, sel) - X @ beta[:, sel]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = 1.0 / (_cols(V, sel) + tau2[sel])
+            if m is not None:
+                mb = _cols(m, sel)
+                r = np.where(mb, r, 0.0)
+                w = np.where(mb, w, 0.0)
+            rss = np.einsum("nk,nk->k", w * r, r)
+        # zero total variance (v = 0 and tau2 = 0: residuals 0 too) leaves 0 / 0: no dispersion to read, 0
+        out[start:start + sel.size] = np.where(np.isfinite(rss), rss, 0.0) / dof[sel]
+    return out
 
 
 def restricted_loglik(Y, V, X, tau2, present=None):
@@ -605,8 +635,9 @@ def mixed_contrast(fit, weights):
     Returns
     -------
     ContrastEstimate
-        t: ``effect`` (1, n_voxels) ``c'b`` and ``variance`` (n_voxels,) ``c'(X'WX)^-1 c``. F: ``effect``
-        (q, n_voxels) whitened by the Cholesky factor of ``C (X'WX)^-1 C'`` and ``variance`` 1, so that
+        t: ``effect`` (1, n_voxels) ``c'b`` and ``variance`` (n_voxels,) ``s c'(X'WX)^-1 c`` with ``s`` the
+        Knapp-Hartung factor ``fit.scale`` (PyMARE's "knapp-hartung" covariance). F: ``effect``
+        (q, n_voxels) whitened by the Cholesky factor of ``s C (X'WX)^-1 C'`` and ``variance`` 1, so that
         :func:`glmx_workflows.core.glm.contrast_statistics` gives ``F = |effect|^2 / q``. ``dof``: the
         smallest estimable voxel's (:func:`group_statistics` uses each voxel's own).
 
@@ -620,9 +651,9 @@ def mixed_contrast(fit, weights):
     if C.shape[1] != p:
         raise GlmxError(f"the contrast has {C.shape[1]} columns but the design has {p}")
     effect = C @ fit.beta
-    ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C)
-    finite = fit.dof > 0
-    dof = float(fit.dof[finite].min()) if finite.any() else 0.0
+    ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C) * fit.scale[:, None, None]
+    finite = (fit.dof > 0) & (fit.scale > 0)
+    dof = float(fit.dof[fit.dof > 0].min()) if (fit.dof > 0).any() else 0.0
     if C.shape[0] == 1:
         return ContrastEstimate(effect=effect, variance=ccc[:, 0, 0], dof=dof, stat_type="t")
     white = np.full(effect.shape, np.nan)
