@@ -429,3 +429,77 @@ def test_mixed_tfce_and_cluster_mass_use_the_mixed_t_maps():
     vol[mask] = t
     assert np.allclose(out["tfce"], tfce(vol)[mask], rtol=1e-10)
     assert out["p_tfce"].min() < 0.1 and out["p_cluster_mass"].min() < 0.1 and out["h0_max_mass"].shape == (50,)
+
+
+def _ols_t(M, Y):
+    """t of the first column of M, from least squares (numpy.linalg.lstsq), every column of Y."""
+    b, *_ = np.linalg.lstsq(M, Y, rcond=None)
+    r = Y - M @ b
+    dof = M.shape[0] - np.linalg.matrix_rank(M)
+    cov = np.linalg.pinv(M.T @ M)
+    return b[0] / np.sqrt(cov[0, 0] * (r * r).sum(axis=0) / dof)
+
+
+def test_paired_permutations_are_the_sign_flips_of_the_differences():
+    """Exhaustive within-subject permutations of a paired design (swapping each subject's two maps) give the null
+    distribution of the one-sample sign-flip test of the differences, for OLS and for the mixed model (whose
+    difference variances V_A + V_B do not change when a subject's two maps swap)."""
+    from itertools import product
+
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    n = 7
+    Y, V, subs, conds = _within_data(n, ["A", "B"], seed=13)
+    Y, V = Y[:, :40], V[:, :40]
+    design, main = within_subject_design(subs, conds, "paired")
+    c = group_contrasts(design.columns, main)[0]["weights"]
+    d, vd = Y[:n] - Y[n:], V[:n] + V[n:]
+    signs = np.array([s for s in product([1.0, -1.0], repeat=n)][1:])
+    for model in ("ols", "mixed"):
+        out = permutation_inference(Y, design.to_numpy(), c, n_permutations=10_000, blocks=subs,
+                                    variances=V if model == "mixed" else None)
+        assert out["scheme"] == "within_subject" and out["exhaustive"] and out["n_permutations"] == 2 ** n - 1
+        if model == "ols":
+            ref = np.array([_ols_t(np.ones((n, 1)), s[:, None] * d).max() for s in signs])
+        else:
+            ref = np.array([contrast_maps(fit_mixed_effects(s[:, None] * d, vd, np.ones((n, 1))), [1.0])["t"].max()
+                            for s in signs])
+        assert np.allclose(np.sort(out["h0_max_t"]), np.sort(ref), rtol=1e-6, atol=1e-6), model
+        expected = (1 + (ref[None, :] >= out["t"][:, None] - 1e-6).sum(axis=1)) / 2 ** n
+        assert np.allclose(out["p_fwe"], expected) and out["p_fwe"].min() >= 1 / 2 ** n
+
+
+def test_repeated_permutations_permute_condition_labels_within_subjects():
+    """Exhaustive permutations of each subject's three condition labels (6^4 - 1) against a first-principles
+    Freedman-Lane reference: residuals on the nuisance space (design directions orthogonal to the contrast, from
+    scipy's null_space), permuted within subjects, refitted by least squares."""
+    from itertools import permutations, product
+
+    from scipy.linalg import null_space
+
+    from glmx_workflows.core.group import group_contrasts, within_subject_design
+
+    n, conds3 = 4, ["A", "B", "C"]
+    Y, _, subs, conds = _within_data(n, conds3, seed=17)
+    Y = Y[:, :25]
+    design, main = within_subject_design(subs, conds, "repeated")
+    c = np.array(group_contrasts(design.columns, main, {"AvC": "A - C"})[1]["weights"])
+    X = design.to_numpy()
+    out = permutation_inference(Y, X, c, n_permutations=10_000, blocks=subs)
+    assert out["exhaustive"] and out["n_permutations"] == 6 ** n - 1
+    x = X @ c / (c @ c)
+    Z = X @ null_space(c[None, :])
+    R = Y - Z @ np.linalg.lstsq(Z, Y, rcond=None)[0]
+    M = np.column_stack([x, Z])
+    rows = {s: [i for i, t in enumerate(subs) if t == s] for s in dict.fromkeys(subs)}
+    ref = []
+    for combo in list(product(*[list(permutations(r)) for r in rows.values()]))[1:]:
+        order = np.arange(len(subs))
+        for r, perm in zip(rows.values(), combo):
+            order[r] = perm
+        ref.append(_ols_t(M, R[order]).max())
+    assert np.allclose(np.sort(out["h0_max_t"]), np.sort(ref), rtol=1e-8)
+    assert np.allclose(out["t"], _ols_t(M, R), rtol=1e-8)
+    # a contrast that compares subjects (the mean of A) has no within-subject permutation
+    with pytest.raises(GlmxError, match="within-subject permutations"):
+        permutation_inference(Y, X, np.eye(X.shape[1])[0], blocks=subs)

@@ -110,11 +110,6 @@ def group_settings(entry, **overrides):
         if out["group_level_regressors"]:
             raise GlmxError("group_design (a within-subject model) cannot be combined with group_level_regressors",
                             file=entry["_spec_file"], field=field)
-        perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
-        if perm:
-            raise GlmxError(f"group_design '{design['type']}' has no permutation scheme yet (the maps of a subject "
-                            f"are not exchangeable with another's); drop {', '.join(perm)} from group_inference",
-                            file=entry["_spec_file"], field=field)
         if design["type"] == "paired" and len(design["contrasts"]) != 2:
             raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
                             file=entry["_spec_file"], field=field + ".contrasts")
