@@ -13,7 +13,8 @@
 * Non-parametric inference (:func:`permutation_inference`): Freedman-Lane on the contrast's
   reparametrised design, sign flips when the tested regressor is constant (one-sample: the
   errors are assumed symmetric) and row permutations otherwise (covariates, two-sample: the
-  errors are assumed exchangeable). Every permutation of a chunk is fitted with one matrix
+  errors are assumed exchangeable), or, for within-subject designs, row permutations within each
+  subject's maps (exchangeability blocks). Every permutation of a chunk is fitted with one matrix
   product over all voxels; max-statistic FWE, cluster mass and TFCE come from the same statistic
   maps. Results are reproducible for a given seed; when the number of permutations asked for
   reaches the number of distinct ones, they are enumerated and the p-values are exact.

@@ -5,19 +5,19 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
 
 * ``tau2 >= 0`` maximises the restricted log-likelihood
   ``l(tau2) = -1/2 [sum log(v_i + tau2) + log|X'WX| + r'Wr]`` (``W = diag(1 / (v_i + tau2))``, ``r`` the
-  weighted least-squares residuals). It is found by Newton steps on ``tau2`` for all voxels at once:
-  score ``(r'W^2 r - tr P) / 2`` and observed information ``y'P^3y - tr(P^2) / 2`` (Fisher's expected
-  ``tr(P^2) / 2`` where the observed one is not positive) with ``P = W - WX(X'WX)^-1X'W``, whose
-  traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). A step that lowers the likelihood is
-  halved until it does not; steps stop at the boundary ``tau2 = 0``. The likelihood can have a maximum at
-  0 and another inside: Newton starts from the best of 0 and a scan of ``c u / (1 - u)``, ``u`` in ``_SCAN``,
-  around the moment value ``c = max(s2, mean(v))`` (``s2``: the OLS residual variance), and a voxel that
-  ends at 0 (or inside, below the likelihood at 0) is climbed again from the best interior scan point
-  (or from 0); the higher maximum is kept.
-* ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its covariance ``(X'WX)^-1``.
-* t contrasts ``c'b / sqrt(c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(C (X'WX)^-1 C')^-1 (Cb) / q`` with
-  ``n - p`` residual degrees of freedom (FSL FLAME1's and PyMARE's ``VarianceBasedLikelihoodEstimator``
-  model; PyMARE's "wald" covariance).
+  weighted least-squares residuals), for all voxels at once (:func:`_fit_block`): score
+  ``(r'W^2 r - tr P) / 2``, observed information ``y'P^3y - tr(P^2) / 2`` and Fisher's ``tr(P^2) / 2`` with
+  ``P = W - WX(X'WX)^-1X'W``, whose traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). One
+  evaluation at 0 settles the voxels whose score there is not positive (0 is then a maximum) and gives
+  the DerSimonian-Laird start of the others, which climb by bracketed Newton steps (:func:`_climb`);
+  near-boundary voxels are also searched for a higher interior maximum.
+* ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its model-based covariance
+  ``(X'WX)^-1`` (``MixedFit.cov``) and the Knapp-Hartung (HKSJ) factor ``q = r'Wr / (n - p)``
+  (``MixedFit.scale``).
+* t contrasts ``c'b / sqrt(q c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(q C (X'WX)^-1 C')^-1 (Cb) / rank`` with
+  ``n - p`` residual degrees of freedom (PyMARE's ``VarianceBasedLikelihoodEstimator(method="REML")`` with
+  its default "knapp-hartung" covariance; the model-based one, FLAME1's, gives 3 % false positives at
+  p < 0.05 when tau2 is 0, see README.rst).
 * A subject may be absent at some voxels (``present``): it then gets weight zero there, which is the
   model fitted on the other subjects alone, with ``n_v - p`` degrees of freedom.
 

@@ -26,7 +26,7 @@ GROUP_KEYS = {
         "contrast: {'type': 'paired', 'contrasts': [A, B]} tests A - B (t) with a subject effect per subject; "
         "{'type': 'repeated', 'contrasts': [...]} tests 'no difference' (F). Outputs are named "
         "contrast-<name> (default: the contrasts joined, e.g. AVsB); group_contrasts are formulas over the "
-        "contrast names. Not with group_level_regressors or permutation methods.",
+        "contrast names. Not with group_level_regressors; permutations permute each subject's maps among themselves.",
         {"type": "paired", "contrasts": ["incongruent", "congruent"]}),
     "group_min_subjects": (
         {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 2}]}, None,
