@@ -192,12 +192,12 @@ class _Eval:
     (p, p) algebra on arrays with the voxels last. ``y`` should be the OLS residuals (nothing changes, the
     moments just do not cancel).
 
-    ``order`` 1: ``beta``, ``Ainv`` (and ``loglik`` when asked); 2: also ``score``, ``tr_P`` and the
-    derivatives of the estimate in tau2 (``dbeta``, ``dAinv``); 3: also the observed (``observed``) and
+    ``order`` 1: ``beta``, ``Ainv`` (and ``loglik`` or ``rwr`` when asked); 2: also ``score``, ``tr_P`` and the
+    pieces of the estimate's derivatives in tau2 (``G2 = A^-1 H2``, ``xw2r = X'W^2 r``); 3: also the observed (``observed``) and
     expected (``fisher``) information.
     """
 
-    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None):
+    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None, rwr=False):
         n, p = X.shape
         k = y.shape[1]
         work = work if work is not None else _Work(n, k)
@@ -213,9 +213,10 @@ class _Eval:
             self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k))
             xwy = X.T @ wy
             b = self.beta = _mv(self.Ainv, xwy)
+            if loglik or rwr:
+                self.rwr = np.einsum("nk,nk->k", wy, y) - _dot(b, xwy)  # r'Wr
             if loglik:
-                rwr = np.einsum("nk,nk->k", wy, y) - _dot(b, xwy)
-                ll = -0.5 * (log_sum + logdet + rwr)
+                ll = -0.5 * (log_sum + logdet + self.rwr)
                 self.loglik = np.where(np.isnan(ll), -np.inf, ll)
             if order < 2:
                 return
@@ -230,8 +231,7 @@ class _Eval:
             tr_P = a1[-1] - np.einsum("iik->k", G2)
             self.score = 0.5 * (r_w2_r - tr_P)
             self.tr_P = tr_P
-            self.dbeta = -_mv(self.Ainv, xw2r)  # d beta / d tau2
-            self.dAinv = _mm(G2, self.Ainv)  # d (X'WX)^-1 / d tau2 = A^-1 H2 A^-1
+            self.G2, self.xw2r = G2, xw2r  # for the derivatives of the estimate (_Result.put)
             if order < 3:
                 return
             r_w3_r = np.einsum("nk,nk->k", w2y, wy)  # y'W^3y, then minus the beta terms below
@@ -249,17 +249,17 @@ class _Eval:
 class _Evaluation:
     """:class:`_Eval` of many voxels, ``_CHUNK`` columns at a time (same attributes, voxels last)."""
 
-    _NAMES = ("beta", "Ainv", "loglik", "score", "tr_P", "dbeta", "dAinv", "fisher", "observed")
+    _NAMES = ("beta", "Ainv", "loglik", "rwr", "score", "tr_P", "G2", "xw2r", "fisher", "observed")
 
-    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None):
+    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None, rwr=False):
         k = y.shape[1]
         tau2 = np.broadcast_to(np.asarray(tau2, np.float64), (k,))
         if k <= _CHUNK:
-            parts = [_Eval(y, v, m, X, L, tau2, order, loglik, work)]
+            parts = [_Eval(y, v, m, X, L, tau2, order, loglik, work, rwr)]
         else:
             work = work if work is not None else _Work(y.shape[0], _CHUNK)
             parts = [_Eval(y[:, a:a + _CHUNK], v[:, a:a + _CHUNK], None if m is None else m[:, a:a + _CHUNK], X, L,
-                           tau2[a:a + _CHUNK], order, loglik, work) for a in range(0, k, _CHUNK)]
+                           tau2[a:a + _CHUNK], order, loglik, work, rwr) for a in range(0, k, _CHUNK)]
         for name in self._NAMES:
             if hasattr(parts[0], name):
                 setattr(self, name, np.concatenate([getattr(e, name) for e in parts], axis=-1))
@@ -310,8 +310,10 @@ class _Result:
             self.beta[:, idx] = ev.beta[:, sel]
             self.Ainv[:, :, idx] = ev.Ainv[:, :, sel]
         else:
-            self.beta[:, idx] = ev.beta[:, sel] + step * ev.dbeta[:, sel]
-            self.Ainv[:, :, idx] = ev.Ainv[:, :, sel] + step * ev.dAinv[:, :, sel]
+            Ainv = ev.Ainv[:, :, sel]
+            # d beta / d tau2 = -A^-1 X'W^2 r, d A^-1 / d tau2 = A^-1 H2 A^-1 (A = X'WX, H2 = X'W^2X)
+            self.beta[:, idx] = ev.beta[:, sel] - step * _mv(Ainv, ev.xw2r[:, sel])
+            self.Ainv[:, :, idx] = Ainv + step * _mm(ev.G2[:, :, sel], Ainv)
 
 
 def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
@@ -352,7 +354,7 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
     near = np.zeros(k, bool)
     score0 = np.full(k, np.inf)  # the score at tau2 = 0 (infinite with a zero variance)
     if at0.size:
-        e0 = _Evaluation(*sub(at0), X, L, 0.0, order=3, work=work)
+        e0 = _Evaluation(*sub(at0), X, L, 0.0, order=3, work=work, rwr=True)
         boundary = ~(e0.score > 0)
         out.put(at0[boundary], 0.0, e0, boundary)
         climb[at0[boundary]] = False
@@ -360,7 +362,7 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
             z0 = e0.score / np.sqrt(e0.fisher)
         near[at0[boundary & (z0 > _SECOND_PEAK_Z)]] = True
         # start: DerSimonian-Laird (else the first Newton step from 0)
-        dl = _dersimonian_laird(*sub(at0), X, e0)
+        dl = _dersimonian_laird(e0, count[at0], p)
         with np.errstate(divide="ignore", invalid="ignore"):
             first = _newton_step(e0.score, e0.observed, e0.fisher, vharm[at0])
         dl = np.where(np.isfinite(dl) & (dl > 0), dl, np.inf)
@@ -406,13 +408,11 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
     return out.tau2, out.beta + b0, np.moveaxis(out.Ainv, 2, 0), iterations
 
 
-def _dersimonian_laird(y, v, m, X, e0):
-    """The generalised DerSimonian-Laird estimate ``(Q - (n - p)) / tr(P)`` from the evaluation at tau2 = 0."""
-    wy = y / v if m is None else y * m / v
-    q = np.einsum("nk,nk->k", wy, y) - _dot(e0.beta, X.T @ wy)
-    count = y.shape[0] if m is None else m.sum(axis=0)
+def _dersimonian_laird(e0, count, p):
+    """The generalised DerSimonian-Laird estimate ``(Q - (n - p)) / tr(P)`` from the evaluation at tau2 = 0 (``Q``:
+    its weighted residual sum of squares)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (q - (count - X.shape[1])) / e0.tr_P
+        return (e0.rwr - (count - p)) / e0.tr_P
 
 
 def _newton_step(score, observed, fisher, offset, tau=0.0):
