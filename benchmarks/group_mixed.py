@@ -7,7 +7,7 @@ design plus a covariate. Sides, each in a fresh process, BLAS pinned to one thre
 
 * ``ols``    (the anchor): ``fit_group_model(Y, X)`` + the two contrasts' t/z/p (today's group fit);
 * ``mixed``: ``fit_group_model(Y, X, 'mixed', V)`` + the same two contrasts, every voxel;
-* ``pymare``: ``VarianceBasedLikelihoodEstimator(method='REML', small_sample_correction='wald')`` on a random
+* ``pymare``: ``VarianceBasedLikelihoodEstimator(method='REML')`` (its default Knapp-Hartung covariance, as glmx's maps) on a random
   subset of --pymare-voxels voxels (vectorised over voxels as PyMARE does it; its per-voxel cost is what
   is compared), and ``pymare_loop``: the same estimator fitted voxel by voxel on a smaller subset (how a
   user would run a meta-analysis package per voxel), per-voxel cost.
@@ -126,7 +126,7 @@ def child(which, path, n_sub, out):
         sub = np.random.default_rng(1).choice(Y.shape[1], n_sub, replace=False)
         if which == "pymare_loop":
             sub = sub[:max(n_sub // 20, 50)]
-        est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald")
+        est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="knapp-hartung")
         start = time.perf_counter()
         if which == "pymare":
             est.fit(Y[:, sub], V[:, sub], X)
