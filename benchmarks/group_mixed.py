@@ -7,7 +7,8 @@ design plus a covariate. Sides, each in a fresh process, BLAS pinned to one thre
 
 * ``ols``    (the anchor): ``fit_group_model(Y, X)`` + the two contrasts' t/z/p (today's group fit);
 * ``mixed``: ``fit_group_model(Y, X, 'mixed', V)`` + the same two contrasts, every voxel;
-* ``pymare``: ``VarianceBasedLikelihoodEstimator(method='REML')`` (its default Knapp-Hartung covariance, as glmx's maps) on a random
+* ``pymare``: ``VarianceBasedLikelihoodEstimator(method='REML')`` (its default Knapp-Hartung covariance, as glmx's
+  maps) on a random
   subset of --pymare-voxels voxels (vectorised over voxels as PyMARE does it; its per-voxel cost is what
   is compared), and ``pymare_loop``: the same estimator fitted voxel by voxel on a smaller subset (how a
   user would run a meta-analysis package per voxel), per-voxel cost.
