@@ -192,7 +192,8 @@ def main():
     print(f"  mixed / ols (whole brain)            : {med['mixed']['wall'] / med['ols']['wall']:.2f}x")
     if "wf_ols" in med:
         for side in ("wf_ols", "wf_mixed"):
-            print(f"  {side:12s} " + "  ".join(f"{k} {med[side][k]:.3f} s" for k in ("load", "fit", "contrasts", "wall")))
+            stages = ("load", "fit", "contrasts", "wall")
+            print(f"  {side:12s} " + "  ".join(f"{k} {med[side][k]:.3f} s" for k in stages))
         print(f"  workflow nodes mixed / ols                : {med['wf_mixed']['wall'] / med['wf_ols']['wall']:.2f}x"
               f"   (load {med['wf_mixed']['load'] / med['wf_ols']['load']:.2f}x, fit "
               f"{med['wf_mixed']['fit'] / med['wf_ols']['fit']:.2f}x, contrasts "

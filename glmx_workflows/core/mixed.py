@@ -193,8 +193,8 @@ class _Eval:
     moments just do not cancel).
 
     ``order`` 1: ``beta``, ``Ainv`` (and ``loglik`` or ``rwr`` when asked); 2: also ``score``, ``tr_P`` and the
-    pieces of the estimate's derivatives in tau2 (``G2 = A^-1 H2``, ``xw2r = X'W^2 r``); 3: also the observed (``observed``) and
-    expected (``fisher``) information.
+    pieces of the estimate's derivatives in tau2 (``G2 = A^-1 H2``, ``xw2r = X'W^2 r``); 3: also the observed
+    (``observed``) and expected (``fisher``) information.
     """
 
     def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None, rwr=False):
@@ -325,8 +325,8 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
     2. The other voxels climb to the root of the score by Newton steps kept inside a bracket of the root,
        all voxels at once, converged voxels dropped (:func:`_climb`).
     3. The near-boundary voxels of step 1 scan the score at ``_SCAN`` points from a fraction of their harmonic
-       mean variance to a few times their moment scale; those with a rising likelihood there climb from it as in step 2, and keep the interior
-       maximum when its restricted likelihood beats tau2 = 0's.
+       mean variance to a few times their moment scale; those with a rising likelihood there climb from it as in
+       step 2, and keep the interior maximum when its restricted likelihood beats tau2 = 0's.
     """
     n, p = X.shape
     k = Y.shape[1]
@@ -495,8 +495,8 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
         if active.size == 0:
             break
     if active.size:  # out of iterations: the last point evaluated
-        ev = _Evaluation(_cols(y, active), _cols(v, active), None if m is None else _cols(m, active), X, L, tau[active], order=1,
-                   work=work)
+        ev = _Evaluation(_cols(y, active), _cols(v, active), None if m is None else _cols(m, active), X, L,
+                         tau[active], order=1, work=work)
         final.put(active, tau[active], ev)
     return final.tau2, final, iterations
 
