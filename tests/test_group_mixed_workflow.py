@@ -52,7 +52,9 @@ def test_mixed_group_maps_equal_pymare_and_say_which_model(first_level, tmp_path
     ages = np.loadtxt(bids / "participants.tsv", skiprows=1, usecols=1, dtype=str)
     ages = np.array([float(a) for a in ages])
     X = np.column_stack([np.ones(N_SUBJECTS), ages - ages.mean()])
-    est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald", xtol=1e-12, maxiter=200)
+    # PyMARE's default Knapp-Hartung covariance: what the variance and t maps hold (README.rst)
+    est = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="knapp-hartung", xtol=1e-12,
+                                           maxiter=200)
     est.fit(Y, V, X)
     beta, cov, tau2 = est.params_["fe_params"], est.params_["inv_cov"], est.params_["tau2"][0]
     # maps are stored as float32: compare relative to the map's range at 1e-5 (float32 resolution plus
@@ -136,14 +138,31 @@ def test_paired_design_end_to_end_equals_nilearn(first_level, tmp_path):
     assert np.abs(nb.load(z_path).get_fdata()[mask] - ref).max() < 1e-4
 
 
-def test_within_design_refuses_permutations_and_regressors(first_level, tmp_path):
+def test_paired_permutations_end_to_end_are_sign_flips_of_the_differences(first_level, tmp_path):
+    """perm_fwe on a paired design swaps each subject's two maps (exhaustive: 2^6 - 1): the FWE p map equals the
+    one-sample sign-flip test of the subjects' differences."""
+    from glmx_workflows.core.group import permutation_inference
+
+    bids, out = first_level
+    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", group_inference=["perm_fwe"],
+               group_level_regressors=[], group_n_permutations=1000,
+               group_design={"type": "paired", "contrasts": ["incongruent", "congruent"], "name": "incVsConPerm"}
+               ).run(plugin="Linear")
+    mask = nb.load(_group_file(out, "incVsConPerm", "z")).get_fdata() != 0
+    subjects = [f"{i + 1:02d}" for i in range(N_SUBJECTS)]
+    d = np.stack([nb.load(_subject_map(out, s, "incongruent", "effect")).get_fdata()[mask]
+                  - nb.load(_subject_map(out, s, "congruent", "effect")).get_fdata()[mask] for s in subjects])
+    ref = permutation_inference(d, np.ones((N_SUBJECTS, 1)), [1.0], n_permutations=1000)
+    assert ref["exhaustive"]
+    ours = nb.load(_group_file(out, "incVsConPerm", "p", "permFWE")).get_fdata()[mask]
+    assert np.allclose(ours, ref["p_fwe"], atol=1e-6)
+
+
+def test_within_design_refuses_regressors(first_level, tmp_path):
     from glmx_workflows.core.errors import GlmxError
 
     bids, out = first_level
     design = {"type": "paired", "contrasts": ["incongruent", "congruent"]}
-    with pytest.raises(GlmxError, match="no permutation scheme"):
-        GroupLevel("flanker", bids, output_dir=out, group_design=design, group_level_regressors=[],
-                   group_inference=["tfce"])
     with pytest.raises(GlmxError, match="group_level_regressors"):
         GroupLevel("flanker", bids, output_dir=out, group_design=design, group_level_regressors=["age"])
 

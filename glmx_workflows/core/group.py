@@ -13,7 +13,8 @@
 * Non-parametric inference (:func:`permutation_inference`): Freedman-Lane on the contrast's
   reparametrised design, sign flips when the tested regressor is constant (one-sample: the
   errors are assumed symmetric) and row permutations otherwise (covariates, two-sample: the
-  errors are assumed exchangeable). Every permutation of a chunk is fitted with one matrix
+  errors are assumed exchangeable), or, for within-subject designs, row permutations within each
+  subject's maps (exchangeability blocks). Every permutation of a chunk is fitted with one matrix
   product over all voxels; max-statistic FWE, cluster mass and TFCE come from the same statistic
   maps. Results are reproducible for a given seed; when the number of permutations asked for
   reaches the number of distinct ones, they are enumerated and the p-values are exact.
@@ -553,7 +554,27 @@ def _all_transforms(n, sign_flip):
     return np.array(list(perms), dtype=np.int32)
 
 
-def draw_transforms(n, n_permutations, sign_flip, seed):
+def _block_transforms(blocks, n_permutations, seed):
+    """Row orders that permute rows only within their block (exchangeability blocks), identity excluded."""
+    blocks = np.asarray(blocks)
+    groups = [np.flatnonzero(blocks == b) for b in dict.fromkeys(blocks.tolist())]
+    distinct = math.prod(math.factorial(len(g)) for g in groups) - 1
+    n = blocks.size
+    if distinct <= min(int(n_permutations), 5_000_000):
+        per_block = [list(itertools.permutations(g)) for g in groups]
+        out = np.empty((distinct + 1, n), np.int32)
+        for i, combo in enumerate(itertools.product(*per_block)):
+            for g, order in zip(groups, combo):
+                out[i, g] = order
+        return out[1:], True  # the first combination is the identity
+    rng = np.random.default_rng(seed)
+    out = np.broadcast_to(np.arange(n, dtype=np.int32), (int(n_permutations), n)).copy()
+    for g in groups:
+        out[:, g] = rng.permuted(np.broadcast_to(g.astype(np.int32), (int(n_permutations), g.size)), axis=1)
+    return out, False
+
+
+def draw_transforms(n, n_permutations, sign_flip, seed, blocks=None):
     """The sign flips or row permutations to evaluate.
 
     Parameters
@@ -567,6 +588,10 @@ def draw_transforms(n, n_permutations, sign_flip, seed):
         Draw sign flips (True) or row permutations (False).
     seed : int
         Seed of the random generator (unused when enumerating).
+    blocks : array-like, shape (n,), optional
+        Exchangeability blocks (e.g. the subject of each row of a paired or repeated-measures design): row
+        orders then permute rows within their block only (``sign_flip`` is ignored); there are
+        ``prod(b_i!) - 1`` distinct ones.
 
     Returns
     -------
@@ -584,6 +609,8 @@ def draw_transforms(n, n_permutations, sign_flip, seed):
     if n_permutations < 1:
         raise GlmxError(f"the number of permutations must be at least 1, got {n_permutations}",
                         field="group_n_permutations")
+    if blocks is not None:
+        return _block_transforms(blocks, n_permutations, seed)
     distinct = 2 ** n - 1 if sign_flip else (math.factorial(n) - 1 if n <= 12 else None)
     if distinct is not None and n_permutations >= distinct and distinct <= 5_000_000:
         return _all_transforms(n, sign_flip), True
@@ -722,7 +749,7 @@ class _PermutedMixedT:
                   else self.present[transforms.T]).reshape(self.n, -1)
         fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = fit.beta[0] / np.sqrt(fit.cov[:, 0, 0])
+            t = fit.beta[0] / np.sqrt(fit.scale * fit.cov[:, 0, 0])  # the maps' (Knapp-Hartung) t
         if Pp is not None:
             # voxels have their own degrees of freedom: compare them on the z scale
             t = _statistics_by_dof(ContrastEstimate(effect=t[None], variance=np.ones(t.size), dof=1.0,
@@ -750,7 +777,7 @@ def _fwe_p(null_max, observed, n_null):
 
 def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0, methods=("perm_fwe",),
                           cluster_threshold=None, two_sided=False, tfce_steps=100, connectivity=1,
-                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None):
+                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None, blocks=None):
     """Non-parametric inference on a group contrast (Freedman-Lane; sign flips or permutations).
 
     With ``variances`` the statistic is the mixed-effects t (:class:`_PermutedMixedT`: each subject's
@@ -792,6 +819,12 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         each voxel's present subjects, and the statistic is the z of each voxel's t on its own degrees of
         freedom (``t`` in the result is then that z, and ``cluster_threshold`` a z height). One-sample
         tests only (no nuisance columns).
+    blocks : array-like, shape (n_subjects,), optional
+        Exchangeability blocks of a within-subject design (the subject of each map of a paired or
+        repeated-measures model): the reparametrised residuals are permuted within blocks only (for a paired
+        design, swapping a subject's two maps: the sign flip of its difference; for a repeated-measures
+        design, permuting a subject's condition labels). The contrast must compare maps within subjects (its
+        regressor ``X c`` sums to zero within every block).
 
     Returns
     -------
@@ -800,7 +833,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         (n_voxels,: the p of the voxel's cluster, 1 outside clusters) and ``cluster_mass`` (n_voxels,);
         with TFCE ``tfce`` and ``p_tfce`` (n_voxels,); ``h0_max_t`` / ``h0_max_mass`` /
         ``h0_max_tfce`` (K,) null maxima; ``n_permutations`` K (non-identity transforms used),
-        ``exhaustive`` (bool), ``scheme`` ('sign_flip' or 'permutation').
+        ``exhaustive`` (bool), ``scheme`` ('sign_flip', 'permutation' or 'within_subject').
     """
     methods = tuple(methods)
     bad = [m for m in methods if m not in PERMUTATION_METHODS]
@@ -823,11 +856,21 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if "perm_cluster_mass" in methods and cluster_threshold is None:
         raise GlmxError("cluster-mass inference needs a cluster-forming threshold")
     x, Z, sign_flip = partition_design(X, weights)
+    if blocks is not None:
+        blocks = np.asarray(blocks)
+        if blocks.shape != (Y.shape[0],):
+            raise GlmxError(f"{blocks.size} exchangeability block labels for {Y.shape[0]} maps")
+        sums = np.array([x[blocks == b].sum() for b in np.unique(blocks)])
+        if np.abs(sums).max() > 1e-10 * max(np.abs(x).max(), 1.0):
+            raise GlmxError("within-subject permutations test differences between each subject's maps; this "
+                            "contrast also compares subjects (its weights on the conditions do not sum to zero)",
+                            field="group_contrasts")
+        sign_flip = False
     if variances is None and present is None:
         model = _PermutedT(Y, x, Z)
     else:
         model = _PermutedMixedT(Y, variances, x, Z, present)
-    transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed)
+    transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed, blocks)
     K = len(transforms)
     t_obs = model.observed()
 
@@ -858,7 +901,8 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
             if h0_mass is not None:
                 h0_mass[start:stop] = cluster_measures(vol, cluster_threshold, connectivity, two_sided)[1]
     out = {"t": t_obs, "h0_max_t": h0_t, "n_permutations": K, "exhaustive": exhaustive,
-           "scheme": "sign_flip" if sign_flip else "permutation", "dof": model.dof}
+           "scheme": "sign_flip" if sign_flip else ("within_subject" if blocks is not None else "permutation"),
+           "dof": model.dof}
     out["p_fwe"] = _fwe_p(h0_t, np.nan_to_num(score(t_obs), nan=-np.inf), K)
     if h0_tfce is not None:
         values = np.abs(obs_tfce[mask]) if two_sided else obs_tfce[mask]

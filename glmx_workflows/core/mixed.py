@@ -5,19 +5,19 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
 
 * ``tau2 >= 0`` maximises the restricted log-likelihood
   ``l(tau2) = -1/2 [sum log(v_i + tau2) + log|X'WX| + r'Wr]`` (``W = diag(1 / (v_i + tau2))``, ``r`` the
-  weighted least-squares residuals). It is found by Newton steps on ``tau2`` for all voxels at once:
-  score ``(r'W^2 r - tr P) / 2`` and observed information ``y'P^3y - tr(P^2) / 2`` (Fisher's expected
-  ``tr(P^2) / 2`` where the observed one is not positive) with ``P = W - WX(X'WX)^-1X'W``, whose
-  traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). A step that lowers the likelihood is
-  halved until it does not; steps stop at the boundary ``tau2 = 0``. The likelihood can have a maximum at
-  0 and another inside: Newton starts from the best of 0 and a scan of ``c u / (1 - u)``, ``u`` in ``_SCAN``,
-  around the moment value ``c = max(s2, mean(v))`` (``s2``: the OLS residual variance), and a voxel that
-  ends at 0 (or inside, below the likelihood at 0) is climbed again from the best interior scan point
-  (or from 0); the higher maximum is kept.
-* ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its covariance ``(X'WX)^-1``.
-* t contrasts ``c'b / sqrt(c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(C (X'WX)^-1 C')^-1 (Cb) / q`` with
-  ``n - p`` residual degrees of freedom (FSL FLAME1's and PyMARE's ``VarianceBasedLikelihoodEstimator``
-  model; PyMARE's "wald" covariance).
+  weighted least-squares residuals), for all voxels at once (:func:`_fit_block`): score
+  ``(r'W^2 r - tr P) / 2``, observed information ``y'P^3y - tr(P^2) / 2`` and Fisher's ``tr(P^2) / 2`` with
+  ``P = W - WX(X'WX)^-1X'W``, whose traces only need the small matrices ``X'W^k X`` (k = 1, 2, 3). One
+  evaluation at 0 settles the voxels whose score there is not positive (0 is then a maximum) and gives
+  the DerSimonian-Laird start of the others, which climb by bracketed Newton steps (:func:`_climb`);
+  near-boundary voxels are also searched for a higher interior maximum.
+* ``b`` by weighted least squares with ``W`` at the fitted ``tau2``; its model-based covariance
+  ``(X'WX)^-1`` (``MixedFit.cov``) and the Knapp-Hartung (HKSJ) factor ``q = r'Wr / (n - p)``
+  (``MixedFit.scale``).
+* t contrasts ``c'b / sqrt(q c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(q C (X'WX)^-1 C')^-1 (Cb) / rank`` with
+  ``n - p`` residual degrees of freedom (PyMARE's ``VarianceBasedLikelihoodEstimator(method="REML")`` with
+  its default "knapp-hartung" covariance; the model-based one, FLAME1's, gives 3 % false positives at
+  p < 0.05 when tau2 is 0, see README.rst).
 * A subject may be absent at some voxels (``present``): it then gets weight zero there, which is the
   model fitted on the other subjects alone, with ``n_v - p`` degrees of freedom.
 
@@ -31,10 +31,10 @@ import numpy as np
 from .errors import GlmxError
 from .glm import ContrastEstimate
 
-#: Voxels fitted together (bounds the (voxels, p, p) work arrays).
-_BLOCK = 8192
-#: Starting-point scan: tau2 = c u / (1 - u) for these u (c: the moment estimate of the total variance).
-_SCAN = (0.02, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 0.98)
+#: Voxels fitted together (bounds the copies of the data and the (voxels, p, p) arrays).
+_BLOCK = 65536
+#: Voxels evaluated together (the (subjects, voxels) work arrays stay in cache).
+_CHUNK = 8192
 
 
 @dataclass
@@ -53,8 +53,12 @@ class MixedFit:
         Subjects modelled at the voxel.
     dof : numpy.ndarray of float64, shape (n_voxels,)
         Residual degrees of freedom ``n - rank(X)`` of the voxel (0 where not estimable).
+    scale : numpy.ndarray of float64, shape (n_voxels,)
+        The Knapp-Hartung (Hartung-Knapp-Sidik-Jonkman) factor ``q = r'Wr / (n - p)`` at the fitted tau2
+        (``r``: the weighted fit's residuals): contrasts use the covariance ``q (X'WX)^-1`` with ``n - p``
+        degrees of freedom. All ones when not given (the model-based "Wald" covariance).
     iterations : int
-        Largest number of scoring iterations any voxel needed.
+        Largest number of Newton iterations any voxel needed.
     """
 
     beta: np.ndarray
@@ -62,7 +66,12 @@ class MixedFit:
     tau2: np.ndarray
     n: np.ndarray
     dof: np.ndarray
+    scale: np.ndarray = None
     iterations: int = 0
+
+    def __post_init__(self):
+        if self.scale is None:
+            self.scale = np.ones(np.shape(self.tau2))
 
     def to_arrays(self):
         """The fit as numpy arrays for ``numpy.savez`` (no pickled objects).
@@ -72,7 +81,7 @@ class MixedFit:
         dict of str to numpy.ndarray
         """
         return {"model": np.array("mixed"), "beta": self.beta, "cov": self.cov, "tau2": self.tau2, "n": self.n,
-                "dof": self.dof}
+                "dof": self.dof, "scale": self.scale}
 
     @classmethod
     def from_arrays(cls, arrays):
@@ -89,7 +98,7 @@ class MixedFit:
         try:
             return cls(beta=np.asarray(arrays["beta"], np.float64), cov=np.asarray(arrays["cov"], np.float64),
                        tau2=np.asarray(arrays["tau2"], np.float64), n=np.asarray(arrays["n"]),
-                       dof=np.asarray(arrays["dof"], np.float64))
+                       dof=np.asarray(arrays["dof"], np.float64), scale=np.asarray(arrays["scale"], np.float64))
         except KeyError as err:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
@@ -144,6 +153,12 @@ def _dot(a, b):
     return np.einsum("ik,ik->k", a, b)
 
 
+def _cols(a, idx):
+    """Columns ``idx`` of a (subjects, voxels) array, C-contiguous (``a[:, idx]`` is Fortran-ordered, which makes
+    every later row-wise pass stride through memory)."""
+    return np.take(a, idx, axis=1)
+
+
 def _sum_log(a, rows=8):
     """``log(a).sum(axis=0)`` for positive a, as logs of products of ``rows`` rows (a log costs ~10 products);
     columns whose partial products leave the floating-point range are summed term by term."""
@@ -156,146 +171,337 @@ def _sum_log(a, rows=8):
     return out
 
 
-class _Profile:
-    """The restricted likelihood and its derivatives in tau2 for a block of voxels, from weighted moments.
+class _Work:
+    """Reused (subjects, voxels) work arrays: fresh large temporaries cost a page fault per 4 kB on every
+    evaluation, more than the arithmetic."""
 
-    With ``w = 1 / (v + tau2)`` every quantity is a combination of ``X'W^j X`` (one product of the stacked
-    outer products ``x_i x_i'`` with ``w^j``), ``X'W^j y`` and ``y'W^j y`` (j = 1, 2, 3): the data are
-    passed over a few times per evaluation and the small (p, p) algebra runs on arrays with the voxels
-    last. ``y`` should be the OLS residuals (the likelihood does not change; the moments then do not
-    cancel).
+    def __init__(self, n, k):
+        self.n = n
+        self._flat = [np.empty(n * k) for _ in range(4)]
+
+    def get(self, i, k):
+        return self._flat[i][:self.n * k].reshape(self.n, k)
+
+
+class _Eval:
+    """The restricted likelihood's pieces at given tau2 for a set of voxels (columns), from weighted moments.
+
+    With ``w = 1 / (v + tau2)`` (0 for absent subjects) every quantity is a combination of ``X'W^j X``
+    (one matrix product of ``L = [x_i x_i' ; 1]`` with ``w^j``, which also gives ``sum w^j``), ``X'W^j y``
+    and ``y'W^j y``: a handful of passes over the (subjects, voxels) data per evaluation, the small
+    (p, p) algebra on arrays with the voxels last. ``y`` should be the OLS residuals (nothing changes, the
+    moments just do not cancel).
+
+    ``order`` 1: ``beta``, ``Ainv`` (and ``loglik`` or ``rwr`` when asked); 2: also ``score``, ``tr_P`` and the
+    pieces of the estimate's derivatives in tau2 (``G2 = A^-1 H2``, ``xw2r = X'W^2 r``); 3: also the observed
+    (``observed``) and expected (``fisher``) information.
     """
 
-    def __init__(self, y, y2, v, m, X, XX, tau2, full=True):
-        # zero total variance (v = 0 at tau2 = 0) gives infinite weights: its likelihood reads as -inf
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            self._compute(y, y2, v, m, X, XX, tau2, full)
-        self.loglik = np.where(np.isnan(self.loglik), -np.inf, self.loglik)
-
-    def _compute(self, y, y2, v, m, X, XX, tau2, full):
+    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None, rwr=False):
         n, p = X.shape
-        total = v + tau2
-        w = 1.0 / total
-        if m is None:
-            log_sum = _sum_log(total)
-        else:  # absent subjects: weight 0, no term in the likelihood
-            w *= m
-            log_sum = (np.log(total) * m).sum(axis=0)
-        A = (XX.T @ w).reshape(p, p, -1)
-        self.Ainv, logdet = _inverse(A)
-        wy = w * y
-        xwy = X.T @ wy
-        self.beta = _mv(self.Ainv, xwy)
-        rwr = np.einsum("nk,nk->k", wy, y) - _dot(self.beta, xwy)
-        self.loglik = -0.5 * (log_sum + logdet + rwr)
-        if not full:
-            return
-        b = self.beta
-        w2 = w * w
-        w3 = w2 * w
-        H2 = (XX.T @ w2).reshape(p, p, -1)
-        H3 = (XX.T @ w3).reshape(p, p, -1)
-        xw2y = X.T @ (w2 * y)
-        xw3y = X.T @ (w3 * y)
-        r_w2_r = np.einsum("nk,nk->k", w2, y2) - 2.0 * _dot(b, xw2y) + _dot(b, _mv(H2, b))
-        r_w3_r = np.einsum("nk,nk->k", w3, y2) - 2.0 * _dot(b, xw3y) + _dot(b, _mv(H3, b))
-        G2 = _mm(self.Ainv, H2)
-        tr_P = w.sum(axis=0) - np.einsum("iik->k", G2)
-        tr_PP = w2.sum(axis=0) - 2.0 * np.einsum("ijk,jik->k", self.Ainv, H3) + np.einsum("ijk,jik->k", G2, G2)
-        self.score = 0.5 * (r_w2_r - tr_P)
-        # Newton's curvature (observed information) y'P^3y - tr(P^2)/2 where it is positive, else
-        # Fisher's (expected) tr(P^2)/2: Fisher scoring alone converges only linearly here
-        xw2r = xw2y - _mv(H2, b)
-        observed = r_w3_r - _dot(xw2r, _mv(self.Ainv, xw2r)) - 0.5 * tr_PP
-        self.info = np.where(observed > 0, observed, 0.5 * tr_PP)
+        k = y.shape[1]
+        work = work if work is not None else _Work(n, k)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            w = np.add(v, tau2, out=work.get(0, k))
+            if loglik:
+                log_sum = _sum_log(w) if m is None else (np.log(w) * m).sum(axis=0)
+            np.reciprocal(w, out=w)
+            if m is not None:
+                w *= m
+            wy = np.multiply(w, y, out=work.get(1, k))
+            a1 = L @ w
+            self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k))
+            xwy = X.T @ wy
+            b = self.beta = _mv(self.Ainv, xwy)
+            if loglik or rwr:
+                self.rwr = np.einsum("nk,nk->k", wy, y) - _dot(b, xwy)  # r'Wr
+            if loglik:
+                ll = -0.5 * (log_sum + logdet + self.rwr)
+                self.loglik = np.where(np.isnan(ll), -np.inf, ll)
+            if order < 2:
+                return
+            w2 = np.multiply(w, w, out=work.get(2, k))
+            a2 = L @ w2
+            H2 = a2[:-1].reshape(p, p, k)
+            w2y = np.multiply(w, wy, out=work.get(3, k))
+            xw2y = X.T @ w2y
+            xw2r = xw2y - _mv(H2, b)
+            r_w2_r = np.einsum("nk,nk->k", wy, wy) - _dot(b, xw2y) - _dot(b, xw2r)
+            G2 = _mm(self.Ainv, H2)
+            tr_P = a1[-1] - np.einsum("iik->k", G2)
+            self.score = 0.5 * (r_w2_r - tr_P)
+            self.tr_P = tr_P
+            self.G2, self.xw2r = G2, xw2r  # for the derivatives of the estimate (_Result.put)
+            if order < 3:
+                return
+            r_w3_r = np.einsum("nk,nk->k", w2y, wy)  # y'W^3y, then minus the beta terms below
+            np.multiply(w2, w, out=w)  # w^3
+            H3 = (L[:-1] @ w).reshape(p, p, k)
+            np.multiply(w2, wy, out=wy)  # w^3 y
+            xw3y = X.T @ wy
+            r_w3_r += -2.0 * _dot(b, xw3y) + _dot(b, _mv(H3, b))
+            tr_PP = a2[-1] - 2.0 * np.einsum("ijk,jik->k", self.Ainv, H3) + np.einsum("ijk,jik->k", G2, G2)
+            self.fisher = 0.5 * tr_PP
+            # observed information y'P^3y - tr(P^2)/2 (Newton's curvature)
+            self.observed = r_w3_r - _dot(xw2r, _mv(self.Ainv, xw2r)) - self.fisher
 
 
-def _take(profile, sel, into, where):
-    for name in ("loglik", "score", "info"):
-        getattr(into, name)[where] = getattr(profile, name)[sel]
-    into.beta[:, where] = profile.beta[:, sel]
-    into.Ainv[:, :, where] = profile.Ainv[:, :, sel]
+class _Evaluation:
+    """:class:`_Eval` of many voxels, ``_CHUNK`` columns at a time (same attributes, voxels last)."""
+
+    _NAMES = ("beta", "Ainv", "loglik", "rwr", "score", "tr_P", "G2", "xw2r", "fisher", "observed")
+
+    def __init__(self, y, v, m, X, L, tau2, order=3, loglik=False, work=None, rwr=False):
+        k = y.shape[1]
+        tau2 = np.broadcast_to(np.asarray(tau2, np.float64), (k,))
+        if k <= _CHUNK:
+            parts = [_Eval(y, v, m, X, L, tau2, order, loglik, work, rwr)]
+        else:
+            work = work if work is not None else _Work(y.shape[0], _CHUNK)
+            parts = [_Eval(y[:, a:a + _CHUNK], v[:, a:a + _CHUNK], None if m is None else m[:, a:a + _CHUNK], X, L,
+                           tau2[a:a + _CHUNK], order, loglik, work, rwr) for a in range(0, k, _CHUNK)]
+        for name in self._NAMES:
+            if hasattr(parts[0], name):
+                setattr(self, name, np.concatenate([getattr(e, name) for e in parts], axis=-1))
 
 
-def _fit_block(y, v, m, X, XX, max_iter, tol):
+def _residuals(Y, m, X, XX):
+    """OLS residuals of the present subjects of each voxel, their coefficients, and the residual variance."""
     n, p = X.shape
-    k = y.shape[1]
-    # OLS of the present subjects: residuals (REML and the weighted fit are unchanged by removing X b0) and
-    # the moment estimate of the total variance
-    ones = np.ones((n, k)) if m is None else m.astype(np.float64)
-    A0inv, _ = _inverse((XX.T @ ones).reshape(p, p, k))
-    b0 = _mv(A0inv, X.T @ (ones * y))
-    y = (y - X @ b0) * ones
-    y2 = y * y
-    count = ones.sum(axis=0)
-    s2 = y2.sum(axis=0) / np.maximum(count - p, 1.0)
-    vbar = (v * ones).sum(axis=0) / count
+    k = Y.shape[1]
+    if m is None:
+        pinv = np.linalg.pinv(X)
+        b0 = pinv @ Y
+        y = Y - X @ b0
+        count = np.full(k, float(n))
+    else:
+        A0inv, _ = _inverse((XX.T @ m).reshape(p, p, k))
+        b0 = _mv(A0inv, X.T @ (m * Y))
+        y = (Y - X @ b0) * m
+        count = m.sum(axis=0)
+    s2 = np.einsum("nk,nk->k", y, y) / np.maximum(count - p, 1.0)
+    return y, b0, s2, count
+
+
+#: A voxel whose likelihood has a local maximum at tau2 = 0 with a standardised score there above this value is
+#: also searched for an interior maximum (see :func:`_fit_block`).
+_SECOND_PEAK_Z = -1.0
+#: Where such a voxel looks for a rising likelihood: ``_SCAN`` points spaced geometrically from
+#: ``_SCAN_FROM`` times its harmonic mean variance to ``_SCAN_TO`` times its moment scale ``max(s2, mean v)``.
+_SCAN = 8
+_SCAN_FROM, _SCAN_TO = 0.05, 4.0
+#: Newton stops when its step is below this fraction of the voxel's total variance; the last step is then taken
+#: to first order (estimate and covariance), leaving an error of the order of its square.
+_STEP_TOL = 3e-6
+
+
+class _Result:
+    """Per-voxel outputs of a block, filled by index."""
+
+    def __init__(self, p, k):
+        self.tau2 = np.zeros(k)
+        self.beta = np.full((p, k), np.nan)
+        self.Ainv = np.full((p, p, k), np.nan)
+
+    def put(self, idx, tau2, ev, sel=slice(None), step=None):
+        """Store the evaluation's columns ``sel`` for voxels ``idx``, moved by ``step`` in tau2 to first order."""
+        self.tau2[idx] = tau2
+        if step is None:
+            self.beta[:, idx] = ev.beta[:, sel]
+            self.Ainv[:, :, idx] = ev.Ainv[:, :, sel]
+        else:
+            Ainv = ev.Ainv[:, :, sel]
+            # d beta / d tau2 = -A^-1 X'W^2 r, d A^-1 / d tau2 = A^-1 H2 A^-1 (A = X'WX, H2 = X'W^2X)
+            self.beta[:, idx] = ev.beta[:, sel] - step * _mv(Ainv, ev.xw2r[:, sel])
+            self.Ainv[:, :, idx] = Ainv + step * _mm(ev.G2[:, :, sel], Ainv)
+
+
+def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
+    """REML tau2, WLS beta and (X'WX)^-1 of a block of voxels (see :func:`fit_mixed_effects`).
+
+    1. One evaluation at tau2 = 0 (voxels whose variances are all positive): a non-positive score there makes
+       0 a local maximum, the answer unless the standardised score is close to 0 (then step 3 also looks
+       inside). It also gives the DerSimonian-Laird moment estimate, the start of step 2.
+    2. The other voxels climb to the root of the score by Newton steps kept inside a bracket of the root,
+       all voxels at once, converged voxels dropped (:func:`_climb`).
+    3. The near-boundary voxels of step 1 scan the score at ``_SCAN`` points from a fraction of their harmonic
+       mean variance to a few times their moment scale; those with a rising likelihood there climb from it as in
+       step 2, and keep the interior maximum when its restricted likelihood beats tau2 = 0's.
+    """
+    n, p = X.shape
+    k = Y.shape[1]
+    work = _Work(n, min(k, _CHUNK))
+    y, b0, s2, count = _residuals(Y, m, X, XX)
+    mv = V if m is None else V * m
+    vbar = mv.sum(axis=0) / count
     scale = s2 + vbar + np.finfo(float).tiny  # the size of the total variance, for the stopping rule
-    # the restricted likelihood can have two maxima (one at 0, one inside): Newton starts from the best point
-    # of a scan of [0, inf) mapped from [0, 1) around the moment estimate; a voxel that ends on one kind of
-    # maximum is climbed again from the best point of the other kind (the best interior scan point, or 0),
-    # and keeps the higher
-    centre = np.maximum(s2 - vbar, 0.0) + vbar
-    tau2 = np.zeros(k)
-    best = ll0 = _Profile(y, y2, v, m, X, XX, tau2, full=False).loglik
-    tau_in, best_in = np.zeros(k), np.full(k, -np.inf)
-    for u in _SCAN:
-        cand = centre * (u / (1.0 - u))
-        ll = _Profile(y, y2, v, m, X, XX, cand, full=False).loglik
-        better = ll > best_in
-        tau_in[better], best_in[better] = cand[better], ll[better]
-    better = best_in > ll0
-    tau2[better] = tau_in[better]
-    tau2, cur, iterations = _newton(y, y2, v, m, X, XX, tau2, scale, max_iter, tol)
-    other = np.where(tau2 == 0, tau_in, 0.0)
-    again = np.flatnonzero(((tau2 == 0) & (tau_in > 0)) | ((tau2 > 0) & (ll0 > cur.loglik)))
-    if again.size:
-        sub = (y[:, again], y2[:, again], v[:, again], None if m is None else m[:, again])
-        tau_b, cur_b, it_b = _newton(*sub, X, XX, other[again], scale[again], max_iter, tol)
-        iterations = max(iterations, it_b)
-        win = np.flatnonzero(cur_b.loglik > cur.loglik[again])
-        tau2[again[win]] = tau_b[win]
-        _take(cur_b, win, cur, again[win])
-    return tau2, cur.beta + b0, np.moveaxis(cur.Ainv, 2, 0), iterations
+    positive = (V > 0).all(axis=0) if m is None else ((V > 0) | (m == 0)).all(axis=0)
+    with np.errstate(divide="ignore"):
+        # harmonic mean of the present subjects' variances: the offset of Newton's variable (see _climb)
+        vharm = np.where(positive, count / (1.0 / V if m is None else m / V).sum(axis=0), 0.0)
+    out = _Result(p, k)
+    iterations = 0
+
+    def sub(idx):
+        if idx.size == k:
+            return y, V, m
+        return _cols(y, idx), _cols(V, idx), None if m is None else _cols(m, idx)
+
+    # 1. tau2 = 0
+    at0 = np.flatnonzero(positive)
+    start = np.maximum(s2 - vbar, 0.0)  # Hedges' moment estimate (OLS residuals)
+    climb = np.ones(k, bool)
+    near = np.zeros(k, bool)
+    score0 = np.full(k, np.inf)  # the score at tau2 = 0 (infinite with a zero variance)
+    if at0.size:
+        e0 = _Evaluation(*sub(at0), X, L, 0.0, order=3, work=work, rwr=True)
+        boundary = ~(e0.score > 0)
+        out.put(at0[boundary], 0.0, e0, boundary)
+        climb[at0[boundary]] = False
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z0 = e0.score / np.sqrt(e0.fisher)
+        near[at0[boundary & (z0 > _SECOND_PEAK_Z)]] = True
+        # start: DerSimonian-Laird (else the first Newton step from 0)
+        dl = _dersimonian_laird(e0, count[at0], p)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            first = _newton_step(e0.score, e0.observed, e0.fisher, vharm[at0])
+        dl = np.where(np.isfinite(dl) & (dl > 0), dl, np.inf)
+        first = np.where(np.isfinite(first) & (first > 0), first, np.inf)
+        start[at0] = np.where(np.isfinite(dl), dl, np.where(np.isfinite(first), first, start[at0]))
+        score0[at0] = e0.score
+    # 2. interior voxels
+    idx = np.flatnonzero(climb)
+    if idx.size:
+        tau0 = np.where(start[idx] > 0, start[idx], 0.5 * scale[idx])
+        tau, res, it = _climb(*sub(idx), X, L, tau0, np.zeros(idx.size), np.full(idx.size, np.inf), scale[idx],
+                              vharm[idx], max_iter, tol, work, score0[idx])
+        out.tau2[idx], out.beta[:, idx], out.Ainv[:, :, idx] = tau, res.beta, res.Ainv
+        iterations = max(iterations, it)
+    # 3. second maxima of near-boundary voxels
+    idx = np.flatnonzero(near)
+    if idx.size:
+        ys, vs, ms = sub(idx)
+        lo, s_lo = np.full(idx.size, np.nan), np.full(idx.size, np.nan)
+        hi, s_hi = np.full(idx.size, np.inf), np.full(idx.size, -np.inf)
+        first = _SCAN_FROM * vharm[idx]
+        ratio = np.maximum(_SCAN_TO * np.maximum(s2[idx], vbar[idx]) / first, 1.0) ** (1.0 / (_SCAN - 1))
+        for i in range(_SCAN):
+            point = first * ratio ** i
+            ev = _Evaluation(ys, vs, ms, X, L, point, order=2, work=work)
+            rising = ev.score > 0
+            fall = ~rising & np.isfinite(lo) & np.isinf(hi)
+            hi, s_hi = np.where(fall, point, hi), np.where(fall, ev.score, s_hi)
+            rise = rising & np.isinf(hi)
+            lo, s_lo = np.where(rise, point, lo), np.where(rise, ev.score, s_lo)
+        found = np.flatnonzero(np.isfinite(lo))
+        if found.size:
+            j = idx[found]
+            ys, vs, ms = sub(j)
+            tau, res, it = _climb(ys, vs, ms, X, L, lo[found], lo[found], hi[found], scale[j], vharm[j], max_iter,
+                                  tol, work, s_lo[found], s_hi[found])
+            iterations = max(iterations, it)
+            ll_in = restricted_loglik(ys, vs, X, tau, None if ms is None else ms > 0)
+            ll_0 = restricted_loglik(ys, vs, X, np.zeros(j.size), None if ms is None else ms > 0)
+            win = np.flatnonzero(ll_in > ll_0)
+            out.tau2[j[win]], out.beta[:, j[win]], out.Ainv[:, :, j[win]] = tau[win], res.beta[:, win], \
+                res.Ainv[:, :, win]
+    return out.tau2, out.beta + b0, np.moveaxis(out.Ainv, 2, 0), iterations
 
 
-def _newton(y, y2, v, m, X, XX, tau2, scale, max_iter, tol):
-    """Newton steps on tau2 from the given start, halved until the restricted likelihood does not drop."""
+def _dersimonian_laird(e0, count, p):
+    """The generalised DerSimonian-Laird estimate ``(Q - (n - p)) / tr(P)`` from the evaluation at tau2 = 0 (``Q``:
+    its weighted residual sum of squares)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (e0.rwr - (count - p)) / e0.tr_P
+
+
+def _newton_step(score, observed, fisher, offset, tau=0.0):
+    """Newton's step on ``(tau2 + offset)^2 score`` (see :func:`_climb`), Newton's own where that curvature is not
+    positive; the curvature is the observed information, Fisher's where that is not positive."""
+    info = np.where(observed > 0, observed, fisher)
+    den = info - 2.0 * score / (tau + offset)
+    return score / np.where(den > 0, den, info)
+
+
+def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=None, s_hi=None):
+    """Newton steps to the root of the score from ``tau``, kept inside the bracket ``(lo, hi)``, every voxel at once.
+
+    The steps are Newton's on ``g = (tau2 + c)^2 score`` (``c``: the voxel's harmonic mean variance), which has
+    the same roots: with equal variances ``g`` is linear in tau2 at large tau2 (the score is ``~ a / (tau2 + c)^2 -
+    b / (tau2 + c)``), and it halves the iterations from a moment start on heterogeneous variances. The
+    curvature is the observed information, Fisher's where that is not positive; a step leaving the bracket
+    (score > 0 at lo, < 0 at hi, updated at every evaluation) is replaced by Newton's own step, then by the
+    secant of the bracket's ends (bisection while their scores are not both known). A voxel stops when its
+    step is below ``tol * scale``, taking that step to first order (estimate and covariance).
+
+    Returns
+    -------
+    tau2 : numpy.ndarray, shape (k,)
+    result : _Result
+        ``beta`` and ``Ainv`` at tau2.
+    iterations : int
+    """
     k = y.shape[1]
-    tau2 = tau2.copy()
-    cur = _Profile(y, y2, v, m, X, XX, tau2)
-    active = np.arange(k)
+    tau, lo, hi = tau.astype(np.float64), lo.copy(), hi.copy()
+    s_lo = np.full(k, np.inf) if s_lo is None else s_lo.astype(np.float64)
+    s_hi = np.full(k, -np.inf) if s_hi is None else s_hi.astype(np.float64)
+    final = _Result(X.shape[1], k)
+    active = np.arange(k)  # voxels still moving
+    cols = np.arange(k)  # the voxel of each column of the working arrays
+    wy, wv, wm = y, v, m
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        step = cur.score[active] / cur.info[active]
-        base_tau = tau2[active]
-        base_ll = cur.loglik[active]
-        todo = np.arange(active.size)  # positions in `active` still looking for an accepted step
-        moved = np.zeros(active.size)
-        for _ in range(60):
-            cand = np.maximum(base_tau[todo] + step[todo], 0.0)
-            idx = active[todo]
-            if idx.size == k:
-                prof = _Profile(y, y2, v, m, X, XX, cand)
-            else:
-                prof = _Profile(y[:, idx], y2[:, idx], v[:, idx], None if m is None else m[:, idx], X, XX, cand)
-            ok = prof.loglik >= base_ll[todo] - 1e-12 * np.abs(base_ll[todo])
-            sel = np.flatnonzero(ok)
-            tau2[idx[sel]] = cand[sel]
-            moved[todo[sel]] = cand[sel] - base_tau[todo[sel]]
-            _take(prof, sel, cur, idx[sel])
-            todo = todo[~ok]
-            if todo.size == 0:
-                break
-            step[todo] *= 0.5
-        done = np.abs(moved) <= tol * scale[active]
+        if active.size < 0.7 * cols.size:  # compact: drop the converged voxels' columns
+            wy, wv, wm = _cols(y, active), _cols(v, active), None if m is None else _cols(m, active)
+            cols = active
+        pos = np.searchsorted(cols, active)  # columns of the active voxels in the working arrays
+        t = np.zeros(cols.size)
+        t[pos] = tau[active]
+        ev = _Evaluation(wy, wv, wm, X, L, t, order=3, work=work)
+        s = ev.score[pos]
+        info = np.where(ev.observed[pos] > 0, ev.observed[pos], ev.fisher[pos])
+        cur = tau[active]
+        up = s > 0
+        lo[active[up]], s_lo[active[up]] = cur[up], s[up]
+        hi[active[~up]], s_hi[active[~up]] = cur[~up], s[~up]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = _newton_step(s, ev.observed[pos], ev.fisher[pos], offset[active], cur)
+        new = cur + step
+        a_lo, a_hi = lo[active], hi[active]
+        outside = ~((new > a_lo) & (new < a_hi))
+        if outside.any():  # Newton's own step
+            with np.errstate(divide="ignore", invalid="ignore"):
+                plain = cur[outside] + s[outside] / info[outside]
+            step[outside] = plain - cur[outside]
+            new[outside] = plain
+            outside = ~((new > a_lo) & (new < a_hi))
+        # converged: a step below the tolerance (taken to first order, unless it leaves the bracket: a root within
+        # rounding of the bracket's end), or a bracket narrower than the tolerance
+        small = np.abs(step) <= tol * scale[active]
+        done = small | (a_hi - a_lo <= tol * scale[active]) | (s == 0) | ~np.isfinite(s)
+        moved = small & ~outside
+        final.put(active[moved], new[moved], ev, pos[moved], step[moved])
+        final.put(active[done & ~moved], cur[done & ~moved], ev, pos[done & ~moved])
+        if outside.any():  # the secant of the bracket (kept 5 % inside it), bisection, or doubling
+            o = active[outside]
+            width = hi[o] - lo[o]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                frac = np.clip(s_lo[o] / (s_lo[o] - s_hi[o]), 0.05, 0.95)
+            frac = np.where(np.isfinite(s_lo[o]) & np.isfinite(s_hi[o]), frac, 0.5)
+            new[outside] = np.where(np.isfinite(width), lo[o] + frac * width,
+                                    np.maximum(2.0 * cur[outside], lo[o] + scale[o]))
+        tau[active[~done]] = new[~done]
         active = active[~done]
         if active.size == 0:
             break
-    return tau2, cur, iterations
+    if active.size:  # out of iterations: the last point evaluated
+        ev = _Evaluation(_cols(y, active), _cols(v, active), None if m is None else _cols(m, active), X, L,
+                         tau[active], order=1, work=work)
+        final.put(active, tau[active], ev)
+    return final.tau2, final, iterations
 
 
-def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
+def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     """Mixed-effects group fit with REML between-subject variance, every voxel at once.
 
     Parameters
@@ -352,18 +558,41 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=200, tol=1e-10):
     tau2 = np.full(n_vox, np.nan)
     iterations = 0
     cols = np.flatnonzero(ok)
+    L = np.vstack([XX.T, np.ones((1, n))])
     for start in range(0, cols.size, _BLOCK):
         sel = cols[start:start + _BLOCK]
         if present is None:
-            t, b, c, it = _fit_block(Y[:, sel], V[:, sel], None, X, XX, max_iter, tol)
+            t, b, c, it = _fit_block(_cols(Y, sel), _cols(V, sel), None, X, XX, L, max_iter, tol)
         else:
-            Yb = np.where(m[:, sel], Y[:, sel], 0.0)
-            Vb = np.where(m[:, sel], V[:, sel], 1.0)
-            t, b, c, it = _fit_block(Yb, Vb, m[:, sel], X, XX, max_iter, tol)
+            mb = _cols(m, sel)
+            Yb = np.where(mb, _cols(Y, sel), 0.0)
+            Vb = np.where(mb, _cols(V, sel), 1.0)
+            t, b, c, it = _fit_block(Yb, Vb, mb.astype(np.float64), X, XX, L, max_iter, tol)
         tau2[sel], beta[:, sel], cov[sel] = t, b, c
         iterations = max(iterations, it)
     dof = np.where(ok, count - p, 0).astype(np.float64)
-    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, iterations=iterations)
+    scale = np.full(n_vox, np.nan)
+    if cols.size:
+        scale[cols] = _knapp_hartung(Y, V, None if present is None else m, X, beta, tau2, cols, dof)
+    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, scale=scale, iterations=iterations)
+
+
+def _knapp_hartung(Y, V, m, X, beta, tau2, cols, dof):
+    """``r'Wr / (n - p)`` at the fitted tau2 of the voxels ``cols``, block by block."""
+    out = np.empty(cols.size)
+    for start in range(0, cols.size, _BLOCK):
+        sel = cols[start:start + _BLOCK]
+        r = _cols(Y, sel) - X @ beta[:, sel]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = 1.0 / (_cols(V, sel) + tau2[sel])
+            if m is not None:
+                mb = _cols(m, sel)
+                r = np.where(mb, r, 0.0)
+                w = np.where(mb, w, 0.0)
+            rss = np.einsum("nk,nk->k", w * r, r)
+        # zero total variance (v = 0 and tau2 = 0: residuals 0 too) leaves 0 / 0: no dispersion to read, 0
+        out[start:start + sel.size] = np.where(np.isfinite(rss), rss, 0.0) / dof[sel]
+    return out
 
 
 def restricted_loglik(Y, V, X, tau2, present=None):
@@ -388,9 +617,10 @@ def restricted_loglik(Y, V, X, tau2, present=None):
     X = np.asarray(X, np.float64)
     m = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
     XX = np.einsum("ni,nj->nij", X, X).reshape(X.shape[0], -1)
+    L = np.vstack([XX.T, np.ones((1, X.shape[0]))])
     Y = np.where(m, Y, 0.0)
-    return _Profile(Y, Y * Y, np.where(m, np.asarray(V, np.float64), 1.0), m, X, XX,
-                    np.asarray(tau2, np.float64)).loglik
+    return _Evaluation(Y, np.where(m, np.asarray(V, np.float64), 1.0), m.astype(np.float64), X, L,
+                 np.asarray(tau2, np.float64), order=1, loglik=True).loglik
 
 
 def mixed_contrast(fit, weights):
@@ -405,8 +635,9 @@ def mixed_contrast(fit, weights):
     Returns
     -------
     ContrastEstimate
-        t: ``effect`` (1, n_voxels) ``c'b`` and ``variance`` (n_voxels,) ``c'(X'WX)^-1 c``. F: ``effect``
-        (q, n_voxels) whitened by the Cholesky factor of ``C (X'WX)^-1 C'`` and ``variance`` 1, so that
+        t: ``effect`` (1, n_voxels) ``c'b`` and ``variance`` (n_voxels,) ``s c'(X'WX)^-1 c`` with ``s`` the
+        Knapp-Hartung factor ``fit.scale`` (PyMARE's "knapp-hartung" covariance). F: ``effect``
+        (q, n_voxels) whitened by the Cholesky factor of ``s C (X'WX)^-1 C'`` and ``variance`` 1, so that
         :func:`glmx_workflows.core.glm.contrast_statistics` gives ``F = |effect|^2 / q``. ``dof``: the
         smallest estimable voxel's (:func:`group_statistics` uses each voxel's own).
 
@@ -420,9 +651,9 @@ def mixed_contrast(fit, weights):
     if C.shape[1] != p:
         raise GlmxError(f"the contrast has {C.shape[1]} columns but the design has {p}")
     effect = C @ fit.beta
-    ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C)
-    finite = fit.dof > 0
-    dof = float(fit.dof[finite].min()) if finite.any() else 0.0
+    ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C) * fit.scale[:, None, None]
+    finite = (fit.dof > 0) & (fit.scale > 0)
+    dof = float(fit.dof[fit.dof > 0].min()) if (fit.dof > 0).any() else 0.0
     if C.shape[0] == 1:
         return ContrastEstimate(effect=effect, variance=ccc[:, 0, 0], dof=dof, stat_type="t")
     white = np.full(effect.shape, np.nan)

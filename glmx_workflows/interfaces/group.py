@@ -505,6 +505,9 @@ class PermuteGroup(SimpleInterface):
         V = _load_variances(self.inputs.data_file) if self.inputs.model == "mixed" else None
         P = _load_present(self.inputs.data_file)
         X = _read_design(self.inputs.design_file).to_numpy(float)
+        # within-subject designs (paired / repeated): a subject's maps are permuted among themselves only
+        frame = read_tsv(self.inputs.design_file, "group design")
+        blocks = frame["participant_id"].astype(str).to_numpy() if WITHIN_COLUMN in frame.columns else None
         manifest, record = [], {}
         for con in _read_json(self.inputs.maps_file):
             if con.get("stat", "t") != "t":
@@ -516,6 +519,7 @@ class PermuteGroup(SimpleInterface):
                           if spatial and hasattr(affine, "edges") else 1)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
                                            seed=self.inputs.seed, methods=methods, variances=V, present=P,
+                                           blocks=blocks,
                                            connectivity=neighbours,
                                            cluster_threshold=cg.z_threshold(self.inputs.p_threshold) if P is not None
                                            else cg.t_threshold(self.inputs.p_threshold, con["dof"]))

@@ -26,7 +26,7 @@ GROUP_KEYS = {
         "contrast: {'type': 'paired', 'contrasts': [A, B]} tests A - B (t) with a subject effect per subject; "
         "{'type': 'repeated', 'contrasts': [...]} tests 'no difference' (F). Outputs are named "
         "contrast-<name> (default: the contrasts joined, e.g. AVsB); group_contrasts are formulas over the "
-        "contrast names. Not with group_level_regressors or permutation methods.",
+        "contrast names. Not with group_level_regressors; permutations permute each subject's maps among themselves.",
         {"type": "paired", "contrasts": ["incongruent", "congruent"]}),
     "group_min_subjects": (
         {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 2}]}, None,
@@ -109,11 +109,6 @@ def group_settings(entry, **overrides):
         field = f"{entry['_task']}.group_design"
         if out["group_level_regressors"]:
             raise GlmxError("group_design (a within-subject model) cannot be combined with group_level_regressors",
-                            file=entry["_spec_file"], field=field)
-        perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
-        if perm:
-            raise GlmxError(f"group_design '{design['type']}' has no permutation scheme yet (the maps of a subject "
-                            f"are not exchangeable with another's); drop {', '.join(perm)} from group_inference",
                             file=entry["_spec_file"], field=field)
         if design["type"] == "paired" and len(design["contrasts"]) != 2:
             raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
