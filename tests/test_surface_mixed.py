@@ -1,0 +1,186 @@
+"""group_model 'mixed' on surfaces: 8 simulated subjects' effect and variance maps written as fsaverage5 GIfTI pairs
+and as fsLR CIFTI dense scalars, the group level run through GroupLevel; stat-tau2 and the contrast maps written in
+the inputs' form equal the volume path's numeric core (core.group on the same arrays) and PyMARE's REML on a few
+vertices; a missing or non-positive variance map is refused naming the file, nothing written."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from glmx_workflows.api import GroupLevel
+from glmx_workflows.core import group as cg
+from glmx_workflows.io.example import make_example_dataset
+
+N = 8
+N_VERTICES = 10242
+
+
+@pytest.fixture(scope="module")
+def bids(tmp_path_factory):
+    """A BIDS root with 8 subjects and participants' ages (the maps are written per test)."""
+    return make_example_dataset(tmp_path_factory.mktemp("surfmixed") / "bids", n_subjects=N, n_runs=1, n_volumes=40,
+                                shape=(5, 5, 5), seed=3)
+
+
+def _spec(bids, space):
+    spec = json.loads((bids / "task_information.json").read_text())
+    spec["flanker"]["space"] = space
+    path = bids.parent / f"spec_{space.replace(':', '_')}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _simulate(n_locations, seed):
+    """Effects with a planted positive patch, heterogeneous first-level variances, zeros on a 'medial wall'."""
+    rng = np.random.default_rng(seed)
+    V = rng.uniform(0.2, 2.0, (N, n_locations)) ** 2
+    tau = rng.uniform(0.0, 1.5, n_locations)
+    Y = rng.normal(0, 1, (N, n_locations)) * np.sqrt(V + tau ** 2)
+    Y[:, : n_locations // 10] += 2.5
+    wall = np.zeros(n_locations, bool)
+    wall[-n_locations // 20:] = True
+    Y[:, wall] = 0.0
+    V[:, wall] = 0.0
+    return Y, V, wall
+
+
+def _gifti(path, values):
+    img = nb.gifti.GiftiImage()
+    img.add_gifti_data_array(nb.gifti.GiftiDataArray(np.asarray(values, np.float32), intent="NIFTI_INTENT_NONE",
+                                                     datatype="NIFTI_TYPE_FLOAT32"))
+    nb.save(img, str(path))
+
+
+def _write_gifti_subjects(out, Y, V):
+    for i in range(N):
+        folder = out / f"sub-{i + 1:02d}" / "func"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stat, data in (("effect", Y[i]), ("variance", V[i])):
+            for h, part in (("L", data[:N_VERTICES]), ("R", data[N_VERTICES:])):
+                _gifti(folder / f"sub-{i + 1:02d}_task-flanker_hemi-{h}_space-fsaverage5_contrast-task_stat-{stat}"
+                                f"_statmap.func.gii", part)
+
+
+def _cifti_axis():
+    left = nb.cifti2.BrainModelAxis.from_surface(np.arange(0, 32492, 97), 32492, "CortexLeft")
+    right = nb.cifti2.BrainModelAxis.from_surface(np.arange(5, 32492, 89), 32492, "CortexRight")
+    mask = np.zeros((6, 6, 6), bool)
+    mask[1:4, 2:5, 1:3] = True
+    return left + right + nb.cifti2.BrainModelAxis.from_mask(mask, "ThalamusLeft", affine=np.diag([2.0, 2, 2, 1]))
+
+
+def _write_cifti_subjects(out, Y, V, axis):
+    for i in range(N):
+        folder = out / f"sub-{i + 1:02d}" / "func"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stat, data in (("effect", Y[i]), ("variance", V[i])):
+            img = nb.Cifti2Image(np.asarray(data, np.float32)[None], header=(nb.cifti2.ScalarAxis(["map"]), axis))
+            nb.save(img, str(folder / f"sub-{i + 1:02d}_task-flanker_space-fsLR_den-91k_contrast-task_stat-{stat}"
+                                       f"_statmap.dscalar.nii"))
+
+
+def _reference(bids, Y, V, keep):
+    """The volume path's numeric core on the same (float32-stored) arrays: mixed fit and contrast maps."""
+    ages = pd.read_csv(bids / "participants.tsv", sep="\t")["age"].to_numpy(float)
+    X = np.column_stack([np.ones(N), ages - ages.mean()])
+    Y32, V32 = Y.astype(np.float32).astype(np.float64), V.astype(np.float32).astype(np.float64)
+    fit = cg.fit_group_model(Y32[:, keep], X, model="mixed", variances=V32[:, keep])
+    return fit, cg.contrast_maps(fit, [1.0, 0.0]), X, Y32, V32
+
+
+def _pair(folder, stem):
+    return np.concatenate([nb.load(folder / stem.format(h=h)).darrays[0].data for h in "LR"]).astype(np.float64)
+
+
+def _check_against_core_and_pymare(fit, maps, tau2, z, effect, keep, X, Y32, V32):
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    assert np.all(tau2[~keep] == 0) and np.all(z[~keep] == 0)
+    scale = max(1.0, np.abs(fit.tau2).max())
+    assert np.abs(tau2[keep] - fit.tau2).max() <= 1e-5 * scale
+    assert (fit.tau2 > 0).any() and (fit.tau2 == 0).any()
+    assert np.abs(z[keep] - maps["z"]).max() <= 1e-4
+    assert np.abs(effect[keep] - maps["effect"]).max() <= 1e-5 * np.abs(maps["effect"]).max()
+    # an independent reference on a few vertices: PyMARE's REML
+    idx = np.flatnonzero(keep)[:: max(1, keep.sum() // 12)][:12]
+    est = VarianceBasedLikelihoodEstimator(method="REML", xtol=1e-12, maxiter=200)
+    est.fit(Y32[:, idx], V32[:, idx], X)
+    ref_tau2 = np.asarray(est.params_["tau2"]).ravel()
+    assert np.abs(tau2[idx] - ref_tau2).max() <= 1e-4 * max(1.0, ref_tau2.max())
+    assert np.abs(effect[idx] - est.params_["fe_params"][0]).max() <= 1e-4 * max(1.0, np.abs(effect[idx]).max())
+    # the planted patch is found
+    planted = np.zeros(keep.size, bool)
+    planted[: keep.size // 10] = True
+    assert np.median(z[planted & keep]) > 2 and abs(np.median(z[~planted & keep])) < 0.5
+
+
+def test_mixed_on_fsaverage5_gifti_pairs_equals_the_core_and_pymare(bids, tmp_path):
+    Y, V, wall = _simulate(2 * N_VERTICES, seed=5)
+    out = tmp_path / "out"
+    _write_gifti_subjects(out, Y, V)
+    GroupLevel("flanker", bids, spec=_spec(bids, "fsaverage5"), output_dir=out, work_dir=tmp_path / "work",
+               contrasts=["task"], group_model="mixed", group_inference=["fdr"]).run(plugin="Linear")
+    gdir = out / "group"
+    stem = "task-flanker_hemi-{h}_space-fsaverage5_contrast-task_stat-%s_statmap.func.gii"
+    for h in "LR":  # one data array of the mesh's vertex count per hemisphere, tau2 included
+        g = nb.load(gdir / (stem % "tau2").format(h=h))
+        assert len(g.darrays) == 1 and g.darrays[0].data.shape == (N_VERTICES,)
+    for stat in ("t", "tau2"):
+        side = json.loads((gdir / f"task-flanker_space-fsaverage5_contrast-task_stat-{stat}_statmap.json").read_text())
+        assert side["GroupModel"] == "mixed"
+    keep = ~wall
+    fit, maps, X, Y32, V32 = _reference(bids, Y, V, keep)
+    _check_against_core_and_pymare(fit, maps, _pair(gdir, stem % "tau2"), _pair(gdir, stem % "z"),
+                                   _pair(gdir, stem % "effect"), keep, X, Y32, V32)
+
+
+def test_mixed_on_fslr_cifti_keeps_the_axis_and_equals_the_core(bids, tmp_path):
+    axis = _cifti_axis()
+    Y, V, wall = _simulate(len(axis), seed=6)
+    out = tmp_path / "out"
+    _write_cifti_subjects(out, Y, V, axis)
+    GroupLevel("flanker", bids, spec=_spec(bids, "fsLR"), output_dir=out, work_dir=tmp_path / "work",
+               contrasts=["task"], group_model="mixed", group_inference=["fdr"]).run(plugin="Linear")
+    gdir = out / "group"
+    read = {}
+    for stat in ("tau2", "z", "effect"):
+        img = nb.load(gdir / f"task-flanker_space-fsLR_den-91k_contrast-task_stat-{stat}_statmap.dscalar.nii")
+        assert img.header.get_axis(1) == axis and isinstance(img.header.get_axis(0), nb.cifti2.ScalarAxis)
+        read[stat] = np.asarray(img.dataobj, np.float64)[0]
+    keep = ~wall
+    fit, maps, X, Y32, V32 = _reference(bids, Y, V, keep)
+    _check_against_core_and_pymare(fit, maps, read["tau2"], read["z"], read["effect"], keep, X, Y32, V32)
+
+
+def _glmx(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "glmx_workflows.cli.run", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("case", ["zero_variance", "missing_variance"])
+def test_bad_surface_variance_map_is_one_line_naming_the_file(bids, tmp_path, case):
+    Y, V, _ = _simulate(2 * N_VERTICES, seed=7)
+    out = tmp_path / "out"
+    _write_gifti_subjects(out, Y, V)
+    folder = out / "sub-03" / "func"
+    variance = folder / "sub-03_task-flanker_hemi-R_space-fsaverage5_contrast-task_stat-variance_statmap.func.gii"
+    if case == "missing_variance":  # the pair stands for its left file: no left variance, no variance map
+        named = "sub-03_task-flanker_hemi-L_space-fsaverage5_contrast-task_stat-effect_statmap.func.gii"
+        (folder / named.replace("stat-effect", "stat-variance")).unlink()
+    else:
+        values = V[2, N_VERTICES:].copy()
+        values[100] = 0.0  # inside the used locations (effects non-zero there in every subject)
+        _gifti(variance, values)
+        named = variance.name  # the hemisphere's own file
+    spec = _spec(bids, "fsaverage5")
+    proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", "task", "--group-model", "mixed",
+                 "--inference", "fdr", "--quiet", "--work-dir", tmp_path / "work", "--spec", spec, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("glmx: error:"), proc.stderr[-2000:]
+    assert named in lines[0] and "group_model" in lines[0], lines[0]
+    assert not list(out.glob("group/*")), "partial group outputs written"
