@@ -795,7 +795,7 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     if keep is not None and not np.all(keep):
         keep = np.asarray(keep, bool)
         # rows of a time-fastest (Fortran) array: gathered along the transpose so the copy keeps that order
-        Y = Y.T[:, keep].T if Y.flags.f_contiguous and not Y.flags.c_contiguous else Y[keep]
+        Y = np.compress(keep, Y.T, axis=1).T if Y.flags.f_contiguous and not Y.flags.c_contiguous else Y[keep]
     if form == "gifti":
         # vertices without a usable series (medial wall zeros, NaN) are left out, as outside a volume's mask
         good = np.isfinite(Y).all(axis=0) & (Y.max(axis=0) > Y.min(axis=0))
