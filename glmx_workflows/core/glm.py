@@ -786,7 +786,8 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     the first scan unchanged) and whitened design ``Xw``. ``r_square = var(Xw @ beta) / var(wY)`` over scans
     (a pseudo-R² unless OLS); ``log_likelihood = -n/2 * (log(2 pi SSE / n) + 1)`` with the whitened residual sum
     of squares ``SSE = dispersion * (n_scans - n_regressors)``. ``wY``'s variance comes from five sums per voxel
-    (sum, sum of squares, lag-1 products, first and last scan), so the run is read once more without a copy.
+    (sum, sum of squares, lag-1 products, first and last scan): the AR(1) fit's own (``fit.series_sums``), else
+    one more read of the run without a copy.
 
     Parameters
     ----------
@@ -827,17 +828,21 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     w_sum = total - rho * (total - last)
     w_sq = sq - 2 * rho * lag + rho**2 * (sq - last**2)
     var_y = w_sq / n_scans - (w_sum / n_scans) ** 2
-    var_pred = np.empty(n_vox)
-    beta = np.asarray(fit.beta, np.float64)
-    for b, r in enumerate(fit.bin_rho):
-        vox = np.flatnonzero(fit.labels == b)
-        if not vox.size:
+    # voxels put in bin order once: each bin is then a slice (a fancy-index gather per bin cost more)
+    order = np.argsort(fit.labels, kind="stable")
+    labels_s = fit.labels[order]
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(labels_s)) + 1, [n_vox]])
+    beta_s = np.take(np.asarray(fit.beta, np.float64).T, order, axis=0)  # (n_voxels, n_regressors)
+    var_s = np.empty(n_vox)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e <= s:
             continue
-        Xw = _whiten(X, r)
+        Xw = _whiten(X, fit.bin_rho[labels_s[s]])
         Xw = Xw - Xw.mean(0)
         moment = Xw.T @ Xw / n_scans
-        bv = beta[:, vox]
-        var_pred[vox] = np.einsum("iv,iv->v", bv, moment @ bv)
+        var_s[s:e] = _rowdot(beta_s[s:e] @ moment, beta_s[s:e])
+    var_pred = np.empty(n_vox)
+    var_pred[order] = var_s
     with np.errstate(divide="ignore", invalid="ignore"):
         r_square = np.where(var_y > 0, var_pred / var_y, 0.0)
         sse = np.asarray(fit.dispersion, np.float64) * (n_scans - X.shape[1])
