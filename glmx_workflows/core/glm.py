@@ -701,56 +701,62 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
         bad_col = int(np.flatnonzero(~np.isfinite(s0))[0])
         _check_finite(np.asarray(Y[:, bad_col:bad_col + 1]))
     mean = moments[:, 2 * n_reg + 1].sum() / (n_scans * n_vox)
-    xty = moments[:, :n_reg]
-    lag = moments[:, n_reg:2 * n_reg]
+    sums = {"total": moments[:, 2 * n_reg].copy(), "sq": s0, "lag": s1, "last": last}
 
-    # every voxel at once: OLS residuals' Yule-Walker sums, de-meaned by the global residual mean as nilearn does
-    b0 = np.dot(xty, cov0)
-    rss = s0 - _rowdot(b0, xty)
-    rsum = moments[:, 2 * n_reg] - np.dot(b0, x_sum)
-    r0 = rss - 2.0 * mean * rsum + n_scans * mean * mean
-    r1 = (s1 - _rowdot(b0, lag) + _rowdot(np.dot(b0, cross_t), b0)
-          - mean * (2.0 * rsum - (first - np.dot(b0, X[0])) - (last - np.dot(b0, X[-1])))
-          + (n_scans - 1) * mean * mean)
-    del b0
-    rho = _rho_from_sums(r0, r1, n_scans)
-    del r0, r1
-    scaled = rho * bins
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tolerance = bins * _RHO_ROUNDING * s0 / rss
-    bad = ~(rss > _CANCELLATION * s0)
-    degenerate = np.flatnonzero(bad)
-    explicit = [np.flatnonzero(bad | (np.abs(scaled - np.round(scaled)) <= tolerance))]
-    keys = scaled.astype(np.int64)
-    del rho, scaled, tolerance, rss, rsum
+    # blocks of voxels small enough to stay in cache: the OLS residuals' Yule-Walker sums (de-meaned by the
+    # global residual mean as nilearn does), each voxel's AR bin, and its whitened X'y written over its X'y
+    keys = np.empty(n_vox, dtype=np.int64)
+    yw2 = np.empty(n_vox)
+    explicit, degenerate = [], []
+    block = 4096
+    for start in range(0, n_vox, block):
+        sl = slice(start, min(start + block, n_vox))
+        xty, lag = moments[sl, :n_reg], moments[sl, n_reg:2 * n_reg]
+        s0_b, s1_b, first_b, last_b = s0[sl], s1[sl], first[sl], last[sl]
+        b0 = np.dot(xty, cov0)
+        rss = s0_b - _rowdot(b0, xty)
+        rsum = moments[sl, 2 * n_reg] - np.dot(b0, x_sum)
+        r0 = rss - 2.0 * mean * rsum + n_scans * mean * mean
+        r1 = (s1_b - _rowdot(b0, lag) + _rowdot(np.dot(b0, cross_t), b0)
+              - mean * (2.0 * rsum - (first_b - np.dot(b0, X[0])) - (last_b - np.dot(b0, X[-1])))
+              + (n_scans - 1) * mean * mean)
+        scaled = _rho_from_sums(r0, r1, n_scans) * bins
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tolerance = bins * _RHO_ROUNDING * s0_b / rss
+        bad = ~(rss > _CANCELLATION * s0_b)
+        degenerate.append(start + np.flatnonzero(bad))
+        explicit.append(start + np.flatnonzero(bad | (np.abs(scaled - np.round(scaled)) <= tolerance)))
+        key = scaled.astype(np.int64)
+        keys[sl] = key
+        r = key * 1.0 / bins
+        c = xty - r[:, None] * lag + (r * r)[:, None] * (xty - last_b[:, None] * X[-1])
+        yw2[sl] = s0_b - 2.0 * r * s1_b + (r * r) * (s0_b - last_b ** 2)
+        moments[sl, :n_reg] = c
+    degenerate = np.concatenate(degenerate)
+    c = moments[:, :n_reg]
 
     # refit from the moments, bin by bin: the voxels' whitened X'y are put in bin order once so that each
     # bin is one product on a slice (per-bin fancy indexing cost more than the products)
-    r = keys * 1.0 / bins
-    c = xty - r[:, None] * lag + (r * r)[:, None] * (xty - last[:, None] * X[-1])
-    yw2 = s0 - 2.0 * r * s1 + (r * r) * (s0 - last ** 2)
     order_v = np.argsort(keys, kind="stable")
     key_s = keys[order_v]
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(key_s)) + 1, [n_vox]])
     c_s = np.take(c, order_v, axis=0)
-    b_s = np.empty_like(c_s)
     models = {}
     with _one_blas_thread():
         for s, e in zip(bounds[:-1], bounds[1:]):
             k = int(key_s[s])
             models[k] = _bin_model(X, k * 1.0 / bins)
-            np.dot(c_s[s:e], models[k][2], out=b_s[s:e])
-    del c_s
+            c_s[s:e] = np.dot(c_s[s:e], models[k][2])  # the betas, in place of their whitened X'y
     beta_t = np.empty((n_vox, n_reg))
-    beta_t[order_v] = b_s
-    del b_s
-    sse = yw2 - _rowdot(beta_t, c)
-    del c
-    dispersion = sse / disp_den
-    explicit.append(np.flatnonzero(~(sse > _CANCELLATION * yw2)))
-    del sse, yw2
-    sums = {"total": moments[:, 2 * n_reg].copy(), "sq": s0, "lag": s1, "last": last}
-    del moments, xty, lag
+    beta_t[order_v] = c_s
+    del c_s
+    dispersion = np.empty(n_vox)
+    for start in range(0, n_vox, block):
+        sl = slice(start, min(start + block, n_vox))
+        sse = yw2[sl] - _rowdot(beta_t[sl], c[sl])
+        dispersion[sl] = sse / disp_den
+        explicit.append(start + np.flatnonzero(~(sse > _CANCELLATION * yw2[sl])))
+    del moments, c, yw2
     beta = beta_t.T
     explicit = np.unique(np.concatenate(explicit))
     if explicit.size:
