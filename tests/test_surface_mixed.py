@@ -35,18 +35,32 @@ def _spec(bids, space):
     return path
 
 
-def _simulate(n_locations, seed):
+def _patch(n_locations, mesh=False):
+    """The planted locations: a tenth of them, on fsaverage5 a compact disc of the left pial mesh."""
+    planted = np.zeros(n_locations, bool)
+    if mesh:
+        from glmx_workflows.io.meshes import packaged_mesh
+
+        coords = packaged_mesh("fsaverage5")["L"][0]
+        planted[np.argsort(np.linalg.norm(coords - coords[100], axis=1))[: n_locations // 10]] = True
+    else:
+        planted[: n_locations // 10] = True
+    return planted
+
+
+def _simulate(n_locations, seed, mesh=False):
     """Effects with a planted positive patch, heterogeneous first-level variances, zeros on a 'medial wall'."""
     rng = np.random.default_rng(seed)
     V = rng.uniform(0.2, 2.0, (N, n_locations)) ** 2
     tau = rng.uniform(0.0, 1.5, n_locations)
     Y = rng.normal(0, 1, (N, n_locations)) * np.sqrt(V + tau ** 2)
-    Y[:, : n_locations // 10] += 2.5
+    planted = _patch(n_locations, mesh)
+    Y[:, planted] += 2.5
     wall = np.zeros(n_locations, bool)
     wall[-n_locations // 20:] = True
     Y[:, wall] = 0.0
     V[:, wall] = 0.0
-    return Y, V, wall
+    return Y, V, wall, planted
 
 
 def _gifti(path, values):
@@ -97,7 +111,7 @@ def _pair(folder, stem):
     return np.concatenate([nb.load(folder / stem.format(h=h)).darrays[0].data for h in "LR"]).astype(np.float64)
 
 
-def _check_against_core_and_pymare(fit, maps, tau2, z, effect, keep, X, Y32, V32):
+def _check_against_core_and_pymare(fit, maps, tau2, z, effect, keep, X, Y32, V32, planted):
     from pymare.estimators import VarianceBasedLikelihoodEstimator
 
     assert np.all(tau2[~keep] == 0) and np.all(z[~keep] == 0)
@@ -114,13 +128,11 @@ def _check_against_core_and_pymare(fit, maps, tau2, z, effect, keep, X, Y32, V32
     assert np.abs(tau2[idx] - ref_tau2).max() <= 1e-4 * max(1.0, ref_tau2.max())
     assert np.abs(effect[idx] - est.params_["fe_params"][0]).max() <= 1e-4 * max(1.0, np.abs(effect[idx]).max())
     # the planted patch is found
-    planted = np.zeros(keep.size, bool)
-    planted[: keep.size // 10] = True
     assert np.median(z[planted & keep]) > 2 and abs(np.median(z[~planted & keep])) < 0.5
 
 
 def test_mixed_on_fsaverage5_gifti_pairs_equals_the_core_and_pymare(bids, tmp_path):
-    Y, V, wall = _simulate(2 * N_VERTICES, seed=5)
+    Y, V, wall, planted = _simulate(2 * N_VERTICES, seed=5, mesh=True)
     out = tmp_path / "out"
     _write_gifti_subjects(out, Y, V)
     GroupLevel("flanker", bids, spec=_spec(bids, "fsaverage5"), output_dir=out, work_dir=tmp_path / "work",
@@ -135,13 +147,40 @@ def test_mixed_on_fsaverage5_gifti_pairs_equals_the_core_and_pymare(bids, tmp_pa
         assert side["GroupModel"] == "mixed"
     keep = ~wall
     fit, maps, X, Y32, V32 = _reference(bids, Y, V, keep)
-    _check_against_core_and_pymare(fit, maps, _pair(gdir, stem % "tau2"), _pair(gdir, stem % "z"),
-                                   _pair(gdir, stem % "effect"), keep, X, Y32, V32)
+    z = _pair(gdir, stem % "z")
+    _check_against_core_and_pymare(fit, maps, _pair(gdir, stem % "tau2"), z, _pair(gdir, stem % "effect"), keep, X,
+                                   Y32, V32, planted)
+    # the group report's cluster table: along fsaverage5's edges, per hemisphere, against scipy's components
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from glmx_workflows.io.meshes import mesh_edges, packaged_mesh
+
+    table = pd.read_csv(gdir / "task-flanker_space-fsaverage5_contrast-task_clusters.tsv", sep="\t")
+    assert list(table.columns[:4]) == ["cluster_id", "hemi", "vertex", "peak_z"] and "size_vertices" in table
+    mesh = packaged_mesh("fsaverage5")
+    edges = np.concatenate([mesh_edges(mesh["L"][1]), mesh_edges(mesh["R"][1]) + N_VERTICES])
+    active = np.flatnonzero((z > 3.0902323) & keep)  # the default height, p < 0.001
+    pos = np.full(z.size, -1)
+    pos[active] = np.arange(active.size)
+    e = pos[edges]
+    e = e[(e >= 0).all(axis=1)]
+    _, comp = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])),
+                                              shape=(active.size,) * 2), directed=False)
+    sizes = np.bincount(comp)
+    assert sorted(table["size_vertices"]) == sorted(s for s in sizes if s >= 10)
+    for _, row in table.iterrows():
+        at = row["vertex"] + (N_VERTICES if row["hemi"] == "R" else 0)
+        assert abs(z[at] - row["peak_z"]) < 1e-4 and sizes[comp[pos[at]]] == row["size_vertices"]
+        assert z[active[comp == comp[pos[at]]]].max() == z[at]
+    assert table["hemi"].iloc[0] == "L" and table["size_vertices"].iloc[0] >= 500  # the planted left disc
+    report = (gdir / "task-flanker_report.html").read_text()
+    assert "size_vertices" in report
 
 
 def test_mixed_on_fslr_cifti_keeps_the_axis_and_equals_the_core(bids, tmp_path):
     axis = _cifti_axis()
-    Y, V, wall = _simulate(len(axis), seed=6)
+    Y, V, wall, planted = _simulate(len(axis), seed=6)
     out = tmp_path / "out"
     _write_cifti_subjects(out, Y, V, axis)
     GroupLevel("flanker", bids, spec=_spec(bids, "fsLR"), output_dir=out, work_dir=tmp_path / "work",
@@ -154,7 +193,7 @@ def test_mixed_on_fslr_cifti_keeps_the_axis_and_equals_the_core(bids, tmp_path):
         read[stat] = np.asarray(img.dataobj, np.float64)[0]
     keep = ~wall
     fit, maps, X, Y32, V32 = _reference(bids, Y, V, keep)
-    _check_against_core_and_pymare(fit, maps, read["tau2"], read["z"], read["effect"], keep, X, Y32, V32)
+    _check_against_core_and_pymare(fit, maps, read["tau2"], read["z"], read["effect"], keep, X, Y32, V32, planted)
 
 
 def _glmx(*args, cwd):
@@ -164,7 +203,7 @@ def _glmx(*args, cwd):
 
 @pytest.mark.parametrize("case", ["zero_variance", "missing_variance"])
 def test_bad_surface_variance_map_is_one_line_naming_the_file(bids, tmp_path, case):
-    Y, V, _ = _simulate(2 * N_VERTICES, seed=7)
+    Y, V, _, _ = _simulate(2 * N_VERTICES, seed=7)
     out = tmp_path / "out"
     _write_gifti_subjects(out, Y, V)
     folder = out / "sub-03" / "func"

@@ -594,6 +594,8 @@ class ClusterTablesInputSpec(BaseInterfaceInputSpec):
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
     z_threshold = traits.Float(mandatory=True, desc="cluster-forming height in z")
     cluster_extent = traits.Int(10, usedefault=True, desc="smallest cluster listed (voxels)")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
 
 
 class ClusterTablesOutputSpec(TraitedSpec):
@@ -616,18 +618,38 @@ class ClusterTables(SimpleInterface):
             for name, methods in _read_json(f).items():
                 inference.setdefault(name, {}).update(methods)
 
-        def vol(path):
+        surface = hasattr(affine, "write")
+
+        def vol(path):  # a volume's grid, or a surface map's values at the group's locations
+            if surface:
+                return _volume_values(path, mask)
             return np.asarray(load_image(path).get_fdata(), dtype=np.float64)
 
+        neighbours = None
+        if surface:  # clusters along the mesh edges (and voxel faces); without a mesh, no table
+            try:
+                neighbours = mask_edges(affine.edges(_meshes(self.inputs.surface_meshes)), mask)
+            except GlmxError:
+                neighbours = None
+
         manifest, tables = [], {}
-        for con in _read_json(self.inputs.maps_file) if not hasattr(affine, "write") else []:
-            # (surfaces: no cluster table yet; the report lists each structure's locations above threshold)
+        for con in _read_json(self.inputs.maps_file) if not surface or neighbours is not None else []:
             values = {"p_uncorrected": vol(con["maps"]["p"])}
             for method, entry in sorted(inference.get(con["name"], {}).items()):
                 if "p" in entry:
                     values[f"p_{cg.INFERENCE_DESC[method]}"] = vol(entry["p"])
-            table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
-                                     min_size=self.inputs.cluster_extent, values=values)
+            if surface:
+                table = cluster_table(vol(con["maps"]["z"]), None, self.inputs.z_threshold,
+                                      min_size=self.inputs.cluster_extent, connectivity=neighbours, values=values)
+                where = affine.locate(np.flatnonzero(mask)[table["location"].to_numpy(int)])
+                table = table.drop(columns=["location"])
+                for k, (name, column) in enumerate(where.items()):
+                    table.insert(1 + k, name, column)
+                table = table.rename(columns={"size_locations": "size_vertices" if affine.form == "gifti"
+                                              else "size_grayordinates"})
+            else:
+                table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
+                                      min_size=self.inputs.cluster_extent, values=values)
             table = table.rename(columns={"peak_stat": "peak_z"})
             path = os.path.join(runtime.cwd, f"{con['name']}_clusters.tsv")
             write_tsv(table, path)

@@ -545,6 +545,21 @@ class CiftiGeometry:
         """
         return _cifti_edges(self.axis, meshes)
 
+    def locate(self, locations):
+        """Where grayordinates are: their structure, and vertex (cortex) or voxel indices (the rest).
+
+        Parameters
+        ----------
+        locations : array of int, shape (n,)
+            Indices into the grayordinates.
+
+        Returns
+        -------
+        dict of str to list
+            ``structure`` (e.g. ``CORTEX_LEFT``), ``vertex`` (int or None), ``voxel`` ("i j k" or None).
+        """
+        return _cifti_locate(self.axis, locations)
+
     def write(self, values, stem, mask=None):
         """One map: ``stem.dscalar.nii`` with the input's brain-model axis (zero where not in ``mask``).
 
@@ -598,6 +613,21 @@ class CiftiGeometry:
                 with open(probe, "rb") as fh:
                     self._header = fh.read(offset)
         return self._header
+
+
+def _cifti_locate(axis, locations):
+    """Structure, vertex and voxel of grayordinates (see :meth:`CiftiGeometry.locate`)."""
+    locations = np.asarray(locations, np.int64)
+    out = {"structure": [], "vertex": [], "voxel": []}
+    names = np.empty(len(axis), object)
+    for name, sl, _ in axis.iter_structures():
+        names[sl] = name.replace("CIFTI_STRUCTURE_", "")
+    for loc in locations:
+        out["structure"].append(names[loc])
+        surface = bool(axis.surface_mask[loc])
+        out["vertex"].append(int(axis.vertex[loc]) if surface else None)
+        out["voxel"].append(None if surface else " ".join(str(int(v)) for v in axis.voxel[loc]))
+    return out
 
 
 def _cifti_edges(axis, meshes):
@@ -711,6 +741,24 @@ class GiftiGeometry:
                 raise GlmxError(f"the {hemi} mesh has {len(coords)} vertices, the maps {n}", field="surface_meshes")
             out.append(mesh_edges(faces) + offset)
         return np.concatenate(out)
+
+    def locate(self, locations):
+        """Hemisphere and vertex of locations.
+
+        Parameters
+        ----------
+        locations : array of int, shape (n,)
+            Indices into the two hemispheres' vertices (left first).
+
+        Returns
+        -------
+        dict of str to list
+            ``hemi`` ('L' or 'R') and ``vertex`` (index in its hemisphere's mesh).
+        """
+        locations = np.asarray(locations, np.int64)
+        right = locations >= self.n_vertices[0]
+        return {"hemi": ["R" if r else "L" for r in right],
+                "vertex": [int(v) for v in np.where(right, locations - self.n_vertices[0], locations)]}
 
     def save(self, path):
         """Record the vertex counts and kept vertices (``.npz``) for :func:`load_geometry`."""
