@@ -594,9 +594,12 @@ class CiftiGeometry:
         """
         if getattr(self, "_header", None) is None and isinstance(self._axis, str):
             # the input's XML with a scalar map in place of its series: no parse of the indices by nibabel
-            xml = scalar_map_xml(cifti_header(self._axis)["xml"])
-            if xml is not None:
-                self._header = dense_scalar_header(xml, len(self.mask))
+            info = cifti_header(self._axis)
+            if "scalar_header" not in info:  # once per file version and process (every node's maps share it)
+                xml = scalar_map_xml(info["xml"])
+                info["scalar_header"] = None if xml is None else dense_scalar_header(xml, info["shape"][1])
+            if info["scalar_header"] is not None and len(self.mask) == info["shape"][1]:
+                self._header = info["scalar_header"]
         if getattr(self, "_header", None) is None:
             import os
             import tempfile
@@ -824,7 +827,10 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     if smoothing_fwhm:
         raise GlmxError("smoothing_fwhm is not available on surfaces", file=bold_path, field="smoothing_fwhm")
     if form == "cifti":
-        kinds = cifti_map_kinds(cifti_header(bold_path, "CIFTI BOLD run")["xml"])
+        info = cifti_header(bold_path, "CIFTI BOLD run")
+        if "kinds" not in info:  # parsed once per file version (the header is cached by cifti_header)
+            info["kinds"] = cifti_map_kinds(info["xml"])
+        kinds = info["kinds"]
         if kinds != ["CIFTI_INDEX_TYPE_SERIES", "CIFTI_INDEX_TYPE_BRAIN_MODELS"]:
             raise GlmxError(f"expected a dense time series (series × brain models), got {' × '.join(map(str, kinds))}",
                             file=bold_path, field="CIFTI axes")
