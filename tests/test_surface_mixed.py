@@ -223,3 +223,29 @@ def test_bad_surface_variance_map_is_one_line_naming_the_file(bids, tmp_path, ca
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("glmx: error:"), proc.stderr[-2000:]
     assert named in lines[0] and "group_model" in lines[0], lines[0]
     assert not list(out.glob("group/*")), "partial group outputs written"
+
+
+def test_mixed_with_group_min_subjects_on_gifti_pairs_uses_each_locations_subjects(bids, tmp_path):
+    Y, V, wall, _ = _simulate(2 * N_VERTICES, seed=8)
+    gap = np.zeros(2 * N_VERTICES, bool)
+    gap[5000:7000] = True  # two subjects without data there (zeros, as outside their maps)
+    Y[:2, gap] = 0.0
+    V[:2, gap] = 0.0
+    out = tmp_path / "out"
+    _write_gifti_subjects(out, Y, V)
+    GroupLevel("flanker", bids, spec=_spec(bids, "fsaverage5"), output_dir=out, work_dir=tmp_path / "work",
+               contrasts=["task"], group_model="mixed", group_inference=["fdr"], group_level_regressors=[],
+               group_min_subjects=6).run(plugin="Linear")
+    gdir = out / "group"
+    stem = "task-flanker_hemi-{h}_space-fsaverage5_contrast-task_stat-%s_statmap.func.gii"
+    n, z, tau2 = (_pair(gdir, stem % s) for s in ("n", "z", "tau2"))
+    keep = ~wall
+    assert np.all(n[gap & keep] == N - 2) and np.all(n[~gap & keep] == N) and np.all(z[wall] == 0)
+    # the numeric core on the same arrays with the same per-location subject sets
+    Y32, V32 = Y.astype(np.float32).astype(np.float64), V.astype(np.float32).astype(np.float64)
+    present = (Y32 != 0)[:, keep]
+    fit = cg.fit_group_model(Y32[:, keep], np.ones((N, 1)), model="mixed",
+                             variances=np.where(present, V32[:, keep], 1.0), present=present)
+    maps = cg.contrast_maps(fit, [1.0])
+    assert np.abs(z[keep] - maps["z"]).max() <= 1e-4
+    assert np.abs(tau2[keep] - fit.tau2).max() <= 1e-5 * max(1.0, np.abs(fit.tau2).max())
