@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .tfce import label_clusters, stack_structure
+from .tfce import is_graph, label_clusters, stack_structure
 
 
 def cluster_extent_mask(stat_map, threshold, min_size, connectivity=1):
@@ -117,8 +117,9 @@ def cluster_table(stat_map, affine, threshold, min_size=0, two_sided=False, min_
         A sub-peak is listed when farther than this (mm) from the last listed peak of its cluster.
     n_subpeaks : int
         Sub-peaks listed per cluster at most (nilearn: 3).
-    connectivity : {1, 2, 3}
-        Neighbourhood of the clusters (1: faces, nilearn's).
+    connectivity : {1, 2, 3} or array of shape (n_edges, 2)
+        Neighbourhood of the clusters (1: faces, nilearn's); or neighbour pairs of locations (mesh edges),
+        ``stat_map`` then holding one value per location: see :func:`_graph_cluster_table`.
     max_clusters : int, optional
         List only the clusters with the highest peaks, this many per sign (all by default).
     values : dict, optional
@@ -134,6 +135,8 @@ def cluster_table(stat_map, affine, threshold, min_size=0, two_sided=False, min_
     stat_map = np.asarray(stat_map)
     data = np.array(stat_map, dtype=stat_map.dtype if np.issubdtype(stat_map.dtype, np.floating) else np.float64)
     data[~np.isfinite(data)] = 0
+    if is_graph(connectivity):
+        return _graph_cluster_table(data, connectivity, threshold, min_size, two_sided, max_clusters, values)
     affine = np.asarray(affine, dtype=np.float64)
     voxel_mm3 = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))  # the header's zooms
     values = values or {}
@@ -177,6 +180,57 @@ def cluster_table(stat_map, affine, threshold, min_size=0, two_sided=False, min_
                 rows.append(row)
     columns = ["cluster_id", "x", "y", "z", "i", "j", "k", "peak_stat", "size_voxels", "size_mm3", *values]
     table = pd.DataFrame(rows, columns=columns).astype({"size_voxels": "Int64", "size_mm3": "float64"})
+    if len(table):
+        table["peak_stat"] = table["peak_stat"].astype(data.dtype)
+    table.attrs["n_clusters"] = n_clusters
+    return table
+
+
+def _graph_cluster_table(data, edges, threshold, min_size, two_sided, max_clusters, values):
+    """:func:`cluster_table` on a graph (a mesh): one row per cluster, at its peak location.
+
+    Clusters are the connected sets of locations strictly above the height through ``edges`` (each sign
+    apart), ordered and numbered as on grids; a mesh has no millimetre grid for nilearn's sub-peak rule, so
+    no sub-peaks are listed.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_locations,)
+    edges : numpy.ndarray of int, shape (n_edges, 2)
+    threshold, min_size, two_sided, max_clusters, values
+        As for :func:`cluster_table` (``values``: arrays of shape (n_locations,)).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cluster_id``, ``location`` (index into ``data``), ``peak_stat`` (signed), ``size_locations``, then
+        ``values``'s columns; ``attrs['n_clusters']``.
+    """
+    values = values or {}
+    rows, n_clusters = [], 0
+    for sign in ((1, -1) if two_sided else (1,)):
+        signed = data * sign if sign < 0 else data
+        labels, sizes, _ = label_clusters(signed, threshold, edges)
+        ids = np.flatnonzero(sizes >= max(int(min_size), 1))
+        ids = ids[ids > 0]
+        if not ids.size:
+            continue
+        n_clusters += ids.size
+        inside = np.flatnonzero(labels)
+        lab, val = labels[inside], signed[inside]
+        by = np.lexsort((val, lab))  # by cluster, then value: each cluster's maximum comes last
+        ends = np.append(np.flatnonzero(np.diff(lab[by])), by.size - 1)
+        peak_at = dict(zip(lab[by][ends], inside[by][ends]))
+        order = ids[(-signed[[peak_at[c] for c in ids]]).argsort(kind="stable")]
+        offset = len(rows)
+        for rank, c in enumerate(order[:max_clusters]):
+            loc = int(peak_at[c])
+            row = {"cluster_id": str(rank + offset + 1), "location": loc, "peak_stat": signed[loc] * sign,
+                   "size_locations": int(sizes[c])}
+            for name, arr in values.items():
+                row[name] = float(np.asarray(arr)[loc])
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=["cluster_id", "location", "peak_stat", "size_locations", *values])
     if len(table):
         table["peak_stat"] = table["peak_stat"].astype(data.dtype)
     table.attrs["n_clusters"] = n_clusters

@@ -33,13 +33,13 @@ The only imports are numpy, scipy and threadpoolctl (to keep the many small per-
 BLAS thread).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as spl
 from scipy import special as sps_special
 from scipy import stats as sps
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from glmx_workflows.core.errors import GlmxError
 from glmx_workflows.core.signal import ScaledIntegerRun
@@ -106,6 +106,9 @@ class GLMFit:
     bin_cov: np.ndarray
     bin_df: np.ndarray
     noise_model: str
+    #: Per-voxel sums of the data the moment-based AR(1) fit already took (``total``, ``sq``, ``lag``, ``last``;
+    #: see :func:`goodness_of_fit`), so that the run is not read again; not stored by :meth:`to_arrays`.
+    series_sums: dict = field(default=None, repr=False, compare=False)
 
     @property
     def n_voxels(self):
@@ -390,6 +393,16 @@ def _lag_sums_f32(a, b):
     return acc.astype(np.float32)
 
 
+_BLAS = []
+
+
+def _one_blas_thread():
+    """A context keeping BLAS on one thread; the library scan (ms per call) is done once per process."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def _chunks(n, size):
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -534,7 +547,7 @@ def _refit_direct(Y, labels, bin_rho, models, disp_den, chunks, beta, dispersion
     # Each chunk's refit is ~100 small products (n_regressors x n_scans times a bin's voxels). A
     # multi-threaded BLAS starts its threads for each: measured 35-90x slower than one thread when the
     # cores are shared, and no faster on idle ones.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         for start, stop in chunks:
             lab = labels[start:stop]
             order = np.argsort(lab, kind="stable")
@@ -661,13 +674,18 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
     # larger chunks than the other passes: each chunk pays one small product per AR bin
     step = chunk_size or max(256, 2 * _CHUNK_ELEMENTS // n_scans)
     buf = moments_t = None
+    # the sums goodness_of_fit needs, taken here so that the run is not read a second time
+    sums = {name: np.empty(n_vox) for name in ("total", "sq", "lag", "last")}
+    # the work block in the data's own order: a float32 -> float64 copy that also transposes cost 5x more
+    # (a CIFTI run is read time-fastest, i.e. Fortran-ordered)
+    order_b = "F" if isinstance(Y, np.ndarray) and Y.flags.f_contiguous and not Y.flags.c_contiguous else "C"
     # the many small per-bin products run faster on one BLAS thread (see _refit_direct); the chunk's
     # large product is a small share of the pass
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         for start in range(0, n_vox, step):
             stop = min(start + step, n_vox)
             if buf is None or buf.shape[1] != stop - start:
-                buf = np.empty((n_scans, stop - start))
+                buf = np.empty((n_scans, stop - start), order=order_b)
                 moments_t = np.empty((K.shape[1], stop - start))
             if hasattr(Y, "columns_into"):
                 Y.columns_into(buf, start, stop)
@@ -682,6 +700,8 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
                 _check_finite(buf)
             s1 = np.einsum("tv,tv->v", buf[1:], buf[:-1])
             first, last = buf[0].copy(), buf[-1].copy()
+            sums["total"][start:stop] = moments[:, 2 * n_reg]
+            sums["sq"][start:stop], sums["lag"][start:stop], sums["last"][start:stop] = s0, s1, last
             xty = np.ascontiguousarray(moments[:, :n_reg])
             lag = np.ascontiguousarray(moments[:, n_reg:2 * n_reg])
 
@@ -746,7 +766,9 @@ def _fit_ar1_moments(Y, X, bins, chunk_size, pinv_x, df_resid, disp_den):
     model_list = [models[int(k)] if int(k) in models else _bin_model(X, r) for k, r in zip(bin_keys, bin_rho)]
     if explicit.size:
         _refit_direct(Ye, labels[explicit], bin_rho, model_list, disp_den, sub, beta, dispersion, columns=explicit)
-    return _ar1_fit(beta, dispersion, labels, bin_rho, model_list, df_resid)
+    fit = _ar1_fit(beta, dispersion, labels, bin_rho, model_list, df_resid)
+    fit.series_sums = sums
+    return fit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -762,7 +784,8 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     the first scan unchanged) and whitened design ``Xw``. ``r_square = var(Xw @ beta) / var(wY)`` over scans
     (a pseudo-R² unless OLS); ``log_likelihood = -n/2 * (log(2 pi SSE / n) + 1)`` with the whitened residual sum
     of squares ``SSE = dispersion * (n_scans - n_regressors)``. ``wY``'s variance comes from five sums per voxel
-    (sum, sum of squares, lag-1 products, first and last scan), so the run is read once more without a copy.
+    (sum, sum of squares, lag-1 products, first and last scan): the AR(1) fit's own (``fit.series_sums``), else
+    one more read of the run without a copy.
 
     Parameters
     ----------
@@ -784,32 +807,40 @@ def goodness_of_fit(Y, X, fit, chunk_size=None):
     """
     X = np.asarray(X, np.float64)
     n_scans, n_vox = Y.shape
-    chunk = chunk_size or max(256, _CHUNK_ELEMENTS // n_scans)
-    total = np.empty(n_vox)
-    sq = np.empty(n_vox)
-    lag = np.empty(n_vox)
-    last = np.empty(n_vox)
-    for start, stop in _chunks(n_vox, chunk):
-        Yc = np.asarray(Y[:, start:stop], np.float64)
-        total[start:stop] = Yc.sum(0)
-        sq[start:stop] = np.einsum("ij,ij->j", Yc, Yc)
-        lag[start:stop] = np.einsum("ij,ij->j", Yc[1:], Yc[:-1])
-        last[start:stop] = Yc[-1]
+    sums = fit.series_sums
+    if sums is not None and len(sums["sq"]) == n_vox:  # the AR(1) fit's own pass took them
+        total, sq, lag, last = sums["total"], sums["sq"], sums["lag"], sums["last"]
+    else:
+        chunk = chunk_size or max(256, _CHUNK_ELEMENTS // n_scans)
+        total = np.empty(n_vox)
+        sq = np.empty(n_vox)
+        lag = np.empty(n_vox)
+        last = np.empty(n_vox)
+        for start, stop in _chunks(n_vox, chunk):
+            Yc = np.asarray(Y[:, start:stop], np.float64)
+            total[start:stop] = Yc.sum(0)
+            sq[start:stop] = np.einsum("ij,ij->j", Yc, Yc)
+            lag[start:stop] = np.einsum("ij,ij->j", Yc[1:], Yc[:-1])
+            last[start:stop] = Yc[-1]
     rho = fit.bin_rho[fit.labels]
     w_sum = total - rho * (total - last)
     w_sq = sq - 2 * rho * lag + rho**2 * (sq - last**2)
     var_y = w_sq / n_scans - (w_sum / n_scans) ** 2
-    var_pred = np.empty(n_vox)
-    beta = np.asarray(fit.beta, np.float64)
-    for b, r in enumerate(fit.bin_rho):
-        vox = np.flatnonzero(fit.labels == b)
-        if not vox.size:
+    # voxels put in bin order once: each bin is then a slice (a fancy-index gather per bin cost more)
+    order = np.argsort(fit.labels, kind="stable")
+    labels_s = fit.labels[order]
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(labels_s)) + 1, [n_vox]])
+    beta_s = np.take(np.asarray(fit.beta, np.float64).T, order, axis=0)  # (n_voxels, n_regressors)
+    var_s = np.empty(n_vox)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e <= s:
             continue
-        Xw = _whiten(X, r)
+        Xw = _whiten(X, fit.bin_rho[labels_s[s]])
         Xw = Xw - Xw.mean(0)
         moment = Xw.T @ Xw / n_scans
-        bv = beta[:, vox]
-        var_pred[vox] = np.einsum("iv,iv->v", bv, moment @ bv)
+        var_s[s:e] = _rowdot(beta_s[s:e] @ moment, beta_s[s:e])
+    var_pred = np.empty(n_vox)
+    var_pred[order] = var_s
     with np.errstate(divide="ignore", invalid="ignore"):
         r_square = np.where(var_y > 0, var_pred / var_y, 0.0)
         sse = np.asarray(fit.dispersion, np.float64) * (n_scans - X.shape[1])

@@ -18,7 +18,7 @@ from ..core.errors import GlmxError
 from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
 from ..io.atomic import atomic_path, write_text
 from ..core.tfce import mask_edges
-from ..io.geometry import is_surface_file, read_map
+from ..io.geometry import is_surface_file, read_map, right_of
 from ..io.images import load_image, unmask, write_image
 from ..io.tables import read_tsv, write_tsv
 
@@ -179,6 +179,20 @@ class LoadGroupMaps(SimpleInterface):
     def _variance_images(self, variance_files, mask, ref):
         """Every subject's variance map, checked finite and positive where its effect is used (``mask``: one
         (x, y, z) mask for all subjects, or one per subject)."""
+        def read(f):
+            img = load_image(f, "subject variance map")
+            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise GlmxError(f"variance map grid {img.shape[:3]} differs from the effect maps' {ref.shape[:3]}",
+                                file=f)
+            return img, np.asarray(img.get_fdata()).reshape(ref.shape[:3])
+
+        return self._checked_variances(variance_files, mask, read)
+
+    def _checked_variances(self, variance_files, mask, read, file_of=None):
+        """The one rule for the mixed model's variance maps, volumes and surfaces alike: one per subject, finite
+        and positive wherever the subject's effect is used (``mask``: one mask for all subjects, or one per
+        subject); ``read(path)`` gives (what to keep, the values in the effects' layout); ``file_of(path,
+        location)`` the file holding a location (a GIfTI pair's right hemisphere), default ``path``."""
         if len(variance_files) != len(self.inputs.effect_files):
             raise GlmxError(f"{len(variance_files)} variance map(s) for {len(self.inputs.effect_files)} effect maps; "
                             "group_model 'mixed' needs one per subject", field="group_model")
@@ -188,46 +202,71 @@ class LoadGroupMaps(SimpleInterface):
                 raise GlmxError("no subject-level stat-variance map beside this effect map; group_model 'mixed' "
                                 "needs it (rerun the participant level, or use group_model 'ols')", file=effect,
                                 field="group_model")
-            img = load_image(f, "subject variance map")
-            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
-                raise GlmxError(f"variance map grid {img.shape[:3]} differs from the effect maps' {ref.shape[:3]}",
-                                file=f)
+            kept, values = read(f)
             where = mask[len(out)] if len(mask) > 1 else mask[0]
-            var = np.asarray(img.get_fdata()).reshape(ref.shape[:3])[where]
+            var = values[where]
             bad = ~(np.isfinite(var) & (var > 0))
             if bad.any():
-                raise GlmxError(f"the variance map is not finite and positive in {int(bad.sum())} voxel(s) where "
+                named = file_of(f, int(np.flatnonzero(where.ravel())[np.argmax(bad)])) if file_of else f
+                raise GlmxError(f"the variance map is not finite and positive in {int(bad.sum())} location(s) where "
                                 "the group model uses the subject's effect; group_model 'mixed' needs a positive "
-                                "first-level variance there", file=f, field="group_model")
-            out.append(img)
+                                "first-level variance there", file=named, field="group_model")
+            out.append(kept)
         return out
 
     def _surfaces(self, runtime):
-        """CIFTI or GIfTI-pair maps: the locations every subject defines, in the first map's geometry."""
+        """CIFTI or GIfTI-pair maps: the locations the subjects define, in the first map's geometry (the volume
+        rules: group_min_subjects, and for 'mixed' every subject's variance map read in the same geometry)."""
         files = self.inputs.effect_files
         if self.inputs.smoothing_fwhm:
             raise GlmxError("group smoothing_fwhm is not available on surfaces (no geodesic smoothing); set it to "
                             "null", file=files[0], field="smoothing_fwhm")
-        data, geometry = [], None
-        for f in files:
+        maps, geometry = [], None
+
+        def read(f):
             values, g = read_map(f)
-            if data and values.shape != data[0].shape:
-                raise GlmxError(f"map has {values.size} locations but {files[0]} has {data[0].size}; every subject's "
+            if maps and values.shape != maps[0].shape:
+                raise GlmxError(f"map has {values.size} locations but {files[0]} has {maps[0].size}; every subject's "
                                 "map must be in one space and density", file=f)
+            return values, g
+
+        for f in files:
+            values, g = read(f)
             geometry = geometry or g
-            data.append(values)
-        data = np.stack(data)
-        mask = np.all(np.isfinite(data) & (data != 0), axis=0)
-        for f in self.inputs.variance_files or []:
-            if f:
-                var = read_map(f)[0]
-                mask &= np.isfinite(var) & (var > 0)
+            maps.append(values)
+        data = np.stack(maps)
+        defined = np.isfinite(data) & (data != 0)
+        min_subjects = self.inputs.min_subjects
+        mask = defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0)
+        mixed = self.inputs.model == "mixed"
+        variances = None
+        if mixed:
+            def file_of(f, location):  # a GIfTI pair's right hemisphere is its own file
+                n_left = getattr(geometry, "n_vertices", (np.inf,))[0]
+                return right_of(f) if location >= n_left else f
+
+            variances = np.stack(self._checked_variances(list(self.inputs.variance_files or []),
+                                                         defined & mask if min_subjects else mask[None],
+                                                         lambda f: (read(f)[0],) * 2, file_of))
+        else:
+            for f in self.inputs.variance_files or []:
+                if f:
+                    var = read(f)[0]
+                    mask &= np.isfinite(var) & (var > 0)
         if not mask.any():
             raise GlmxError("no location is defined (finite, non-zero) in every subject's map", file=files[0])
+        extra = {}
+        if min_subjects:  # absent subjects hold 0 (any value: they get no weight)
+            extra["P"] = defined[:, mask]
+            data = np.where(defined, np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+        if mixed:
+            extra["V"] = variances[:, mask]
+            if min_subjects:
+                extra["V"] = np.where(extra["P"], np.nan_to_num(extra["V"], nan=1.0), 1.0)
         out = os.path.join(runtime.cwd, "data.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, Y=data[:, mask], mask=mask, affine=np.eye(4), subjects=np.array(self.inputs.subjects, str),
-                     reference=np.array(str(files[0])))
+                     reference=np.array(str(files[0])), **extra)
         self._results["data_file"] = out
         self._results["mask_file"] = _write_map(np.ones(int(mask.sum())), mask, geometry, runtime.cwd, "mask")
         return runtime
@@ -559,6 +598,8 @@ class ClusterTablesInputSpec(BaseInterfaceInputSpec):
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
     z_threshold = traits.Float(mandatory=True, desc="cluster-forming height in z")
     cluster_extent = traits.Int(10, usedefault=True, desc="smallest cluster listed (voxels)")
+    surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
+                                 desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
 
 
 class ClusterTablesOutputSpec(TraitedSpec):
@@ -581,18 +622,38 @@ class ClusterTables(SimpleInterface):
             for name, methods in _read_json(f).items():
                 inference.setdefault(name, {}).update(methods)
 
-        def vol(path):
+        surface = hasattr(affine, "write")
+
+        def vol(path):  # a volume's grid, or a surface map's values at the group's locations
+            if surface:
+                return _volume_values(path, mask)
             return np.asarray(load_image(path).get_fdata(), dtype=np.float64)
 
+        neighbours = None
+        if surface:  # clusters along the mesh edges (and voxel faces); without a mesh, no table
+            try:
+                neighbours = mask_edges(affine.edges(_meshes(self.inputs.surface_meshes)), mask)
+            except GlmxError:
+                neighbours = None
+
         manifest, tables = [], {}
-        for con in _read_json(self.inputs.maps_file) if not hasattr(affine, "write") else []:
-            # (surfaces: no cluster table yet; the report lists each structure's locations above threshold)
+        for con in _read_json(self.inputs.maps_file) if not surface or neighbours is not None else []:
             values = {"p_uncorrected": vol(con["maps"]["p"])}
             for method, entry in sorted(inference.get(con["name"], {}).items()):
                 if "p" in entry:
                     values[f"p_{cg.INFERENCE_DESC[method]}"] = vol(entry["p"])
-            table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
-                                     min_size=self.inputs.cluster_extent, values=values)
+            if surface:
+                table = cluster_table(vol(con["maps"]["z"]), None, self.inputs.z_threshold,
+                                      min_size=self.inputs.cluster_extent, connectivity=neighbours, values=values)
+                where = affine.locate(np.flatnonzero(mask)[table["location"].to_numpy(int)])
+                table = table.drop(columns=["location"])
+                for k, (name, column) in enumerate(where.items()):
+                    table.insert(1 + k, name, column)
+                table = table.rename(columns={"size_locations": "size_vertices" if affine.form == "gifti"
+                                              else "size_grayordinates"})
+            else:
+                table = cluster_table(vol(con["maps"]["z"]) * mask, affine, self.inputs.z_threshold,
+                                      min_size=self.inputs.cluster_extent, values=values)
             table = table.rename(columns={"peak_stat": "peak_z"})
             path = os.path.join(runtime.cwd, f"{con['name']}_clusters.tsv")
             write_tsv(table, path)

@@ -129,6 +129,190 @@ def cifti_axes(path):
     return entry["axes"]
 
 
+def cifti_header(path, what="CIFTI file"):
+    """The NIfTI-2 header fields and CIFTI XML of a file, without nibabel's parse of the XML.
+
+    nibabel turns every vertex and voxel index of the XML into Python objects at each load (0.6 s for 91k
+    grayordinates, more than reading the data). Reading a run's data and writing maps on its axis need only
+    the data's place and type and the XML as text: the brain-model map is copied into outputs byte for byte.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        How errors name the file.
+
+    Returns
+    -------
+    dict
+        ``shape`` (tuple of 2 int: the CIFTI's two dimensions), ``dtype`` (numpy dtype with byte order),
+        ``offset`` (int, bytes before the data), ``slope``, ``inter`` (float, NIfTI scaling; 1, 0 when unset),
+        ``xml`` (bytes, the CIFTI extension without padding).
+
+    Raises
+    ------
+    GlmxError
+        Not a NIfTI-2 file with a CIFTI extension of two dimensions, naming the file.
+    """
+    import os
+    import struct
+
+    import nibabel as nb
+
+    path = Path(path)
+    if not path.is_file():
+        raise GlmxError(f"{what} not found", file=path)
+    st = os.stat(path)
+    key = ("header", os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key in _HEADERS:
+        return _HEADERS[key]
+    with open(path, "rb") as fh:
+        block = fh.read(544)
+        if len(block) < 544:
+            raise GlmxError(f"{what} is not a CIFTI-2 file (shorter than a NIfTI-2 header)", file=path)
+        order = "<" if struct.unpack("<i", block[:4])[0] == 540 else ">"
+        if struct.unpack(order + "i", block[:4])[0] != 540:
+            raise GlmxError(f"{what} is not a CIFTI-2 file (no NIfTI-2 header)", file=path)
+        hdr = nb.Nifti2Header(block[:540], check=False)
+        dims = [int(d) for d in hdr["dim"]]
+        offset = int(hdr["vox_offset"])
+        xml = None
+        pos = 540
+        if block[540] and offset > 544:  # extensions: (esize, ecode, content) records up to the data
+            rest = fh.read(offset - 544)
+            ext = block[540:] + rest
+            pos = 4
+            while pos + 8 <= len(ext):
+                esize, ecode = struct.unpack(order + "ii", ext[pos:pos + 8])
+                if esize < 8:
+                    break
+                if ecode == 32:
+                    xml = ext[pos + 8:pos + esize].rstrip(b"\x00")
+                    break
+                pos += esize
+    if xml is None or dims[0] < 6 or any(d != 1 for d in dims[1:5]):
+        raise GlmxError(f"{what} is not a CIFTI-2 file (no CIFTI extension, or not two dimensions)", file=path)
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if not np.isfinite(slope) or slope == 0:
+        slope, inter = 1.0, 0.0
+    out = {"shape": (dims[5], dims[6]), "dtype": hdr.get_data_dtype(), "offset": offset,
+           "slope": slope, "inter": inter if np.isfinite(inter) else 0.0, "xml": xml}
+    _HEADERS.clear()
+    _HEADERS[key] = out
+    return out
+
+
+_HEADERS = {}
+
+
+def cifti_map_kinds(xml):
+    """The index type of each of the two dimensions of a CIFTI XML (``CIFTI_INDEX_TYPE_...``), from its text."""
+    import xml.etree.ElementTree as ET
+
+    kinds = [None, None]
+    for element in ET.fromstring(xml).iter("MatrixIndicesMap"):
+        for dim in element.get("AppliesToMatrixDimension", "").split(","):
+            if dim.strip() in ("0", "1"):
+                kinds[int(dim)] = element.get("IndicesMapToDataType")
+    return kinds
+
+
+def scalar_map_xml(xml, names=("map",)):
+    """A CIFTI XML with its dimension 0 replaced by named scalar maps, the brain-model map's text unchanged.
+
+    Parameters
+    ----------
+    xml : bytes
+        XML of a dense file (``dtseries``/``dscalar``): dimension 0 its own ``MatrixIndicesMap``.
+    names : sequence of str
+
+    Returns
+    -------
+    bytes or None
+        None when dimension 0 shares its map with dimension 1 (not a dense file).
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    matrix = root.find("Matrix")
+    if matrix is None:
+        return None
+    maps = matrix.findall("MatrixIndicesMap")
+    first = [m for m in maps if m.get("AppliesToMatrixDimension", "").strip() == "0"]
+    if len(first) != 1:
+        return None
+    index = list(matrix).index(first[0])
+    scalar = ET.Element("MatrixIndicesMap", {"AppliesToMatrixDimension": "0",
+                                             "IndicesMapToDataType": "CIFTI_INDEX_TYPE_SCALARS"})
+    for name in names:
+        ET.SubElement(ET.SubElement(scalar, "NamedMap"), "MapName").text = str(name)
+    matrix.remove(first[0])
+    matrix.insert(index, scalar)
+    return ET.tostring(root)
+
+
+def dense_scalar_header(xml, n_locations):
+    """Header bytes (NIfTI-2 + CIFTI extension) of a one-map float32 dense scalar file; the data follow them.
+
+    Parameters
+    ----------
+    xml : bytes
+        From :func:`scalar_map_xml`.
+    n_locations : int
+
+    Returns
+    -------
+    bytes
+    """
+    import struct
+
+    import nibabel as nb
+
+    esize = -(-(len(xml) + 8) // 16) * 16  # the extension's size, a multiple of 16 including its 8-byte head
+    hdr = nb.Nifti2Header()
+    hdr.set_data_dtype(np.float32)
+    hdr["dim"] = [6, 1, 1, 1, 1, 1, int(n_locations), 1]
+    hdr["pixdim"] = 1.0
+    hdr["vox_offset"] = 544 + esize
+    hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
+    hdr["intent_code"], hdr["intent_name"] = 3006, b"ConnDenseScalar"  # NIFTI_INTENT_CONNECTIVITY_DENSE_SCALARS
+    return (hdr.binaryblock[:540] + struct.pack("<i", 1) + struct.pack("<ii", esize, 32) + xml
+            + b"\x00" * (esize - 8 - len(xml)))
+
+
+def read_cifti_data(path, what="CIFTI BOLD run"):
+    """A CIFTI file's data as float32 (dimension 0 × dimension 1), read once from the file in its own order.
+
+    The file stores dimension 0 fastest (a dtseries: each grayordinate's series contiguous); the array is that
+    block seen as (n_0, n_1) in Fortran order -- no transpose, no second copy.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n_0, n_1), Fortran-ordered
+    """
+    import os
+
+    info = cifti_header(path, what)
+    n0, n1 = info["shape"]
+    dtype = info["dtype"]
+    need = info["offset"] + n0 * n1 * dtype.itemsize
+    if os.path.getsize(path) < need:
+        raise GlmxError(f"{what} is truncated ({os.path.getsize(path)} bytes, the header needs {need})", file=path)
+    # one copy out of the page cache through a memory map (a buffered readinto measured 7x slower)
+    stored = np.memmap(path, dtype=dtype, mode="r", offset=info["offset"], shape=(n0 * n1,))
+    data = np.array(stored, dtype=np.float32)
+    del stored
+    if info["slope"] != 1.0 or info["inter"] != 0.0:
+        data *= np.float32(info["slope"])
+        data += np.float32(info["inter"])
+    return data.reshape((n0, n1), order="F")
+
+
 def cifti_density(axis):
     """The fsLR density of a brain-model axis from its cortex meshes' vertex counts ('91k', '170k'), or None."""
     counts = {n for name, _, bm in axis.iter_structures() if name in _CORTEX for n in [axis.nvertices[name]]}
@@ -332,7 +516,7 @@ class CiftiGeometry:
         """
         geometry = cls.__new__(cls)
         geometry._axis = str(path)
-        geometry.mask = np.ones(cifti_image(path).shape[1], bool)
+        geometry.mask = np.ones(cifti_header(path)["shape"][1], bool)
         return geometry
 
     @property
@@ -360,6 +544,21 @@ class CiftiGeometry:
             No meshes for the cortex, saying what to provide.
         """
         return _cifti_edges(self.axis, meshes)
+
+    def locate(self, locations):
+        """Where grayordinates are: their structure, and vertex (cortex) or voxel indices (the rest).
+
+        Parameters
+        ----------
+        locations : array of int, shape (n,)
+            Indices into the grayordinates.
+
+        Returns
+        -------
+        dict of str to list
+            ``structure`` (e.g. ``CORTEX_LEFT``), ``vertex`` (int or None), ``voxel`` ("i j k" or None).
+        """
+        return _cifti_locate(self.axis, locations)
 
     def write(self, values, stem, mask=None):
         """One map: ``stem.dscalar.nii`` with the input's brain-model axis (zero where not in ``mask``).
@@ -390,8 +589,17 @@ class CiftiGeometry:
 
         nibabel writes the CIFTI XML (every vertex and voxel index) at each save: seconds for 91k
         grayordinates, and a first level writes dozens of maps. Every map of a geometry has the same header
-        (one scalar map named 'map', float32), so it is serialised once and the values follow it.
+        (one scalar map named 'map', float32), so it is made once and the values follow it: from the input file's
+        XML text when the geometry was read from a file (its brain-model map copied unchanged), else by nibabel.
         """
+        if getattr(self, "_header", None) is None and isinstance(self._axis, str):
+            # the input's XML with a scalar map in place of its series: no parse of the indices by nibabel
+            info = cifti_header(self._axis)
+            if "scalar_header" not in info:  # once per file version and process (every node's maps share it)
+                xml = scalar_map_xml(info["xml"])
+                info["scalar_header"] = None if xml is None else dense_scalar_header(xml, info["shape"][1])
+            if info["scalar_header"] is not None and len(self.mask) == info["shape"][1]:
+                self._header = info["scalar_header"]
         if getattr(self, "_header", None) is None:
             import os
             import tempfile
@@ -408,6 +616,21 @@ class CiftiGeometry:
                 with open(probe, "rb") as fh:
                     self._header = fh.read(offset)
         return self._header
+
+
+def _cifti_locate(axis, locations):
+    """Structure, vertex and voxel of grayordinates (see :meth:`CiftiGeometry.locate`)."""
+    locations = np.asarray(locations, np.int64)
+    out = {"structure": [], "vertex": [], "voxel": []}
+    names = np.empty(len(axis), object)
+    for name, sl, _ in axis.iter_structures():
+        names[sl] = name.replace("CIFTI_STRUCTURE_", "")
+    for loc in locations:
+        out["structure"].append(names[loc])
+        surface = bool(axis.surface_mask[loc])
+        out["vertex"].append(int(axis.vertex[loc]) if surface else None)
+        out["voxel"].append(None if surface else " ".join(str(int(v)) for v in axis.voxel[loc]))
+    return out
 
 
 def _cifti_edges(axis, meshes):
@@ -522,6 +745,24 @@ class GiftiGeometry:
             out.append(mesh_edges(faces) + offset)
         return np.concatenate(out)
 
+    def locate(self, locations):
+        """Hemisphere and vertex of locations.
+
+        Parameters
+        ----------
+        locations : array of int, shape (n,)
+            Indices into the two hemispheres' vertices (left first).
+
+        Returns
+        -------
+        dict of str to list
+            ``hemi`` ('L' or 'R') and ``vertex`` (index in its hemisphere's mesh).
+        """
+        locations = np.asarray(locations, np.int64)
+        right = locations >= self.n_vertices[0]
+        return {"hemi": ["R" if r else "L" for r in right],
+                "vertex": [int(v) for v in np.where(right, locations - self.n_vertices[0], locations)]}
+
     def save(self, path):
         """Record the vertex counts and kept vertices (``.npz``) for :func:`load_geometry`."""
         from .atomic import atomic_path
@@ -586,14 +827,16 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
     if smoothing_fwhm:
         raise GlmxError("smoothing_fwhm is not available on surfaces", file=bold_path, field="smoothing_fwhm")
     if form == "cifti":
-        img = cifti_image(bold_path)
-        kinds = [img.header.matrix.get_index_map(i).indices_map_to_data_type for i in (0, 1)]
+        info = cifti_header(bold_path, "CIFTI BOLD run")
+        if "kinds" not in info:  # parsed once per file version (the header is cached by cifti_header)
+            info["kinds"] = cifti_map_kinds(info["xml"])
+        kinds = info["kinds"]
         if kinds != ["CIFTI_INDEX_TYPE_SERIES", "CIFTI_INDEX_TYPE_BRAIN_MODELS"]:
-            raise GlmxError(f"expected a dense time series (series × brain models), got {' × '.join(kinds)}",
+            raise GlmxError(f"expected a dense time series (series × brain models), got {' × '.join(map(str, kinds))}",
                             file=bold_path, field="CIFTI axes")
-        # a copy of nibabel's memory map, scaled in place below; in the file's order (time fastest: each
+        # read once, straight from the file, scaled in place below; in the file's order (time fastest: each
         # grayordinate's series contiguous), which the fit reads column block by column block without a transpose
-        Y = np.array(np.asanyarray(img.dataobj), dtype=np.float32, order="K")
+        Y = read_cifti_data(bold_path)
         geometry = CiftiGeometry.of_file(bold_path)
     else:
         left, right = gifti_series(bold_path), gifti_series(mask_path)
@@ -603,8 +846,10 @@ def read_run(bold_path, mask_path, keep=None, smoothing_fwhm=None):
         geometry = GiftiGeometry((left.shape[1], right.shape[1]))
         Y = np.concatenate([left, right], axis=1)
         del left, right
-    if keep is not None:
-        Y = Y[np.asarray(keep, bool)]
+    if keep is not None and not np.all(keep):
+        keep = np.asarray(keep, bool)
+        # rows of a time-fastest (Fortran) array: gathered along the transpose so the copy keeps that order
+        Y = np.compress(keep, Y.T, axis=1).T if Y.flags.f_contiguous and not Y.flags.c_contiguous else Y[keep]
     if form == "gifti":
         # vertices without a usable series (medial wall zeros, NaN) are left out, as outside a volume's mask
         good = np.isfinite(Y).all(axis=0) & (Y.max(axis=0) > Y.min(axis=0))
@@ -713,8 +958,7 @@ def read_map(path):
         Unreadable file or missing right hemisphere, naming the file.
     """
     if file_form(path) == "cifti":
-        img = cifti_image(path)
-        return np.asarray(img.dataobj, dtype=np.float64)[0], CiftiGeometry.of_file(path)
+        return read_cifti_data(path, "CIFTI map")[0].astype(np.float64), CiftiGeometry.of_file(path)
     right = right_of(path)
     parts = [np.asarray(load_gifti(p, "GIfTI map").darrays[0].data, dtype=np.float64).ravel() for p in (path, right)]
     return np.concatenate(parts), GiftiGeometry((len(parts[0]), len(parts[1])))
