@@ -255,7 +255,7 @@ def _check_single_trial(settings, runs, events, designs, spec_file, where):
 
         try:
             load_atlas(opts["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=runs[0].space,
-                       base_dir=str(Path(spec_file).parent))
+                       base_dir=str(Path(spec_file).parent), mask_path=runs[0].mask)
         except GlmxError as exc:
             raise GlmxError(exc.message, file=exc.file or spec_file,
                             field=f"{where}.single_trial.{exc.field or 'atlas'}") from None
@@ -677,5 +677,5 @@ def plan_rest_subject(layout, entry, settings):
         select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
                               source=run.confounds)
     load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],
-               base_dir=Path(settings["_spec_file"]).resolve().parent)
+               base_dir=Path(settings["_spec_file"]).resolve().parent, mask_path=runs[0].mask)
     return runs

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import warnings
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -121,6 +122,40 @@ def _one_thread(method):
     return wrapper
 
 
+def _surface_series(bold_file, mask_file):
+    """A surface run as (locations × time) float32 and the locations used (those with a finite series).
+
+    Parameters
+    ----------
+    bold_file, mask_file : str
+        The run's two files (``io.geometry``): a CIFTI dtseries twice, or the left and right GIfTI.
+
+    Returns
+    -------
+    data : numpy.ndarray of shape (n_locations, n_scans)
+        CIFTI grayordinates, or the left hemisphere's vertices then the right's.
+    mask : numpy.ndarray of bool, shape (n_locations,)
+        Locations whose series is finite (a vertex holding NaN is left out of its parcel's mean).
+
+    Raises
+    ------
+    GlmxError
+        Not a dense time series, or hemispheres of different lengths, naming the file.
+    """
+    from ..io.geometry import gifti_series
+
+    if file_form(bold_file) == "cifti":
+        check_cifti_run(bold_file)
+        data = np.asarray(cifti_image(bold_file).dataobj, dtype=np.float32).T
+    else:
+        left, right = gifti_series(bold_file), gifti_series(mask_file)
+        if left.shape[0] != right.shape[0]:
+            raise GlmxError(f"hemispheres have different lengths: {left.shape[0]} volumes in {Path(bold_file).name}, "
+                            f"{right.shape[0]} in this file", file=mask_file, field="hemi")
+        data = np.ascontiguousarray(np.concatenate([left, right], axis=1).T)
+    return data, np.isfinite(data).all(axis=1)
+
+
 def _tag(entities):
     return "_".join(f"{k}-{v}" for k, v in sorted(entities.items())) or "single"
 
@@ -180,21 +215,17 @@ class DenoiseRun(SimpleInterface):
     @_one_thread
     def _run_interface(self, runtime):
         inp = self.inputs
-        if is_surface_file(inp.bold_file):  # a CIFTI dtseries: grayordinates × time, every grayordinate kept
-            if file_form(inp.bold_file) != "cifti":
-                raise GlmxError("connectivity on GIfTI pairs is not available; use the fsLR CIFTI outputs",
-                                file=inp.bold_file, field="space")
-            check_cifti_run(inp.bold_file)
-            img = cifti_image(inp.bold_file)
-            surface_data = np.asarray(img.dataobj, dtype=np.float32).T
-            mask = np.ones(surface_data.shape[0], bool)
+        surface = is_surface_file(inp.bold_file)
+        if surface:  # locations × time: every grayordinate of a CIFTI, or both hemispheres' vertices (left first)
+            img, surface_data, mask = None, *_surface_series(inp.bold_file, inp.mask_file)
+            n = surface_data.shape[1]
         else:
             img = load_image(inp.bold_file, "BOLD run")
             if len(img.shape) != 4:
                 raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
             mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
+            n = img.shape[3]
         table = read_tsv(inp.confounds_file, "confounds file")
-        n = img.shape[0] if is_surface_file(inp.bold_file) else img.shape[3]
         check_confounds_rows(table, n, inp.confounds_file, inp.bold_file)
         outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
                                 source=inp.confounds_file)
@@ -202,12 +233,13 @@ class DenoiseRun(SimpleInterface):
                                              source=inp.confounds_file)
         clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,
                      low_pass=inp.low_pass, standardize=inp.standardize)
-        surface = is_surface_file(inp.bold_file)
         data = surface_data if surface else np.asarray(img.get_fdata(dtype=np.float32))
         atlas = load_atlas(json.loads(inp.atlas), img, inp.bold_file, space=inp.space or None,
-                           base_dir=inp.atlas_base_dir or None)
+                           base_dir=inp.atlas_base_dir or None, mask_path=inp.mask_file)
         if surface and atlas.kind != "labels":
-            raise GlmxError("on a CIFTI run the atlas must be a dense label file ({'labels_img': '...dlabel.nii'})",
+            raise GlmxError("on a surface run the atlas must be a label atlas: a .dlabel.nii for fsLR CIFTI "
+                            "({'labels_img': '...dlabel.nii'}), a GIfTI label file per hemisphere for fsaverage* "
+                            "({'labels_img': {'L': '...label.gii', 'R': '...label.gii'}})",
                             file=inp.bold_file, field="atlas")
         raw, names = region_signals(atlas, data, None if surface else img.affine, mask)
         series = cc.denoise(raw, confounds, **clean)

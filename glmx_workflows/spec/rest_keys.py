@@ -11,7 +11,10 @@ _ATLAS_OBJECT = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "labels_img": {"type": "string"},
+        # a NIfTI labels image or CIFTI .dlabel.nii, or a GIfTI label file per hemisphere (fsaverage* runs)
+        "labels_img": {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": False,
+                                                      "properties": {"L": {"type": "string"},
+                                                                     "R": {"type": "string"}}}]},
         "maps_img": {"type": "string"},
         "labels_tsv": {"type": "string"},
         "coordinates": {"type": "string"},
@@ -27,7 +30,9 @@ REST_KEYS = {
         {"anyOf": [{"enum": ["dosenbach_2010", "power_2011"]}, _ATLAS_OBJECT]}, "dosenbach_2010",
         "Regions (connectivity): a coordinate atlas packaged in nilearn ('dosenbach_2010', 'power_2011'; no "
         "download) or {name, labels_img + labels_tsv | maps_img [+ labels_tsv] | coordinates [+ radius]}; "
-        "relative paths are read from the spec's folder; images must be on the BOLD grid.",
+        "relative paths are read from the spec's folder; images must be on the BOLD grid. Surfaces: labels_img a "
+        ".dlabel.nii on the fsLR run's grayordinates, or {\"L\": \"lh.label.gii\", \"R\": \"rh.label.gii\"} on "
+        "fsaverage* GIfTI runs (names from the label tables).",
         {"name": "DMN", "coordinates": "dmn.tsv", "radius": 6}),
     "confound_preset": (
         {"anyOf": [{"type": "null"}, {"enum": ["6P", "24P", "36P", "aCompCor"]}]}, "36P",

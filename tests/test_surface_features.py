@@ -1,0 +1,182 @@
+"""Surface features beyond the GLM: connectivity on fsaverage5 GIfTI pairs with a GIfTI label atlas per
+hemisphere (parcel means against numpy on the GIfTI arrays, cleaned by nilearn), its bad inputs, and the
+whole connectivity analysis end to end on the pair."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from glmx_workflows.io.example import make_example_dataset
+
+TASK = "flanker"
+TR = 2.0
+PREP = "derivatives/fmriprep/sub-01/func"
+CONFOUNDS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+N_VERTICES = 10242
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("surffeat") / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=2, shape=(8, 10, 8), n_volumes=90, seed=5, surfaces=True)
+    return root
+
+
+def _label_file(path, labels, table, structure):
+    """A .label.gii as FreeSurfer/Workbench write it: one int32 array, NIFTI_INTENT_LABEL, a label table."""
+    img = nb.gifti.GiftiImage(meta=nb.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
+    for key, name in table.items():
+        lab = nb.gifti.GiftiLabel(key=key, red=0.5, green=0.5, blue=0.5, alpha=1.0)
+        lab.label = name
+        img.labeltable.labels.append(lab)
+    img.add_gifti_data_array(nb.gifti.GiftiDataArray(np.asarray(labels, np.int32), intent="NIFTI_INTENT_LABEL",
+                                                     datatype="NIFTI_TYPE_INT32"))
+    nb.save(img, str(path))
+    return path
+
+
+def _toy_atlas(folder):
+    """Parcels from the packaged fsaverage5 pial coordinates: 3 bands along y per hemisphere, medial wall 0.
+
+    The two hemispheres share the names 'front' and 'back' (as Destrieux does) and have one own name each.
+    """
+    from glmx_workflows.io.example import surface_locations
+
+    loc = surface_locations()["fsaverage5"]
+    labels, paths = {}, {}
+    tables = {"L": {0: "???", 1: "front", 2: "middleL", 3: "back", 7: "unused"},
+              "R": {0: "???", 4: "front", 5: "middleR", 6: "back"}}
+    keys = {"L": (1, 2, 3), "R": (4, 5, 6)}
+    for h, structure in (("L", "CortexLeft"), ("R", "CortexRight")):
+        y = loc[h][:, 1]
+        cuts = np.quantile(y, [1 / 3, 2 / 3])
+        lab = np.select([y > cuts[1], y > cuts[0]], [keys[h][0], keys[h][1]], keys[h][2])
+        lab[loc["medial"][h]] = 0
+        labels[h] = lab
+        paths[h] = _label_file(folder / f"toy_hemi-{h}.label.gii", lab, tables[h], structure)
+    return paths, labels
+
+
+def _gifti_run(root, run):
+    hemis = [nb.load(root / PREP / f"sub-01_task-{TASK}_run-{run}_hemi-{h}_space-fsaverage5_bold.func.gii")
+             for h in "LR"]
+    return [np.stack([d.data for d in g.darrays]).astype(np.float64) for g in hemis]
+
+
+def _denoise_node(root, atlas, run=1, **extra):
+    from glmx_workflows.interfaces.connectivity import DenoiseRun
+
+    left = root / PREP / f"sub-01_task-{TASK}_run-{run}_hemi-L_space-fsaverage5_bold.func.gii"
+    right = root / PREP / f"sub-01_task-{TASK}_run-{run}_hemi-R_space-fsaverage5_bold.func.gii"
+    confounds = root / PREP / f"sub-01_task-{TASK}_run-{run}_desc-confounds_timeseries.tsv"
+    return DenoiseRun(bold_file=str(left), mask_file=str(right), confounds_file=str(confounds),
+                      atlas=json.dumps(atlas), space="fsaverage5", tr=TR, dummy_scans=2, min_volumes=40,
+                      confound_preset="6P", run_entities={"run": str(run)}, **extra)
+
+
+def test_gifti_label_atlas_parcel_means_equal_numpy(dataset, tmp_path):
+    """denoise_run on an fsaverage5 pair: parcel means of the GIfTI arrays computed here with numpy, cleaned by
+    nilearn's signal.clean with the node's settings, within 1e-6; names from the label tables (shared names
+    prefixed by their hemisphere), left hemisphere first; centres on nilearn's fsaverage5 mesh."""
+    from nilearn.signal import clean
+
+    paths, labels = _toy_atlas(tmp_path)
+    node = _denoise_node(dataset, {"name": "toy", "labels_img": {"L": str(paths["L"]), "R": str(paths["R"])}})
+    (tmp_path / "node").mkdir()
+    out = node.run(cwd=str(tmp_path / "node")).outputs
+    ours = pd.read_csv(out.timeseries_file, sep="\t")
+    assert list(ours.columns) == ["L_front", "middleL", "L_back", "R_front", "middleR", "R_back"]
+    left, right = _gifti_run(dataset, 1)
+    direct = np.column_stack([data[2:, labels[h] == k].mean(axis=1)
+                              for h, data, keys in (("L", left, (1, 2, 3)), ("R", right, (4, 5, 6))) for k in keys])
+    conf = pd.read_csv(dataset / PREP / f"sub-01_task-{TASK}_run-1_desc-confounds_timeseries.tsv", sep="\t",
+                       na_values="n/a")[CONFOUNDS].to_numpy()[2:]
+    ref = clean(direct, confounds=conf, detrend=True, standardize="zscore_sample", high_pass=0.01, low_pass=0.08,
+                t_r=TR)
+    np.testing.assert_allclose(ours.to_numpy(), ref, atol=1e-6)
+    regions = pd.read_csv(out.regions_file, sep="\t")
+    assert np.isfinite(regions[["x", "y", "z"]].to_numpy()).all()
+    assert (regions["x"][:3] < 0).all() and (regions["x"][3:] > 0).all()  # left hemisphere at negative x
+    manifest = json.load(open(out.manifest_file))
+    assert manifest[0]["entities"] == {"run": "1", "seg": "toy", "stat": "mean"}
+
+
+def _relabel(path, n):
+    img = nb.load(str(path))
+    data = np.asarray(img.darrays[0].data)
+    img.darrays[0] = nb.gifti.GiftiDataArray(data[:n].astype(np.int32), intent="NIFTI_INTENT_LABEL",
+                                             datatype="NIFTI_TYPE_INT32")
+    nb.save(img, str(path))
+
+
+BAD_ATLAS = {
+    # name: (spec from the paths {'L', 'R'}, mutate(paths), the file named, substrings)
+    "other_vertex_count": (lambda p: {"labels_img": {"L": str(p["L"]), "R": str(p["R"])}},
+                           lambda p: _relabel(p["R"], 2562), "R", ["2562 vertices", "10242", "another mesh"]),
+    "one_hemisphere_given": (lambda p: {"labels_img": {"L": str(p["L"])}}, lambda p: None, "L",
+                             ["both hemispheres"]),
+    "one_label_file_only": (lambda p: {"labels_img": str(p["L"])}, lambda p: None, "L", ["both hemispheres"]),
+    "hemisphere_file_missing": (lambda p: {"labels_img": {"L": str(p["L"]), "R": str(p["R"])}},
+                                lambda p: p["R"].unlink(), "R", ["not found"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ATLAS))
+def test_bad_gifti_label_atlas_is_one_line_naming_the_file(dataset, tmp_path, name):
+    from glmx_workflows.core.errors import GlmxError
+
+    spec_of, mutate, named, needles = BAD_ATLAS[name]
+    paths, _ = _toy_atlas(tmp_path)
+    mutate(paths)
+    (tmp_path / "node").mkdir()
+    with pytest.raises(GlmxError) as err:
+        _denoise_node(dataset, spec_of(paths)).run(cwd=str(tmp_path / "node"))
+    message = str(err.value)
+    assert "\n" not in message and str(paths[named]) in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_connectivity_on_gifti_pairs_end_to_end(dataset, tmp_path):
+    """The connectivity analysis on fsaverage5 pairs, through the CLI: per-run and subject relmats with the
+    label-table names, refusing a label file of another mesh at planning (exit 2, nothing written)."""
+    root = tmp_path / "bids"
+    shutil.copytree(dataset, root)
+    paths, _ = _toy_atlas(tmp_path)
+    entry = {"analysis": "connectivity", "space": "fsaverage5", "confound_preset": "6P", "min_volumes": 40,
+             "dummy_scans": 2, "atlas": {"name": "toy", "labels_img": {"L": paths["L"].name, "R": paths["R"].name}},
+             "connectivity_kinds": ["pearsoncorrelation"]}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({TASK: entry}))
+    out = tmp_path / "out"
+    proc = _cli([str(root), str(out), "participant", "--task", TASK, "--quiet", "--spec", str(spec),
+                 "--work-dir", str(tmp_path / "work")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    func = out / "sub-01" / "func"
+    rel = pd.read_csv(func / f"sub-01_task-{TASK}_space-fsaverage5_seg-toy_stat-pearsoncorrelation_relmat.tsv",
+                      sep="\t", index_col=0)
+    assert list(rel.columns) == ["L_front", "middleL", "L_back", "R_front", "middleR", "R_back"]
+    assert np.allclose(np.diag(rel.to_numpy()), 1.0)
+    for run in (1, 2):
+        assert (func / f"sub-01_task-{TASK}_run-{run}_space-fsaverage5_seg-toy_stat-mean_timeseries.tsv").is_file()
+
+    _relabel(paths["L"], 642)
+    out2 = tmp_path / "out2"
+    proc = _cli([str(root), str(out2), "participant", "--task", TASK, "--quiet", "--spec", str(spec),
+                 "--work-dir", str(tmp_path / "work2")], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-1500:]
+    assert str(paths["L"]) in lines[0] and "642 vertices" in lines[0], lines[0]
+    assert not (out2 / "sub-01").exists()
+
+
+def _cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "glmx_workflows.cli.run", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
