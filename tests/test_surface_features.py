@@ -180,3 +180,121 @@ def test_connectivity_on_gifti_pairs_end_to_end(dataset, tmp_path):
 def _cli(args, cwd):
     return subprocess.run([sys.executable, "-m", "glmx_workflows.cli.run", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+# ------------------------------------------------------------------------------------------ single trial
+CONTRASTS = {"incongruentVcongruent": "incongruent - congruent"}
+
+
+def _run_single_trial(root, tmp, space, single_trial):
+    from glmx_workflows.api import Subject
+
+    entry = {"confound_regressors": CONFOUNDS, "modulators": [], "block_identifier": None, "space": space,
+             "design_contrasts": dict(CONTRASTS), "condition_maps": False, "single_trial": single_trial}
+    spec = tmp / "spec.json"
+    spec.write_text(json.dumps({TASK: entry}))
+    out = tmp / "out"
+    Subject("01", TASK, root, spec=spec, output_dir=out, work_dir=tmp / "work").run(plugin="Linear")
+    return out / "sub-01" / "func"
+
+
+def _nilearn_trial_betas(root, Y, onsets, method):
+    """Betas of the trials at ``onsets`` from nilearn's array GLM on ``Y`` (run 1): one run_glm per trial
+    (LSS: the trial its own regressor, the others grouped by condition) or one fit with every trial its own
+    regressor (LSA); design by nilearn from the raw events and motion confounds."""
+    from nilearn.glm.contrasts import compute_contrast
+    from nilearn.glm.first_level import make_first_level_design_matrix, run_glm
+    from nilearn.glm.first_level.first_level import mean_scaling
+
+    events = pd.read_csv(root / "sub-01" / "func" / f"sub-01_task-{TASK}_run-1_events.tsv",
+                         sep="\t")[["onset", "duration", "trial_type"]]
+    conf = pd.read_csv(root / PREP / f"sub-01_task-{TASK}_run-1_desc-confounds_timeseries.tsv", sep="\t",
+                       na_values="n/a")[CONFOUNDS]
+    conf = conf.fillna(conf.mean())
+    scaled = mean_scaling(Y)[0]
+
+    def fit(ev):
+        X = make_first_level_design_matrix(np.arange(len(Y)) * TR, ev, hrf_model="glover", drift_model="cosine",
+                                           high_pass=0.01, add_regs=conf.to_numpy(), add_reg_names=CONFOUNDS)
+        labels, results = run_glm(scaled, X.to_numpy(), noise_model="ar1")
+        return X, labels, results
+
+    def beta(X, labels, results, column):
+        return compute_contrast(labels, results, (X.columns == column).astype(float)).effect_size()
+
+    index = [int(np.flatnonzero(np.isclose(events["onset"], o))[0]) for o in onsets]
+    if method == "lsa":
+        ev = events.copy()
+        ev["trial_type"] = [f"zz{i:03d}" for i in range(len(ev))]
+        X, labels, results = fit(ev)
+        return [beta(X, labels, results, f"zz{i:03d}") for i in index]
+    out = []
+    for i in index:
+        ev = events.copy()
+        ev.loc[i, "trial_type"] = "zztrial"
+        out.append(beta(*fit(ev), "zztrial"))
+    return out
+
+
+def test_single_trial_on_gifti_pairs_equals_nilearn_loop(dataset, tmp_path):
+    """LSS on fsaverage5 pairs through the first-level workflow: per hemisphere a .func.gii with one data array
+    of 10242 vertices per trial (named by trial and onset), equal to a loop of nilearn run_glm fits on the
+    same arrays (kept vertices), zero on the left-out medial wall."""
+    func = _run_single_trial(dataset, tmp_path, "fsaverage5", {"method": "lss", "conditions": ["incongruent"]})
+    stem = f"sub-01_task-{TASK}_run-1"
+    table = pd.read_csv(func / f"{stem}_space-fsaverage5_desc-incongruent_betaseries.tsv", sep="\t")
+    parts = []
+    for h in "LR":
+        img = nb.load(func / f"{stem}_hemi-{h}_space-fsaverage5_desc-incongruent_betaseries.func.gii")
+        assert len(img.darrays) == len(table) >= 5
+        assert all(d.data.shape == (N_VERTICES,) for d in img.darrays)
+        names = [d.meta["Name"] for d in img.darrays]
+        assert names[0] == f"trial-001_onset-{table['onset'][0]:g}"
+        parts.append(np.stack([d.data for d in img.darrays]))
+    ours = np.concatenate(parts, axis=1)
+    left, right = _gifti_run(dataset, 1)
+    Y = np.concatenate([left, right], axis=1)
+    kept = Y.max(axis=0) > Y.min(axis=0)
+    assert 0 < (~kept).sum() < 1000 and np.all(ours[:, ~kept] == 0)
+    theirs = _nilearn_trial_betas(dataset, Y[:, kept], table["onset"][:3], "lss")
+    for k, ref in enumerate(theirs):
+        # nilearn bins the AR(1) coefficients (100 bins); over 20k vertices read as float32 (glmx) or float64
+        # (here) a vertex or two may fall in the neighbouring bin: those differ by < 2 % of the maps' sd
+        diff = np.abs(ours[k, kept] - ref)
+        assert (diff > 1e-4 * ref.std()).sum() <= 3 and diff.max() < 2e-2 * ref.std(), (k, diff.max(), ref.std())
+
+
+def test_single_trial_on_cifti_equals_nilearn_lsa_and_keeps_the_axis(dataset, tmp_path):
+    """LSA on the fsLR dtseries with a dlabel atlas: a .dscalar.nii with one named map per trial on the input's
+    brain-model axis, equal to nilearn's LSA fit on the same arrays; the beta-series relmat over the parcels."""
+    bold = dataset / PREP / f"sub-01_task-{TASK}_run-1_space-fsLR_den-91k_bold.dtseries.nii"
+    img = nb.load(bold)
+    axis = img.header.get_axis(1)
+    labels = np.zeros(len(axis), int)
+    for k, (_, sl, _) in enumerate(axis.iter_structures()):
+        labels[np.arange(len(axis))[sl]] = k + 1
+    names = [f"s{k + 1}" for k in range(labels.max())]
+    label_axis = nb.cifti2.LabelAxis(["parcels"], [{0: ("???", (0, 0, 0, 0)),
+                                                    **{k + 1: (n, (1, 0, 0, 1)) for k, n in enumerate(names)}}])
+    atlas = tmp_path / "structures.dlabel.nii"
+    nb.save(nb.Cifti2Image(labels[None].astype(np.float32), header=(label_axis, axis)), atlas)
+    func = _run_single_trial(dataset, tmp_path, "fsLR:den-91k",
+                             {"method": "lsa", "atlas": {"name": "structures", "labels_img": str(atlas)}})
+    stem = f"sub-01_task-{TASK}_run-1"
+    for cond in ("congruent", "incongruent"):
+        table = pd.read_csv(func / f"{stem}_space-fsLR_den-91k_desc-{cond}_betaseries.tsv", sep="\t")
+        out = nb.load(func / f"{stem}_space-fsLR_den-91k_desc-{cond}_betaseries.dscalar.nii")
+        assert out.header.get_axis(1) == axis
+        scalar = out.header.get_axis(0)
+        assert isinstance(scalar, nb.cifti2.ScalarAxis) and len(scalar) == len(table) >= 5
+        assert scalar.name[1] == f"trial-002_onset-{table['onset'][1]:g}"
+        ours = np.asarray(out.dataobj)
+        theirs = _nilearn_trial_betas(dataset, np.asarray(img.dataobj, np.float64), table["onset"], "lsa")
+        for k, ref in enumerate(theirs):
+            err = np.abs(ours[k] - ref).max()
+            assert err < 1e-4 * ref.std(), (cond, k, err, ref.std())
+        rel = pd.read_csv(func / f"{stem}_space-fsLR_den-91k_seg-structures_stat-pearsoncorrelation_desc-{cond}_"
+                                 "relmat.tsv", sep="\t", index_col=0)
+        assert list(rel.columns) == names
+        parcel_means = np.column_stack([ours[:, labels == k].mean(axis=1) for k in range(1, labels.max() + 1)])
+        np.testing.assert_allclose(rel.to_numpy(), np.corrcoef(parcel_means.T), atol=1e-5)
