@@ -298,3 +298,110 @@ def test_single_trial_on_cifti_equals_nilearn_lsa_and_keeps_the_axis(dataset, tm
         assert list(rel.columns) == names
         parcel_means = np.column_stack([ours[:, labels == k].mean(axis=1) for k in range(1, labels.max() + 1)])
         np.testing.assert_allclose(rel.to_numpy(), np.corrcoef(parcel_means.T), atol=1e-5)
+
+
+# ------------------------------------------------------------------------- fsLR meshes from fMRIPrep's anat
+N_FSLR = 32492  # vertices of an fsLR den-32k hemisphere
+
+
+@pytest.fixture(scope="module")
+def fslr_group(tmp_path_factory):
+    """A BIDS skeleton of 4 subjects, their subject-level fsLR effect/variance maps (a planted patch on the
+    mesh), and fMRIPrep-style fsLR midthickness meshes: 32492 vertices whose first 10242 carry nilearn's
+    fsaverage5 triangles (jittered per subject), the CIFTI maps on those 10242 vertices of each hemisphere."""
+    from glmx_workflows.io.meshes import packaged_mesh
+
+    root = tmp_path_factory.mktemp("fslrgroup")
+    bids = make_example_dataset(root / "bids", n_subjects=4, n_runs=1, shape=(6, 6, 6), n_volumes=30, seed=1)
+    spec = json.loads((bids / "task_information.json").read_text())
+    spec[TASK].update(space="fsLR", group_level_regressors=[])
+    (bids / "task_information.json").write_text(json.dumps(spec))
+    mesh = packaged_mesh("fsaverage5")
+    axis = (nb.cifti2.BrainModelAxis.from_surface(np.arange(N_VERTICES), N_FSLR, "CortexLeft")
+            + nb.cifti2.BrainModelAxis.from_surface(np.arange(N_VERTICES), N_FSLR, "CortexRight")
+            + nb.cifti2.BrainModelAxis.from_mask(np.ones((3, 3, 3), bool), "ThalamusLeft", affine=np.eye(4)))
+    coords = mesh["L"][0]
+    patch = np.linalg.norm(coords - coords[100], axis=1) < 20  # left hemisphere, connected on the mesh
+    rng = np.random.default_rng(3)
+    out = root / "out"
+    subjects = ["01", "02", "03", "04"]
+    for i, sub in enumerate(subjects):
+        func = out / f"sub-{sub}" / "func"
+        func.mkdir(parents=True)
+        effect = rng.normal(0, 1, len(axis))
+        effect[:N_VERTICES][patch] = rng.normal(6.0, 0.3, patch.sum())  # t of 3 dof: a clear effect
+        for stat, values in (("effect", effect), ("variance", np.ones(len(axis)))):
+            nb.save(nb.Cifti2Image(values[None].astype(np.float32), header=(nb.cifti2.ScalarAxis(["map"]), axis)),
+                    func / f"sub-{sub}_task-{TASK}_space-fsLR_den-91k_contrast-task_stat-{stat}_statmap.dscalar.nii")
+        anat = bids / "derivatives" / "fmriprep" / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        for h in "LR":
+            xyz = np.zeros((N_FSLR, 3), np.float32)
+            xyz[:N_VERTICES] = mesh[h][0] + rng.normal(0, 0.5, (N_VERTICES, 3))
+            img = nb.gifti.GiftiImage()
+            img.add_gifti_data_array(nb.gifti.GiftiDataArray(xyz, intent="NIFTI_INTENT_POINTSET",
+                                                             datatype="NIFTI_TYPE_FLOAT32"))
+            img.add_gifti_data_array(nb.gifti.GiftiDataArray(mesh[h][1].astype(np.int32),
+                                                             intent="NIFTI_INTENT_TRIANGLE", datatype="NIFTI_TYPE_INT32"))
+            nb.save(img, str(anat / f"sub-{sub}_hemi-{h}_space-fsLR_den-32k_midthickness.surf.gii"))
+            # fMRIPrep's native-space mesh beside it: other vertices, never taken for the fsLR template
+            nb.save(nb.gifti.GiftiImage(darrays=[
+                nb.gifti.GiftiDataArray(np.zeros((5, 3), np.float32), intent="NIFTI_INTENT_POINTSET"),
+                nb.gifti.GiftiDataArray(np.array([[0, 1, 2]], np.int32), intent="NIFTI_INTENT_TRIANGLE")]),
+                str(anat / f"sub-{sub}_hemi-{h}_midthickness.surf.gii"))
+    return bids, out, subjects, patch
+
+
+def test_fslr_meshes_found_in_fmriprep_anat_and_averaged(fslr_group, tmp_path):
+    from glmx_workflows.io.bids import open_layout
+    from glmx_workflows.io.meshes import find_fslr_meshes, group_fslr_meshes, read_mesh
+
+    bids, _, subjects, _ = fslr_group
+    layout = open_layout(bids)
+    found = find_fslr_meshes(layout, subjects)
+    assert sorted(found) == subjects
+    assert all(p.endswith(f"sub-{s}_hemi-{h}_space-fsLR_den-32k_midthickness.surf.gii")
+               for s, hemis in found.items() for h, p in hemis.items())
+    meshes, used = group_fslr_meshes(layout, subjects, tmp_path / "meshes")
+    assert used == subjects
+    for h in "LR":
+        coords, faces = read_mesh(meshes[h])
+        sources = [read_mesh(found[s][h]) for s in subjects]
+        np.testing.assert_allclose(coords, np.mean([c for c, _ in sources], axis=0), atol=1e-5)
+        assert np.array_equal(faces, sources[0][1])
+
+
+def test_group_cluster_on_fslr_uses_the_fmriprep_meshes(fslr_group, tmp_path):
+    """Without 'surface_meshes' the group's cluster extent on fsLR takes its neighbours from fMRIPrep's anat
+    meshes: the same maps as with the meshes given explicitly; the planted patch is the one cluster; without
+    meshes in the derivatives the method is refused before any work, saying what to provide."""
+    from glmx_workflows.api import GroupLevel
+    from glmx_workflows.core.errors import GlmxError
+
+    bids, out, subjects, patch = fslr_group
+    kwargs = dict(contrasts=["task"], group_inference=["cluster"], group_cluster_extent=10)
+    found = GroupLevel(TASK, bids, output_dir=out, work_dir=tmp_path / "work", **kwargs)
+    result = found.run(plugin="Linear")
+    assert any("average midthickness of 4 subject(s)" in line for line in result.log)
+    name = f"task-{TASK}_space-fsLR_den-91k_contrast-task_stat-z_desc-cluster_statmap.dscalar.nii"
+    auto = np.asarray(nb.load(out / "group" / name).dataobj)[0]
+    kept = auto[:N_VERTICES] != 0
+    assert kept[patch].mean() > 0.9 and not kept[~patch].any()
+
+    anat = bids / "derivatives" / "fmriprep" / "sub-01" / "anat"
+    given = {h: str(anat / f"sub-01_hemi-{h}_space-fsLR_den-32k_midthickness.surf.gii") for h in "LR"}
+    explicit_out = tmp_path / "explicit"
+    shutil.copytree(out, explicit_out, ignore=shutil.ignore_patterns("group"))
+    GroupLevel(TASK, bids, output_dir=explicit_out, work_dir=tmp_path / "work2", surface_meshes=given,
+               **kwargs).run(plugin="Linear")
+    np.testing.assert_array_equal(np.asarray(nb.load(explicit_out / "group" / name).dataobj)[0], auto)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(bids, bare, ignore=shutil.ignore_patterns("*midthickness.surf.gii"))
+    bare_out = tmp_path / "bare_out"
+    shutil.copytree(out, bare_out, ignore=shutil.ignore_patterns("group"))
+    with pytest.raises(GlmxError) as err:
+        GroupLevel(TASK, bare, output_dir=bare_out, work_dir=tmp_path / "work3", **kwargs).run(plugin="Linear")
+    message = str(err.value)
+    assert "surface_meshes" in message and "space-fsLR_den-32k_midthickness.surf.gii" in message, message
+    assert not (bare_out / "group").exists()
