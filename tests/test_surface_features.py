@@ -152,7 +152,7 @@ def test_connectivity_on_gifti_pairs_end_to_end(dataset, tmp_path):
     paths, _ = _toy_atlas(tmp_path)
     entry = {"analysis": "connectivity", "space": "fsaverage5", "confound_preset": "6P", "min_volumes": 40,
              "dummy_scans": 2, "atlas": {"name": "toy", "labels_img": {"L": paths["L"].name, "R": paths["R"].name}},
-             "connectivity_kinds": ["pearsoncorrelation"]}
+             "connectivity_kinds": ["pearsoncorrelation"], "seeds": {"front": "L_front"}}
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({TASK: entry}))
     out = tmp_path / "out"
@@ -166,6 +166,32 @@ def test_connectivity_on_gifti_pairs_end_to_end(dataset, tmp_path):
     assert np.allclose(np.diag(rel.to_numpy()), 1.0)
     for run in (1, 2):
         assert (func / f"sub-01_task-{TASK}_run-{run}_space-fsaverage5_seg-toy_stat-mean_timeseries.tsv").is_file()
+    # the parcel seed's map on every vertex, per hemisphere: Fisher z of the correlation of nilearn-cleaned series
+    from nilearn.signal import clean
+
+    def cleaned(x, run):
+        conf = pd.read_csv(root / PREP / f"sub-01_task-{TASK}_run-{run}_desc-confounds_timeseries.tsv", sep="\t",
+                           na_values="n/a")[CONFOUNDS].to_numpy()[2:]
+        return clean(x[2:], confounds=conf, detrend=True, standardize="zscore_sample", high_pass=0.01,
+                     low_pass=0.08, t_r=TR)
+
+    labels = {h: nb.load(str(paths[h])).darrays[0].data for h in "LR"}
+    refs = []
+    for run in (1, 2):
+        left, right = _gifti_run(root, run)
+        Y = np.concatenate([left, right], axis=1)
+        seed = cleaned(left[:, labels["L"] == 1].mean(axis=1, keepdims=True), run)[:, 0]
+        varying = np.flatnonzero(Y.max(axis=0) > Y.min(axis=0))[::50]
+        V = cleaned(Y[:, varying], run)
+        r = np.array([np.corrcoef(seed, v)[0, 1] for v in V.T])
+        refs.append((varying, np.arctanh(r)))
+        maps = np.concatenate([nb.load(func / f"sub-01_task-{TASK}_run-{run}_hemi-{h}_space-fsaverage5_stat-z_"
+                                               "desc-front_boldmap.func.gii").darrays[0].data for h in "LR"])
+        assert maps.shape == (2 * N_VERTICES,)
+        np.testing.assert_allclose(maps[varying], np.arctanh(r), atol=1e-4)
+    mean = np.concatenate([nb.load(func / f"sub-01_task-{TASK}_hemi-{h}_space-fsaverage5_stat-z_desc-front_boldmap"
+                                          ".func.gii").darrays[0].data for h in "LR"])
+    np.testing.assert_allclose(mean[refs[0][0]], (refs[0][1] + refs[1][1]) / 2, atol=1e-4)
 
     _relabel(paths["L"], 642)
     out2 = tmp_path / "out2"
@@ -175,6 +201,27 @@ def test_connectivity_on_gifti_pairs_end_to_end(dataset, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-1500:]
     assert str(paths["L"]) in lines[0] and "642 vertices" in lines[0], lines[0]
     assert not (out2 / "sub-01").exists()
+
+
+@pytest.mark.parametrize("seeds, needles", [
+    ({"pcc": [0.0, -52.0, 26.0]}, ["seed 'pcc' is MNI coordinates", "names a parcel"]),
+    ({"pcc": "nowhere"}, ["parcel 'nowhere'", "L_front"]),
+])
+def test_bad_surface_seeds_refused_at_planning(dataset, tmp_path, seeds, needles):
+    from glmx_workflows.api import RestingState
+    from glmx_workflows.core.errors import GlmxError
+
+    paths, _ = _toy_atlas(tmp_path)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({TASK: {"analysis": "connectivity", "space": "fsaverage5", "min_volumes": 40,
+                                       "confound_preset": "6P", "seeds": seeds,
+                                       "atlas": {"labels_img": {"L": str(paths["L"]), "R": str(paths["R"])}}}}))
+    with pytest.raises(GlmxError) as err:
+        RestingState("01", TASK, dataset, spec=spec, output_dir=tmp_path / "out").runs()
+    message = str(err.value)
+    assert str(spec) in message and f"{TASK}.seeds.pcc" in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
 
 
 def _cli(args, cwd):

@@ -156,6 +156,56 @@ def _surface_series(bold_file, mask_file):
     return data, np.isfinite(data).all(axis=1)
 
 
+def _seed_maps(inp, data, mask, affine, raw, names, confounds, clean, cwd):
+    """Fisher-z maps of the seeds: MNI spheres (volumes), or parcels of the label atlas by name (any run).
+
+    On surfaces a seed is a parcel: its raw mean series (as in the time series TSV, before cleaning), cleaned
+    like every location's, correlated with every grayordinate / vertex. Maps are written in the run's own form
+    (NIfTI; CIFTI dscalar with the run's brain models; a GIfTI pair, named by its left file).
+
+    Returns
+    -------
+    dict
+        ``{seed name: path}``.
+    """
+    surface = affine is None
+    coordinate = sorted(n for n, v in inp.seeds.items() if not isinstance(v, str))
+    if coordinate and (surface or (inp.space and not inp.space.startswith("MNI"))):
+        raise GlmxError(f"seed '{coordinate[0]}' is MNI coordinates but the BOLD is in space '{inp.space}'"
+                        + ("; on surfaces a seed names a parcel of the atlas (\"seeds\": {\"PCC\": \"<parcel name>\"})"
+                           if surface else ""), file=inp.bold_file, field="seeds")
+    for name, value in sorted(inp.seeds.items()):
+        if isinstance(value, str) and value not in names:
+            raise GlmxError(f"seed '{name}' names parcel '{value}', which the atlas does not have (parcels: "
+                            f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})", file=inp.bold_file,
+                            field="seeds")
+    if surface:
+        from ..io.geometry import CiftiGeometry, GiftiGeometry, gifti_shape
+
+        used = mask & (data.max(axis=1) > data.min(axis=1))  # constant series (medial wall) carry no correlation
+        if file_form(inp.bold_file) == "cifti":
+            geometry = CiftiGeometry.of_file(inp.bold_file)
+        else:
+            geometry = GiftiGeometry((gifti_shape(inp.bold_file)[1], gifti_shape(inp.mask_file)[1]))
+        locations = cc.denoise_many(data[used].T, confounds, **clean)
+    else:
+        used = mask
+        locations = cc.denoise_many(data[mask].T, confounds, **clean)
+    out = {}
+    for name, value in sorted(inp.seeds.items()):
+        if isinstance(value, str):
+            seed = cc.denoise(raw[:, [names.index(value)]], confounds, **clean)
+        else:
+            seed = cc.denoise(cc.spheres_signals(data, [value], affine, mask, inp.seed_radius), confounds, **clean)
+        values = cc.seed_map(locations, seed[:, 0]).astype(np.float32)
+        if surface:
+            out[name] = geometry.write(values, os.path.join(cwd, f"seed_{name}"), mask=used)[0][0]
+        else:
+            out[name] = os.path.join(cwd, f"seed_{name}.nii.gz")
+            write_image(unmask(values, mask, affine), out[name])
+    return out
+
+
 def _tag(entities):
     return "_".join(f"{k}-{v}" for k, v in sorted(entities.items())) or "single"
 
@@ -183,7 +233,8 @@ class DenoiseRunInputSpec(BaseInterfaceInputSpec):
     high_pass = traits.Either(None, traits.Float, default=0.01, usedefault=True, desc="high-pass edge (Hz); None: off")
     low_pass = traits.Either(None, traits.Float, default=0.08, usedefault=True, desc="low-pass edge (Hz); None: off")
     standardize = traits.Bool(True, usedefault=True, desc="z-score the cleaned series")
-    seeds = traits.Dict(traits.Str, traits.List(traits.Float), usedefault=True, desc="{name: [x, y, z]} MNI mm")
+    seeds = traits.Dict(traits.Str, traits.Either(traits.List(traits.Float), traits.Str), usedefault=True,
+                        desc="{name: [x, y, z] MNI mm, or the name of a parcel of a label atlas (surfaces)}")
     seed_radius = traits.Float(6.0, usedefault=True, desc="seed sphere radius (mm)")
 
 
@@ -260,16 +311,8 @@ class DenoiseRun(SimpleInterface):
                     {"path": out_path, "suffix": "outliers", "entities": {**run_ent, "space": ""}}]
         seeds = {}
         if inp.seeds:
-            if inp.space and not inp.space.startswith("MNI"):
-                raise GlmxError(f"seeds are MNI coordinates but the BOLD is in space '{inp.space}'",
-                                file=inp.bold_file, field="seeds")
-            voxels = cc.denoise_many(data[mask].T, confounds, **clean)
-            for name, xyz in sorted(inp.seeds.items()):
-                seed = cc.denoise(cc.spheres_signals(data, [xyz], img.affine, mask, inp.seed_radius), confounds,
-                                  **clean)
-                path = os.path.join(cwd, f"seed_{name}.nii.gz")
-                write_image(unmask(cc.seed_map(voxels, seed[:, 0]).astype(np.float32), mask, img.affine), path)
-                seeds[name] = path
+            seeds = _seed_maps(inp, data, mask, None if surface else img.affine, raw, names, confounds, clean, cwd)
+            for name, path in seeds.items():
                 manifest.append({"path": path, "suffix": "boldmap", "entities": {**run_ent, "desc": name,
                                                                                 "stat": "z"}})
         self._results.update(timeseries_file=ts_path, outliers_file=out_path, regions_file=reg_path,
@@ -355,10 +398,17 @@ class ComputeConnectivity(SimpleInterface):
         seed_runs = [_read_json(f)["maps"] for f in inp.seeds_files]
         if several and inp.run_combination != "separate":
             for name in sorted(seed_runs[0]):
-                imgs = [load_image(s[name], "seed map") for s in seed_runs]
-                mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
-                path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
-                write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
+                if is_surface_file(seed_runs[0][name]):  # the mean map in the runs' own form (io.geometry)
+                    from ..io.geometry import read_map
+
+                    maps = [read_map(s[name]) for s in seed_runs]
+                    mean = np.mean([v for v, _ in maps], axis=0).astype(np.float32)
+                    path = maps[0][1].write(mean, os.path.join(cwd, f"seed_{name}_mean"))[0][0]
+                else:
+                    imgs = [load_image(s[name], "seed map") for s in seed_runs]
+                    mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
+                    path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
+                    write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
                 manifest.append({"path": path, "suffix": "boldmap", "entities": {"desc": name, "stat": "z"}})
         self._results["matrices_file"] = _write_json(cwd, "matrices.json", matrices)
         self._results["manifest_file"] = _write_json(cwd, "manifest.json", manifest)

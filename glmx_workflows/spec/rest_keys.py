@@ -59,10 +59,12 @@ REST_KEYS = {
         "Several runs: per-run matrices plus their average (Fisher z for correlations), the per-run denoised "
         "series concatenated into one matrix, or per-run matrices only.", "concatenate"),
     "seeds": (
-        {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 3,
-                                                    "maxItems": 3}}, {},
-        "Seed-based connectivity: {name: [x, y, z]} MNI mm; each gives a voxelwise Fisher-z map "
-        "(stat-z_desc-<name>_boldmap).", {"PCC": [0, -52, 26]}),
+        {"type": "object", "additionalProperties": {"anyOf": [
+            {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+            {"type": "string", "minLength": 1}]}}, {},
+        "Seed-based connectivity: {name: [x, y, z]} MNI mm (volumes), or {name: 'parcel name'} a parcel of a label "
+        "atlas (surfaces: dlabel or GIfTI labels; volumes: labels images); each gives a Fisher-z map of every "
+        "voxel/grayordinate/vertex (stat-z_desc-<name>_boldmap, in the run's own form).", {"PCC": [0, -52, 26]}),
     "seed_radius": ({"type": "number", "exclusiveMinimum": 0}, 6.0, "Radius (mm) of the seed spheres.", 8),
     "connectivity_group_column": (
         {"anyOf": [{"type": "null"}, {"type": "string"}]}, None,
