@@ -287,7 +287,10 @@ def test_single_trial_on_gifti_pairs_equals_nilearn_loop(dataset, tmp_path):
     """LSS on fsaverage5 pairs through the first-level workflow: per hemisphere a .func.gii with one data array
     of 10242 vertices per trial (named by trial and onset), equal to a loop of nilearn run_glm fits on the
     same arrays (kept vertices), zero on the left-out medial wall."""
-    func = _run_single_trial(dataset, tmp_path, "fsaverage5", {"method": "lss", "conditions": ["incongruent"]})
+    paths, labels = _toy_atlas(tmp_path)
+    func = _run_single_trial(dataset, tmp_path, "fsaverage5", {
+        "method": "lss", "conditions": ["incongruent"],
+        "atlas": {"name": "toy", "labels_img": {"L": str(paths["L"]), "R": str(paths["R"])}}})
     stem = f"sub-01_task-{TASK}_run-1"
     table = pd.read_csv(func / f"{stem}_space-fsaverage5_desc-incongruent_betaseries.tsv", sep="\t")
     parts = []
@@ -303,6 +306,13 @@ def test_single_trial_on_gifti_pairs_equals_nilearn_loop(dataset, tmp_path):
     Y = np.concatenate([left, right], axis=1)
     kept = Y.max(axis=0) > Y.min(axis=0)
     assert 0 < (~kept).sum() < 1000 and np.all(ours[:, ~kept] == 0)
+    # beta-series connectivity over the GIfTI label parcels: the correlation of the parcel means of these maps
+    rel = pd.read_csv(func / f"{stem}_space-fsaverage5_seg-toy_stat-pearsoncorrelation_desc-incongruent_relmat.tsv",
+                      sep="\t", index_col=0)
+    assert list(rel.columns) == ["L_front", "middleL", "L_back", "R_front", "middleR", "R_back"]
+    both = np.concatenate([labels["L"], labels["R"]])
+    means = np.column_stack([ours[:, both == k].mean(axis=1) for k in range(1, 7)])
+    np.testing.assert_allclose(rel.to_numpy(), np.corrcoef(means.T), atol=1e-5)
     theirs = _nilearn_trial_betas(dataset, Y[:, kept], table["onset"][:3], "lss")
     for k, ref in enumerate(theirs):
         # nilearn bins the AR(1) coefficients (100 bins); over 20k vertices read as float32 (glmx) or float64
