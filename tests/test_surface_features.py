@@ -462,3 +462,18 @@ def test_group_cluster_on_fslr_uses_the_fmriprep_meshes(fslr_group, tmp_path):
     message = str(err.value)
     assert "surface_meshes" in message and "space-fsLR_den-32k_midthickness.surf.gii" in message, message
     assert not (bare_out / "group").exists()
+
+
+def test_connectome_figure_of_a_few_parcels(tmp_path):
+    """The report's glass-brain connectome of a 6-parcel surface atlas (two tight hemispheric blocks: nilearn's
+    '98%' string threshold keeps no edge there and fails) draws its strongest edges; an all-zero matrix draws
+    the nodes alone."""
+    from glmx_workflows.reports.rest import plot_connectome_glass
+
+    block = np.full((3, 3), 0.9997)
+    m = np.block([[block, np.full((3, 3), 0.87)], [np.full((3, 3), 0.87), block]])
+    np.fill_diagonal(m, 1.0)
+    centres = np.array([[-30, 20, 10], [-35, -20, 20], [-30, -60, 20], [30, 20, 10], [35, -20, 20], [30, -60, 20.0]])
+    for name, matrix in (("blocks", m), ("zeros", np.zeros((6, 6)))):
+        path = plot_connectome_glass(matrix, centres, tmp_path / f"{name}.png", name)
+        assert path.stat().st_size > 1000
