@@ -16,7 +16,8 @@ download) or an object:
   "rh.label.gii"}}``: one GIfTI label file per hemisphere, each with the vertex count of that hemisphere's
   BOLD. Parcels are the keys of each file's label table present in its data (0 is background), left
   hemisphere first, each hemisphere's in key order; their names come from the label tables, prefixed with
-  ``L_``/``R_`` only when both hemispheres use the same name (Destrieux), so that names stay unique.
+  ``L_``/``R_`` only when both hemispheres use the same name (Destrieux), suffixed ``_<key>`` when one table
+  gives a name to several keys, so that names stay unique.
 
 Relative paths are read from the spec file's folder. Image atlases must be on the BOLD grid (the same
 shape and affine): a mismatch is one line naming both files, never a silent resampling.
@@ -390,7 +391,10 @@ def _gifti_atlas(spec, bold_path, mask_path, base_dir):
     raw_names = {}
     for h in "LR":
         data, table = parts[h]
-        raw_names[h] = [(int(v), table.get(int(v), str(int(v)))) for v in np.unique(data) if v > 0]
+        keys = [int(v) for v in np.unique(data) if v > 0]
+        named = [table.get(k, str(k)) for k in keys]
+        # a name given to several keys of one table (an 'Unknown' or unnamed key): the key tells them apart
+        raw_names[h] = [(k, f"{n}_{k}" if named.count(n) > 1 else n) for k, n in zip(keys, named)]
     shared = {n for _, n in raw_names["L"]} & {n for _, n in raw_names["R"]}
     labels, names, offset = [], [], 0
     for h in "LR":
@@ -402,10 +406,6 @@ def _gifti_atlas(spec, bold_path, mask_path, base_dir):
         labels.append(np.where(data > 0, lut[np.clip(data, 0, None)], 0))
         names += [f"{h}_{n}" if n in shared else n for _, n in raw_names[h]]
         offset += len(raw_names[h])
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise GlmxError(f"label names repeat within a hemisphere ({', '.join(dup[:5])}); names must be unique",
-                        file=paths["L"], field="atlas.labels_img")
     labels = np.concatenate(labels)
     values = list(range(1, offset + 1))
     return Atlas(kind="labels", name=seg_label(spec.get("name", Path(paths["L"]).name.split(".")[0])), names=names,
