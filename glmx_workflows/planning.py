@@ -255,7 +255,7 @@ def _check_single_trial(settings, runs, events, designs, spec_file, where):
 
         try:
             load_atlas(opts["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=runs[0].space,
-                       base_dir=str(Path(spec_file).parent))
+                       base_dir=str(Path(spec_file).parent), mask_path=runs[0].mask)
         except GlmxError as exc:
             raise GlmxError(exc.message, file=exc.file or spec_file,
                             field=f"{where}.single_trial.{exc.field or 'atlas'}") from None
@@ -676,6 +676,23 @@ def plan_rest_subject(layout, entry, settings):
                          settings["min_volumes"], source=run.confounds)
         select_rest_confounds(table, settings["confound_preset"], settings["confound_regressors"],
                               source=run.confounds)
-    load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],
-               base_dir=Path(settings["_spec_file"]).resolve().parent)
+    atlas = load_atlas(settings["atlas"], load_image(runs[0].bold, "BOLD run"), runs[0].bold, space=settings["space"],
+                       base_dir=Path(settings["_spec_file"]).resolve().parent, mask_path=runs[0].mask)
+    _check_seeds(settings, atlas, runs[0], entry)
     return runs
+
+
+def _check_seeds(settings, atlas, run, entry):
+    """A seed names a parcel of the atlas, or is MNI coordinates on an MNI volume (surfaces: parcels only)."""
+    from .io.geometry import is_surface_file
+
+    for name, value in sorted(settings["seeds"].items()):
+        where = f"{entry['_task']}.seeds.{name}"
+        if isinstance(value, str) and value not in atlas.names:
+            raise GlmxError(f"seed '{name}' names parcel '{value}', which atlas '{atlas.name}' does not have (parcels: "
+                            f"{', '.join(atlas.names[:8])}{', ...' if len(atlas.names) > 8 else ''})",
+                            file=entry["_spec_file"], field=where)
+        if not isinstance(value, str) and is_surface_file(run.bold):
+            raise GlmxError(f"seed '{name}' is MNI coordinates but the runs are surfaces (space '{settings['space']}'); "
+                            "on surfaces a seed names a parcel of the atlas ({\"PCC\": \"<parcel name>\"})",
+                            file=entry["_spec_file"], field=where)

@@ -302,6 +302,7 @@ class GroupLevel(Project):
             ``group_<task>`` with one ``contrast_<c>`` sub-workflow per contrast.
         """
         plan = plan or self.plan()
+        self._template_meshes(plan)
         wf = init_group_level_wf(self.task, list(plan.contrasts), self.settings, self.z_threshold(),
                                  output_dir=str(self.group_dir.resolve()) if output_dir else None,
                                  base_entities=plan.base_entities, excluded=plan.excluded,
@@ -316,6 +317,40 @@ class GroupLevel(Project):
             node.missing = plan.missing[contrast]
             node.design_file = inputs.get("design_file")
         return wf
+
+    def _template_meshes(self, plan):
+        """fsLR CIFTI maps, a cluster/TFCE method and no ``surface_meshes``: the mesh neighbours come from the
+        average of the group's fMRIPrep fsLR midthickness meshes (:func:`glmx_workflows.io.meshes.group_fslr_meshes`);
+        without any, the methods are refused here, before any work, saying what to provide."""
+        from ..io.geometry import cifti_axes
+        from ..io.meshes import FSLR_MESH_DENSITY, MESH_METHODS, group_fslr_meshes
+
+        if self.settings.get("surface_meshes") or not set(self.settings["group_inference"]) & set(MESH_METHODS):
+            return
+        effects = [f for c in plan.contrasts.values() for f in c["effect_files"]]
+        if not effects or not str(effects[0]).endswith(".dscalar.nii") or not any(
+                name.startswith("CIFTI_STRUCTURE_CORTEX") for name, _, _ in cifti_axes(effects[0])[1].iter_structures()):
+            return
+        density = FSLR_MESH_DENSITY.get(str(plan.base_entities.get("den")), "32k")
+        subjects = sorted({s for c in plan.contrasts.values() for s in c.get("subjects", [])})
+        try:
+            meshes, used = group_fslr_meshes(self.layout, subjects, self.work_dir / "fslr_meshes", density)
+        except GlmxError:  # no fmriprep derivatives to look in
+            meshes, used = None, []
+        if meshes is None:
+            methods = [m for m in self.settings["group_inference"] if m in MESH_METHODS]
+            raise GlmxError(f"{', '.join(methods)} on fsLR maps need the midthickness meshes: none found in fMRIPrep's "
+                            f"anatomical derivatives (sub-<s>/anat/sub-<s>_hemi-L|R_space-fsLR_den-{density}_"
+                            "midthickness.surf.gii, written with --cifti-output); set 'surface_meshes' to {\"L\": "
+                            "\"...surf.gii\", \"R\": \"...surf.gii\"}, or choose a voxel-wise method (perm_fwe, fdr, "
+                            "bonferroni, uncorrected)", file=self.spec_path, field=f"{self.task}.surface_meshes")
+        self.settings["surface_meshes"] = meshes
+        methods = [m for m in self.settings["group_inference"] if m in MESH_METHODS]
+        shown = ", ".join("sub-" + s for s in used[:5]) + (", ..." if len(used) > 5 else "")
+        line = (f"fsLR mesh neighbours of {', '.join(methods)}: the average midthickness of {len(used)} subject(s) "
+                f"from fMRIPrep's anatomical derivatives ({shown})")
+        plan.log.append(line)
+        LOG.info(line)
 
     @writes
     def run(self, plugin="MultiProc", plugin_args=None, n_procs=None):

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import warnings
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -121,6 +122,90 @@ def _one_thread(method):
     return wrapper
 
 
+def _surface_series(bold_file, mask_file):
+    """A surface run as (locations × time) float32 and the locations used (those with a finite series).
+
+    Parameters
+    ----------
+    bold_file, mask_file : str
+        The run's two files (``io.geometry``): a CIFTI dtseries twice, or the left and right GIfTI.
+
+    Returns
+    -------
+    data : numpy.ndarray of shape (n_locations, n_scans)
+        CIFTI grayordinates, or the left hemisphere's vertices then the right's.
+    mask : numpy.ndarray of bool, shape (n_locations,)
+        Locations whose series is finite (a vertex holding NaN is left out of its parcel's mean).
+
+    Raises
+    ------
+    GlmxError
+        Not a dense time series, or hemispheres of different lengths, naming the file.
+    """
+    from ..io.geometry import gifti_series
+
+    if file_form(bold_file) == "cifti":
+        check_cifti_run(bold_file)
+        data = np.asarray(cifti_image(bold_file).dataobj, dtype=np.float32).T
+    else:
+        left, right = gifti_series(bold_file), gifti_series(mask_file)
+        if left.shape[0] != right.shape[0]:
+            raise GlmxError(f"hemispheres have different lengths: {left.shape[0]} volumes in {Path(bold_file).name}, "
+                            f"{right.shape[0]} in this file", file=mask_file, field="hemi")
+        data = np.ascontiguousarray(np.concatenate([left, right], axis=1).T)
+    return data, np.isfinite(data).all(axis=1)
+
+
+def _seed_maps(inp, data, mask, affine, raw, names, confounds, clean, cwd):
+    """Fisher-z maps of the seeds: MNI spheres (volumes), or parcels of the label atlas by name (any run).
+
+    On surfaces a seed is a parcel: its raw mean series (as in the time series TSV, before cleaning), cleaned
+    like every location's, correlated with every grayordinate / vertex. Maps are written in the run's own form
+    (NIfTI; CIFTI dscalar with the run's brain models; a GIfTI pair, named by its left file).
+
+    Returns
+    -------
+    dict
+        ``{seed name: path}``.
+    """
+    surface = affine is None
+    coordinate = sorted(n for n, v in inp.seeds.items() if not isinstance(v, str))
+    if coordinate and (surface or (inp.space and not inp.space.startswith("MNI"))):
+        raise GlmxError(f"seed '{coordinate[0]}' is MNI coordinates but the BOLD is in space '{inp.space}'"
+                        + ("; on surfaces a seed names a parcel of the atlas (\"seeds\": {\"PCC\": \"<parcel name>\"})"
+                           if surface else ""), file=inp.bold_file, field="seeds")
+    for name, value in sorted(inp.seeds.items()):
+        if isinstance(value, str) and value not in names:
+            raise GlmxError(f"seed '{name}' names parcel '{value}', which the atlas does not have (parcels: "
+                            f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})", file=inp.bold_file,
+                            field="seeds")
+    if surface:
+        from ..io.geometry import CiftiGeometry, GiftiGeometry, gifti_shape
+
+        used = mask & (data.max(axis=1) > data.min(axis=1))  # constant series (medial wall) carry no correlation
+        if file_form(inp.bold_file) == "cifti":
+            geometry = CiftiGeometry.of_file(inp.bold_file)
+        else:
+            geometry = GiftiGeometry((gifti_shape(inp.bold_file)[1], gifti_shape(inp.mask_file)[1]))
+        locations = cc.denoise_many(data[used].T, confounds, **clean)
+    else:
+        used = mask
+        locations = cc.denoise_many(data[mask].T, confounds, **clean)
+    out = {}
+    for name, value in sorted(inp.seeds.items()):
+        if isinstance(value, str):
+            seed = cc.denoise(raw[:, [names.index(value)]], confounds, **clean)
+        else:
+            seed = cc.denoise(cc.spheres_signals(data, [value], affine, mask, inp.seed_radius), confounds, **clean)
+        values = cc.seed_map(locations, seed[:, 0]).astype(np.float32)
+        if surface:
+            out[name] = geometry.write(values, os.path.join(cwd, f"seed_{name}"), mask=used)[0][0]
+        else:
+            out[name] = os.path.join(cwd, f"seed_{name}.nii.gz")
+            write_image(unmask(values, mask, affine), out[name])
+    return out
+
+
 def _tag(entities):
     return "_".join(f"{k}-{v}" for k, v in sorted(entities.items())) or "single"
 
@@ -148,7 +233,8 @@ class DenoiseRunInputSpec(BaseInterfaceInputSpec):
     high_pass = traits.Either(None, traits.Float, default=0.01, usedefault=True, desc="high-pass edge (Hz); None: off")
     low_pass = traits.Either(None, traits.Float, default=0.08, usedefault=True, desc="low-pass edge (Hz); None: off")
     standardize = traits.Bool(True, usedefault=True, desc="z-score the cleaned series")
-    seeds = traits.Dict(traits.Str, traits.List(traits.Float), usedefault=True, desc="{name: [x, y, z]} MNI mm")
+    seeds = traits.Dict(traits.Str, traits.Either(traits.List(traits.Float), traits.Str), usedefault=True,
+                        desc="{name: [x, y, z] MNI mm, or the name of a parcel of a label atlas (surfaces)}")
     seed_radius = traits.Float(6.0, usedefault=True, desc="seed sphere radius (mm)")
 
 
@@ -180,21 +266,17 @@ class DenoiseRun(SimpleInterface):
     @_one_thread
     def _run_interface(self, runtime):
         inp = self.inputs
-        if is_surface_file(inp.bold_file):  # a CIFTI dtseries: grayordinates × time, every grayordinate kept
-            if file_form(inp.bold_file) != "cifti":
-                raise GlmxError("connectivity on GIfTI pairs is not available; use the fsLR CIFTI outputs",
-                                file=inp.bold_file, field="space")
-            check_cifti_run(inp.bold_file)
-            img = cifti_image(inp.bold_file)
-            surface_data = np.asarray(img.dataobj, dtype=np.float32).T
-            mask = np.ones(surface_data.shape[0], bool)
+        surface = is_surface_file(inp.bold_file)
+        if surface:  # locations × time: every grayordinate of a CIFTI, or both hemispheres' vertices (left first)
+            img, surface_data, mask = None, *_surface_series(inp.bold_file, inp.mask_file)
+            n = surface_data.shape[1]
         else:
             img = load_image(inp.bold_file, "BOLD run")
             if len(img.shape) != 4:
                 raise GlmxError(f"BOLD image is {len(img.shape)}D; expected a 4D run", file=inp.bold_file)
             mask, _ = load_mask(inp.mask_file, img, inp.bold_file)
+            n = img.shape[3]
         table = read_tsv(inp.confounds_file, "confounds file")
-        n = img.shape[0] if is_surface_file(inp.bold_file) else img.shape[3]
         check_confounds_rows(table, n, inp.confounds_file, inp.bold_file)
         outliers = censor_table(table, n, inp.dummy_scans, inp.fd_threshold, inp.min_volumes,
                                 source=inp.confounds_file)
@@ -202,12 +284,13 @@ class DenoiseRun(SimpleInterface):
                                              source=inp.confounds_file)
         clean = dict(t_r=inp.tr, outliers=outliers, detrend=inp.detrend, high_pass=inp.high_pass,
                      low_pass=inp.low_pass, standardize=inp.standardize)
-        surface = is_surface_file(inp.bold_file)
         data = surface_data if surface else np.asarray(img.get_fdata(dtype=np.float32))
         atlas = load_atlas(json.loads(inp.atlas), img, inp.bold_file, space=inp.space or None,
-                           base_dir=inp.atlas_base_dir or None)
+                           base_dir=inp.atlas_base_dir or None, mask_path=inp.mask_file)
         if surface and atlas.kind != "labels":
-            raise GlmxError("on a CIFTI run the atlas must be a dense label file ({'labels_img': '...dlabel.nii'})",
+            raise GlmxError("on a surface run the atlas must be a label atlas: a .dlabel.nii for fsLR CIFTI "
+                            "({'labels_img': '...dlabel.nii'}), a GIfTI label file per hemisphere for fsaverage* "
+                            "({'labels_img': {'L': '...label.gii', 'R': '...label.gii'}})",
                             file=inp.bold_file, field="atlas")
         raw, names = region_signals(atlas, data, None if surface else img.affine, mask)
         series = cc.denoise(raw, confounds, **clean)
@@ -228,16 +311,8 @@ class DenoiseRun(SimpleInterface):
                     {"path": out_path, "suffix": "outliers", "entities": {**run_ent, "space": ""}}]
         seeds = {}
         if inp.seeds:
-            if inp.space and not inp.space.startswith("MNI"):
-                raise GlmxError(f"seeds are MNI coordinates but the BOLD is in space '{inp.space}'",
-                                file=inp.bold_file, field="seeds")
-            voxels = cc.denoise_many(data[mask].T, confounds, **clean)
-            for name, xyz in sorted(inp.seeds.items()):
-                seed = cc.denoise(cc.spheres_signals(data, [xyz], img.affine, mask, inp.seed_radius), confounds,
-                                  **clean)
-                path = os.path.join(cwd, f"seed_{name}.nii.gz")
-                write_image(unmask(cc.seed_map(voxels, seed[:, 0]).astype(np.float32), mask, img.affine), path)
-                seeds[name] = path
+            seeds = _seed_maps(inp, data, mask, None if surface else img.affine, raw, names, confounds, clean, cwd)
+            for name, path in seeds.items():
                 manifest.append({"path": path, "suffix": "boldmap", "entities": {**run_ent, "desc": name,
                                                                                 "stat": "z"}})
         self._results.update(timeseries_file=ts_path, outliers_file=out_path, regions_file=reg_path,
@@ -323,10 +398,17 @@ class ComputeConnectivity(SimpleInterface):
         seed_runs = [_read_json(f)["maps"] for f in inp.seeds_files]
         if several and inp.run_combination != "separate":
             for name in sorted(seed_runs[0]):
-                imgs = [load_image(s[name], "seed map") for s in seed_runs]
-                mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
-                path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
-                write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
+                if is_surface_file(seed_runs[0][name]):  # the mean map in the runs' own form (io.geometry)
+                    from ..io.geometry import read_map
+
+                    maps = [read_map(s[name]) for s in seed_runs]
+                    mean = np.mean([v for v, _ in maps], axis=0).astype(np.float32)
+                    path = maps[0][1].write(mean, os.path.join(cwd, f"seed_{name}_mean"))[0][0]
+                else:
+                    imgs = [load_image(s[name], "seed map") for s in seed_runs]
+                    mean = np.mean([np.asarray(i.get_fdata()) for i in imgs], axis=0).astype(np.float32)
+                    path = os.path.join(cwd, f"seed_{name}_mean.nii.gz")
+                    write_image(nb.Nifti1Image(mean, imgs[0].affine), path)
                 manifest.append({"path": path, "suffix": "boldmap", "entities": {"desc": name, "stat": "z"}})
         self._results["matrices_file"] = _write_json(cwd, "matrices.json", matrices)
         self._results["manifest_file"] = _write_json(cwd, "manifest.json", manifest)

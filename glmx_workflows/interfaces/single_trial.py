@@ -13,15 +13,19 @@ from ..core import single_trial as st
 from ..core.design import frame_times
 from ..core.events import conditions_to_drop, modelled_rows
 from ..io.atomic import write_text
-from ..io.images import load_image, load_scaled_bold, unmask_series, write_image
+from ..io.geometry import read_run
+from ..io.images import load_image
+from ..io.map_series import write_series
 from ..io.tables import read_tsv, write_tsv
 
 
 class SingleTrialInputSpec(BaseInterfaceInputSpec):
     """Inputs of :class:`SingleTrial` (each trait is described by its ``desc``)."""
 
-    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI)")
-    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask")
+    bold_file = File(exists=True, mandatory=True, desc="preprocessed BOLD run (4D NIfTI, CIFTI dtseries, or the left "
+                                                        "hemisphere's GIfTI)")
+    mask_file = File(exists=True, mandatory=True, desc="the run's brain mask (NIfTI), the dtseries itself (CIFTI) or "
+                                                       "the right hemisphere's GIfTI (see io.geometry)")
     events_file = File(exists=True, mandatory=True, desc="normalised events TSV from load_events")
     source_events = File(exists=True, mandatory=True, desc="the run's raw BIDS events (columns of the TSVs)")
     design_file = File(exists=True, mandatory=True, desc="the run's main design (all volumes): nuisance columns")
@@ -45,6 +49,11 @@ class SingleTrialOutputSpec(TraitedSpec):
 
     manifest_file = File(exists=True, desc="JSON list of the beta series (and connectivity) files with entities")
     summary_file = File(exists=True, desc="JSON for the report: design shown, per-trial beta summaries, outliers")
+
+
+def _trial_names(onsets):
+    """A name per map of a beta series: ``trial-<n>_onset-<s>`` (n from 1: the row of the series' TSV)."""
+    return [f"trial-{i + 1:03d}_onset-{float(o):g}" for i, o in enumerate(onsets)]
 
 
 def _label(value):
@@ -82,8 +91,8 @@ class SingleTrial(SimpleInterface):
                                       self.inputs.hrf_model)
         k = raw.shape[2]
         st.check_trials(trials, n_scans, tr, keep, opts["method"], nuisance.shape[1], k, source=src)
-        Y, _, mask, affine = load_scaled_bold(self.inputs.bold_file, self.inputs.mask_file, keep,
-                                              self.inputs.smoothing_fwhm)
+        # read as the main fit reads it, whatever the form (io.geometry): percent signal change, kept volumes
+        Y, _, geometry = read_run(self.inputs.bold_file, self.inputs.mask_file, keep, self.inputs.smoothing_fwhm)
         if opts["method"] == "lsa":
             shown = st.lsa_design(raw, trials, nuisance)
             betas = st.fit_lsa(Y, shown.to_numpy(float)[keep], len(trials), k, self.inputs.noise_model)
@@ -99,7 +108,8 @@ class SingleTrial(SimpleInterface):
             from ..io.atlases import load_atlas
 
             atlas = load_atlas(opts["atlas"], load_image(self.inputs.bold_file, "BOLD run"), self.inputs.bold_file,
-                               space=self.inputs.space or None, base_dir=self.inputs.spec_dir or None)
+                               space=self.inputs.space or None, base_dir=self.inputs.spec_dir or None,
+                               mask_path=self.inputs.mask_file)
         manifest, summary = [], {"method": opts["method"], "others": opts["others"], "conditions": {}}
         design_path = write_tsv(shown, os.path.join(runtime.cwd, "single_trial_design.tsv"))
         summary["design_file"] = str(design_path)
@@ -107,11 +117,13 @@ class SingleTrial(SimpleInterface):
         for cond in sorted(set(trials["trial_type"])):
             rows = np.flatnonzero((trials["trial_type"] == cond).to_numpy())
             label = _label(cond)
-            img = unmask_series(betas[rows], mask, affine)
-            nii = str(write_image(img, os.path.join(runtime.cwd, f"desc-{label}_betaseries.nii.gz")))
+            # one map per trial in the run's own form (io.map_series): 4D NIfTI, CIFTI dscalar, GIfTI per hemisphere
+            written = write_series(geometry, betas[rows], os.path.join(runtime.cwd, f"desc-{label}_betaseries"),
+                                   _trial_names(trials["onset"].to_numpy()[rows]))
             tsv = str(write_tsv(table.iloc[rows].reset_index(drop=True),
                                 os.path.join(runtime.cwd, f"desc-{label}_betaseries.tsv")))
-            manifest += [{"path": nii, "entities": {"desc": label}, "suffix": "betaseries"},
+            # a GIfTI pair travels as its left file (io.derivatives.publish writes both hemispheres)
+            manifest += [{"path": written[0][0], "entities": {"desc": label}, "suffix": "betaseries"},
                          {"path": tsv, "entities": {"desc": label}, "suffix": "betaseries"}]
             rms, z, flagged = st.outlier_trials(betas[rows])
             summary["conditions"][cond] = {
@@ -119,7 +131,7 @@ class SingleTrial(SimpleInterface):
                 "robust_z": z.tolist(), "outlier": flagged.tolist(),
                 "quantiles": np.percentile(betas[rows], [1, 25, 50, 75, 99], axis=1).T.tolist()}
             if atlas is not None:
-                manifest += self._connectivity(atlas, np.asarray(img.dataobj), affine, mask, label, runtime.cwd)
+                manifest += self._connectivity(atlas, betas[rows], geometry, label, runtime.cwd)
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
         self._results["summary_file"] = str(write_text(os.path.join(runtime.cwd, "summary.json"),
@@ -138,12 +150,19 @@ class SingleTrial(SimpleInterface):
         return pd.concat([base, extra], axis=1)
 
     @staticmethod
-    def _connectivity(atlas, data, affine, mask, label, cwd):
+    def _connectivity(atlas, betas, geometry, label, cwd):
         from ..core.connectivity import connectivity
         from ..io.atlases import region_signals
         from .connectivity import write_matrix
 
-        signals, names = region_signals(atlas, data, affine, mask)
+        if geometry.form == "volume":
+            from ..io.images import unmask_series
+
+            data, affine = np.asarray(unmask_series(betas, geometry.mask, geometry.affine).dataobj), geometry.affine
+        else:  # locations × trials over every grayordinate / vertex; parcels average the fitted ones
+            data, affine = np.zeros((len(geometry.mask), betas.shape[0])), None
+            data[geometry.mask] = betas.T
+        signals, names = region_signals(atlas, data, affine, geometry.mask)
         matrix = connectivity(signals, "pearsoncorrelation")
         ent = {"seg": atlas.name, "desc": label}
         rel = str(write_matrix(matrix, names, os.path.join(cwd, f"seg-{atlas.name}_desc-{label}_relmat.tsv")))

@@ -9,7 +9,15 @@ download) or an object:
 - ``{"name": "MSDL", "maps_img": "maps.nii.gz", "labels_tsv": "maps.tsv"}``: a 4D probabilistic atlas
   (one volume per region; the TSV is optional, one ``name`` per volume in order);
 - ``{"name": "DMN", "coordinates": "rois.tsv" | "power_2011", "radius": 5}``: spheres around MNI
-  coordinates (TSV/CSV with x, y, z and optionally name columns).
+  coordinates (TSV/CSV with x, y, z and optionally name columns);
+- on fsLR CIFTI runs, ``{"name": "Schaefer100", "labels_img": "atlas.dlabel.nii"}``: a dense label file on
+  the dtseries' grayordinates;
+- on fsaverage* GIfTI runs, ``{"name": "Schaefer100", "labels_img": {"L": "lh.label.gii", "R":
+  "rh.label.gii"}}``: one GIfTI label file per hemisphere, each with the vertex count of that hemisphere's
+  BOLD. Parcels are the keys of each file's label table present in its data (0 is background), left
+  hemisphere first, each hemisphere's in key order; their names come from the label tables, prefixed with
+  ``L_``/``R_`` only when both hemispheres use the same name (Destrieux), suffixed ``_<key>`` when one table
+  gives a name to several keys, so that names stay unique.
 
 Relative paths are read from the spec file's folder. Image atlases must be on the BOLD grid (the same
 shape and affine): a mismatch is one line naming both files, never a silent resampling.
@@ -208,7 +216,7 @@ def _check_space(space, atlas_space, source, bold_path):
                         file=source, field="atlas.space")
 
 
-def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
+def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None, mask_path=None):
     """Read the atlas of the spec for one BOLD grid.
 
     Parameters
@@ -223,11 +231,15 @@ def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
         The BOLD's space (coordinate atlases are MNI).
     base_dir : str or Path, optional
         Folder against which relative atlas paths are read (the spec file's).
+    mask_path : str or Path, optional
+        The run's ``mask_file``: for a GIfTI run, its right hemisphere (the label files' vertex counts are
+        checked against both hemispheres).
 
     Returns
     -------
     Atlas
-        The regions, with label or map images checked to be on the BOLD grid.
+        The regions, with label or map images checked to be on the BOLD grid (GIfTI: the labels of both
+        hemispheres concatenated, left first, as the run's vertices are).
 
     Raises
     ------
@@ -250,8 +262,17 @@ def load_atlas(spec, bold_img, bold_path, space=None, base_dir=None):
         coords, names, networks = read_coordinates(path)
         return Atlas(kind="spheres", name=name, names=names, centres=coords, source=str(path), coords=coords,
                      radius=radius, networks=networks)
+    if "labels_img" in spec and (isinstance(spec["labels_img"], dict) or str(spec["labels_img"]).endswith(".gii")):
+        return _gifti_atlas(spec, bold_path, mask_path, base_dir)
     if "labels_img" in spec and str(spec["labels_img"]).endswith(".dlabel.nii"):
+        if not str(bold_path).endswith(".dtseries.nii"):
+            raise GlmxError(f"a .dlabel.nii atlas needs fsLR CIFTI runs, not {Path(bold_path).name}",
+                            file=_resolve(spec["labels_img"], base_dir), field="atlas.labels_img")
         return _dlabel_atlas(_resolve(spec["labels_img"], base_dir), spec, bold_path)
+    if str(bold_path).endswith((".dtseries.nii", ".gii")):
+        raise GlmxError("on a surface run the atlas must be a label atlas: a .dlabel.nii for fsLR CIFTI, a GIfTI label "
+                        "file per hemisphere for fsaverage* ({\"labels_img\": {\"L\": \"...label.gii\", \"R\": "
+                        "\"...label.gii\"}})", file=bold_path, field="atlas")
     if "labels_img" in spec:
         path = _resolve(spec["labels_img"], base_dir)
         img = load_image(path, "atlas labels image")
@@ -328,6 +349,88 @@ def _dlabel_atlas(path, spec, bold_path):
     names = [str(table[v][0]) if v in table else str(v) for v in values]
     return Atlas(kind="labels", name=seg_label(spec.get("name", Path(path).name.split(".")[0])), names=names,
                  centres=np.full((len(values), 3), np.nan), source=str(path), labels=labels, label_values=values)
+
+
+def _gifti_labels(path, n_vertices, hemi):
+    """Integer labels (n_vertices,) and the {key: name} table of one hemisphere's ``.label.gii``."""
+    from .geometry import load_gifti
+
+    img = load_gifti(path, f"atlas hemi-{hemi} label file")
+    data = np.asarray(img.darrays[0].data)
+    if data.ndim != 1 and not (data.ndim == 2 and 1 in data.shape):
+        raise GlmxError(f"a GIfTI label file holds one value per vertex; got an array of shape {data.shape}",
+                        file=path, field=f"atlas.labels_img.{hemi}")
+    data = data.ravel()
+    if len(data) != n_vertices:
+        raise GlmxError(f"{len(data)} vertices but the hemi-{hemi} BOLD has {n_vertices}: the label file is on "
+                        "another mesh (resample it to the BOLD's space)", file=path, field=f"atlas.labels_img.{hemi}")
+    if not np.allclose(data, np.round(data)):
+        raise GlmxError("a GIfTI label file must hold integer keys", file=path, field=f"atlas.labels_img.{hemi}")
+    table = {int(lab.key): str(lab.label) for lab in img.labeltable.labels if lab.label is not None}
+    return np.round(data).astype(int), table
+
+
+def _gifti_atlas(spec, bold_path, mask_path, base_dir):
+    """A pair of GIfTI label files (fsaverage5/6/fsaverage) on a GIfTI run's two hemispheres (see the module)."""
+    from .geometry import gifti_shape, right_of
+
+    given = spec["labels_img"]
+    if not str(bold_path).endswith(".gii"):
+        named = given.get("L") if isinstance(given, dict) else given
+        raise GlmxError(f"GIfTI label files need fsaverage* GIfTI runs, not {Path(bold_path).name}",
+                        file=_resolve(named, base_dir) if named else None, field="atlas.labels_img")
+    if not isinstance(given, dict) or set(given) != {"L", "R"}:
+        named = given if not isinstance(given, dict) else next(iter(given.values()), None)
+        raise GlmxError("a GIfTI label atlas needs both hemispheres: {\"labels_img\": {\"L\": \"...hemi-L....label.gii\", "
+                        f"\"R\": \"...hemi-R....label.gii\"}}}} (got {_compact_json(given)})",
+                        file=_resolve(named, base_dir) if isinstance(named, str) else None, field="atlas.labels_img")
+    right = mask_path if mask_path is not None else right_of(bold_path)
+    counts = {"L": gifti_shape(bold_path)[1], "R": gifti_shape(right)[1]}
+    paths = {h: _resolve(given[h], base_dir) for h in "LR"}
+    parts = {h: _gifti_labels(paths[h], counts[h], h) for h in "LR"}
+    raw_names = {}
+    for h in "LR":
+        data, table = parts[h]
+        keys = [int(v) for v in np.unique(data) if v > 0]
+        named = [table.get(k, str(k)) for k in keys]
+        # a name given to several keys of one table (an 'Unknown' or unnamed key): the key tells them apart
+        raw_names[h] = [(k, f"{n}_{k}" if named.count(n) > 1 else n) for k, n in zip(keys, named)]
+    shared = {n for _, n in raw_names["L"]} & {n for _, n in raw_names["R"]}
+    labels, names, offset = [], [], 0
+    for h in "LR":
+        data, _ = parts[h]
+        lut = np.zeros(max(int(data.max()), 0) + 1, int)  # file key -> parcel number (0: background)
+        for i, (v, _) in enumerate(raw_names[h]):
+            if v > 0:
+                lut[v] = offset + i + 1
+        labels.append(np.where(data > 0, lut[np.clip(data, 0, None)], 0))
+        names += [f"{h}_{n}" if n in shared else n for _, n in raw_names[h]]
+        offset += len(raw_names[h])
+    labels = np.concatenate(labels)
+    values = list(range(1, offset + 1))
+    return Atlas(kind="labels", name=seg_label(spec.get("name", Path(paths["L"]).name.split(".")[0])), names=names,
+                 centres=_vertex_centres(labels, values, counts), source=f"{paths['L']} {paths['R']}", labels=labels,
+                 label_values=values)
+
+
+def _compact_json(value):
+    """A spec value as compact JSON (for messages)."""
+    import json
+
+    return json.dumps(value)
+
+
+def _vertex_centres(labels, values, counts):
+    """Parcel centres on nilearn's packaged fsaverage mesh of these vertex counts (pial), else NaN."""
+    from .geometry import FSAVERAGE_VERTICES
+    from .meshes import packaged_mesh
+
+    space = next((s for s, n in FSAVERAGE_VERTICES.items() if (counts["L"], counts["R"]) == (n, n)), None)
+    mesh = packaged_mesh(space) if space else None
+    if mesh is None:
+        return np.full((len(values), 3), np.nan)
+    coords = np.concatenate([mesh["L"][0], mesh["R"][0]])
+    return np.array([coords[labels == v].mean(axis=0) for v in values]).reshape(-1, 3)
 
 
 def region_signals(atlas, data, affine, mask):

@@ -512,9 +512,6 @@ def find_rest_runs(layout, subject, task, space, tr=None, override_tr=None):
     runs = []
     from ..core.timing import resolve_tr
 
-    if space_form(parse_space(space)[0]) == "gifti":
-        raise GlmxError(f"connectivity on GIfTI pairs (space '{space}') is not available; use the fsLR CIFTI "
-                        "outputs ('space': 'fsLR') with a .dlabel.nii atlas", field="space")
     for rec in find_runs(layout, subject, task, space, events=False):
         # the one TR rule (core.timing), as the task GLM applies it
         use_tr = resolve_tr([rec.tr], spec_tr=tr, override_tr=override_tr, sources=[rec.tr_source or rec.bold])

@@ -87,9 +87,14 @@ def plot_connectome_glass(matrix, centres, path, title="", edge_threshold="98%")
 
     m = np.nan_to_num(np.array(matrix, dtype=float))
     np.fill_diagonal(m, 0)
+    edges = np.abs(m[np.triu_indices_from(m, 1)])
+    if isinstance(edge_threshold, str) and edges.size:
+        # the percentile over the edges themselves: nilearn's string form counts the whole matrix and keeps edges
+        # strictly above it, which with a few regions (a 6-parcel surface atlas) leaves none, and then fails
+        edge_threshold = float(np.percentile(edges, float(edge_threshold.rstrip("%"))))
     fig = plt.figure(figsize=(9, 3.2))
     plot_connectome(m, np.asarray(centres, float), edge_threshold=edge_threshold, node_size=8, figure=fig,
-                    title=title, colorbar=True)
+                    title=title, colorbar=bool(edges.size and edges.max() > 0))
     return _save(fig, path)
 
 

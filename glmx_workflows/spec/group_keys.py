@@ -70,7 +70,8 @@ GROUP_KEYS = {
                                       "required": ["L", "R"], "additionalProperties": False}]}, None,
         "fsLR meshes (e.g. fMRIPrep's hemi-L/R_space-fsLR_den-32k_midthickness.surf.gii, relative to the spec) whose "
         "edges are the cortex neighbours of 'cluster', 'perm_cluster_mass' and 'tfce' on CIFTI maps (fsaverage5 "
-        "needs none: nilearn ships it).", {"L": "l.surf.gii", "R": "r.surf.gii"}),
+        "needs none: nilearn ships it). null: the average of the group's fMRIPrep anat "
+        "space-fsLR_den-32k_midthickness meshes, found through pybids.", {"L": "l.surf.gii", "R": "r.surf.gii"}),
 }
 
 

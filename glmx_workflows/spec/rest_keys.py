@@ -11,7 +11,10 @@ _ATLAS_OBJECT = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "labels_img": {"type": "string"},
+        # a NIfTI labels image or CIFTI .dlabel.nii, or a GIfTI label file per hemisphere (fsaverage* runs)
+        "labels_img": {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": False,
+                                                      "properties": {"L": {"type": "string"},
+                                                                     "R": {"type": "string"}}}]},
         "maps_img": {"type": "string"},
         "labels_tsv": {"type": "string"},
         "coordinates": {"type": "string"},
@@ -27,7 +30,9 @@ REST_KEYS = {
         {"anyOf": [{"enum": ["dosenbach_2010", "power_2011"]}, _ATLAS_OBJECT]}, "dosenbach_2010",
         "Regions (connectivity): a coordinate atlas packaged in nilearn ('dosenbach_2010', 'power_2011'; no "
         "download) or {name, labels_img + labels_tsv | maps_img [+ labels_tsv] | coordinates [+ radius]}; "
-        "relative paths are read from the spec's folder; images must be on the BOLD grid.",
+        "relative paths are read from the spec's folder; images must be on the BOLD grid. Surfaces: labels_img a "
+        ".dlabel.nii on the fsLR run's grayordinates, or {\"L\": \"lh.label.gii\", \"R\": \"rh.label.gii\"} on "
+        "fsaverage* GIfTI runs (names from the label tables).",
         {"name": "DMN", "coordinates": "dmn.tsv", "radius": 6}),
     "confound_preset": (
         {"anyOf": [{"type": "null"}, {"enum": ["6P", "24P", "36P", "aCompCor"]}]}, "36P",
@@ -54,10 +59,12 @@ REST_KEYS = {
         "Several runs: per-run matrices plus their average (Fisher z for correlations), the per-run denoised "
         "series concatenated into one matrix, or per-run matrices only.", "concatenate"),
     "seeds": (
-        {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 3,
-                                                    "maxItems": 3}}, {},
-        "Seed-based connectivity: {name: [x, y, z]} MNI mm; each gives a voxelwise Fisher-z map "
-        "(stat-z_desc-<name>_boldmap).", {"PCC": [0, -52, 26]}),
+        {"type": "object", "additionalProperties": {"anyOf": [
+            {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+            {"type": "string", "minLength": 1}]}}, {},
+        "Seed-based connectivity: {name: [x, y, z]} MNI mm (volumes), or {name: 'parcel name'} a parcel of a label "
+        "atlas (surfaces: dlabel or GIfTI labels; volumes: labels images); each gives a Fisher-z map of every "
+        "voxel/grayordinate/vertex (stat-z_desc-<name>_boldmap, in the run's own form).", {"PCC": [0, -52, 26]}),
     "seed_radius": ({"type": "number", "exclusiveMinimum": 0}, 6.0, "Radius (mm) of the seed spheres.", 8),
     "connectivity_group_column": (
         {"anyOf": [{"type": "null"}, {"type": "string"}]}, None,

@@ -46,7 +46,8 @@ def denoise_parameters(settings):
         "high_pass": settings["band_pass"][0],
         "low_pass": settings["band_pass"][1],
         "standardize": bool(settings["standardize"]),
-        "seeds": {k: [float(x) for x in v] for k, v in settings["seeds"].items()},
+        # MNI coordinates, or (surfaces) the name of a parcel of the atlas
+        "seeds": {k: v if isinstance(v, str) else [float(x) for x in v] for k, v in settings["seeds"].items()},
         "seed_radius": float(settings["seed_radius"]),
     }
 
