@@ -18,6 +18,7 @@ matches no variable, a contrast naming a regressor the run's design lacks.
 
 import fnmatch
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def walk_graph(layout, model, subjects=None):
             raise GlmxError(f"pybids could not load the model's variables: {exc}", file=file) from None
         result = ModelGraph(model=model, nodes=names)
         node = graph.root_node
-        inputs = None
+        inputs, edge_filter = None, {}
         while node is not None:
             where = _path(model, node.name)
             try:
@@ -190,8 +191,10 @@ def walk_graph(layout, model, subjects=None):
                     outs = node.run(group_by=node.group_by, force_dense=False, invalid_inputs="drop",
                                     invalid_contrasts="ignore", missing_values="fill")
                 else:
+                    # the incoming edge's Filter, applied by pybids as fitlins has it (BIDSStatsModelsGraph's
+                    # run_graph); n/a in a covariate (participants.tsv) is an error above the Run level, not 0
                     outs = node.run(inputs=inputs, group_by=node.group_by, invalid_inputs="drop",
-                                    invalid_contrasts="ignore", missing_values="fill")
+                                    invalid_contrasts="ignore", missing_values="error", **edge_filter)
             except GlmxError:
                 raise
             except Exception as exc:
@@ -206,8 +209,44 @@ def walk_graph(layout, model, subjects=None):
                 for o in result.outputs[node.name]:
                     check_run_output(model, node.name, o, file)
             inputs = [c for o in outs for c in o.contrasts]
+            edge_filter = dict(node.children[0].filter or {}) if node.children else {}
             node = node.children[0].destination if node.children else None
+    check_f_inputs(result)
     return result
+
+
+def check_f_inputs(graph):
+    """Refuse a Run-level F contrast that reaches the Dataset node.
+
+    An F contrast's subject maps hold an F statistic, not one effect size per subject, so there is no
+    second-level model of it (fitlins fits a t test on whatever effect map the F left; glmx refuses). The
+    user keeps it out with the Subject → Dataset edge's ``Filter``.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+        The walked graph.
+
+    Raises
+    ------
+    GlmxError
+        Naming the F contrast's JSON path and the edge to filter.
+    """
+    name = graph.node("Dataset")
+    if name is None:
+        return
+    run_f = {c["name"] for o in graph.outputs[graph.run_node] for c in o["contrasts"] if c["test"] == "F"}
+    reached = sorted({str(o["entities"].get("contrast")) for o in graph.outputs[name]} & run_f)
+    if not reached:
+        return
+    kept = sorted({str(o["entities"].get("contrast")) for o in graph.outputs[name]} - run_f)
+    edges = graph.model.get("Edges") or []
+    k = next((i for i, e in enumerate(edges) if e.get("Destination") == name), None)
+    edge = f"Edges[{k}].Filter" if k is not None else f"an Edges entry into '{name}' with a Filter"
+    raise GlmxError(f"F contrast '{reached[0]}' reaches the Dataset node '{name}', which has no effect size per "
+                    f"subject to model for it; keep it at the lower levels with {edge} "
+                    f"{{\"contrast\": {json.dumps(kept)}}}", file=graph.model["_model_file"],
+                    field=_contrast_path(graph.model, graph.run_node, reached[0]).rsplit(".", 1)[0])
 
 
 def model_entry(model):
@@ -422,16 +461,38 @@ def node_dirs(graph, output_dir):
     return {n["Name"]: Path(output_dir) / f"node-{n['Name']}" for n in model["Nodes"]}
 
 
-def _formula(conditions, weights):
-    return " + ".join(f"{float(w)!r}*{c}" for c, w in zip(conditions, weights) if float(w) != 0.0)
+def _formula(conditions, weights, columns):
+    return " + ".join(f"{float(w)!r}*{columns[c]}" for c, w in zip(conditions, weights) if float(w) != 0.0)
+
+
+def _safe_columns(columns):
+    """Design column → a name the group's contrast formulas can parse (``group.patient`` → ``group_patient``)."""
+    import re
+
+    out = {}
+    for c in columns:
+        safe = re.sub(r"\W", "_", str(c))
+        safe = safe if re.match(r"[A-Za-z_]", safe) else "_" + safe
+        out[c] = safe
+    return out
+
+
+def _own_name(con, incoming):
+    """A Dataset-node contrast's own name: pybids prefixes the incoming contrast's (``<incoming>_<name>``)."""
+    name = str(con["name"])
+    if name == incoming:  # a DummyContrast of the intercept
+        return "_".join(map(str, con["conditions"]))
+    return name[len(incoming) + 1:] if name.startswith(incoming + "_") else name
 
 
 def plan_model_group(graph, found, design_dir, wanted=None):
     """The Dataset node as the group level's plan: per incoming contrast, its subjects, maps and design.
 
-    The design is the graph's ``X`` for that contrast, rows of the subjects that have maps, written as a
-    TSV (``participant_id`` then the columns) that the group's ``build_design`` uses as is. The node's
-    contrasts on the intercept are the group level's mean; the others become named group contrasts.
+    The design is the graph's ``X`` for that contrast (after the node's transformations, with the
+    participants.tsv variables it names), rows of the subjects that have maps, written as a TSV
+    (``participant_id`` then the columns) that the group's ``build_design`` uses as is. The node's t
+    contrast of the intercept alone is the group level's mean; every other contrast becomes a named group
+    contrast, t or F (an F contrast's rows are one formula each, the group spec's F form).
 
     Parameters
     ----------
@@ -449,14 +510,16 @@ def plan_model_group(graph, found, design_dir, wanted=None):
     dict
         ``contrasts`` (``{label: {'subjects', 'effect_files', 'variance_files', 'design_file'}}``),
         ``excluded`` ([]), ``missing``, ``participants_file`` (None), ``log``, ``group_contrasts``
-        (``{name: formula}``) and ``shared`` (the maps' space entities).
+        (``{name: formula or list of formulas}``) and ``shared`` (the maps' space entities).
 
     Raises
     ------
     GlmxError
-        The Dataset node's X lacks the intercept, a contrast names a column X lacks or is not a t test,
-        different contrasts get different group contrasts, or a requested contrast has no maps.
+        The Dataset node's X lacks the intercept, a contrast names a column X lacks, different incoming
+        contrasts get different group contrasts, an incoming contrast has no Subject-node maps, or the
+        design cannot be estimated on the subjects with maps.
     """
+    from .core import group as cg
     from .core.formula import bids_label
 
     file = graph.model["_model_file"]
@@ -466,45 +529,52 @@ def plan_model_group(graph, found, design_dir, wanted=None):
     shared = found.pop(None)
     chosen, missing, log, formulas = {}, {}, [], None
     for out in graph.outputs[name]:
-        label = bids_label(str(out["entities"].get("contrast")))
+        incoming = str(out["entities"].get("contrast"))
+        label = bids_label(incoming)
         if wanted and label not in wanted:
             continue
         X = out["X"]
         if "intercept" not in X.columns:
             raise GlmxError("the Dataset node's X must include the intercept (1)", file=file, field=f"{where}.Model.X")
+        columns = _safe_columns(X.columns)
+        if len(set(columns.values())) != len(columns):
+            raise GlmxError(f"the Dataset design's columns {', '.join(map(str, X.columns))} give the same name once "
+                            "'.' and other symbols become '_'; rename one", file=file, field=f"{where}.Model.X")
         subjects = [str(s) for s in out["inputs"]["subject"]]
-        if label not in found and not wanted:
-            # an F contrast's subject maps have no effect size to model (nor any contrast not run yet)
-            log.append(f"contrast {label}: no Subject-node stat-effect maps (an F contrast?); not modelled")
-            continue
         maps = found.get(label, {})
         have = [i for i, s in enumerate(subjects) if s in maps]
+        if not have:
+            raise GlmxError(f"no Subject-node maps of contrast '{label}'; run the participant level first", file=file,
+                            field=where)
         missing[label] = sorted(s for s in subjects if s not in maps)
         if missing[label]:
             log.append(f"contrast {label}: no Subject-node stat-effect map for "
                        + ", ".join(f"sub-{s}" for s in missing[label]) + "; left out")
-        if not have:
-            raise GlmxError(f"no Subject-node maps of contrast '{label}'; run the participant level first", file=file,
-                            field=where)
         mine = {}
         for con in out["contrasts"]:
-            if con["test"] != "t":
-                raise GlmxError(f"contrast '{con['name']}': only t tests are supported at the Dataset level yet",
-                                file=file, field=_contrast_path(graph.model, name, con["name"]))
             lacking = [c for c in con["conditions"] if c not in X.columns]
             if lacking:
                 raise GlmxError(f"contrast '{con['name']}' names {', '.join(map(str, lacking))}, not a column of the "
-                                f"Dataset design ({', '.join(X.columns)})", file=file,
-                                field=_contrast_path(graph.model, name, con["name"]))
-            if [str(c) for c in con["conditions"]] == ["intercept"]:
+                                f"Dataset design ({', '.join(map(str, X.columns))})", file=file,
+                                field=_contrast_path(graph.model, name, _own_name(con, incoming)))
+            if con["test"] == "t" and [str(c) for c in con["conditions"]] == ["intercept"]:
                 continue  # the group level's mean effect
-            mine[bids_label(con["name"]) if con["name"] != out["entities"].get("contrast") else
-                 bids_label("_".join(map(str, con["conditions"])))] = _formula(con["conditions"], con["weights"])
+            own = bids_label(_own_name(con, incoming))
+            if con["test"] == "F":
+                rows = con["weights"] if isinstance(con["weights"][0], (list, tuple)) else [con["weights"]]
+                mine[own] = [_formula(con["conditions"], row, columns) for row in rows]
+            else:
+                mine[own] = _formula(con["conditions"], con["weights"], columns)
         if formulas is not None and mine != formulas:
             raise GlmxError("the Dataset node's contrasts differ between incoming contrasts; not supported yet",
                             file=file, field=where)
         formulas = mine
-        design = X.iloc[have].reset_index(drop=True)
+        design = X.iloc[have].reset_index(drop=True).rename(columns=columns)
+        try:  # what the OLS cannot estimate is refused now, not in the middle of the run
+            cg.check_design(design)
+            cg.group_contrasts(list(design.columns), {"intercept": 1.0}, mine)
+        except GlmxError as exc:
+            raise GlmxError(f"contrast {label}: {exc.message}", file=file, field=f"{where}.Model.X") from None
         design.insert(0, "participant_id", ["sub-" + subjects[i] for i in have])
         path = _write_if_changed(design, Path(design_dir) / name / f"contrast-{label}_design.tsv")
         kept = [subjects[i] for i in have]

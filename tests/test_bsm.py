@@ -209,6 +209,10 @@ BAD = {
         "Nodes[0].Contrasts[2].ConditionList"),
     "mistyped confound pattern": (lambda m: m["Nodes"][0]["Model"]["X"].append("cosnie*"), "Nodes[0].Model.X[11]"),
     "mistyped confound": (lambda m: m["Nodes"][0]["Model"]["X"].append("trans_q"), "Nodes[0].Model.X[11]"),
+    "filter on the edge out of the Run node": (
+        lambda m: m["Edges"][0].update(Filter={"contrast": ["incongruent_vs_congruent"]}), "Edges[0].Filter.contrast"),
+    "F contrast reaching the Dataset node": (lambda m: m["Edges"][1].pop("Filter"), "Nodes[0].Contrasts[1]"),
+    "Subject-level glm over runs": (lambda m: m["Nodes"][1]["Model"].update(Type="glm"), "Nodes[1].Model.Type"),
     "unsupported option": (lambda m: m["Nodes"][0]["Model"].update(Options={"HighPassFilterCutoffHz": 0.008}),
                            "Nodes[0].Model.Options.HighPassFilterCutoffHz"),
 }

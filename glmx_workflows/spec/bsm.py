@@ -26,6 +26,8 @@ TRANSFORMATIONS = ("Assign", "Convolve", "Copy", "Delete", "Demean", "DropNA", "
 # the model's software-specific section read by glmx: Model.Software.glmx
 SOFTWARE_KEYS = {"NoiseModel": ("ar1", "ols")}
 LEVELS_RUN = ("Run",)
+# entities an edge out of the Subject node may filter on (pybids applies the filter to the contrasts passed on)
+EDGE_FILTERS = ("contrast", "subject")
 
 
 def read_model_file(path):
@@ -174,10 +176,15 @@ def support_problems(data):
         for key in ("Source", "Destination"):
             if edge.get(key) not in names:
                 problems.append((f"Edges[{i}].{key}", f"no node named '{edge.get(key)}'; nodes: {', '.join(names)}"))
+        source = next((n for n in nodes if n.get("Name") == edge.get("Source")), {})
         for key in (edge.get("Filter") or {}):
-            if key != "contrast":
-                problems.append((f"Edges[{i}].Filter.{key}", "edge filters on entities other than 'contrast' are "
-                                                              "not supported yet"))
+            if source.get("Level") == "Run":
+                # the Subject node's fixed effects take every run and contrast of the first-level fit
+                problems.append((f"Edges[{i}].Filter.{key}", "filters on the edge out of the Run node are not "
+                                                              "supported yet; filter the edge into the Dataset node"))
+            elif key not in EDGE_FILTERS:
+                problems.append((f"Edges[{i}].Filter.{key}", f"edge filters on '{key}' are not supported yet "
+                                                              f"({' and '.join(EDGE_FILTERS)} are)"))
     inputs = data.get("Input") or {}
     tasks = inputs.get("task")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
@@ -222,9 +229,9 @@ def support_problems(data):
                             and level == "Subject":
                         problems.append((f"{where}.Contrasts[{k}]", "Subject-level contrasts other than the "
                                                                     "intercept are not supported yet"))
-            if node.get("Transformations"):
-                problems.append((f"{where}.Transformations", "transformations above the Run level are not "
-                                                             "supported yet"))
+            if node.get("Transformations") and level == "Subject":
+                problems.append((f"{where}.Transformations", "transformations at the Subject level are not "
+                                                             "supported yet (its fixed effects have no design)"))
         for key in ("Formula", "HRF"):
             if key in model:
                 problems.append((f"{where}.Model.{key}", f"Model.{key} is not supported yet; write the design "
@@ -256,7 +263,7 @@ def support_problems(data):
                                                                  "(t and F are)"))
         dummy = node.get("DummyContrasts")
         # 'pass' hands the estimates on untested: the Subject node's fixed effects are computed either way
-        allowed = ("t", "pass") if level == "Subject" else ("t",)
+        allowed = {"Subject": ("t", "pass"), "Dataset": ("t", "F")}.get(level, ("t",))
         if isinstance(dummy, dict) and dummy.get("Test", "t") not in allowed:
             problems.append((f"{where}.DummyContrasts.Test", f"DummyContrasts Test '{dummy.get('Test')}' is not "
                                                              f"supported here yet ({' or '.join(allowed)})"))
