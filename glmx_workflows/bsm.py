@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .core.errors import GlmxError
 from .planning import SubjectPlan, _check_mask, _checked_design, resolve_tr
 
@@ -59,7 +61,7 @@ class ModelGraph:
         Parameters
         ----------
         level : str
-            'Run', 'Subject' or 'Dataset'.
+            'Run', 'Session', 'Subject' or 'Dataset'.
 
         Returns
         -------
@@ -216,11 +218,12 @@ def walk_graph(layout, model, subjects=None):
 
 
 def check_f_inputs(graph):
-    """Refuse a Run-level F contrast that reaches the Dataset node.
+    """Refuse an F contrast that reaches a node fitting a model over its maps.
 
-    An F contrast's subject maps hold an F statistic, not one effect size per subject, so there is no
-    second-level model of it (fitlins fits a t test on whatever effect map the F left; glmx refuses). The
-    user keeps it out with the Subject → Dataset edge's ``Filter``.
+    An F contrast's maps hold an F statistic, not one effect size per run or subject, so a Subject node of
+    ``Type: glm`` or the Dataset node has nothing to model for it (fitlins fits a t test on whatever effect
+    map the F left; glmx refuses). The user keeps it at the lower levels with the incoming edge's ``Filter``.
+    A Subject node of ``Type: meta`` carries it on (nilearn's approximate fixed effects of F).
 
     Parameters
     ----------
@@ -232,21 +235,30 @@ def check_f_inputs(graph):
     GlmxError
         Naming the F contrast's JSON path and the edge to filter.
     """
-    name = graph.node("Dataset")
-    if name is None:
-        return
-    run_f = {c["name"] for o in graph.outputs[graph.run_node] for c in o["contrasts"] if c["test"] == "F"}
-    reached = sorted({str(o["entities"].get("contrast")) for o in graph.outputs[name]} & run_f)
-    if not reached:
-        return
-    kept = sorted({str(o["entities"].get("contrast")) for o in graph.outputs[name]} - run_f)
+    from .spec.bsm import node_index
+
+    f_names = {c["name"]: _contrast_path(graph.model, graph.run_node, c["name"]).rsplit(".", 1)[0]
+               for o in graph.outputs[graph.run_node] for c in o["contrasts"] if c["test"] == "F"}
     edges = graph.model.get("Edges") or []
-    k = next((i for i, e in enumerate(edges) if e.get("Destination") == name), None)
-    edge = f"Edges[{k}].Filter" if k is not None else f"an Edges entry into '{name}' with a Filter"
-    raise GlmxError(f"F contrast '{reached[0]}' reaches the Dataset node '{name}', which has no effect size per "
-                    f"subject to model for it; keep it at the lower levels with {edge} "
-                    f"{{\"contrast\": {json.dumps(kept)}}}", file=graph.model["_model_file"],
-                    field=_contrast_path(graph.model, graph.run_node, reached[0]).rsplit(".", 1)[0])
+    for name in graph.nodes[1:]:
+        node = graph.model["Nodes"][node_index(graph.model, name)]
+        outs = graph.outputs.get(name, [])
+        incoming = {str(o["entities"].get("contrast")) for o in outs}
+        if node["Level"] == "Dataset" or node["Model"]["Type"] == "glm":
+            reached = sorted(incoming & set(f_names))
+            if reached:
+                k = next((i for i, e in enumerate(edges) if e.get("Destination") == name), None)
+                edge = f"Edges[{k}].Filter" if k is not None else f"an Edges entry into '{name}' with a Filter"
+                kept = sorted(incoming - set(f_names))
+                raise GlmxError(f"F contrast '{reached[0]}' reaches node '{name}', which has no effect size per input "
+                                f"to model for it; keep it at the lower levels with {edge} "
+                                f"{{\"contrast\": {json.dumps(kept)}}}", file=graph.model["_model_file"],
+                                field=f_names[reached[0]])
+        for o in outs:
+            for con in o["contrasts"]:
+                if con["test"] == "F":
+                    own = _own_name(con, str(o["entities"].get("contrast")))
+                    f_names[con["name"]] = _contrast_path(graph.model, name, own).rsplit(".", 1)[0]
 
 
 def model_entry(model):
@@ -344,37 +356,103 @@ def run_contrasts(graph, subject):
     return out
 
 
-def check_subject_node(graph, subject, contrasts):
-    """The Subject node must carry every run contrast through as fixed effects (what glmx runs).
+def subject_models(graph, subject, runs, contrasts):
+    """The Subject node of one subject as the first level's ``fixed_effects`` runs it (``run_models``).
+
+    ``Type: meta`` (``X: [1]``): fixed effects of the runs, as fitlins' meta-analysis, one output per incoming
+    contrast named as it. ``Type: glm``: an OLS over the runs' effect maps with the graph's design (one row
+    per run) and the node's contrasts, as fitlins' SecondLevelModel. Contrasts the node's incoming edge
+    filters out get no subject-level maps.
 
     Parameters
     ----------
     graph : ModelGraph
     subject : str
+    runs : list of glmx_workflows.io.bids.Run
+        The subject's runs, in the order of the first-level fit.
     contrasts : dict
         The subject's run contrasts (from :func:`run_contrasts`).
+
+    Returns
+    -------
+    dict
+        ``{run contrast: {'type', 'X' (rows in run order), 'contrasts': [{'label', 'weights', 'test'}]}}``;
+        empty without a Subject node.
 
     Raises
     ------
     GlmxError
-        The node keeps a subset of the contrasts or combines them (not supported yet).
+        A meta node combining contrasts (only the intercept is supported), a design row per run missing, or a
+        design with no more runs than columns.
     """
+    from .core.formula import bids_label
+    from .spec.bsm import node_index
+
     name = graph.node("Subject")
     if name is None:
-        return
+        return {}
     file = graph.model["_model_file"]
-    outs = [o for o in graph.outputs.get(name, []) if str(o["entities"].get("subject")) == subject]
-    kept = set()
-    for o in outs:
-        for con in o["contrasts"]:
-            if con["conditions"] != ["intercept"] or [float(w) for w in con["weights"]] != [1.0]:
-                raise GlmxError("only the intercept (each run contrast's fixed effect) is supported at the Subject "
-                                f"level; got {con['name']}", file=file, field=_path(graph.model, name))
-            kept.add(con["name"])
-    if kept != set(contrasts):
-        raise GlmxError(f"the Subject node keeps {', '.join(sorted(kept)) or 'no contrast'} of the run contrasts "
-                        f"{', '.join(sorted(contrasts))}; keeping a subset is not supported yet (use DummyContrasts "
-                        "without a Contrasts list)", file=file, field=_path(graph.model, name))
+    where = _path(graph.model, name)
+    mtype = graph.model["Nodes"][node_index(graph.model, name)]["Model"]["Type"]
+    order = [_run_key({"session": r.session, "run": r.run or ""}) for r in runs]
+    session_node = graph.node("Session")
+    if session_node is not None:
+        lacking = [Path(r.bold).name for r in runs if not r.session]
+        if lacking:
+            raise GlmxError(f"the model has a Session node but {lacking[0]} has no session", file=file,
+                            field=_path(graph.model, session_node))
+        # the contrasts the Session node takes (its incoming edge's Filter); the Subject node takes them all
+        taken = {str(o["entities"].get("contrast")) for o in graph.outputs.get(session_node, [])
+                 if str(o["entities"].get("subject")) == subject and o["contrasts"]}
+    out = {}
+    for o in graph.outputs.get(name, []):
+        if str(o["entities"].get("subject")) != subject:
+            continue
+        incoming = str(o["entities"].get("contrast"))
+        if incoming not in contrasts:
+            continue
+        cons = o["contrasts"]
+        if not cons:
+            continue  # the node's DummyContrasts name a subset: no subject-level maps of this one
+        if mtype == "meta":
+            for con in cons:
+                if con["conditions"] != ["intercept"] or [float(w) for w in con["weights"]] != [1.0]:
+                    raise GlmxError("only the intercept (each run contrast's fixed effect) is supported at a Subject "
+                                    f"node of Type 'meta'; got {con['name']}", file=file, field=where)
+            out[incoming] = {"type": "meta", "X": [], "contrasts": []}
+            if session_node is not None:
+                if incoming not in taken:
+                    del out[incoming]
+                    continue
+                out[incoming]["sessions"] = [str(r.session) for r in runs]
+            continue
+        meta = o["inputs"]
+        rows = {_run_key({"session": r.get("session"), "run": r.get("run", "")}): i
+                for i, r in enumerate(meta.to_dict("records"))}
+        lacking = [k for k in order if k not in rows]
+        if lacking:
+            raise GlmxError(f"the Subject node's design of sub-{subject}, contrast '{incoming}' has no row for run(s) "
+                            f"{lacking}", file=file, field=where)
+        X = o["X"].iloc[[rows[k] for k in order]]
+        if len(X) <= len(X.columns) or np.linalg.matrix_rank(X.to_numpy(float)) < len(X.columns):
+            raise GlmxError(f"the Subject node's GLM of sub-{subject} cannot be estimated: {len(X)} run(s), design "
+                            f"columns {', '.join(map(str, X.columns))} (an OLS over runs needs more runs than "
+                            "independent columns)", file=file, field=f"{where}.Model.X")
+        columns = list(X.columns)
+        items = []
+        for con in cons:
+            rows_w = np.zeros((len(con["weights"]) if con["test"] == "F" else 1, len(columns)))
+            weights = np.atleast_2d(np.asarray(con["weights"], dtype=float))
+            for j, c in enumerate(con["conditions"]):
+                if c not in columns:
+                    raise GlmxError(f"contrast '{con['name']}' names {c}, not a column of the Subject node's design "
+                                    f"({', '.join(map(str, columns))})", file=file,
+                                    field=_contrast_path(graph.model, name, _own_name(con, incoming)))
+                rows_w[:, columns.index(c)] = weights[:, j]
+            items.append({"label": bids_label(str(con["name"])), "test": con["test"],
+                          "weights": (rows_w if con["test"] == "F" else rows_w[0]).tolist()})
+        out[incoming] = {"type": "glm", "X": X.to_numpy(float).tolist(), "contrasts": items}
+    return out
 
 
 def plan_model_subject(layout, entry, settings, graph, work_dir):
@@ -402,7 +480,7 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     ------
     GlmxError
         A run without a design in the graph (or the reverse), wrong design length, a design that cannot
-        be estimated, or anything :func:`run_contrasts` and :func:`check_subject_node` refuse.
+        be estimated, or anything :func:`run_contrasts` and :func:`subject_models` refuse.
     """
     from .io.bids import find_runs
 
@@ -410,6 +488,13 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     file = entry["_spec_file"]
     runs = find_runs(layout, subject, task, settings["space"])
     settings = dict(settings, tr=resolve_tr(settings, entry, runs))
+    run_group = graph.model["Nodes"][0].get("GroupBy") or []
+    with_session = [r for r in runs if r.session]
+    if with_session and "session" not in run_group:
+        # pybids would pool the same run number of different sessions into one design
+        raise GlmxError(f"{Path(with_session[0].bold).name} has a session: the Run node must group by 'session' too "
+                        "(\"GroupBy\": [\"run\", \"session\", \"subject\"])", file=file,
+                        field=f"{_path(graph.model, graph.run_node)}.GroupBy")
     designs = {_run_key(o["entities"]): o for o in graph.outputs[graph.run_node]
                if str(o["entities"].get("subject")) == subject}
     design_files = []
@@ -434,7 +519,7 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     if not contrasts:
         raise GlmxError("the Run node has no contrast (add Contrasts or DummyContrasts)", file=file,
                         field=_path(graph.model, graph.run_node))
-    check_subject_node(graph, subject, contrasts)
+    settings["subject_models"] = subject_models(graph, subject, runs, contrasts)
     from .io.tables import read_tsv
 
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,

@@ -210,9 +210,10 @@ BAD = {
     "mistyped confound pattern": (lambda m: m["Nodes"][0]["Model"]["X"].append("cosnie*"), "Nodes[0].Model.X[11]"),
     "mistyped confound": (lambda m: m["Nodes"][0]["Model"]["X"].append("trans_q"), "Nodes[0].Model.X[11]"),
     "filter on the edge out of the Run node": (
-        lambda m: m["Edges"][0].update(Filter={"contrast": ["incongruent_vs_congruent"]}), "Edges[0].Filter.contrast"),
+        lambda m: m["Edges"][0].update(Filter={"subject": ["01"]}), "Edges[0].Filter.subject"),
     "F contrast reaching the Dataset node": (lambda m: m["Edges"][1].pop("Filter"), "Nodes[0].Contrasts[1]"),
-    "Subject-level glm over runs": (lambda m: m["Nodes"][1]["Model"].update(Type="glm"), "Nodes[1].Model.Type"),
+    "Session-level node": (lambda m: m["Nodes"][1].update(Level="Session"), "Nodes[1].Level"),
+    "F contrast reaching a Subject glm": (lambda m: m["Nodes"][1]["Model"].update(Type="glm"), "Nodes[0].Contrasts[1]"),
     "unsupported option": (lambda m: m["Nodes"][0]["Model"].update(Options={"HighPassFilterCutoffHz": 0.008}),
                            "Nodes[0].Model.Options.HighPassFilterCutoffHz"),
 }
