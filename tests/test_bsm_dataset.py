@@ -127,3 +127,27 @@ def test_run_f_contrast_reaching_the_dataset_node_is_refused(participant, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Nodes[0].Contrasts[1]" in err[0] and "Edges[1].Filter" in err[0], err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_dataset_factor_of_group_two_sample(participant, tmp_path):
+    """participants.tsv's ``group`` through pybids' Factor: a two-sample design; the published design writes
+    ``group.patient`` as ``group_patient`` (an identifier for the group level's contrast formulas)."""
+    root, out = participant
+    node = {"Transformations": {"Transformer": "pybids-transforms-v1",
+                                "Instructions": [{"Name": "Factor", "Input": ["group"]}]},
+            "Model": {"Type": "glm", "X": [1, "group.patient"]},
+            "Contrasts": [{"Name": "patient_vs_control", "ConditionList": ["group.patient"], "Weights": [1],
+                           "Test": "t"}]}
+    path = _variant(tmp_path, "groups", node, {"contrast": ["trial_type.congruent"]})
+    assert main([str(root), str(out), "group", "--model", str(path), "--inference", "uncorrected",
+                 "--plugin", "Linear"]) == 0
+    folder = out / "node-groups"
+    groups = pd.read_csv(root / "participants.tsv", sep="\t")["group"]
+    design = pd.DataFrame({"intercept": np.ones(len(groups)), "patient": (groups == "patient").astype(float)})
+    ours = pd.read_csv(folder / f"task-flanker_space-{SPACE}_contrast-trialTypeCongruent_design.tsv", sep="\t")
+    assert list(ours.columns) == ["participant_id", "intercept", "group_patient"]
+    assert np.abs(ours[["intercept", "group_patient"]].to_numpy() - design.to_numpy()).max() == 0
+    z = _one(folder, "*contrast-trialTypeCongruent_stat-z_desc-patientVsControl_statmap.nii.gz")
+    mask = _one(folder, "*contrast-trialTypeCongruent_stat-z_statmap.nii.gz") != 0
+    ref = _second_level(_subject_maps(out, "trialTypeCongruent", SUBJECTS), design, mask, [0, 1], "t")
+    assert np.abs(z - ref["z_score"])[mask].max() < 1e-4
