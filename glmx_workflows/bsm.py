@@ -125,7 +125,7 @@ def check_run_output(model, node_name, out, file):
     columns = list(out["X"].columns)
     run = ", ".join(f"{k}-{v}" for k, v in sorted(out["entities"].items()))
     for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
-        if entry == 1:
+        if entry == 1 or (entry == "intercept" and "intercept" in columns):
             continue
         hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
                else entry in columns)
@@ -139,6 +139,41 @@ def check_run_output(model, node_name, out, file):
             raise GlmxError(f"contrast '{con['name']}' names {', '.join(map(str, missing))}, not a column of the "
                             f"design of run ({run}); columns: {', '.join(columns)}", file=file,
                             field=_contrast_path(model, node_name, con["name"]))
+
+
+def check_x_entries(model, node_name, out, file):
+    """Every ``X`` entry of a node above the Run level names a column of its design.
+
+    Parameters
+    ----------
+    model : dict
+        The validated document.
+    node_name : str
+        A Session, Subject or Dataset node.
+    out : dict
+        One of its outputs (see :class:`ModelGraph`).
+    file : str
+        The model file, for messages.
+
+    Raises
+    ------
+    GlmxError
+        Naming the JSON path of the X entry.
+    """
+    from .spec.bsm import node_index
+
+    i = node_index(model, node_name)
+    columns = [str(c) for c in out["X"].columns]
+    for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
+        if entry == 1 and "intercept" in columns:
+            continue
+        entry = str(entry)
+        hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
+               else entry in columns)
+        if not hit:
+            raise GlmxError(f"'{entry}' matches no variable of node '{node_name}' (participants.tsv columns and the "
+                            f"node's transformations); design columns found: {', '.join(columns)}", file=file,
+                            field=f"Nodes[{i}].Model.X[{j}]")
 
 
 def walk_graph(layout, model, subjects=None):
@@ -207,9 +242,11 @@ def walk_graph(layout, model, subjects=None):
                                 f"'{filters['task']}'{', subjects ' + ', '.join(subjects) if subjects else ''})",
                                 file=file, field=where)
             result.outputs[node.name] = [_as_dict(o) for o in outs]
-            if inputs is None:
-                for o in result.outputs[node.name]:
+            for o in result.outputs[node.name]:
+                if inputs is None:
                     check_run_output(model, node.name, o, file)
+                else:  # pybids drops an X entry it cannot find (a mistyped participants.tsv column): refused here
+                    check_x_entries(model, node.name, o, file)
             inputs = [c for o in outs for c in o.contrasts]
             edge_filter = dict(node.children[0].filter or {}) if node.children else {}
             node = node.children[0].destination if node.children else None

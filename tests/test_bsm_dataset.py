@@ -74,7 +74,8 @@ def test_dataset_f_contrast_and_scaled_age_covariate(participant, tmp_path):
                  "--plugin", "Linear"]) == 0
     folder = out / "node-ageModel"
     # the edge's Filter kept one contrast
-    assert {p.name.split("contrast-")[1].split("_")[0] for p in folder.glob("*contrast-*")} == {"incongruentVsCongruent"}
+    labels = {p.name.split("contrast-")[1].split("_")[0] for p in folder.glob("*contrast-*")}
+    assert labels == {"incongruentVsCongruent"}
     # the explicit design: participants.tsv's age standardised over the dataset's participants (pybids' Scale:
     # demean, divide by the sample standard deviation), and an intercept
     age = pd.read_csv(root / "participants.tsv", sep="\t")["age"].to_numpy(float)

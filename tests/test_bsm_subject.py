@@ -96,7 +96,8 @@ def test_session_node_then_subject_node_match_nilearn_fixed_effects(tmp_path):
                  f"sub-01_ses-{ses}_task-flanker_run-{run}_space-{SPACE}_desc-preproc_bold.nii.gz"),
              pd.read_csv(out / "node-run" / "sub-01" / f"ses-{ses}" / "func" /
                          f"sub-01_ses-{ses}_task-flanker_run-{run}_design.tsv", sep="\t")))
-    mask_file = str(fmriprep / "ses-a" / "func" / f"sub-01_ses-a_task-flanker_run-1_space-{SPACE}_desc-brain_mask.nii.gz")
+    mask_file = str(fmriprep / "ses-a" / "func" /
+                    f"sub-01_ses-a_task-flanker_run-1_space-{SPACE}_desc-brain_mask.nii.gz")
     inside = nb.load(mask_file).get_fdata() > 0
     effects, variances, dofs = [], [], []
     for ses, pairs in designs.items():
