@@ -119,20 +119,9 @@ def check_run_output(model, node_name, out, file):
     GlmxError
         Naming the JSON path of the X entry or contrast, and the run.
     """
-    from .spec.bsm import node_index
-
-    i = node_index(model, node_name)
     columns = list(out["X"].columns)
     run = ", ".join(f"{k}-{v}" for k, v in sorted(out["entities"].items()))
-    for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
-        if entry == 1 or (entry == "intercept" and "intercept" in columns):
-            continue
-        hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
-               else entry in columns)
-        if not hit:
-            raise GlmxError(f"'{entry}' matches no variable of the run ({run}); a mistyped confound or condition? "
-                            f"design columns found: {', '.join(columns)}", file=file,
-                            field=f"Nodes[{i}].Model.X[{j}]")
+    check_x_entries(model, node_name, out, file, f"the run ({run}); a mistyped confound or condition?")
     for con in out["contrasts"]:
         missing = [c for c in con["conditions"] if c not in columns]
         if missing:
@@ -141,19 +130,24 @@ def check_run_output(model, node_name, out, file):
                             field=_contrast_path(model, node_name, con["name"]))
 
 
-def check_x_entries(model, node_name, out, file):
-    """Every ``X`` entry of a node above the Run level names a column of its design.
+def check_x_entries(model, node_name, out, file, what=None):
+    """Every ``X`` entry of a node (a name, or a wildcard such as ``cosine*``) matches a column of its design.
+
+    pybids drops what it cannot find (``invalid_inputs='drop'``, as fitlins runs it): a mistyped confound
+    or participants.tsv column would vanish from the model silently.
 
     Parameters
     ----------
     model : dict
         The validated document.
     node_name : str
-        A Session, Subject or Dataset node.
+        Any node.
     out : dict
         One of its outputs (see :class:`ModelGraph`).
     file : str
         The model file, for messages.
+    what : str, optional
+        What the design is, for the message (default: the node and participants.tsv).
 
     Raises
     ------
@@ -164,6 +158,7 @@ def check_x_entries(model, node_name, out, file):
 
     i = node_index(model, node_name)
     columns = [str(c) for c in out["X"].columns]
+    what = what or f"node '{node_name}' (participants.tsv columns and the node's transformations);"
     for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
         if entry == 1 and "intercept" in columns:
             continue
@@ -171,9 +166,8 @@ def check_x_entries(model, node_name, out, file):
         hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
                else entry in columns)
         if not hit:
-            raise GlmxError(f"'{entry}' matches no variable of node '{node_name}' (participants.tsv columns and the "
-                            f"node's transformations); design columns found: {', '.join(columns)}", file=file,
-                            field=f"Nodes[{i}].Model.X[{j}]")
+            raise GlmxError(f"'{entry}' matches no variable of {what} design columns found: {', '.join(columns)}",
+                            file=file, field=f"Nodes[{i}].Model.X[{j}]")
 
 
 def walk_graph(layout, model, subjects=None):
@@ -343,8 +337,12 @@ def _write_if_changed(frame, path):
 
 
 def _run_key(entities):
-    return (str(entities.get("session") or ""), int(entities["run"]) if str(entities.get("run", "")).isdigit()
-            else str(entities.get("run", "")))
+    run = entities.get("run", "")
+    try:  # a run label '01', an entity 1 or a design value 1.0 (an entity the node's X names) are the same run
+        run = int(float(run))
+    except (TypeError, ValueError):
+        run = str(run)
+    return (str(entities.get("session") or ""), run)
 
 
 def run_contrasts(graph, subject):
@@ -463,7 +461,10 @@ def subject_models(graph, subject, runs, contrasts):
                     continue
                 out[incoming]["sessions"] = [str(r.session) for r in runs]
             continue
-        meta = o["inputs"]
+        meta = o["inputs"].copy()
+        for ent in ("run", "session"):  # pybids moves an entity the node's X names out of the metadata
+            if ent not in meta.columns and ent in o["X"].columns:
+                meta[ent] = o["X"][ent].to_numpy()
         rows = {_run_key({"session": r.get("session"), "run": r.get("run", "")}): i
                 for i, r in enumerate(meta.to_dict("records"))}
         lacking = [k for k in order if k not in rows]
@@ -532,6 +533,12 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
         raise GlmxError(f"{Path(with_session[0].bold).name} has a session: the Run node must group by 'session' too "
                         "(\"GroupBy\": [\"run\", \"session\", \"subject\"])", file=file,
                         field=f"{_path(graph.model, graph.run_node)}.GroupBy")
+    # the contrasts and the nodes above the Run level first: nothing is written for a model refused there
+    contrasts = run_contrasts(graph, subject)
+    if not contrasts:
+        raise GlmxError("the Run node has no contrast (add Contrasts or DummyContrasts)", file=file,
+                        field=_path(graph.model, graph.run_node))
+    settings["subject_models"] = subject_models(graph, subject, runs, contrasts)
     designs = {_run_key(o["entities"]): o for o in graph.outputs[graph.run_node]
                if str(o["entities"].get("subject")) == subject}
     design_files = []
@@ -552,11 +559,6 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     if designs:
         raise GlmxError(f"the model's Run node has designs for runs without a preprocessed BOLD: "
                         f"{sorted(designs)}", file=file, field=_path(graph.model, graph.run_node))
-    contrasts = run_contrasts(graph, subject)
-    if not contrasts:
-        raise GlmxError("the Run node has no contrast (add Contrasts or DummyContrasts)", file=file,
-                        field=_path(graph.model, graph.run_node))
-    settings["subject_models"] = subject_models(graph, subject, runs, contrasts)
     from .io.tables import read_tsv
 
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,

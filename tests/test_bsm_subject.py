@@ -124,3 +124,16 @@ def test_session_node_then_subject_node_match_nilearn_fixed_effects(tmp_path):
         assert np.abs(ours - ref.get_fdata())[inside].max() < 1e-3, stat
     # the Run → Session edge's Filter: only that contrast above the Run level
     assert {p.name.split("contrast-")[1].split("_")[0] for p in folder.glob("*contrast-*")} == {label}
+
+
+def test_sessions_need_the_run_node_grouped_by_session(tmp_path, capsys):
+    root = tmp_path / "bids"
+    make_example_dataset(root, n_subjects=1, n_runs=2, shape=(9, 11, 9), n_volumes=70, seed=9)
+    _into_sessions(root, {1: "a", 2: "b"})
+    before = sorted(p for p in root.rglob("*"))
+    out = tmp_path / "out"
+    assert main([str(root), str(out), "participant", "--model", str(MODEL), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Nodes[0].GroupBy" in err[0] and "session" in err[0], err
+    assert not out.exists() and not Path(str(out) + "_work").exists()
+    assert sorted(p for p in root.rglob("*")) == before
