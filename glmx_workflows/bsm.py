@@ -18,8 +18,11 @@ matches no variable, a contrast naming a regressor the run's design lacks.
 
 import fnmatch
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .core.errors import GlmxError
 from .planning import SubjectPlan, _check_mask, _checked_design, resolve_tr
@@ -58,7 +61,7 @@ class ModelGraph:
         Parameters
         ----------
         level : str
-            'Run', 'Subject' or 'Dataset'.
+            'Run', 'Session', 'Subject' or 'Dataset'.
 
         Returns
         -------
@@ -116,26 +119,55 @@ def check_run_output(model, node_name, out, file):
     GlmxError
         Naming the JSON path of the X entry or contrast, and the run.
     """
-    from .spec.bsm import node_index
-
-    i = node_index(model, node_name)
     columns = list(out["X"].columns)
     run = ", ".join(f"{k}-{v}" for k, v in sorted(out["entities"].items()))
-    for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
-        if entry == 1:
-            continue
-        hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
-               else entry in columns)
-        if not hit:
-            raise GlmxError(f"'{entry}' matches no variable of the run ({run}); a mistyped confound or condition? "
-                            f"design columns found: {', '.join(columns)}", file=file,
-                            field=f"Nodes[{i}].Model.X[{j}]")
+    check_x_entries(model, node_name, out, file, f"the run ({run}); a mistyped confound or condition?")
     for con in out["contrasts"]:
         missing = [c for c in con["conditions"] if c not in columns]
         if missing:
             raise GlmxError(f"contrast '{con['name']}' names {', '.join(map(str, missing))}, not a column of the "
                             f"design of run ({run}); columns: {', '.join(columns)}", file=file,
                             field=_contrast_path(model, node_name, con["name"]))
+
+
+def check_x_entries(model, node_name, out, file, what=None):
+    """Every ``X`` entry of a node (a name, or a wildcard such as ``cosine*``) matches a column of its design.
+
+    pybids drops what it cannot find (``invalid_inputs='drop'``, as fitlins runs it): a mistyped confound
+    or participants.tsv column would vanish from the model silently.
+
+    Parameters
+    ----------
+    model : dict
+        The validated document.
+    node_name : str
+        Any node.
+    out : dict
+        One of its outputs (see :class:`ModelGraph`).
+    file : str
+        The model file, for messages.
+    what : str, optional
+        What the design is, for the message (default: the node and participants.tsv).
+
+    Raises
+    ------
+    GlmxError
+        Naming the JSON path of the X entry.
+    """
+    from .spec.bsm import node_index
+
+    i = node_index(model, node_name)
+    columns = [str(c) for c in out["X"].columns]
+    what = what or f"node '{node_name}' (participants.tsv columns and the node's transformations);"
+    for j, entry in enumerate(model["Nodes"][i]["Model"]["X"]):
+        if entry == 1 and "intercept" in columns:
+            continue
+        entry = str(entry)
+        hit = (any(fnmatch.fnmatchcase(c, entry) for c in columns) if any(ch in entry for ch in WILDCARDS)
+               else entry in columns)
+        if not hit:
+            raise GlmxError(f"'{entry}' matches no variable of {what} design columns found: {', '.join(columns)}",
+                            file=file, field=f"Nodes[{i}].Model.X[{j}]")
 
 
 def walk_graph(layout, model, subjects=None):
@@ -182,7 +214,7 @@ def walk_graph(layout, model, subjects=None):
             raise GlmxError(f"pybids could not load the model's variables: {exc}", file=file) from None
         result = ModelGraph(model=model, nodes=names)
         node = graph.root_node
-        inputs = None
+        inputs, edge_filter = None, {}
         while node is not None:
             where = _path(model, node.name)
             try:
@@ -190,8 +222,10 @@ def walk_graph(layout, model, subjects=None):
                     outs = node.run(group_by=node.group_by, force_dense=False, invalid_inputs="drop",
                                     invalid_contrasts="ignore", missing_values="fill")
                 else:
+                    # the incoming edge's Filter, applied by pybids as fitlins has it (BIDSStatsModelsGraph's
+                    # run_graph); n/a in a covariate (participants.tsv) is an error above the Run level, not 0
                     outs = node.run(inputs=inputs, group_by=node.group_by, invalid_inputs="drop",
-                                    invalid_contrasts="ignore", missing_values="fill")
+                                    invalid_contrasts="ignore", missing_values="error", **edge_filter)
             except GlmxError:
                 raise
             except Exception as exc:
@@ -202,12 +236,60 @@ def walk_graph(layout, model, subjects=None):
                                 f"'{filters['task']}'{', subjects ' + ', '.join(subjects) if subjects else ''})",
                                 file=file, field=where)
             result.outputs[node.name] = [_as_dict(o) for o in outs]
-            if inputs is None:
-                for o in result.outputs[node.name]:
+            for o in result.outputs[node.name]:
+                if inputs is None:
                     check_run_output(model, node.name, o, file)
+                else:  # pybids drops an X entry it cannot find (a mistyped participants.tsv column): refused here
+                    check_x_entries(model, node.name, o, file)
             inputs = [c for o in outs for c in o.contrasts]
+            edge_filter = dict(node.children[0].filter or {}) if node.children else {}
             node = node.children[0].destination if node.children else None
+    check_f_inputs(result)
     return result
+
+
+def check_f_inputs(graph):
+    """Refuse an F contrast that reaches a node fitting a model over its maps.
+
+    An F contrast's maps hold an F statistic, not one effect size per run or subject, so a Subject node of
+    ``Type: glm`` or the Dataset node has nothing to model for it (fitlins fits a t test on whatever effect
+    map the F left; glmx refuses). The user keeps it at the lower levels with the incoming edge's ``Filter``.
+    A Subject node of ``Type: meta`` carries it on (nilearn's approximate fixed effects of F).
+
+    Parameters
+    ----------
+    graph : ModelGraph
+        The walked graph.
+
+    Raises
+    ------
+    GlmxError
+        Naming the F contrast's JSON path and the edge to filter.
+    """
+    from .spec.bsm import node_index
+
+    f_names = {c["name"]: _contrast_path(graph.model, graph.run_node, c["name"]).rsplit(".", 1)[0]
+               for o in graph.outputs[graph.run_node] for c in o["contrasts"] if c["test"] == "F"}
+    edges = graph.model.get("Edges") or []
+    for name in graph.nodes[1:]:
+        node = graph.model["Nodes"][node_index(graph.model, name)]
+        outs = graph.outputs.get(name, [])
+        incoming = {str(o["entities"].get("contrast")) for o in outs}
+        if node["Level"] == "Dataset" or node["Model"]["Type"] == "glm":
+            reached = sorted(incoming & set(f_names))
+            if reached:
+                k = next((i for i, e in enumerate(edges) if e.get("Destination") == name), None)
+                edge = f"Edges[{k}].Filter" if k is not None else f"an Edges entry into '{name}' with a Filter"
+                kept = sorted(incoming - set(f_names))
+                raise GlmxError(f"F contrast '{reached[0]}' reaches node '{name}', which has no effect size per input "
+                                f"to model for it; keep it at the lower levels with {edge} "
+                                f"{{\"contrast\": {json.dumps(kept)}}}", file=graph.model["_model_file"],
+                                field=f_names[reached[0]])
+        for o in outs:
+            for con in o["contrasts"]:
+                if con["test"] == "F":
+                    own = _own_name(con, str(o["entities"].get("contrast")))
+                    f_names[con["name"]] = _contrast_path(graph.model, name, own).rsplit(".", 1)[0]
 
 
 def model_entry(model):
@@ -255,8 +337,12 @@ def _write_if_changed(frame, path):
 
 
 def _run_key(entities):
-    return (str(entities.get("session") or ""), int(entities["run"]) if str(entities.get("run", "")).isdigit()
-            else str(entities.get("run", "")))
+    run = entities.get("run", "")
+    try:  # a run label '01', an entity 1 or a design value 1.0 (an entity the node's X names) are the same run
+        run = int(float(run))
+    except (TypeError, ValueError):
+        run = str(run)
+    return (str(entities.get("session") or ""), run)
 
 
 def run_contrasts(graph, subject):
@@ -305,37 +391,106 @@ def run_contrasts(graph, subject):
     return out
 
 
-def check_subject_node(graph, subject, contrasts):
-    """The Subject node must carry every run contrast through as fixed effects (what glmx runs).
+def subject_models(graph, subject, runs, contrasts):
+    """The Subject node of one subject as the first level's ``fixed_effects`` runs it (``run_models``).
+
+    ``Type: meta`` (``X: [1]``): fixed effects of the runs, as fitlins' meta-analysis, one output per incoming
+    contrast named as it. ``Type: glm``: an OLS over the runs' effect maps with the graph's design (one row
+    per run) and the node's contrasts, as fitlins' SecondLevelModel. Contrasts the node's incoming edge
+    filters out get no subject-level maps.
 
     Parameters
     ----------
     graph : ModelGraph
     subject : str
+    runs : list of glmx_workflows.io.bids.Run
+        The subject's runs, in the order of the first-level fit.
     contrasts : dict
         The subject's run contrasts (from :func:`run_contrasts`).
+
+    Returns
+    -------
+    dict
+        ``{run contrast: {'type', 'X' (rows in run order), 'contrasts': [{'label', 'weights', 'test'}]}}``;
+        empty without a Subject node.
 
     Raises
     ------
     GlmxError
-        The node keeps a subset of the contrasts or combines them (not supported yet).
+        A meta node combining contrasts (only the intercept is supported), a design row per run missing, or a
+        design with no more runs than columns.
     """
+    from .core.formula import bids_label
+    from .spec.bsm import node_index
+
     name = graph.node("Subject")
     if name is None:
-        return
+        return {}
     file = graph.model["_model_file"]
-    outs = [o for o in graph.outputs.get(name, []) if str(o["entities"].get("subject")) == subject]
-    kept = set()
-    for o in outs:
-        for con in o["contrasts"]:
-            if con["conditions"] != ["intercept"] or [float(w) for w in con["weights"]] != [1.0]:
-                raise GlmxError("only the intercept (each run contrast's fixed effect) is supported at the Subject "
-                                f"level; got {con['name']}", file=file, field=_path(graph.model, name))
-            kept.add(con["name"])
-    if kept != set(contrasts):
-        raise GlmxError(f"the Subject node keeps {', '.join(sorted(kept)) or 'no contrast'} of the run contrasts "
-                        f"{', '.join(sorted(contrasts))}; keeping a subset is not supported yet (use DummyContrasts "
-                        "without a Contrasts list)", file=file, field=_path(graph.model, name))
+    where = _path(graph.model, name)
+    mtype = graph.model["Nodes"][node_index(graph.model, name)]["Model"]["Type"]
+    order = [_run_key({"session": r.session, "run": r.run or ""}) for r in runs]
+    session_node = graph.node("Session")
+    if session_node is not None:
+        lacking = [Path(r.bold).name for r in runs if not r.session]
+        if lacking:
+            raise GlmxError(f"the model has a Session node but {lacking[0]} has no session", file=file,
+                            field=_path(graph.model, session_node))
+        # the contrasts the Session node takes (its incoming edge's Filter); the Subject node takes them all
+        taken = {str(o["entities"].get("contrast")) for o in graph.outputs.get(session_node, [])
+                 if str(o["entities"].get("subject")) == subject and o["contrasts"]}
+    out = {}
+    for o in graph.outputs.get(name, []):
+        if str(o["entities"].get("subject")) != subject:
+            continue
+        incoming = str(o["entities"].get("contrast"))
+        if incoming not in contrasts:
+            continue
+        cons = o["contrasts"]
+        if not cons:
+            continue  # the node's DummyContrasts name a subset: no subject-level maps of this one
+        if mtype == "meta":
+            for con in cons:
+                if con["conditions"] != ["intercept"] or [float(w) for w in con["weights"]] != [1.0]:
+                    raise GlmxError("only the intercept (each run contrast's fixed effect) is supported at a Subject "
+                                    f"node of Type 'meta'; got {con['name']}", file=file, field=where)
+            out[incoming] = {"type": "meta", "X": [], "contrasts": []}
+            if session_node is not None:
+                if incoming not in taken:
+                    del out[incoming]
+                    continue
+                out[incoming]["sessions"] = [str(r.session) for r in runs]
+            continue
+        meta = o["inputs"].copy()
+        for ent in ("run", "session"):  # pybids moves an entity the node's X names out of the metadata
+            if ent not in meta.columns and ent in o["X"].columns:
+                meta[ent] = o["X"][ent].to_numpy()
+        rows = {_run_key({"session": r.get("session"), "run": r.get("run", "")}): i
+                for i, r in enumerate(meta.to_dict("records"))}
+        lacking = [k for k in order if k not in rows]
+        if lacking:
+            raise GlmxError(f"the Subject node's design of sub-{subject}, contrast '{incoming}' has no row for run(s) "
+                            f"{lacking}", file=file, field=where)
+        X = o["X"].iloc[[rows[k] for k in order]]
+        if len(X) <= len(X.columns) or np.linalg.matrix_rank(X.to_numpy(float)) < len(X.columns):
+            raise GlmxError(f"the Subject node's GLM of sub-{subject} cannot be estimated: {len(X)} run(s), design "
+                            f"columns {', '.join(map(str, X.columns))} (an OLS over runs needs more runs than "
+                            "independent columns)", file=file, field=f"{where}.Model.X")
+        columns = list(X.columns)
+        items = []
+        for con in cons:
+            rows_w = np.zeros((len(con["weights"]) if con["test"] == "F" else 1, len(columns)))
+            weights = np.atleast_2d(np.asarray(con["weights"], dtype=float))
+            for j, c in enumerate(con["conditions"]):
+                if c not in columns:
+                    raise GlmxError(f"contrast '{con['name']}' names {c}, not a column of the Subject node's design "
+                                    f"({', '.join(map(str, columns))})", file=file,
+                                    field=_contrast_path(graph.model, name, _own_name(con, incoming)))
+                rows_w[:, columns.index(c)] = weights[:, j]
+            items.append({"label": bids_label(str(con["name"])), "test": con["test"],
+                          "weights": (rows_w if con["test"] == "F" else rows_w[0]).tolist()})
+        out[incoming] = {"type": "glm", "X": X.to_numpy(float).tolist(), "contrasts": items}
+    return out
 
 
 def plan_model_subject(layout, entry, settings, graph, work_dir):
@@ -363,7 +518,7 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     ------
     GlmxError
         A run without a design in the graph (or the reverse), wrong design length, a design that cannot
-        be estimated, or anything :func:`run_contrasts` and :func:`check_subject_node` refuse.
+        be estimated, or anything :func:`run_contrasts` and :func:`subject_models` refuse.
     """
     from .io.bids import find_runs
 
@@ -371,6 +526,19 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     file = entry["_spec_file"]
     runs = find_runs(layout, subject, task, settings["space"])
     settings = dict(settings, tr=resolve_tr(settings, entry, runs))
+    run_group = graph.model["Nodes"][0].get("GroupBy") or []
+    with_session = [r for r in runs if r.session]
+    if with_session and "session" not in run_group:
+        # pybids would pool the same run number of different sessions into one design
+        raise GlmxError(f"{Path(with_session[0].bold).name} has a session: the Run node must group by 'session' too "
+                        "(\"GroupBy\": [\"run\", \"session\", \"subject\"])", file=file,
+                        field=f"{_path(graph.model, graph.run_node)}.GroupBy")
+    # the contrasts and the nodes above the Run level first: nothing is written for a model refused there
+    contrasts = run_contrasts(graph, subject)
+    if not contrasts:
+        raise GlmxError("the Run node has no contrast (add Contrasts or DummyContrasts)", file=file,
+                        field=_path(graph.model, graph.run_node))
+    settings["subject_models"] = subject_models(graph, subject, runs, contrasts)
     designs = {_run_key(o["entities"]): o for o in graph.outputs[graph.run_node]
                if str(o["entities"].get("subject")) == subject}
     design_files = []
@@ -391,11 +559,6 @@ def plan_model_subject(layout, entry, settings, graph, work_dir):
     if designs:
         raise GlmxError(f"the model's Run node has designs for runs without a preprocessed BOLD: "
                         f"{sorted(designs)}", file=file, field=_path(graph.model, graph.run_node))
-    contrasts = run_contrasts(graph, subject)
-    if not contrasts:
-        raise GlmxError("the Run node has no contrast (add Contrasts or DummyContrasts)", file=file,
-                        field=_path(graph.model, graph.run_node))
-    check_subject_node(graph, subject, contrasts)
     from .io.tables import read_tsv
 
     return SubjectPlan(subject=subject, task=task, settings=settings, runs=runs, contrasts=contrasts,
@@ -422,16 +585,38 @@ def node_dirs(graph, output_dir):
     return {n["Name"]: Path(output_dir) / f"node-{n['Name']}" for n in model["Nodes"]}
 
 
-def _formula(conditions, weights):
-    return " + ".join(f"{float(w)!r}*{c}" for c, w in zip(conditions, weights) if float(w) != 0.0)
+def _formula(conditions, weights, columns):
+    return " + ".join(f"{float(w)!r}*{columns[c]}" for c, w in zip(conditions, weights) if float(w) != 0.0)
+
+
+def _safe_columns(columns):
+    """Design column → a name the group's contrast formulas can parse (``group.patient`` → ``group_patient``)."""
+    import re
+
+    out = {}
+    for c in columns:
+        safe = re.sub(r"\W", "_", str(c))
+        safe = safe if re.match(r"[A-Za-z_]", safe) else "_" + safe
+        out[c] = safe
+    return out
+
+
+def _own_name(con, incoming):
+    """A Dataset-node contrast's own name: pybids prefixes the incoming contrast's (``<incoming>_<name>``)."""
+    name = str(con["name"])
+    if name == incoming:  # a DummyContrast of the intercept
+        return "_".join(map(str, con["conditions"]))
+    return name[len(incoming) + 1:] if name.startswith(incoming + "_") else name
 
 
 def plan_model_group(graph, found, design_dir, wanted=None):
     """The Dataset node as the group level's plan: per incoming contrast, its subjects, maps and design.
 
-    The design is the graph's ``X`` for that contrast, rows of the subjects that have maps, written as a
-    TSV (``participant_id`` then the columns) that the group's ``build_design`` uses as is. The node's
-    contrasts on the intercept are the group level's mean; the others become named group contrasts.
+    The design is the graph's ``X`` for that contrast (after the node's transformations, with the
+    participants.tsv variables it names), rows of the subjects that have maps, written as a TSV
+    (``participant_id`` then the columns) that the group's ``build_design`` uses as is. The node's t
+    contrast of the intercept alone is the group level's mean; every other contrast becomes a named group
+    contrast, t or F (an F contrast's rows are one formula each, the group spec's F form).
 
     Parameters
     ----------
@@ -449,14 +634,16 @@ def plan_model_group(graph, found, design_dir, wanted=None):
     dict
         ``contrasts`` (``{label: {'subjects', 'effect_files', 'variance_files', 'design_file'}}``),
         ``excluded`` ([]), ``missing``, ``participants_file`` (None), ``log``, ``group_contrasts``
-        (``{name: formula}``) and ``shared`` (the maps' space entities).
+        (``{name: formula or list of formulas}``) and ``shared`` (the maps' space entities).
 
     Raises
     ------
     GlmxError
-        The Dataset node's X lacks the intercept, a contrast names a column X lacks or is not a t test,
-        different contrasts get different group contrasts, or a requested contrast has no maps.
+        The Dataset node's X lacks the intercept, a contrast names a column X lacks, different incoming
+        contrasts get different group contrasts, an incoming contrast has no Subject-node maps, or the
+        design cannot be estimated on the subjects with maps.
     """
+    from .core import group as cg
     from .core.formula import bids_label
 
     file = graph.model["_model_file"]
@@ -466,45 +653,52 @@ def plan_model_group(graph, found, design_dir, wanted=None):
     shared = found.pop(None)
     chosen, missing, log, formulas = {}, {}, [], None
     for out in graph.outputs[name]:
-        label = bids_label(str(out["entities"].get("contrast")))
+        incoming = str(out["entities"].get("contrast"))
+        label = bids_label(incoming)
         if wanted and label not in wanted:
             continue
         X = out["X"]
         if "intercept" not in X.columns:
             raise GlmxError("the Dataset node's X must include the intercept (1)", file=file, field=f"{where}.Model.X")
+        columns = _safe_columns(X.columns)
+        if len(set(columns.values())) != len(columns):
+            raise GlmxError(f"the Dataset design's columns {', '.join(map(str, X.columns))} give the same name once "
+                            "'.' and other symbols become '_'; rename one", file=file, field=f"{where}.Model.X")
         subjects = [str(s) for s in out["inputs"]["subject"]]
-        if label not in found and not wanted:
-            # an F contrast's subject maps have no effect size to model (nor any contrast not run yet)
-            log.append(f"contrast {label}: no Subject-node stat-effect maps (an F contrast?); not modelled")
-            continue
         maps = found.get(label, {})
         have = [i for i, s in enumerate(subjects) if s in maps]
+        if not have:
+            raise GlmxError(f"no Subject-node maps of contrast '{label}'; run the participant level first", file=file,
+                            field=where)
         missing[label] = sorted(s for s in subjects if s not in maps)
         if missing[label]:
             log.append(f"contrast {label}: no Subject-node stat-effect map for "
                        + ", ".join(f"sub-{s}" for s in missing[label]) + "; left out")
-        if not have:
-            raise GlmxError(f"no Subject-node maps of contrast '{label}'; run the participant level first", file=file,
-                            field=where)
         mine = {}
         for con in out["contrasts"]:
-            if con["test"] != "t":
-                raise GlmxError(f"contrast '{con['name']}': only t tests are supported at the Dataset level yet",
-                                file=file, field=_contrast_path(graph.model, name, con["name"]))
             lacking = [c for c in con["conditions"] if c not in X.columns]
             if lacking:
                 raise GlmxError(f"contrast '{con['name']}' names {', '.join(map(str, lacking))}, not a column of the "
-                                f"Dataset design ({', '.join(X.columns)})", file=file,
-                                field=_contrast_path(graph.model, name, con["name"]))
-            if [str(c) for c in con["conditions"]] == ["intercept"]:
+                                f"Dataset design ({', '.join(map(str, X.columns))})", file=file,
+                                field=_contrast_path(graph.model, name, _own_name(con, incoming)))
+            if con["test"] == "t" and [str(c) for c in con["conditions"]] == ["intercept"]:
                 continue  # the group level's mean effect
-            mine[bids_label(con["name"]) if con["name"] != out["entities"].get("contrast") else
-                 bids_label("_".join(map(str, con["conditions"])))] = _formula(con["conditions"], con["weights"])
+            own = bids_label(_own_name(con, incoming))
+            if con["test"] == "F":
+                rows = con["weights"] if isinstance(con["weights"][0], (list, tuple)) else [con["weights"]]
+                mine[own] = [_formula(con["conditions"], row, columns) for row in rows]
+            else:
+                mine[own] = _formula(con["conditions"], con["weights"], columns)
         if formulas is not None and mine != formulas:
             raise GlmxError("the Dataset node's contrasts differ between incoming contrasts; not supported yet",
                             file=file, field=where)
         formulas = mine
-        design = X.iloc[have].reset_index(drop=True)
+        design = X.iloc[have].reset_index(drop=True).rename(columns=columns)
+        try:  # what the OLS cannot estimate is refused now, not in the middle of the run
+            cg.check_design(design)
+            cg.group_contrasts(list(design.columns), {"intercept": 1.0}, mine)
+        except GlmxError as exc:
+            raise GlmxError(f"contrast {label}: {exc.message}", file=file, field=f"{where}.Model.X") from None
         design.insert(0, "participant_id", ["sub-" + subjects[i] for i in have])
         path = _write_if_changed(design, Path(design_dir) / name / f"contrast-{label}_design.tsv")
         kept = [subjects[i] for i in have]

@@ -209,6 +209,16 @@ BAD = {
         "Nodes[0].Contrasts[2].ConditionList"),
     "mistyped confound pattern": (lambda m: m["Nodes"][0]["Model"]["X"].append("cosnie*"), "Nodes[0].Model.X[11]"),
     "mistyped confound": (lambda m: m["Nodes"][0]["Model"]["X"].append("trans_q"), "Nodes[0].Model.X[11]"),
+    "filter on the edge out of the Run node": (
+        lambda m: m["Edges"][0].update(Filter={"subject": ["01"]}), "Edges[0].Filter.subject"),
+    "F contrast reaching the Dataset node": (lambda m: m["Edges"][1].pop("Filter"), "Nodes[0].Contrasts[1]"),
+    "mistyped participants.tsv covariate": (lambda m: m["Nodes"][2]["Model"].update(X=[1, "agee"]),
+                                            "Nodes[2].Model.X[1]"),
+    "Subject glm with no more runs than columns": (
+        lambda m: (m["Nodes"][1]["Model"].update(Type="glm", X=[1, "run"]),
+                   m["Edges"][0].update(Filter={"contrast": ["incongruent_vs_congruent"]})), "Nodes[1].Model.X"),
+    "Session-level node": (lambda m: m["Nodes"][1].update(Level="Session"), "Nodes[1].Level"),
+    "F contrast reaching a Subject glm": (lambda m: m["Nodes"][1]["Model"].update(Type="glm"), "Nodes[0].Contrasts[1]"),
     "unsupported option": (lambda m: m["Nodes"][0]["Model"].update(Options={"HighPassFilterCutoffHz": 0.008}),
                            "Nodes[0].Model.Options.HighPassFilterCutoffHz"),
 }

@@ -122,14 +122,18 @@ class Subject(Project):
 
         plan = plan or self.plan()
         out, subject_out, publish_runs = self.output_dir.resolve(), None, plan.publish_run_maps()
+        session_out = None
         if self.model is not None:  # fitlins' layout: OUTPUT_DIR/node-<name>/ per node of the model
-            dirs = list(self.node_dirs().values())
-            out, subject_out, publish_runs = dirs[0].resolve(), (dirs[1].resolve() if len(dirs) > 1 else None), True
+            dirs = self.node_dirs()
+            levels = {n["Level"]: dirs[n["Name"]].resolve() for n in self.model["Nodes"]}
+            out, subject_out, publish_runs = levels["Run"], levels.get("Subject"), True
+            session_out = levels.get("Session")
         wf = init_first_level_wf(plan.settings, plan.contrasts, output_dir=str(out) if output_dir else None,
                                  fit_mem_gb=plan.fit_mem_gb(), publish_run_maps=publish_runs,
                                  report_cache=str(self.report_cache_dir().resolve()),
                                  contrast_cache=str(self.contrast_cache_dir().resolve()),
                                  subject_output_dir=str(subject_out) if output_dir and subject_out else None,
+                                 session_output_dir=str(session_out) if output_dir and session_out else None,
                                  name=name or f"sub_{self.sub_id}_{self.task}")
         for field, value in plan.workflow_inputs().items():
             setattr(wf.inputs.inputnode, field, value)

@@ -226,12 +226,49 @@ class FixedEffectsInputSpec(BaseInterfaceInputSpec):
                                        desc="estimates.json of every run from compute_contrasts")
     cache_dir = traits.Str("", usedefault=True, desc="folder keeping each contrast's maps under the digest of what "
                                                      "they come from (see io.parts); '' keeps none")
+    run_models = traits.Dict(traits.Str, traits.Dict, usedefault=True,
+                             desc="a BIDS Stats Model's Subject node, {run contrast: {'type': 'meta'|'glm', 'X': rows "
+                                  "(one per run, in estimates_files order), 'contrasts': [{'label', 'weights', "
+                                  "'test'}]}}; when given, only these contrasts, 'glm' as an OLS over the runs' "
+                                  "effects (fitlins' SecondLevelModel); empty: fixed effects of every contrast")
 
 
 class FixedEffectsOutputSpec(TraitedSpec):
     """Output of FixedEffects: the subject-level stat-map manifest."""
 
     manifest_file = File(exists=True, desc="JSON list of subject-level stat maps with their BIDS entities")
+    session_manifest_file = File(exists=True, desc="JSON list of session-level stat maps (a BIDS Stats Model's "
+                                                   "Session node; empty otherwise), each with its 'ses' entity")
+
+
+def _by_session(estimates, sessions, label, geometry, cwd, mask):
+    """A Session node then a Subject node, both fixed effects (fitlins' meta-analyses): the runs of each
+    session combined, then the sessions. Returns (session-level estimates, their manifest)."""
+    combined, manifest = [], []
+    for ses in dict.fromkeys(sessions):
+        est = combine_fixed_effects([e for e, s in zip(estimates, sessions) if s == ses])
+        items = _write_maps(est, label, geometry, cwd, f"ses-{ses}_contrast-", mask=mask)
+        for item in items:
+            item["entities"]["ses"] = ses
+        combined.append(est)
+        manifest += items
+    return combined, manifest
+
+
+def _run_level_glm(name, estimates, model, geometry, cwd, mask):
+    """A Subject-level ``Type: glm`` node: OLS over the runs' effects of one t contrast, its contrasts' maps."""
+    from ..core.errors import GlmxError
+
+    X = np.asarray(model["X"], dtype=np.float64)
+    if any(e.stat_type != "t" for e in estimates) or len(estimates) != X.shape[0]:
+        raise GlmxError(f"contrast {name}: the Subject node's GLM needs one t effect per run ({X.shape[0]}), got "
+                        f"{len(estimates)} {estimates[0].stat_type} estimate(s)")
+    fit = fit_glm(np.vstack([e.effect for e in estimates]), X, noise_model="ols")
+    out = []
+    for con in model["contrasts"]:
+        est = estimate_contrast(fit, np.asarray(con["weights"], dtype=np.float64), stat_type=con["test"])
+        out += _write_maps(est, con["label"], geometry, cwd, "contrast-", mask=mask)
+    return out
 
 
 class FixedEffects(SimpleInterface):
@@ -245,13 +282,17 @@ class FixedEffects(SimpleInterface):
         runs = [json.loads(open(f).read()) for f in self.inputs.estimates_files]
         names = sorted(set().union(*runs))
         parts = FileParts(self.inputs.cache_dir, "subject", code_digest(MAP_CODE))
-        manifest = []
+        manifest, sessions = [], []
         for name in names:
             items = [r[name] for r in runs if name in r]
-            # the runs' estimates by their bytes (a kept estimate linked back has the same), the masks as files
+            model = self.inputs.run_models.get(name)
+            if self.inputs.run_models and model is None:
+                continue  # the model's Subject node does not take this contrast (its edge's Filter)
+            # the runs' estimates by their bytes (a kept estimate linked back has the same), the masks as files;
+            # a BIDS Stats Model's Subject node writes session maps too, so only plain fixed effects are kept
             material = ["fixed", name, items[0]["label"],
                         [[file_digest(it["path"]), file_identity(it["mask"])] for it in items]]
-            kept = parts.get(name, material, cwd)
+            kept = parts.get(name, material, cwd) if model is None else None
             if kept is not None:
                 manifest += _entries_in(kept, cwd)
                 continue
@@ -262,11 +303,21 @@ class FixedEffects(SimpleInterface):
                 with np.load(it["path"], allow_pickle=False) as data:
                     est = ContrastEstimate.from_arrays({k: data[k] for k in data.files})
                 ests.append(subset_estimate(est, common[m]))
+            if model is not None and model["type"] == "glm":
+                manifest += _run_level_glm(name, ests, model, geometries[0], runtime.cwd, common)
+                continue
+            if model is not None and model.get("sessions"):
+                ests, done = _by_session(ests, model["sessions"], items[0]["label"], geometries[0], runtime.cwd,
+                                         common)
+                sessions += done
             combined = combine_fixed_effects(ests)
             entries = _write_maps(combined, items[0]["label"], geometries[0], cwd, "contrast-", mask=common)
-            parts.put(name, material, cwd, [e["path"] for e in entries], _entries_out(entries))
+            if model is None:
+                parts.put(name, material, cwd, [e["path"] for e in entries], _entries_out(entries))
             manifest += entries
         parts.prune()
         self._results["manifest_file"] = str(write_text(os.path.join(runtime.cwd, "manifest.json"),
                                                         json.dumps(manifest, indent=1)))
+        self._results["session_manifest_file"] = str(write_text(os.path.join(runtime.cwd, "session_manifest.json"),
+                                                                json.dumps(sessions, indent=1)))
         return runtime

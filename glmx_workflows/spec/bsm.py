@@ -26,6 +26,8 @@ TRANSFORMATIONS = ("Assign", "Convolve", "Copy", "Delete", "Demean", "DropNA", "
 # the model's software-specific section read by glmx: Model.Software.glmx
 SOFTWARE_KEYS = {"NoiseModel": ("ar1", "ols")}
 LEVELS_RUN = ("Run",)
+# entities an edge out of the Subject node may filter on (pybids applies the filter to the contrasts passed on)
+EDGE_FILTERS = ("contrast", "subject")
 
 
 def read_model_file(path):
@@ -174,10 +176,18 @@ def support_problems(data):
         for key in ("Source", "Destination"):
             if edge.get(key) not in names:
                 problems.append((f"Edges[{i}].{key}", f"no node named '{edge.get(key)}'; nodes: {', '.join(names)}"))
+        source = next((n for n in nodes if n.get("Name") == edge.get("Source")), {})
         for key in (edge.get("Filter") or {}):
-            if key != "contrast":
-                problems.append((f"Edges[{i}].Filter.{key}", "edge filters on entities other than 'contrast' are "
-                                                              "not supported yet"))
+            if source.get("Level") == "Session":
+                problems.append((f"Edges[{i}].Filter.{key}", "filters on the edge out of the Session node are not "
+                                                              "supported yet; filter the edge out of the Run node"))
+            elif source.get("Level") == "Run" and key != "contrast":
+                # the Subject node takes every run of the first-level fit
+                problems.append((f"Edges[{i}].Filter.{key}", "filters on the edge out of the Run node are "
+                                                              "supported on 'contrast' only"))
+            elif key not in EDGE_FILTERS:
+                problems.append((f"Edges[{i}].Filter.{key}", f"edge filters on '{key}' are not supported yet "
+                                                              f"({' and '.join(EDGE_FILTERS)} are)"))
     inputs = data.get("Input") or {}
     tasks = inputs.get("task")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
@@ -193,7 +203,26 @@ def support_problems(data):
         model = node.get("Model") or {}
         mtype = model.get("Type")
         if level == "Session":
-            problems.append((f"{where}.Level", "Session-level nodes are not supported yet"))
+            # fixed effects of each session's runs, then of the sessions (fitlins' meta-analyses)
+            following = nodes[i + 1] if i + 1 < len(nodes) else {}
+            if i != 1 or following.get("Level") != "Subject":
+                problems.append((f"{where}.Level", "a Session-level node must come right after the Run node and "
+                                                   "before a Subject node; other places are not supported yet"))
+            elif (following.get("Model") or {}).get("Type") != "meta":
+                problems.append((f"Nodes[{i + 1}].Model.Type", "after a Session node the Subject node must be "
+                                                               "fixed effects over the sessions (Type 'meta')"))
+            if mtype != "meta" or model.get("X") not in ([1],):
+                problems.append((f"{where}.Model", "a Session-level node is run as fixed effects of its runs: "
+                                                   "Type 'meta' with X [1]"))
+            if set(node.get("GroupBy") or []) != {"subject", "session", "contrast"}:
+                problems.append((f"{where}.GroupBy", "a Session-level node must group by 'subject', 'session' and "
+                                                     "'contrast'"))
+            for k, con in enumerate(node.get("Contrasts") or []):
+                problems.append((f"{where}.Contrasts[{k}]", "a Session-level node has only the intercept (use "
+                                                            "DummyContrasts)"))
+            if node.get("Transformations"):
+                problems.append((f"{where}.Transformations", "transformations at the Session level are not "
+                                                             "supported yet (its fixed effects have no design)"))
         if i == 0 and level != "Run":
             problems.append((f"{where}.Level", "the first node must be the Run level (glmx fits BOLD runs)"))
         if level == "Run":
@@ -207,24 +236,26 @@ def support_problems(data):
                     problems.append((f"{where}.GroupBy", f"a Run-level node must group by '{ent}' (one design "
                                                          "per run); concatenated runs are not supported yet"))
         elif level in ("Subject", "Dataset"):
-            if level == "Subject" and mtype != "meta":
-                problems.append((f"{where}.Model.Type", "a Subject-level node is run as fixed effects over runs "
-                                                        "(Type 'meta'); 'glm' over runs is not supported yet"))
             if level == "Dataset" and mtype != "glm":
                 problems.append((f"{where}.Model.Type", "a Dataset-level node is run as the group OLS (Type 'glm'); "
                                                         "'meta' is not supported yet"))
-            if level == "Subject" and model.get("X") not in ([1],):
-                problems.append((f"{where}.Model.X", "a Subject-level node's X must be [1] (fixed effects of the "
-                                                     "runs); other subject-level designs are not supported yet"))
-            if node.get("Contrasts"):
+            if level == "Subject" and mtype == "meta" and model.get("X") not in ([1],):
+                problems.append((f"{where}.Model.X", "a Subject-level node of Type 'meta' (fixed effects of the "
+                                                     "runs) must have X [1]; use Type 'glm' for a design over runs"))
+            if node.get("Contrasts") and level == "Subject" and mtype == "meta":
                 for k, con in enumerate(node["Contrasts"]):
-                    if con.get("ConditionList") != [1] and con.get("ConditionList") != ["intercept"] \
-                            and level == "Subject":
-                        problems.append((f"{where}.Contrasts[{k}]", "Subject-level contrasts other than the "
-                                                                    "intercept are not supported yet"))
-            if node.get("Transformations"):
-                problems.append((f"{where}.Transformations", "transformations above the Run level are not "
-                                                             "supported yet"))
+                    if con.get("ConditionList") != [1] and con.get("ConditionList") != ["intercept"]:
+                        problems.append((f"{where}.Contrasts[{k}]", "a Subject-level node of Type 'meta' has only "
+                                                                    "the intercept; use Type 'glm' for other "
+                                                                    "contrasts"))
+            needed = ("subject", "contrast") if level == "Subject" else ("contrast",)
+            if set(node.get("GroupBy") or []) != set(needed):
+                problems.append((f"{where}.GroupBy", f"a {level}-level node must group by "
+                                                     f"{' and '.join(repr(e) for e in needed)} (one model per "
+                                                     "incoming contrast); other groupings are not supported yet"))
+            if node.get("Transformations") and level == "Subject" and mtype == "meta":
+                problems.append((f"{where}.Transformations", "transformations at the Subject level are not "
+                                                             "supported yet (its fixed effects have no design)"))
         for key in ("Formula", "HRF"):
             if key in model:
                 problems.append((f"{where}.Model.{key}", f"Model.{key} is not supported yet; write the design "
@@ -256,7 +287,8 @@ def support_problems(data):
                                                                  "(t and F are)"))
         dummy = node.get("DummyContrasts")
         # 'pass' hands the estimates on untested: the Subject node's fixed effects are computed either way
-        allowed = ("t", "pass") if level == "Subject" else ("t",)
+        allowed = {"Subject": ("t", "pass") if mtype == "meta" else ("t", "F"), "Session": ("t", "pass"),
+                   "Dataset": ("t", "F")}.get(level, ("t",))
         if isinstance(dummy, dict) and dummy.get("Test", "t") not in allowed:
             problems.append((f"{where}.DummyContrasts.Test", f"DummyContrasts Test '{dummy.get('Test')}' is not "
                                                              f"supported here yet ({' or '.join(allowed)})"))

@@ -36,7 +36,8 @@ REPORTED_SETTINGS = ("tr", "space", "condition_identifier", "conditions", "drop_
 
 
 def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, publish_run_maps=True,
-                        report_cache=None, subject_output_dir=None, name="first_level_wf", contrast_cache=None):
+                        report_cache=None, subject_output_dir=None, session_output_dir=None, name="first_level_wf",
+                        contrast_cache=None):
     """Build the first-level workflow of one subject and task.
 
     Parameters
@@ -63,6 +64,9 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     subject_output_dir : str, optional
         Where the subject-level (fixed-effects) maps are published when not in ``output_dir`` (a BIDS
         Stats Model's Subject node folder).
+    session_output_dir : str, optional
+        Where a BIDS Stats Model's Session node publishes its maps (``settings['subject_models']`` says
+        which runs form each session); None publishes none.
     name : str
         Workflow name.
 
@@ -119,7 +123,9 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     light_mem_gb = max(0.5, round(fit_mem_gb / 3, 2))
     compute_contrasts = pe.MapNode(ComputeContrasts(contrasts=contrasts, cache_dir=str(contrast_cache or "")),
                                    iterfield=["fit_file", "mask_file"], name="compute_contrasts", mem_gb=light_mem_gb)
-    fixed_effects = pe.Node(FixedEffects(cache_dir=str(contrast_cache or "")), name="fixed_effects",
+    # a BIDS Stats Model's Subject node (glmx_workflows.bsm); empty for task_information.json
+    fixed_effects = pe.Node(FixedEffects(run_models=settings.get("subject_models") or {},
+                                         cache_dir=str(contrast_cache or "")), name="fixed_effects",
                             mem_gb=light_mem_gb)
 
     # Manifests point at files that are not traits of their own; when this workflow is embedded in
@@ -200,7 +206,16 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
             (report, ds_report, [("manifest_file", "manifest_file")]),
             (inputnode, ds_report, [("subject_entities", "entities")]),
         ])
-        gather_outputs = pe.Node(Merge(4 if single_trial is None else 5, ravel_inputs=True), name="gather_outputs")
+        n_gathered = 6 if session_output_dir else 4 if single_trial is None else 5  # (Merge skips unset inputs)
+        gather_outputs = pe.Node(Merge(n_gathered, ravel_inputs=True), name="gather_outputs")
+        if session_output_dir:
+            ds_session_maps = pe.Node(DerivativesSink(out_dir=str(session_output_dir)), name="ds_session_maps",
+                                      overwrite=True)
+            wf.connect([
+                (fixed_effects, ds_session_maps, [("session_manifest_file", "manifest_file")]),
+                (inputnode, ds_session_maps, [("subject_entities", "entities")]),
+                (ds_session_maps, gather_outputs, [("out_files", "in6")]),
+            ])
         wf.connect([
             (ds_design, gather_outputs, [("out_files", "in1")]),
             (ds_subject_maps, gather_outputs, [("out_files", "in3")]),
