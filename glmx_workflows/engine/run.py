@@ -325,13 +325,49 @@ def _run_nipype(wf, plugin, plugin_args, args):
     """``wf.run`` → (graph, None), or (None, error) when nipype raised RuntimeError; waits for Graph jobs."""
     graph, error = None, None
     try:
-        graph = wf.run(plugin=plugin, plugin_args=args)
+        graph = wf.run(plugin=_plugin(plugin, args), plugin_args=args)
     except RuntimeError as exc:
         error = exc
     if plugin.endswith("Graph"):
         wait_for_graph_jobs(Path(wf.base_dir) / wf.name / "batch", scheduler_of(plugin),
                             progress=plugin_args.get("status_callback") if plugin_args else None)
     return graph, error
+
+
+def _plugin(plugin, args):
+    """The plugin ``wf.run`` gets: its name, or for MultiProc an instance that leaves nipype's graph to the
+    permanent generation of the garbage collector.
+
+    MultiProc calls ``gc.collect()`` before each round of submissions (every 50 ms poll that has a
+    node ready); the execution graph nipype deep-copies from the workflow just before running it (every
+    node, its inputs and config) made each call cost tens of milliseconds, seconds of a small rerun
+    spent walking objects that live for the whole run. They are frozen once the graph is built; objects
+    made later are collected as usual, and :func:`run` unfreezes everything at the end.
+    """
+    if plugin != "MultiProc":
+        return plugin
+    import gc
+
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin as Base
+
+    class MultiProcPlugin(Base):  # the name nipype derives the plugin's name from
+        def _prerun_check(self, graph):
+            super()._prerun_check(graph)
+            gc.collect()
+            gc.freeze()
+
+        def _send_procs_to_workers(self, updatehash=False, graph=None):
+            # A node found in the cache, a node run in this process (the sinks) and a MapNode expanded into
+            # its runs all finish inside this call; nipype would look for the nodes they made ready only
+            # after its next 50 ms poll, once per step of each subject's chain of nodes. Looking again
+            # at once while such steps happen leaves only the nodes sent to the workers to the poll.
+            while True:
+                before = len(self.procs), int((self.proc_done & ~self.proc_pending).sum())
+                super()._send_procs_to_workers(updatehash=updatehash, graph=graph)
+                if (len(self.procs), int((self.proc_done & ~self.proc_pending).sum())) == before:
+                    return
+
+    return MultiProcPlugin(plugin_args=args)
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):
