@@ -334,6 +334,24 @@ def _run_nipype(wf, plugin, plugin_args, args):
     return graph, error
 
 
+def _import_plugins():
+    """Import nipype's plugins without IPython, unless IPython is already loaded.
+
+    ``nipype.pipeline.plugins`` imports all its plugins, and the IPython one imports IPython (half a
+    second, a sixth of a small rerun) only to learn whether ipyparallel is there; glmx never runs on it.
+    """
+    if "nipype.pipeline.plugins" in sys.modules:
+        return
+    hidden = "IPython" not in sys.modules
+    if hidden:
+        sys.modules["IPython"] = None  # makes ``import IPython`` raise ImportError, which nipype catches
+    try:
+        import nipype.pipeline.plugins  # noqa: F401
+    finally:
+        if hidden and sys.modules.get("IPython", False) is None:
+            del sys.modules["IPython"]
+
+
 def _plugin(plugin, args):
     """The plugin ``wf.run`` gets: its name, or for MultiProc an instance that leaves nipype's graph to the
     permanent generation of the garbage collector.
@@ -344,6 +362,7 @@ def _plugin(plugin, args):
     spent walking objects that live for the whole run. They are frozen once the graph is built; objects
     made later are collected as usual, and :func:`run` unfreezes everything at the end.
     """
+    _import_plugins()
     if plugin != "MultiProc":
         return plugin
     import gc
