@@ -42,7 +42,8 @@ from pathlib import Path
 CATEGORIES = {  # node name -> category
     "load_events": "design", "select_confounds": "design", "build_design": "design",
     "fit_glm": "read+fit", "compute_contrasts": "contrasts+maps", "fixed_effects": "contrasts+maps",
-    "ds_design": "publish", "ds_run_maps": "publish", "ds_subject_maps": "publish", "ds_report": "publish",
+    "ds_outputs": "publish", "ds_design": "publish", "ds_run_maps": "publish", "ds_subject_maps": "publish",
+    "ds_report": "publish",
     "gather_outputs": "publish", "report": "report",
 }
 ROWS = ["start+imports", "bids index", "planning", "other setup", "design", "read+fit", "contrasts+maps",

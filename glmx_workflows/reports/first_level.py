@@ -715,6 +715,6 @@ def _show(value):
 
 
 def _p_of(z):
-    from scipy.stats import norm
+    from scipy.special import ndtr  # scipy.stats' norm.sf, without importing scipy.stats
 
-    return float(norm.sf(z))
+    return float(ndtr(-z))

@@ -3,7 +3,7 @@
 import json
 import os
 
-from nipype.interfaces.utility import IdentityInterface, Merge
+from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..interfaces.confounds import SelectConfounds
@@ -11,7 +11,7 @@ from ..interfaces.design import BuildDesign
 from ..interfaces.events import LoadEvents
 from ..interfaces.glm import ComputeContrasts, FitGLM, FixedEffects
 from ..interfaces.report import SubjectReport
-from ..interfaces.sink import DerivativesSink
+from ..interfaces.sink import SubjectSink
 from ..interfaces.single_trial import SingleTrial
 from ..spec.keys import resolve_single_trial
 
@@ -47,7 +47,7 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
     contrasts : dict
         ``{name: {'label': str, 'rows': [{regressor: weight}, ...], 'type': 't' | 'F'}}``.
     output_dir : str or None
-        OUTPUT_DIR for the ``ds_*`` sink nodes and the ``report`` node (the subject's HTML report,
+        OUTPUT_DIR for the ``ds_outputs`` sink node and the ``report`` node (the subject's HTML report,
         ``sub-<s>/sub-<s>_task-<t>_report.html``); None builds neither (for embedding).
     fit_mem_gb : float
         Memory the ``fit_glm`` node declares to the engine.
@@ -176,19 +176,6 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         ])
 
     if output_dir is not None:
-        # Sinks always run (cheap: they copy only what differs) so that a deleted output is rewritten
-        # on the next run even though every node before it is cached.
-        ds_design = pe.MapNode(DerivativesSink(out_dir=str(output_dir)), iterfield=["manifest_file", "entities"],
-                               name="ds_design", overwrite=True)
-        ds_subject_maps = pe.Node(DerivativesSink(out_dir=str(subject_output_dir or output_dir)),
-                                  name="ds_subject_maps", overwrite=True)
-        wf.connect([
-            (fixed_effects, ds_design, [("manifest_file", "wait_for")]),
-            (build_design, ds_design, [("manifest_file", "manifest_file")]),
-            (inputnode, ds_design, [("run_design_entities", "entities")]),
-            (fixed_effects, ds_subject_maps, [("manifest_file", "manifest_file")]),
-            (inputnode, ds_subject_maps, [("subject_entities", "entities")]),
-        ])
         reported = {k: settings.get(k) for k in REPORTED_SETTINGS}
         if settings.get("_model"):
             # a BIDS Stats Model gives the designs: the spec's design keys did not shape them
@@ -196,65 +183,40 @@ def init_first_level_wf(settings, contrasts, output_dir=None, fit_mem_gb=1.0, pu
         report = pe.Node(SubjectReport(contrasts=contrasts, settings=json.dumps(reported, default=str),
                                          cache_dir=str(report_cache or "")),
                          name="report", mem_gb=light_mem_gb)
-        ds_report = pe.Node(DerivativesSink(out_dir=str(output_dir)), name="ds_report", overwrite=True)
+        # One sink publishes everything once the subject has succeeded (the report drawn last). It always
+        # runs (cheap: it copies only what differs) so that a deleted output is rewritten on the next run
+        # even though every node before it is cached; one node rather than one per kind of file and run,
+        # since nipype's bookkeeping of each rerun node cost more than the copying.
+        sink = SubjectSink(out_dir=str(output_dir))
+        if subject_output_dir:
+            sink.inputs.subject_out_dir = str(subject_output_dir)
+        if session_output_dir:
+            sink.inputs.session_out_dir = str(session_output_dir)
+        ds_outputs = pe.Node(sink, name="ds_outputs", overwrite=True)
         wf.connect([
             (build_design, report, [("manifest_file", "design_manifests")]),
             (select_confounds, report, [("confounds_file", "confounds_files"), ("censor_file", "censor_files")]),
             (fixed_effects, report, [("manifest_file", "subject_manifest")]),
             (fit_glm, report, [("mean_file", "mean_files")]),
             (inputnode, report, [("run_design_entities", "run_entities"), ("subject_entities", "subject_entities")]),
-            (report, ds_report, [("manifest_file", "manifest_file")]),
-            (inputnode, ds_report, [("subject_entities", "entities")]),
-        ])
-        n_gathered = 6 if session_output_dir else 4 if single_trial is None else 5  # (Merge skips unset inputs)
-        gather_outputs = pe.Node(Merge(n_gathered, ravel_inputs=True), name="gather_outputs")
-        if session_output_dir:
-            ds_session_maps = pe.Node(DerivativesSink(out_dir=str(session_output_dir)), name="ds_session_maps",
-                                      overwrite=True)
-            wf.connect([
-                (fixed_effects, ds_session_maps, [("session_manifest_file", "manifest_file")]),
-                (inputnode, ds_session_maps, [("subject_entities", "entities")]),
-                (ds_session_maps, gather_outputs, [("out_files", "in6")]),
-            ])
-        wf.connect([
-            (ds_design, gather_outputs, [("out_files", "in1")]),
-            (ds_subject_maps, gather_outputs, [("out_files", "in3")]),
-            (ds_report, gather_outputs, [("out_files", "in4")]),
-            (gather_outputs, outputnode, [("out", "out_files")]),
-        ])
-        if single_trial is not None:
-            ds_single_trial = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
-                                         iterfield=["manifest_file", "entities"], name="ds_single_trial",
-                                         overwrite=True)
-            gather_single = pe.Node(Merge(2), name="gather_single_trial")
-            wf.connect([
-                (fixed_effects, gather_single, [("manifest_file", "in1")]),
-                (single_trial, gather_single, [("manifest_file", "in2")]),
-                (gather_single, ds_single_trial, [("out", "wait_for")]),
-                (single_trial, ds_single_trial, [("manifest_file", "manifest_file")]),
-                (inputnode, ds_single_trial, [("run_map_entities", "entities")]),
-                (single_trial, report, [("summary_file", "single_trial_files")]),
-                (ds_single_trial, gather_outputs, [("out_files", "in5")]),
-            ])
-        if publish_run_maps:
-            ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
-                                     iterfield=["manifest_file", "entities"], name="ds_run_maps", overwrite=True)
-            wf.connect([
-                (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
-                (compute_contrasts, ds_run_maps, [("manifest_file", "manifest_file")]),
-                (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
-                (ds_run_maps, gather_outputs, [("out_files", "in2")]),
-            ])
-        else:
+            (inputnode, ds_outputs, [("run_design_entities", "run_design_entities"),
+                                     ("run_map_entities", "run_map_entities"),
+                                     ("subject_entities", "subject_entities")]),
+            (build_design, ds_outputs, [("manifest_file", "design_manifests")]),
             # a single run's contrast maps would take the subject-level names; its model maps (stat-rSquare,
             # stat-logLikelihood) have no subject-level twin and are published
-            ds_run_maps = pe.MapNode(DerivativesSink(out_dir=str(output_dir)),
-                                     iterfield=["manifest_file", "entities"], name="ds_run_fit_maps", overwrite=True)
+            (compute_contrasts, ds_outputs, [("manifest_file" if publish_run_maps else "fit_manifest_file",
+                                              "run_manifests")]),
+            (fixed_effects, ds_outputs, [("manifest_file", "subject_manifest")]),
+            (report, ds_outputs, [("manifest_file", "report_manifest")]),
+            (ds_outputs, outputnode, [("out_files", "out_files")]),
+        ])
+        if session_output_dir:
+            wf.connect(fixed_effects, "session_manifest_file", ds_outputs, "session_manifest")
+        if single_trial is not None:
             wf.connect([
-                (fixed_effects, ds_run_maps, [("manifest_file", "wait_for")]),
-                (compute_contrasts, ds_run_maps, [("fit_manifest_file", "manifest_file")]),
-                (inputnode, ds_run_maps, [("run_map_entities", "entities")]),
-                (ds_run_maps, gather_outputs, [("out_files", "in2")]),
+                (single_trial, ds_outputs, [("manifest_file", "single_trial_manifests")]),
+                (single_trial, report, [("summary_file", "single_trial_files")]),
             ])
     # On SLURM/SGE each submitted node pays a job's scheduling and a Python start (seconds); nodes
     # that read only small tables or copy files run in the submitting process instead. The fit and
