@@ -564,7 +564,12 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     for start in range(0, cols.size, _BLOCK):
         sel = cols[start:start + _BLOCK]
         if present is None:
-            t, b, c, q, it = _fit_block(_cols(Y, sel), _cols(V, sel), None, X, XX, L, max_iter, tol)
+            # a run of consecutive voxels (all of them when all are estimable) is read in place, not copied
+            if sel[-1] - sel[0] + 1 == sel.size:
+                Yb, Vb = Y[:, sel[0]:sel[-1] + 1], V[:, sel[0]:sel[-1] + 1]
+            else:
+                Yb, Vb = _cols(Y, sel), _cols(V, sel)
+            t, b, c, q, it = _fit_block(Yb, Vb, None, X, XX, L, max_iter, tol)
         else:
             mb = _cols(m, sel)
             Yb = np.where(mb, _cols(Y, sel), 0.0)
