@@ -103,12 +103,14 @@ class MixedFit:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
 
-def _inverse(A):
+def _inverse(A, logdet=True):
     """Inverse and log-determinant of small symmetric positive-definite matrices, voxels last.
 
     Parameters
     ----------
     A : numpy.ndarray, shape (p, p, k)
+    logdet : bool
+        Whether the log-determinant is wanted (a log costs more than the inverse of a 2 x 2 matrix); None if not.
 
     Returns
     -------
@@ -118,14 +120,14 @@ def _inverse(A):
     """
     p = A.shape[0]
     if p == 1:
-        return 1.0 / A, np.log(A[0, 0])
+        return 1.0 / A, np.log(A[0, 0]) if logdet else None
     if p == 2:
         a, b, d = A[0, 0], A[0, 1], A[1, 1]
         det = a * d - b * b
         inv = np.empty_like(A)
         inv[0, 0], inv[1, 1] = d / det, a / det
         inv[0, 1] = inv[1, 0] = -b / det
-        return inv, np.log(det)
+        return inv, np.log(det) if logdet else None
     A = np.moveaxis(A, 2, 0)
     sign, logdet = np.linalg.slogdet(np.where(np.isfinite(A), A, 0.0))
     bad = ~(np.isfinite(A).all(axis=(1, 2)) & (sign > 0))
@@ -171,6 +173,19 @@ def _sum_log(a, rows=8):
     return out
 
 
+class _MomentRows:
+    """The rows ``[x_i x_i' (p * p entries) ; 1]`` over subjects whose products with ``w^j`` give ``X'W^j X`` and
+    ``sum w^j``: ``rows`` holds each distinct row once (``X'W^j X`` is symmetric, and with an intercept
+    column its first entry is the ones row), ``index`` the distinct row of every entry. A (p*p + 1) x n by
+    n x voxels product costs more than the passes around it; for intercept + covariate 3 rows instead of 5."""
+
+    def __init__(self, X):
+        n, p = X.shape
+        full = np.vstack([np.einsum("ni,nj->ijn", X, X).reshape(p * p, n), np.ones((1, n))])
+        self.rows, index = np.unique(full, axis=0, return_inverse=True)
+        self.index = index.ravel()
+
+
 class _Work:
     """Reused (subjects, voxels) work arrays: fresh large temporaries cost a page fault per 4 kB on every
     evaluation, more than the arithmetic."""
@@ -205,12 +220,12 @@ class _Eval:
             w = np.add(v, tau2, out=work.get(0, k))
             if loglik:
                 log_sum = _sum_log(w) if m is None else (np.log(w) * m).sum(axis=0)
-            np.reciprocal(w, out=w)
+            np.divide(1.0, w, out=w)  # numpy's float64 reciprocal is not vectorised: twice as slow
             if m is not None:
                 w *= m
             wy = np.multiply(w, y, out=work.get(1, k))
-            a1 = L @ w
-            self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k))
+            a1 = (L.rows @ w)[L.index]
+            self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k), logdet=loglik)
             xwy = X.T @ wy
             b = self.beta = _mv(self.Ainv, xwy)
             if loglik or rwr:
@@ -221,7 +236,7 @@ class _Eval:
             if order < 2:
                 return
             w2 = np.multiply(w, w, out=work.get(2, k))
-            a2 = L @ w2
+            a2 = (L.rows @ w2)[L.index]
             H2 = a2[:-1].reshape(p, p, k)
             w2y = np.multiply(w, wy, out=work.get(3, k))
             xw2y = X.T @ w2y
@@ -236,7 +251,7 @@ class _Eval:
                 return
             r_w3_r = np.einsum("nk,nk->k", w2y, wy)  # y'W^3y, then minus the beta terms below
             np.multiply(w2, w, out=w)  # w^3
-            H3 = (L[:-1] @ w).reshape(p, p, k)
+            H3 = (L.rows @ w)[L.index[:-1]].reshape(p, p, k)
             np.multiply(w2, wy, out=wy)  # w^3 y
             xw3y = X.T @ wy
             r_w3_r += -2.0 * _dot(b, xw3y) + _dot(b, _mv(H3, b))
@@ -560,7 +575,7 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     rwr = np.full(n_vox, np.nan)
     iterations = 0
     cols = np.flatnonzero(ok)
-    L = np.vstack([XX.T, np.ones((1, n))])
+    L = _MomentRows(X)
     for start in range(0, cols.size, _BLOCK):
         sel = cols[start:start + _BLOCK]
         if present is None:
@@ -606,8 +621,7 @@ def restricted_loglik(Y, V, X, tau2, present=None):
     Y = np.asarray(Y, np.float64)
     X = np.asarray(X, np.float64)
     m = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
-    XX = np.einsum("ni,nj->nij", X, X).reshape(X.shape[0], -1)
-    L = np.vstack([XX.T, np.ones((1, X.shape[0]))])
+    L = _MomentRows(X)
     Y = np.where(m, Y, 0.0)
     return _Evaluation(Y, np.where(m, np.asarray(V, np.float64), 1.0), m.astype(np.float64), X, L,
                  np.asarray(tau2, np.float64), order=1, loglik=True).loglik
