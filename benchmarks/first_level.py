@@ -23,12 +23,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+import harness  # the child runner, shared by the benchmarks
 
 SHAPE = (97, 115, 97)
 TR = 2.0
@@ -182,13 +182,8 @@ def _child(what, bold, mask, design, fwhm, out):
 
 
 def _run_child(what, bold, paths, fwhm, out):
-    cmd = [sys.executable, __file__, "--child", what, "--bold", str(bold), "--mask", str(paths["mask"]),
-           "--design", str(paths["design"]), "--out", out] + (["--fwhm", str(fwhm)] if fwhm else [])
-    # BLAS threads pinned as the fit_glm node pins them (n_procs): on a shared 2-core machine OpenBLAS's
-    # default of one thread per core, spinning against other processes, made single runs 5-10x slower
-    env = {**os.environ, **{k: str(THREADS) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(Path(out + ".json").read_text())
+    return harness.run_child(__file__, [what, "--bold", bold, "--mask", paths["mask"], "--design", paths["design"]]
+                             + (["--fwhm", fwhm] if fwhm else []), out, THREADS)
 
 
 def main():
@@ -199,12 +194,8 @@ def main():
     ap.add_argument("--small", action="store_true", help="a 40x48x40 grid for a quick check of the script")
     ap.add_argument("--only", default="plain,smooth6,int16", help="variants to run (comma-separated)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of every child (default 1)")
-    ap.add_argument("--child")
-    ap.add_argument("--bold")
-    ap.add_argument("--mask")
-    ap.add_argument("--design")
+    harness.child_arguments(ap, "--mask")
     ap.add_argument("--fwhm", type=float)
-    ap.add_argument("--out")
     a = ap.parse_args()
     global THREADS
     THREADS = a.threads

@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,20 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import first_level  # noqa: E402  (the run generator, shared)
+import harness  # noqa: E402
 
 TR = first_level.TR
 N_TRIALS = 60
 THREADS = 1
-
-
-def _events(n_vol, seed=60):
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    span = n_vol * TR - 30.0
-    onsets = 8.0 + np.arange(N_TRIALS) * (span - 8.0) / N_TRIALS + rng.uniform(0, 2.0, N_TRIALS)
-    kinds = rng.permutation(np.repeat(["faces", "houses"], N_TRIALS // 2))
-    return pd.DataFrame({"onset": onsets, "duration": 1.0, "trial_type": kinds})
 
 
 def _inputs(design_path, n_vol):
@@ -57,7 +47,7 @@ def _inputs(design_path, n_vol):
 
     design = pd.read_csv(design_path, sep="\t")
     confounds = design[[c for c in design.columns if c.startswith("conf")]]
-    return _events(n_vol), confounds
+    return harness.trial_events(n_vol, TR, N_TRIALS), confounds
 
 
 # ---------------------------------------------------------------------------------------------- children
@@ -120,11 +110,8 @@ def _child(what, bold, mask, design, subset, out):
 
 
 def _run_child(what, paths, subset, out):
-    cmd = [sys.executable, __file__, "--child", what, "--bold", str(paths["bold"]), "--mask", str(paths["mask"]),
-           "--design", str(paths["design"]), "--subset", str(subset), "--out", out]
-    env = {**os.environ, **{k: str(THREADS) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(Path(out + ".json").read_text())
+    return harness.run_child(__file__, [what, "--bold", paths["bold"], "--mask", paths["mask"], "--design",
+                                        paths["design"], "--subset", subset], out, THREADS)
 
 
 def main():
@@ -135,11 +122,7 @@ def main():
     ap.add_argument("--subset", type=int, default=3, help="trials fitted by the nilearn loop (scaled to 60)")
     ap.add_argument("--small", action="store_true", help="a 40x48x40 grid for a quick check of the script")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--child")
-    ap.add_argument("--bold")
-    ap.add_argument("--mask")
-    ap.add_argument("--design")
-    ap.add_argument("--out")
+    harness.child_arguments(ap, "--mask")
     a = ap.parse_args()
     global THREADS
     THREADS = a.threads

@@ -29,12 +29,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+import harness  # the child runner, shared by the benchmarks
 
 TR = 2.0
 THREADS = 1
@@ -182,11 +182,7 @@ def _child(what, bold, design, out):
 
 
 def _run_child(what, paths, out):
-    cmd = [sys.executable, __file__, "--child", what, "--bold", str(paths["bold"]), "--design", str(paths["design"]),
-           "--out", out]
-    env = {**os.environ, **{k: str(THREADS) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(Path(out + ".json").read_text())
+    return harness.run_child(__file__, [what, "--bold", paths["bold"], "--design", paths["design"]], out, THREADS)
 
 
 def main():
@@ -195,10 +191,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--volumes", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of every child (default 1)")
-    ap.add_argument("--child")
-    ap.add_argument("--bold")
-    ap.add_argument("--design")
-    ap.add_argument("--out")
+    harness.child_arguments(ap)
     a = ap.parse_args()
     global THREADS
     THREADS = a.threads

@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,21 +31,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import surface  # noqa: E402  (the CIFTI run generator, shared)
 
 TR = surface.TR
 N_TRIALS = 60
 THREADS = 1
-
-
-def _trials(n_vol, seed=5):
-    """60 trials of 2 s in conditions a/b, one every ~9 s (within the run)."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    onsets = 8.0 + np.cumsum(rng.uniform(7, 11, N_TRIALS))
-    onsets = onsets * min(1.0, (n_vol * TR - 20) / onsets[-1])
-    return pd.DataFrame({"onset": onsets, "duration": 2.0, "trial_type": np.where(np.arange(N_TRIALS) % 2, "a", "b")})
 
 
 def _confounds(design):
@@ -56,9 +46,7 @@ def _confounds(design):
 
 
 def _child(what, bold, design, out, subset):
-    import pandas as pd
-
-    events = _trials(surface_volumes(bold))
+    events = harness.trial_events(surface_volumes(bold), TR, N_TRIALS, duration=2.0, conditions=("a", "b"))
     conf = _confounds(design)
     n = len(conf)
     betas = None
@@ -125,11 +113,8 @@ def surface_volumes(bold):
 
 
 def _run_child(what, paths, out, subset):
-    cmd = [sys.executable, __file__, "--child", what, "--bold", str(paths["bold"]), "--design", str(paths["design"]),
-           "--out", out, "--subset", str(subset)]
-    env = {**os.environ, **{k: str(THREADS) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-    subprocess.run(cmd, check=True, env=env)
-    return json.loads(Path(out + ".json").read_text())
+    return harness.run_child(__file__, [what, "--bold", paths["bold"], "--design", paths["design"], "--subset", subset],
+                             out, THREADS)
 
 
 def main():
@@ -139,10 +124,7 @@ def main():
     ap.add_argument("--subset", type=int, default=2)
     ap.add_argument("--volumes", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--child")
-    ap.add_argument("--bold")
-    ap.add_argument("--design")
-    ap.add_argument("--out")
+    harness.child_arguments(ap)
     a = ap.parse_args()
     global THREADS
     THREADS = a.threads

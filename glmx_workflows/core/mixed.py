@@ -103,12 +103,14 @@ class MixedFit:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
 
-def _inverse(A):
+def _inverse(A, logdet=True):
     """Inverse and log-determinant of small symmetric positive-definite matrices, voxels last.
 
     Parameters
     ----------
     A : numpy.ndarray, shape (p, p, k)
+    logdet : bool
+        Whether the log-determinant is wanted (a log costs more than the inverse of a 2 x 2 matrix); None if not.
 
     Returns
     -------
@@ -118,14 +120,14 @@ def _inverse(A):
     """
     p = A.shape[0]
     if p == 1:
-        return 1.0 / A, np.log(A[0, 0])
+        return 1.0 / A, np.log(A[0, 0]) if logdet else None
     if p == 2:
         a, b, d = A[0, 0], A[0, 1], A[1, 1]
         det = a * d - b * b
         inv = np.empty_like(A)
         inv[0, 0], inv[1, 1] = d / det, a / det
         inv[0, 1] = inv[1, 0] = -b / det
-        return inv, np.log(det)
+        return inv, np.log(det) if logdet else None
     A = np.moveaxis(A, 2, 0)
     sign, logdet = np.linalg.slogdet(np.where(np.isfinite(A), A, 0.0))
     bad = ~(np.isfinite(A).all(axis=(1, 2)) & (sign > 0))
@@ -171,6 +173,19 @@ def _sum_log(a, rows=8):
     return out
 
 
+class _MomentRows:
+    """The rows ``[x_i x_i' (p * p entries) ; 1]`` over subjects whose products with ``w^j`` give ``X'W^j X`` and
+    ``sum w^j``: ``rows`` holds each distinct row once (``X'W^j X`` is symmetric, and with an intercept
+    column its first entry is the ones row), ``index`` the distinct row of every entry. A (p*p + 1) x n by
+    n x voxels product costs more than the passes around it; for intercept + covariate 3 rows instead of 5."""
+
+    def __init__(self, X):
+        n, p = X.shape
+        full = np.vstack([np.einsum("ni,nj->ijn", X, X).reshape(p * p, n), np.ones((1, n))])
+        self.rows, index = np.unique(full, axis=0, return_inverse=True)
+        self.index = index.ravel()
+
+
 class _Work:
     """Reused (subjects, voxels) work arrays: fresh large temporaries cost a page fault per 4 kB on every
     evaluation, more than the arithmetic."""
@@ -205,12 +220,12 @@ class _Eval:
             w = np.add(v, tau2, out=work.get(0, k))
             if loglik:
                 log_sum = _sum_log(w) if m is None else (np.log(w) * m).sum(axis=0)
-            np.reciprocal(w, out=w)
+            np.divide(1.0, w, out=w)  # numpy's float64 reciprocal is not vectorised: twice as slow
             if m is not None:
                 w *= m
             wy = np.multiply(w, y, out=work.get(1, k))
-            a1 = L @ w
-            self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k))
+            a1 = (L.rows @ w)[L.index]
+            self.Ainv, logdet = _inverse(a1[:-1].reshape(p, p, k), logdet=loglik)
             xwy = X.T @ wy
             b = self.beta = _mv(self.Ainv, xwy)
             if loglik or rwr:
@@ -221,7 +236,7 @@ class _Eval:
             if order < 2:
                 return
             w2 = np.multiply(w, w, out=work.get(2, k))
-            a2 = L @ w2
+            a2 = (L.rows @ w2)[L.index]
             H2 = a2[:-1].reshape(p, p, k)
             w2y = np.multiply(w, wy, out=work.get(3, k))
             xw2y = X.T @ w2y
@@ -236,7 +251,7 @@ class _Eval:
                 return
             r_w3_r = np.einsum("nk,nk->k", w2y, wy)  # y'W^3y, then minus the beta terms below
             np.multiply(w2, w, out=w)  # w^3
-            H3 = (L[:-1] @ w).reshape(p, p, k)
+            H3 = (L.rows @ w)[L.index[:-1]].reshape(p, p, k)
             np.multiply(w2, wy, out=wy)  # w^3 y
             xw3y = X.T @ wy
             r_w3_r += -2.0 * _dot(b, xw3y) + _dot(b, _mv(H3, b))
@@ -255,14 +270,21 @@ class _Evaluation:
         k = y.shape[1]
         tau2 = np.broadcast_to(np.asarray(tau2, np.float64), (k,))
         if k <= _CHUNK:
-            parts = [_Eval(y, v, m, X, L, tau2, order, loglik, work, rwr)]
-        else:
-            work = work if work is not None else _Work(y.shape[0], _CHUNK)
-            parts = [_Eval(y[:, a:a + _CHUNK], v[:, a:a + _CHUNK], None if m is None else m[:, a:a + _CHUNK], X, L,
-                           tau2[a:a + _CHUNK], order, loglik, work, rwr) for a in range(0, k, _CHUNK)]
-        for name in self._NAMES:
-            if hasattr(parts[0], name):
-                setattr(self, name, np.concatenate([getattr(e, name) for e in parts], axis=-1))
+            part = _Eval(y, v, m, X, L, tau2, order, loglik, work, rwr)
+            for name in self._NAMES:
+                if hasattr(part, name):
+                    setattr(self, name, getattr(part, name))
+            return
+        work = work if work is not None else _Work(y.shape[0], _CHUNK)
+        for a in range(0, k, _CHUNK):
+            part = _Eval(y[:, a:a + _CHUNK], v[:, a:a + _CHUNK], None if m is None else m[:, a:a + _CHUNK], X, L,
+                         tau2[a:a + _CHUNK], order, loglik, work, rwr)
+            for name in self._NAMES:  # filled in place: concatenating the parts costs as much as a pass
+                if hasattr(part, name):
+                    value = getattr(part, name)
+                    if a == 0:
+                        setattr(self, name, np.empty(value.shape[:-1] + (k,)))
+                    getattr(self, name)[..., a:a + _CHUNK] = value
 
 
 def _residuals(Y, m, X, XX):
@@ -293,27 +315,8 @@ _SCAN_FROM, _SCAN_TO = 0.05, 4.0
 #: Newton stops when its step is below this fraction of the voxel's total variance; the last step is then taken
 #: to first order (estimate and covariance), leaving an error of the order of its square.
 _STEP_TOL = 3e-6
-
-
-class _Result:
-    """Per-voxel outputs of a block, filled by index."""
-
-    def __init__(self, p, k):
-        self.tau2 = np.zeros(k)
-        self.beta = np.full((p, k), np.nan)
-        self.Ainv = np.full((p, p, k), np.nan)
-
-    def put(self, idx, tau2, ev, sel=slice(None), step=None):
-        """Store the evaluation's columns ``sel`` for voxels ``idx``, moved by ``step`` in tau2 to first order."""
-        self.tau2[idx] = tau2
-        if step is None:
-            self.beta[:, idx] = ev.beta[:, sel]
-            self.Ainv[:, :, idx] = ev.Ainv[:, :, sel]
-        else:
-            Ainv = ev.Ainv[:, :, sel]
-            # d beta / d tau2 = -A^-1 X'W^2 r, d A^-1 / d tau2 = A^-1 H2 A^-1 (A = X'WX, H2 = X'W^2X)
-            self.beta[:, idx] = ev.beta[:, sel] - step * _mv(Ainv, ev.xw2r[:, sel])
-            self.Ainv[:, :, idx] = Ainv + step * _mm(ev.G2[:, :, sel], Ainv)
+#: ... or when the error left after its step, predicted from the quadratic convergence, is below this fraction.
+_QUAD_TOL = 1e-10
 
 
 def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
@@ -339,7 +342,10 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
     with np.errstate(divide="ignore"):
         # harmonic mean of the present subjects' variances: the offset of Newton's variable (see _climb)
         vharm = np.where(positive, count / (1.0 / V if m is None else m / V).sum(axis=0), 0.0)
-    out = _Result(p, k)
+    tau2 = np.zeros(k)
+    beta = np.full((p, k), np.nan)
+    Ainv = np.full((p, p, k), np.nan)
+    rwr = np.full(k, np.nan)
     iterations = 0
 
     def sub(idx):
@@ -356,8 +362,10 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
     if at0.size:
         e0 = _Evaluation(*sub(at0), X, L, 0.0, order=3, work=work, rwr=True)
         boundary = ~(e0.score > 0)
-        out.put(at0[boundary], 0.0, e0, boundary)
-        climb[at0[boundary]] = False
+        settled = at0[boundary]
+        beta[:, settled], Ainv[:, :, settled], rwr[settled] = e0.beta[:, boundary], e0.Ainv[:, :, boundary], \
+            e0.rwr[boundary]
+        climb[settled] = False
         with np.errstate(divide="ignore", invalid="ignore"):
             z0 = e0.score / np.sqrt(e0.fisher)
         near[at0[boundary & (z0 > _SECOND_PEAK_Z)]] = True
@@ -369,13 +377,14 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
         first = np.where(np.isfinite(first) & (first > 0), first, np.inf)
         start[at0] = np.where(np.isfinite(dl), dl, np.where(np.isfinite(first), first, start[at0]))
         score0[at0] = e0.score
+        del e0
     # 2. interior voxels
-    idx = np.flatnonzero(climb)
+    interior = [np.flatnonzero(climb)]
+    idx = interior[0]
     if idx.size:
         tau0 = np.where(start[idx] > 0, start[idx], 0.5 * scale[idx])
-        tau, res, it = _climb(*sub(idx), X, L, tau0, np.zeros(idx.size), np.full(idx.size, np.inf), scale[idx],
-                              vharm[idx], max_iter, tol, work, score0[idx])
-        out.tau2[idx], out.beta[:, idx], out.Ainv[:, :, idx] = tau, res.beta, res.Ainv
+        tau2[idx], it = _climb(*sub(idx), X, L, tau0, np.zeros(idx.size), np.full(idx.size, np.inf), scale[idx],
+                               vharm[idx], max_iter, tol, work, score0[idx])
         iterations = max(iterations, it)
     # 3. second maxima of near-boundary voxels
     idx = np.flatnonzero(near)
@@ -397,15 +406,21 @@ def _fit_block(Y, V, m, X, XX, L, max_iter, tol):
         if found.size:
             j = idx[found]
             ys, vs, ms = sub(j)
-            tau, res, it = _climb(ys, vs, ms, X, L, lo[found], lo[found], hi[found], scale[j], vharm[j], max_iter,
-                                  tol, work, s_lo[found], s_hi[found])
+            tau, it = _climb(ys, vs, ms, X, L, lo[found], lo[found], hi[found], scale[j], vharm[j], max_iter, tol,
+                             work, s_lo[found], s_hi[found])
             iterations = max(iterations, it)
             ll_in = restricted_loglik(ys, vs, X, tau, None if ms is None else ms > 0)
             ll_0 = restricted_loglik(ys, vs, X, np.zeros(j.size), None if ms is None else ms > 0)
             win = np.flatnonzero(ll_in > ll_0)
-            out.tau2[j[win]], out.beta[:, j[win]], out.Ainv[:, :, j[win]] = tau[win], res.beta[:, win], \
-                res.Ainv[:, :, win]
-    return out.tau2, out.beta + b0, np.moveaxis(out.Ainv, 2, 0), iterations
+            tau2[j[win]] = tau[win]
+            interior.append(j[win])
+    # 4. the estimate, its covariance and r'Wr (the Knapp-Hartung factor's) at the interior voxels' tau2: one
+    # evaluation, so that they are exact at the reported tau2 rather than carried along the Newton steps
+    idx = np.concatenate(interior)
+    if idx.size:
+        ev = _Evaluation(*sub(idx), X, L, tau2[idx], order=1, work=work, rwr=True)
+        beta[:, idx], Ainv[:, :, idx], rwr[idx] = ev.beta, ev.Ainv, ev.rwr
+    return tau2, beta + b0, np.moveaxis(Ainv, 2, 0), rwr, iterations
 
 
 def _dersimonian_laird(e0, count, p):
@@ -431,21 +446,21 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
     b / (tau2 + c)``), and it halves the iterations from a moment start on heterogeneous variances. The
     curvature is the observed information, Fisher's where that is not positive; a step leaving the bracket
     (score > 0 at lo, < 0 at hi, updated at every evaluation) is replaced by Newton's own step, then by the
-    secant of the bracket's ends (bisection while their scores are not both known). A voxel stops when its
-    step is below ``tol * scale``, taking that step to first order (estimate and covariance).
+    secant of the bracket's ends (bisection while their scores are not both known, and after a secant step). A voxel stops, taking its
+    last step, when that step is below ``tol * scale``, or when Newton's error squaring (the error after a step
+    is about ``|s_k|^3 / s_{k-1}^2``) puts the point after it within ``_QUAD_TOL * scale`` of the root: most
+    voxels then need one evaluation fewer than a step-size rule alone.
 
     Returns
     -------
     tau2 : numpy.ndarray, shape (k,)
-    result : _Result
-        ``beta`` and ``Ainv`` at tau2.
     iterations : int
     """
     k = y.shape[1]
     tau, lo, hi = tau.astype(np.float64), lo.copy(), hi.copy()
     s_lo = np.full(k, np.inf) if s_lo is None else s_lo.astype(np.float64)
     s_hi = np.full(k, -np.inf) if s_hi is None else s_hi.astype(np.float64)
-    final = _Result(X.shape[1], k)
+    prev = np.full(k, np.inf)  # each voxel's last Newton step (inf after a bracket step)
     active = np.arange(k)  # voxels still moving
     cols = np.arange(k)  # the voxel of each column of the working arrays
     wy, wv, wm = y, v, m
@@ -458,14 +473,14 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
         t = np.zeros(cols.size)
         t[pos] = tau[active]
         ev = _Evaluation(wy, wv, wm, X, L, t, order=3, work=work)
-        s = ev.score[pos]
-        info = np.where(ev.observed[pos] > 0, ev.observed[pos], ev.fisher[pos])
+        s, observed, fisher = ev.score[pos], ev.observed[pos], ev.fisher[pos]
+        info = np.where(observed > 0, observed, fisher)
         cur = tau[active]
         up = s > 0
         lo[active[up]], s_lo[active[up]] = cur[up], s[up]
         hi[active[~up]], s_hi[active[~up]] = cur[~up], s[~up]
         with np.errstate(divide="ignore", invalid="ignore"):
-            step = _newton_step(s, ev.observed[pos], ev.fisher[pos], offset[active], cur)
+            step = _newton_step(s, observed, fisher, offset[active], cur)
         new = cur + step
         a_lo, a_hi = lo[active], hi[active]
         outside = ~((new > a_lo) & (new < a_hi))
@@ -475,30 +490,31 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
             step[outside] = plain - cur[outside]
             new[outside] = plain
             outside = ~((new > a_lo) & (new < a_hi))
-        # converged: a step below the tolerance (taken to first order, unless it leaves the bracket: a root within
-        # rounding of the bracket's end), or a bracket narrower than the tolerance
-        small = np.abs(step) <= tol * scale[active]
-        done = small | (a_hi - a_lo <= tol * scale[active]) | (s == 0) | ~np.isfinite(s)
-        moved = small & ~outside
-        final.put(active[moved], new[moved], ev, pos[moved], step[moved])
-        final.put(active[done & ~moved], cur[done & ~moved], ev, pos[done & ~moved])
+        # where the likelihood is not concave (between a local minimum and a maximum) Fisher's curvature crawls;
+        # a bracket whose both ends are known is then faster
+        outside |= (observed <= 0) & np.isfinite(s_lo[active]) & np.isfinite(s_hi[active])
+        size, last, sc = np.abs(step), prev[active], scale[active]
+        with np.errstate(invalid="ignore", over="ignore"):
+            squared = np.isfinite(last) & (size < last) & (size <= 1e-2 * sc) & (size ** 3 <= _QUAD_TOL * sc * last ** 2)
+        # converged: a small step inside the bracket (taken), or a step that leaves it while below the tolerance
+        # (a root within rounding of the bracket's end), or a bracket narrower than the tolerance
+        take = ((size <= tol * sc) | squared) & ~outside
+        done = take | (size <= tol * sc) | (a_hi - a_lo <= tol * sc) | (s == 0) | ~np.isfinite(s)
+        prev[active] = np.where(outside, np.inf, size)
         if outside.any():  # the secant of the bracket (kept 5 % inside it), bisection, or doubling
             o = active[outside]
             width = hi[o] - lo[o]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 frac = np.clip(s_lo[o] / (s_lo[o] - s_hi[o]), 0.05, 0.95)
-            frac = np.where(np.isfinite(s_lo[o]) & np.isfinite(s_hi[o]), frac, 0.5)
+            # a secant that keeps one end (regula falsi) can crawl: every second bracket step in a row bisects
+            frac = np.where(np.isfinite(s_lo[o]) & np.isfinite(s_hi[o]) & ~np.isinf(last[outside]), frac, 0.5)
             new[outside] = np.where(np.isfinite(width), lo[o] + frac * width,
                                     np.maximum(2.0 * cur[outside], lo[o] + scale[o]))
-        tau[active[~done]] = new[~done]
+        tau[active[~done | take]] = new[~done | take]
         active = active[~done]
         if active.size == 0:
             break
-    if active.size:  # out of iterations: the last point evaluated
-        ev = _Evaluation(_cols(y, active), _cols(v, active), None if m is None else _cols(m, active), X, L,
-                         tau[active], order=1, work=work)
-        final.put(active, tau[active], ev)
-    return final.tau2, final, iterations
+    return tau, iterations
 
 
 def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
@@ -556,43 +572,32 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     beta = np.full((p, n_vox), np.nan)
     cov = np.full((n_vox, p, p), np.nan)
     tau2 = np.full(n_vox, np.nan)
+    rwr = np.full(n_vox, np.nan)
     iterations = 0
     cols = np.flatnonzero(ok)
-    L = np.vstack([XX.T, np.ones((1, n))])
+    L = _MomentRows(X)
     for start in range(0, cols.size, _BLOCK):
         sel = cols[start:start + _BLOCK]
         if present is None:
-            t, b, c, it = _fit_block(_cols(Y, sel), _cols(V, sel), None, X, XX, L, max_iter, tol)
+            # a run of consecutive voxels (all of them when all are estimable) is read in place, not copied
+            if sel[-1] - sel[0] + 1 == sel.size:
+                Yb, Vb = Y[:, sel[0]:sel[-1] + 1], V[:, sel[0]:sel[-1] + 1]
+            else:
+                Yb, Vb = _cols(Y, sel), _cols(V, sel)
+            t, b, c, q, it = _fit_block(Yb, Vb, None, X, XX, L, max_iter, tol)
         else:
             mb = _cols(m, sel)
             Yb = np.where(mb, _cols(Y, sel), 0.0)
             Vb = np.where(mb, _cols(V, sel), 1.0)
-            t, b, c, it = _fit_block(Yb, Vb, mb.astype(np.float64), X, XX, L, max_iter, tol)
-        tau2[sel], beta[:, sel], cov[sel] = t, b, c
+            t, b, c, q, it = _fit_block(Yb, Vb, mb.astype(np.float64), X, XX, L, max_iter, tol)
+        tau2[sel], beta[:, sel], cov[sel], rwr[sel] = t, b, c, q
         iterations = max(iterations, it)
     dof = np.where(ok, count - p, 0).astype(np.float64)
-    scale = np.full(n_vox, np.nan)
-    if cols.size:
-        scale[cols] = _knapp_hartung(Y, V, None if present is None else m, X, beta, tau2, cols, dof)
+    # the Knapp-Hartung factor; zero total variance (v = 0 and tau2 = 0: residuals 0 too) leaves 0 / 0, no
+    # dispersion to read: 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(ok, np.where(np.isfinite(rwr), rwr, 0.0) / dof, np.nan)
     return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, scale=scale, iterations=iterations)
-
-
-def _knapp_hartung(Y, V, m, X, beta, tau2, cols, dof):
-    """``r'Wr / (n - p)`` at the fitted tau2 of the voxels ``cols``, block by block."""
-    out = np.empty(cols.size)
-    for start in range(0, cols.size, _BLOCK):
-        sel = cols[start:start + _BLOCK]
-        r = _cols(Y, sel) - X @ beta[:, sel]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = 1.0 / (_cols(V, sel) + tau2[sel])
-            if m is not None:
-                mb = _cols(m, sel)
-                r = np.where(mb, r, 0.0)
-                w = np.where(mb, w, 0.0)
-            rss = np.einsum("nk,nk->k", w * r, r)
-        # zero total variance (v = 0 and tau2 = 0: residuals 0 too) leaves 0 / 0: no dispersion to read, 0
-        out[start:start + sel.size] = np.where(np.isfinite(rss), rss, 0.0) / dof[sel]
-    return out
 
 
 def restricted_loglik(Y, V, X, tau2, present=None):
@@ -616,8 +621,7 @@ def restricted_loglik(Y, V, X, tau2, present=None):
     Y = np.asarray(Y, np.float64)
     X = np.asarray(X, np.float64)
     m = np.ones(Y.shape, bool) if present is None else np.asarray(present, bool)
-    XX = np.einsum("ni,nj->nij", X, X).reshape(X.shape[0], -1)
-    L = np.vstack([XX.T, np.ones((1, X.shape[0]))])
+    L = _MomentRows(X)
     Y = np.where(m, Y, 0.0)
     return _Evaluation(Y, np.where(m, np.asarray(V, np.float64), 1.0), m.astype(np.float64), X, L,
                  np.asarray(tau2, np.float64), order=1, loglik=True).loglik
