@@ -210,6 +210,31 @@ def test_cli_start_imports_no_model_libraries(tmp_path):
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+def test_an_add_one_contrast_rerun_leaves_the_report_libraries_to_the_workers(data, tmp_path):
+    """The process that runs an add-one-contrast rerun on MultiProc (no planning: the plan is the recorded one)
+    never imports scipy.stats and matplotlib (the report's, imported by the workers as they start) nor IPython
+    (nipype's IPython plugin, which glmx never uses); the rerun still draws the new contrast into the report."""
+    import subprocess
+    import sys
+
+    spec, out = tmp_path / "spec.json", tmp_path / "out"
+    entry = json.loads((data / "task_information.json").read_text())
+    spec.write_text(json.dumps(entry))
+    args = dict(spec=spec, output_dir=out, work_dir=str(out) + "_work", participant_label=["01"])
+    assert Aggregator(data, "flanker", **args).run(plugin="Linear", progress=False).ok
+    entry["flanker"]["design_contrasts"]["incongruentOnly"] = "incongruent"
+    spec.write_text(json.dumps(entry))
+    code = ("import sys\n"
+            "from glmx_workflows.api import Aggregator\n"
+            f"report = Aggregator({str(data)!r}, 'flanker', **{ {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}!r})"
+            ".run(plugin='MultiProc', n_procs=2, progress=False)\n"
+            "assert report.ok, report.summary()\n"
+            "print(sorted(m for m in ('scipy.stats', 'matplotlib', 'IPython') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+    assert "incongruentOnly" in (out / "sub-01" / "sub-01_task-flanker_report.html").read_text()
+
+
 def _parts(work):
     """{entry folder relative to contrast_parts: mtime_ns} of the kept contrast maps."""
     root = Path(str(work)) / "contrast_parts"

@@ -325,7 +325,7 @@ def _run_nipype(wf, plugin, plugin_args, args):
     """``wf.run`` → (graph, None), or (None, error) when nipype raised RuntimeError; waits for Graph jobs."""
     graph, error = None, None
     try:
-        graph = wf.run(plugin=_plugin(plugin, args), plugin_args=args)
+        graph = wf.run(plugin=_plugin(plugin, args, wf), plugin_args=args)
     except RuntimeError as exc:
         error = exc
     if plugin.endswith("Graph"):
@@ -352,9 +352,22 @@ def _import_plugins():
             del sys.modules["IPython"]
 
 
-def _plugin(plugin, args):
+def _preload(modules):
+    """Import ``modules`` (run in a MultiProc worker as it starts)."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _plugin(plugin, args, wf):
     """The plugin ``wf.run`` gets: its name, or for MultiProc an instance that leaves nipype's graph to the
-    permanent generation of the garbage collector.
+    permanent generation of the garbage collector and starts its workers at once.
+
+    The workers start (fork) as the instance is made, and each imports the ``worker_modules`` the interfaces of
+    ``wf`` name (modules their nodes need but the process that builds the workflow does not, such as the
+    report's), while this process expands the graph and looks up the cache: those imports leave the path
+    every run waits on.
 
     MultiProc calls ``gc.collect()`` before each round of submissions (every 50 ms poll that has a
     node ready); the execution graph nipype deep-copies from the workflow just before running it (every
@@ -386,7 +399,14 @@ def _plugin(plugin, args):
                 if (len(self.procs), int((self.proc_done & ~self.proc_pending).sum())) == before:
                     return
 
-    return MultiProcPlugin(plugin_args=args)
+    runner = MultiProcPlugin(plugin_args=args)
+    modules = sorted({m for node in wf._get_all_nodes() for m in getattr(node.interface, "worker_modules", ())})
+    if modules:
+        # one task per worker; the pool forks all its workers at the first submission. A failed import only
+        # leaves the module to the node that needs it (which then reports the error).
+        for _ in range(int(runner.processors)):
+            runner.pool.submit(_preload, tuple(modules))
+    return runner
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):

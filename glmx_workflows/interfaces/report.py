@@ -4,13 +4,12 @@ import json
 import os
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec,
-                                    traits)
+                                    isdefined, traits)
 from threadpoolctl import threadpool_limits
 
 from ..io.atomic import write_text
 from ..io.tables import read_tsv
 from ..reports.cache import PartCache
-from ..reports.first_level import CLUSTER_EXTENT, Z_THRESHOLD, build_subject_report
 
 # entities of the subject's maps that the report's name leaves out: one report per subject and task
 _DROPPED = {"space": "", "res": "", "den": "", "cohort": ""}
@@ -35,8 +34,11 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
     contrasts = traits.Dict(traits.Str, traits.Dict, mandatory=True,
                             desc="{name: {'label', 'rows', 'type'}} as compute_contrasts got them")
     settings = traits.Str("{}", usedefault=True, desc="model settings shown in the report, as JSON")
-    z_threshold = traits.Float(Z_THRESHOLD, usedefault=True, desc="|z| height of the shown maps and cluster tables")
-    cluster_extent = traits.Int(CLUSTER_EXTENT, usedefault=True, desc="smallest cluster listed (voxels)")
+    # the defaults are reports.first_level's Z_THRESHOLD and CLUSTER_EXTENT, read when the node runs: that module
+    # imports scipy.stats (a second), which the process building the workflow then never needs
+    z_threshold = traits.Float(desc="|z| height of the shown maps and cluster tables (default: the z of a "
+                                    "one-sided p of 0.001)")
+    cluster_extent = traits.Int(desc="smallest cluster listed (voxels; default 5)")
     cache_dir = traits.Str("", usedefault=True,
                            desc="folder keeping the drawn parts (a run's diagnostics, a contrast's section) under "
                                 "the digest of what they show, so that a rebuild draws only what changed; "
@@ -56,6 +58,8 @@ class SubjectReport(SimpleInterface):
 
     input_spec = SubjectReportInputSpec
     output_spec = SubjectReportOutputSpec
+    # imported by each MultiProc worker when it starts (see engine.run), while the main process prepares the graph
+    worker_modules = ("glmx_workflows.reports.first_level",)
 
     def _run_interface(self, runtime):
         # drawing is single-threaded; BLAS threads would only compete with the fits next to this node
@@ -86,12 +90,16 @@ class SubjectReport(SimpleInterface):
                     z_maps.setdefault(name, []).append(m["path"])
                 else:
                     z_maps[name] = m["path"]
+        from ..reports.first_level import CLUSTER_EXTENT, Z_THRESHOLD, build_subject_report
+
         ent = inp.subject_entities
         path = os.path.join(runtime.cwd, "report.html")
         cache = PartCache(inp.cache_dir or None)
         build_subject_report(path, ent["sub"], ent["task"], runs, dict(inp.contrasts), z_maps,
                              background=inp.mean_files[0], settings=json.loads(inp.settings),
-                             threshold=inp.z_threshold, extent=inp.cluster_extent, session=ent.get("ses"),
+                             threshold=inp.z_threshold if isdefined(inp.z_threshold) else Z_THRESHOLD,
+                             extent=inp.cluster_extent if isdefined(inp.cluster_extent) else CLUSTER_EXTENT,
+                             session=ent.get("ses"),
                              cache=cache,
                              single_trial=[json.loads(open(f).read()) for f in inp.single_trial_files or []])
         cache.prune()  # the folder keeps this report's parts only
