@@ -17,7 +17,7 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
 * t contrasts ``c'b / sqrt(q c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(q C (X'WX)^-1 C')^-1 (Cb) / rank`` with
   ``n - p`` residual degrees of freedom (PyMARE's ``VarianceBasedLikelihoodEstimator(method="REML")`` with
   its default "knapp-hartung" covariance; the model-based one, FLAME1's, gives 3 % false positives at
-  p < 0.05 when tau2 is 0, see README.rst).
+  p < 0.05 when tau2 is 0, see README.rst). ``test="wald"`` keeps ``q = 1``: that model-based covariance.
 * A subject may be absent at some voxels (``present``): it then gets weight zero there, which is the
   model fitted on the other subjects alone, with ``n_v - p`` degrees of freedom.
 
