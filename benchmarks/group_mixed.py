@@ -22,6 +22,11 @@ Prints wall times, per-voxel costs, the ratios (mixed / ols; pymare per voxel / 
 stages), and how far glmx's tau2 and t are from PyMARE's on the subset.
 
     python benchmarks/group_mixed.py [--voxels 300000] [--subjects 20] [--pymare-voxels 20000] [--repeats 3]
+                                     [--baseline REV]
+
+``--baseline REV`` adds the side ``mixed@REV``: the same mixed fit with the package as it was at git revision REV
+(extracted with ``git archive``), interleaved with the others: what a change of the fit gained, measured in
+the same run.
 """
 
 import argparse
@@ -147,8 +152,10 @@ def child(which, path, n_sub, out):
     print(json.dumps(result))
 
 
-def run_child(which, path, n_sub, out):
+def run_child(which, path, n_sub, out, package=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if package:  # the baseline's copy of glmx_workflows first on the path
+        env["PYTHONPATH"] = os.pathsep.join([package, env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, __file__, "--child", which, path, str(n_sub), out], capture_output=True,
                           text=True, env=env)
     if proc.returncode:
@@ -163,6 +170,7 @@ def main():
     parser.add_argument("--pymare-voxels", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-workflow", action="store_true", help="skip the workflow-node sides (no NIfTI files)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the mixed fit of the package at git revision REV")
     parser.add_argument("--child", nargs=4, metavar=("WHICH", "PATH", "NSUB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,13 +180,26 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         path = make_arrays(folder, args.subjects, args.voxels)
         sides = ("ols", "mixed", "pymare", "pymare_loop")
+        package = None
+        if args.baseline:
+            package = os.path.join(folder, "baseline")
+            os.makedirs(package)
+            repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            archive = subprocess.run(["git", "-C", repo, "archive", args.baseline, "glmx_workflows"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", package], input=archive, check=True)
+            sides += ("baseline",)
         if not args.no_workflow:
             make_files(folder, path)
             sides += ("wf_ols", "wf_mixed")
         runs = {s: [] for s in sides}
         for _ in range(args.repeats):  # interleaved, so that machine load hits every side alike
             for side in sides:
-                runs[side].append(run_child(side, path, args.pymare_voxels, os.path.join(folder, f"{side}.npz")))
+                if side == "baseline":
+                    runs[side].append(run_child("mixed", path, args.pymare_voxels, os.path.join(folder, "b.npz"),
+                                                package))
+                else:
+                    runs[side].append(run_child(side, path, args.pymare_voxels, os.path.join(folder, f"{side}.npz")))
         med = {s: {k: float(np.median([r[k] for r in runs[s]])) for k in runs[s][0]} for s in sides}
         ours = np.load(os.path.join(folder, "mixed.npz"))
         agreement = {}
@@ -192,6 +213,11 @@ def main():
         print(f"  {side:12s} wall {med[side]['wall']:8.3f} s   {med[side]['per_voxel_us']:10.2f} us/voxel")
     print(f"  mixed / ols (whole brain)            : {med['mixed']['wall'] / med['ols']['wall']:.2f}x wall, "
           f"{med['mixed']['cpu'] / med['ols']['cpu']:.2f}x CPU ({med['mixed']['cpu']:.3f} s / {med['ols']['cpu']:.3f} s)")
+    if "baseline" in med:
+        print(f"  mixed@{args.baseline}: wall {med['baseline']['wall']:.3f} s, CPU {med['baseline']['cpu']:.3f} s; "
+              f"now / then {med['mixed']['wall'] / med['baseline']['wall']:.2f}x wall, "
+              f"{med['mixed']['cpu'] / med['baseline']['cpu']:.2f}x CPU; then / ols "
+              f"{med['baseline']['cpu'] / med['ols']['cpu']:.2f}x CPU")
     if "wf_ols" in med:
         for side in ("wf_ols", "wf_mixed"):
             stages = ("load", "fit", "contrasts", "wall")

@@ -103,6 +103,49 @@ def test_no_between_subject_variance_and_equal_variances_is_the_fixed_effects_co
     assert np.allclose(ours["t"] * np.sqrt(q), contrast_statistics(fixed)["stat"], rtol=1e-10)
 
 
+def test_wald_test_is_the_model_based_covariance_of_the_issue_and_of_pymare():
+    """group_mixed_test 'wald': the same REML fit, contrasts on (X'WX)^-1 with n - p degrees of freedom: PyMARE's
+    Wald covariance, the fixed-effects combination when tau2 = 0 and the variances are equal, and the t that
+    permutations permute."""
+    Y, V, X = _data(15, 2000, seed=4)
+    knha, wald = fit_mixed_effects(Y, V, X), fit_mixed_effects(Y, V, X, test="wald")
+    assert wald.test == "wald" and knha.test == "knapp-hartung"
+    for key in ("tau2", "beta", "cov"):
+        assert np.array_equal(getattr(wald, key), getattr(knha, key))
+    assert np.all(wald.scale == 1.0) and not np.allclose(knha.scale, 1.0)
+    beta, cov, _ = _pymare(Y, V, X)
+    ours = contrast_maps(wald, [0.0, 1.0])
+    t_ref = beta[1] / np.sqrt(cov[:, 1, 1])
+    assert np.abs(ours["t"] - t_ref).max() < 1e-5 * max(1.0, np.abs(t_ref).max())
+    assert np.allclose(ours["variance"], cov[:, 1, 1], rtol=1e-5) and ours["dof"] == 15 - 2
+    assert np.allclose(ours["p"], sps.t.sf(ours["t"], 13), rtol=1e-8, atol=1e-300)
+    # round trip through the fit file keeps the test
+    from glmx_workflows.core.mixed import MixedFit
+
+    assert MixedFit.from_arrays(wald.to_arrays()).test == "wald"
+    # tau2 = 0, equal variances: exactly the fixed-effects combination (effect, variance and t)
+    rng = np.random.default_rng(5)
+    n, k, v = 10, 300, 2.0
+    Y0 = 1.0 + rng.standard_normal((n, k)) * 0.3
+    V0 = np.full((n, k), v)
+    fit = fit_mixed_effects(Y0, V0, np.ones((n, 1)), test="wald")
+    assert np.all(fit.tau2 == 0)
+    fixed = combine_fixed_effects([ContrastEstimate(effect=Y0[i][None], variance=V0[i], dof=1.0, stat_type="t")
+                                   for i in range(n)])
+    got = contrast_maps(fit, [1.0])
+    assert np.allclose(got["effect"], fixed.effect[0], rtol=1e-12)
+    assert np.allclose(got["variance"], fixed.variance, rtol=1e-12)
+    assert np.allclose(got["t"], contrast_statistics(fixed)["stat"], rtol=1e-10)
+    # permutations permute the maps' own t
+    Yp, Vp, _ = _data(7, 20, seed=11)
+    out = permutation_inference(Yp, np.ones((7, 1)), [1.0], n_permutations=50, variances=Vp, mixed_test="wald")
+    assert np.allclose(out["t"], contrast_maps(fit_mixed_effects(Yp, Vp, np.ones((7, 1)), test="wald"), [1.0])["t"],
+                       rtol=1e-10)
+    with pytest.raises(GlmxError, match="unknown mixed-effects test") as err:
+        fit_group_model(Y, X, model="mixed", variances=V, mixed_test="flame2")
+    assert err.value.field == "group_mixed_test"
+
+
 def test_mixed_needs_valid_variances():
     Y, V, X = _data(8, 10, seed=1)
     with pytest.raises(GlmxError, match="variance maps"):

@@ -69,8 +69,25 @@ def test_mixed_group_maps_equal_pymare_and_say_which_model(first_level, tmp_path
             assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max(), (desc, stat)
         side = json.loads(_group_file(out, con, "t", desc, ext=".json").read_text())
         assert side["GroupModel"] == "mixed" and "REML" in side["GroupModelDescription"]
+        assert side["MixedEffectsTest"] == "knapp-hartung"
     report = (out / "group" / "task-flanker_report.html").read_text()
     assert "Group model: mixed" in report
+
+    # the model-based test of FLAME1 (group_mixed_test 'wald', from the command line): PyMARE's Wald covariance
+    proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", con, "--group-model", "mixed",
+                 "--group-mixed-test", "wald", "--inference", "fdr", "--quiet", "--work-dir", tmp_path / "work",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wald = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="wald", xtol=1e-12, maxiter=200)
+    wald.fit(Y, V, X)
+    beta, cov = wald.params_["fe_params"], wald.params_["inv_cov"]
+    t_ref = beta[0] / np.sqrt(cov[0, 0])
+    ours = nb.load(_group_file(out, con, "t")).get_fdata()[mask]
+    assert np.abs(ours - t_ref).max() <= 1e-5 * np.abs(t_ref).max()
+    variance = nb.load(_group_file(out, con, "variance")).get_fdata()[mask]
+    assert np.abs(variance - cov[0, 0]).max() <= 1e-5 * np.abs(cov[0, 0]).max()
+    side = json.loads(_group_file(out, con, "t", ext=".json").read_text())
+    assert side["MixedEffectsTest"] == "wald" and "FLAME1" in side["MixedEffectsTestDescription"]
 
 
 def _glmx(*args, cwd):

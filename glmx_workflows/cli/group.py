@@ -5,7 +5,7 @@ import sys
 from ..spec.group_keys import INFERENCE_METHODS
 
 GROUP_ONLY = ("inference", "n_permutations", "seed", "contrast", "group_smoothing_fwhm", "group_model",
-              "group_min_subjects")
+              "group_mixed_test", "group_min_subjects")
 
 
 def add_group_arguments(parser):
@@ -28,6 +28,9 @@ def add_group_arguments(parser):
     grp.add_argument("--group-smoothing-fwhm", type=float, help="smooth subject maps (mm FWHM) before the group fit")
     grp.add_argument("--group-model", choices=["ols", "mixed"],
                      help="group model (spec: group_model): ols, or mixed effects with the subjects' variance maps")
+    grp.add_argument("--group-mixed-test", choices=["knapp-hartung", "wald"],
+                     help="test of mixed-effects contrasts (spec: group_mixed_test): knapp-hartung (default) or wald, "
+                          "the model-based covariance of FSL FLAME1")
     grp.add_argument("--group-min-subjects", type=int, metavar="K",
                      help="model each voxel with the subjects defined there when at least K are (spec: "
                           "group_min_subjects)")
@@ -71,7 +74,8 @@ def run_group(args):
                        model=getattr(args, "model", None), derivatives=args.derivatives,
                        group_inference=args.inference, group_n_permutations=args.n_permutations,
                        group_seed=args.seed, group_smoothing_fwhm=args.group_smoothing_fwhm,
-                       group_model=args.group_model, group_min_subjects=args.group_min_subjects)
+                       group_model=args.group_model, group_mixed_test=args.group_mixed_test,
+                       group_min_subjects=args.group_min_subjects)
     result = group.run(plugin=args.plugin, plugin_args=plugin_args, n_procs=args.n_procs)
     print(result.summary())
     sys.stdout.flush()

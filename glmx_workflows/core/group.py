@@ -338,7 +338,7 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def fit_group_model(Y, X, model="ols", variances=None, present=None):
+def fit_group_model(Y, X, model="ols", variances=None, present=None, mixed_test="knapp-hartung"):
     """Fit the group model of subject maps on the group design.
 
     Parameters
@@ -356,6 +356,8 @@ def fit_group_model(Y, X, model="ols", variances=None, present=None):
         Per-voxel subject sets (``group_min_subjects``): each voxel is fitted on its present subjects
         alone, with its own degrees of freedom. OLS is then the mixed-effects fit with zero
         first-level variances (REML's tau2 is the OLS residual variance), a MixedFit.
+    mixed_test : {'knapp-hartung', 'wald'}
+        How 'mixed' contrasts are tested (spec key ``group_mixed_test``, :data:`MIXED_TESTS`).
 
     Returns
     -------
@@ -376,7 +378,7 @@ def fit_group_model(Y, X, model="ols", variances=None, present=None):
                         field="group_model")
     if variances is None:
         raise GlmxError("the mixed-effects group model needs the subjects' variance maps", field="group_model")
-    return fit_mixed_effects(Y, variances, X, present=present)
+    return fit_mixed_effects(Y, variances, X, present=present, test=mixed_test)
 
 
 def contrast_maps(fit, weights):
@@ -716,8 +718,9 @@ class _PermutedMixedT:
     (tau2 is re-estimated for every transform and voxel).
     """
 
-    def __init__(self, Y, V, x, Z, present=None):
+    def __init__(self, Y, V, x, Z, present=None, test="knapp-hartung"):
         Y = np.asarray(Y, dtype=np.float64)
+        self.test = test
         self.n = Y.shape[0]
         self.V = np.zeros_like(Y) if V is None else np.asarray(V, dtype=np.float64)
         self.present = None if present is None else np.asarray(present, bool)
@@ -747,9 +750,9 @@ class _PermutedMixedT:
         if self.present is not None:
             Pp = (np.broadcast_to(self.present[:, None, :], (self.n, k, n_vox)) if sign_flip
                   else self.present[transforms.T]).reshape(self.n, -1)
-        fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp)
+        fit = fit_mixed_effects(Yp, Vp, self.M, present=Pp, test=self.test)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = fit.beta[0] / np.sqrt(fit.scale * fit.cov[:, 0, 0])  # the maps' (Knapp-Hartung) t
+            t = fit.beta[0] / np.sqrt(fit.scale * fit.cov[:, 0, 0])  # the maps' t
         if Pp is not None:
             # voxels have their own degrees of freedom: compare them on the z scale
             t = _statistics_by_dof(ContrastEstimate(effect=t[None], variance=np.ones(t.size), dof=1.0,
@@ -777,7 +780,8 @@ def _fwe_p(null_max, observed, n_null):
 
 def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0, methods=("perm_fwe",),
                           cluster_threshold=None, two_sided=False, tfce_steps=100, connectivity=1,
-                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None, blocks=None):
+                          max_chunk_bytes=64 * 2 ** 20, variances=None, present=None, blocks=None,
+                          mixed_test="knapp-hartung"):
     """Non-parametric inference on a group contrast (Freedman-Lane; sign flips or permutations).
 
     With ``variances`` the statistic is the mixed-effects t (:class:`_PermutedMixedT`: each subject's
@@ -825,6 +829,8 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
         design, swapping a subject's two maps: the sign flip of its difference; for a repeated-measures
         design, permuting a subject's condition labels). The contrast must compare maps within subjects (its
         regressor ``X c`` sums to zero within every block).
+    mixed_test : {'knapp-hartung', 'wald'}
+        With ``variances``: the mixed-effects t permuted (the maps' own, ``group_mixed_test``).
 
     Returns
     -------
@@ -869,7 +875,7 @@ def permutation_inference(Y, X, weights, mask=None, n_permutations=5000, seed=0,
     if variances is None and present is None:
         model = _PermutedT(Y, x, Z)
     else:
-        model = _PermutedMixedT(Y, variances, x, Z, present)
+        model = _PermutedMixedT(Y, variances, x, Z, present, mixed_test if variances is not None else "knapp-hartung")
     transforms, exhaustive = draw_transforms(Y.shape[0], n_permutations, sign_flip, seed, blocks)
     K = len(transforms)
     t_obs = model.observed()

@@ -17,7 +17,7 @@ Per voxel, the subjects' effects ``y`` (one per design row) with known within-su
 * t contrasts ``c'b / sqrt(q c'(X'WX)^-1 c)`` and F contrasts ``(Cb)'(q C (X'WX)^-1 C')^-1 (Cb) / rank`` with
   ``n - p`` residual degrees of freedom (PyMARE's ``VarianceBasedLikelihoodEstimator(method="REML")`` with
   its default "knapp-hartung" covariance; the model-based one, FLAME1's, gives 3 % false positives at
-  p < 0.05 when tau2 is 0, see README.rst).
+  p < 0.05 when tau2 is 0, see README.rst). ``test="wald"`` keeps ``q = 1``: that model-based covariance.
 * A subject may be absent at some voxels (``present``): it then gets weight zero there, which is the
   model fitted on the other subjects alone, with ``n_v - p`` degrees of freedom.
 
@@ -30,6 +30,14 @@ import numpy as np
 
 from .errors import GlmxError
 from .glm import ContrastEstimate
+
+#: How a mixed-effects contrast is tested (spec key ``group_mixed_test``), with the words the sidecars use.
+MIXED_TESTS = {
+    "knapp-hartung": "Knapp-Hartung (Hartung-Knapp-Sidik-Jonkman): covariance q (X'WX)^-1 with q = r'Wr / (n - p), "
+                     "t on n - p degrees of freedom (PyMARE's default, metafor's test='knha')",
+    "wald": "model-based covariance (X'WX)^-1, t on n - p degrees of freedom (FSL FLAME1 without MCMC, "
+            "PyMARE's small_sample_correction=None)",
+}
 
 #: Voxels fitted together (bounds the copies of the data and the (voxels, p, p) arrays).
 _BLOCK = 65536
@@ -59,6 +67,8 @@ class MixedFit:
         degrees of freedom. All ones when not given (the model-based "Wald" covariance).
     iterations : int
         Largest number of Newton iterations any voxel needed.
+    test : str
+        The key of :data:`MIXED_TESTS` whose covariance ``scale`` holds ("wald": ones).
     """
 
     beta: np.ndarray
@@ -68,6 +78,7 @@ class MixedFit:
     dof: np.ndarray
     scale: np.ndarray = None
     iterations: int = 0
+    test: str = "knapp-hartung"
 
     def __post_init__(self):
         if self.scale is None:
@@ -81,7 +92,7 @@ class MixedFit:
         dict of str to numpy.ndarray
         """
         return {"model": np.array("mixed"), "beta": self.beta, "cov": self.cov, "tau2": self.tau2, "n": self.n,
-                "dof": self.dof, "scale": self.scale}
+                "dof": self.dof, "scale": self.scale, "test": np.array(self.test)}
 
     @classmethod
     def from_arrays(cls, arrays):
@@ -98,7 +109,8 @@ class MixedFit:
         try:
             return cls(beta=np.asarray(arrays["beta"], np.float64), cov=np.asarray(arrays["cov"], np.float64),
                        tau2=np.asarray(arrays["tau2"], np.float64), n=np.asarray(arrays["n"]),
-                       dof=np.asarray(arrays["dof"], np.float64), scale=np.asarray(arrays["scale"], np.float64))
+                       dof=np.asarray(arrays["dof"], np.float64), scale=np.asarray(arrays["scale"], np.float64),
+                       test=str(arrays["test"]) if "test" in arrays else "knapp-hartung")
         except KeyError as err:
             raise GlmxError(f"stored mixed-effects fit lacks the array {err.args[0]!r}") from None
 
@@ -517,7 +529,7 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
     return tau, iterations
 
 
-def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
+def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL, test="knapp-hartung"):
     """Mixed-effects group fit with REML between-subject variance, every voxel at once.
 
     Parameters
@@ -535,6 +547,8 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
         Newton iterations at most.
     tol : float
         Stop when a step changes tau2 by less than ``tol`` times the voxel's total variance.
+    test : {'knapp-hartung', 'wald'}
+        The covariance of contrasts (:data:`MIXED_TESTS`): ``q (X'WX)^-1`` or the model-based ``(X'WX)^-1``.
 
     Returns
     -------
@@ -545,6 +559,9 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     GlmxError
         On shapes that do not match, or non-finite or negative variances of a present subject.
     """
+    if test not in MIXED_TESTS:
+        raise GlmxError(f"unknown mixed-effects test {test!r}; expected one of {', '.join(MIXED_TESTS)}",
+                        field="group_mixed_test")
     Y = np.asarray(Y, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
@@ -597,7 +614,9 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL):
     # dispersion to read: 0
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(ok, np.where(np.isfinite(rwr), rwr, 0.0) / dof, np.nan)
-    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, scale=scale, iterations=iterations)
+    if test == "wald":
+        scale = np.where(ok, 1.0, np.nan)
+    return MixedFit(beta=beta, cov=cov, tau2=tau2, n=count, dof=dof, scale=scale, iterations=iterations, test=test)
 
 
 def restricted_loglik(Y, V, X, tau2, present=None):

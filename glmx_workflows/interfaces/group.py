@@ -16,6 +16,7 @@ from ..core import group as cg
 from ..core.clusters import cluster_extent_mask, cluster_table
 from ..core.errors import GlmxError
 from ..core.group import PARAMETRIC_METHODS, PERMUTATION_METHODS
+from ..core.mixed import MIXED_TESTS
 from ..io.atomic import atomic_path, write_text
 from ..core.tfce import mask_edges
 from ..io.geometry import is_surface_file, read_map, right_of
@@ -56,9 +57,13 @@ def _load_present(path):
         return data["P"].astype(bool) if "P" in data.files else None
 
 
-def _sidecar(model, stat):
-    """The JSON sidecar of a group map: which model was fitted and what the map holds."""
-    return {"GroupModel": model, "GroupModelDescription": cg.GROUP_MODELS[model], "Statistic": stat}
+def _sidecar(model, stat, test=None):
+    """The JSON sidecar of a group map: which model was fitted (and, mixed, how its contrasts are tested) and what
+    the map holds."""
+    side = {"GroupModel": model, "GroupModelDescription": cg.GROUP_MODELS[model], "Statistic": stat}
+    if model == "mixed" and test:
+        side.update(MixedEffectsTest=test, MixedEffectsTestDescription=MIXED_TESTS[test])
+    return side
 
 
 def _method_desc(group_desc, method):
@@ -349,6 +354,7 @@ class FitGroupInputSpec(BaseInterfaceInputSpec):
     data_file = File(exists=True, mandatory=True, desc="NPZ from load_maps")
     design_file = File(exists=True, mandatory=True, desc="design TSV from build_design")
     model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model (spec key group_model)")
+    mixed_test = traits.Enum(*MIXED_TESTS, usedefault=True, desc="test of mixed contrasts (spec key group_mixed_test)")
 
 
 class FitGroupOutputSpec(TraitedSpec):
@@ -367,7 +373,7 @@ class FitGroup(SimpleInterface):
         Y, _, _, _ = _load_data(self.inputs.data_file)
         fit = cg.fit_group_model(Y, _read_design(self.inputs.design_file).to_numpy(float), model=self.inputs.model,
                                  variances=_load_variances(self.inputs.data_file),
-                                 present=_load_present(self.inputs.data_file))
+                                 present=_load_present(self.inputs.data_file), mixed_test=self.inputs.mixed_test)
         out = os.path.join(runtime.cwd, "fit.npz")
         with atomic_path(out) as tmp:
             np.savez(tmp, **{**fit.to_arrays(), "model": np.array(self.inputs.model)})
@@ -410,7 +416,7 @@ class ComputeGroupContrasts(SimpleInterface):
 
         def publish(values, name, entities, stat):
             path = _write_map(values, mask, affine, runtime.cwd, name)
-            side = _write_json(runtime.cwd, name + ".json", _sidecar(model, stat))
+            side = _write_json(runtime.cwd, name + ".json", _sidecar(model, stat, getattr(fit, "test", None)))
             manifest.extend([{"path": path, "entities": entities, "suffix": "statmap"},
                              {"path": side, "entities": entities, "suffix": "statmap"}])
             return path
@@ -528,6 +534,7 @@ class PermuteGroupInputSpec(BaseInterfaceInputSpec):
     alpha = traits.Float(0.05, usedefault=True, desc="FWE level of the thresholded maps")
     p_threshold = traits.Float(0.001, usedefault=True, desc="cluster-forming uncorrected p (cluster mass)")
     model = traits.Enum(*cg.GROUP_MODELS, usedefault=True, desc="group model whose t is permuted")
+    mixed_test = traits.Enum(*MIXED_TESTS, usedefault=True, desc="test of mixed contrasts (spec key group_mixed_test)")
     surface_meshes = traits.Dict(traits.Str, traits.Str, usedefault=True,
                                  desc="{'L': mesh, 'R': mesh} of fsLR CIFTI maps (cluster neighbours)")
 
@@ -558,6 +565,7 @@ class PermuteGroup(SimpleInterface):
                           if spatial and hasattr(affine, "edges") else 1)
             out = cg.permutation_inference(Y, X, con["weights"], mask=mask, n_permutations=self.inputs.n_permutations,
                                            seed=self.inputs.seed, methods=methods, variances=V, present=P,
+                                           mixed_test=self.inputs.mixed_test,
                                            blocks=blocks,
                                            connectivity=neighbours,
                                            cluster_threshold=cg.z_threshold(self.inputs.p_threshold) if P is not None

@@ -15,6 +15,12 @@ GROUP_KEYS = {
         "Group model: 'ols' (least squares on the subjects' effects) or 'mixed' (mixed effects: each subject's "
         "first-level stat-variance map plus a between-subject variance tau2 by REML, written as stat-tau2).",
         "mixed"),
+    "group_mixed_test": (
+        {"enum": ["knapp-hartung", "wald"]}, "knapp-hartung",
+        "How group_model 'mixed' tests its contrasts: 'knapp-hartung' (covariance q (X'WX)^-1, q the weighted "
+        "residual dispersion; calibrated false positives, PyMARE's and metafor's default) or 'wald' (the "
+        "model-based (X'WX)^-1 of FSL FLAME1; conservative when tau2 is near 0). Both on n - p degrees of freedom.",
+        "wald"),
     "group_design": (
         {"anyOf": [{"type": "null"}, {"type": "object", "required": ["type", "contrasts"],
                                       "additionalProperties": False,

@@ -65,7 +65,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
                                             group_contrasts=dict(settings["group_contrasts"]), contrast=contrast,
                                             design_type=within["type"] if within else "between"),
                            name="build_design")
-    fit_group = pe.Node(FitGroup(model=model), name="fit_group")
+    mixed_test = settings.get("group_mixed_test") or "knapp-hartung"
+    fit_group = pe.Node(FitGroup(model=model, mixed_test=mixed_test), name="fit_group")
     compute_contrasts = pe.Node(ComputeGroupContrasts(contrast=contrast), name="compute_contrasts")
     threshold_maps = pe.Node(ThresholdGroupMaps(
         contrast=contrast, methods=parametric, alpha=settings["group_alpha"], z_threshold=z_threshold,
@@ -111,7 +112,8 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
         permute = pe.Node(PermuteGroup(contrast=contrast, methods=permutation,
                                        n_permutations=settings["group_n_permutations"], seed=settings["group_seed"],
                                        alpha=settings["group_alpha"], p_threshold=settings["group_p_threshold"],
-                                       model=model, surface_meshes=settings.get("surface_meshes") or {}),
+                                       model=model, mixed_test=mixed_test,
+                                       surface_meshes=settings.get("surface_meshes") or {}),
                           name="permute")
         permute.config = {"execution": {"remove_unnecessary_outputs": "false"}}
         wf.connect([
@@ -176,7 +178,7 @@ def init_group_level_wf(task, contrasts, settings, z_threshold, output_dir=None,
         return wf
     gather_sections = pe.Node(Merge(len(subs)), name="gather_sections")
     gather_published = pe.Node(Merge(len(subs)), name="gather_published")
-    shown = {k: settings.get(k) for k in ("group_model", "group_design", "group_min_subjects",
+    shown = {k: settings.get(k) for k in ("group_model", "group_mixed_test", "group_design", "group_min_subjects",
                                           "group_level_regressors", "group_contrasts", "group_smoothing_fwhm",
                                           "group_inference", "group_alpha", "group_p_threshold", "group_z_threshold",
                                           "group_cluster_extent", "group_n_permutations", "group_seed")}
