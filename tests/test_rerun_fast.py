@@ -224,10 +224,11 @@ def test_an_add_one_contrast_rerun_leaves_the_report_libraries_to_the_workers(da
     assert Aggregator(data, "flanker", **args).run(plugin="Linear", progress=False).ok
     entry["flanker"]["design_contrasts"]["incongruentOnly"] = "incongruent"
     spec.write_text(json.dumps(entry))
+    kwargs = {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}
     code = ("import sys\n"
             "from glmx_workflows.api import Aggregator\n"
-            f"report = Aggregator({str(data)!r}, 'flanker', **{ {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}!r})"
-            ".run(plugin='MultiProc', n_procs=2, progress=False)\n"
+            f"report = Aggregator({str(data)!r}, 'flanker', **{kwargs!r}).run(plugin='MultiProc', n_procs=2,\n"
+            "                                                             progress=False)\n"
             "assert report.ok, report.summary()\n"
             "print(sorted(m for m in ('scipy.stats', 'matplotlib', 'IPython') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -352,12 +352,30 @@ def _import_plugins():
             del sys.modules["IPython"]
 
 
-def _preload(modules):
-    """Import ``modules`` (run in a MultiProc worker as it starts)."""
+def _worker_start(cwd, modules, parent):
+    """Start of a MultiProc worker: nipype's own set-up, an end with the thread that started it, then
+    ``modules`` imported.
+
+    A worker left behind by a main process killed outright (SIGKILL) would wait for work forever, holding
+    its parent's output streams open: Linux ends it (SIGTERM, which :func:`call_interruptibly` makes fatal in
+    workers) when the thread that started the pool ends. A failed import only leaves the module to the node
+    that needs it, which then reports the error.
+    """
     import importlib
 
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent ended before that was set
+            os._exit(0)
     for name in modules:
-        importlib.import_module(name)
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 def _plugin(plugin, args, wf):
@@ -367,7 +385,7 @@ def _plugin(plugin, args, wf):
     The workers start (fork) as the instance is made, and each imports the ``worker_modules`` the interfaces of
     ``wf`` name (modules their nodes need but the process that builds the workflow does not, such as the
     report's), while this process expands the graph and looks up the cache: those imports leave the path
-    every run waits on.
+    every run waits on (see :func:`_worker_start`).
 
     MultiProc calls ``gc.collect()`` before each round of submissions (every 50 ms poll that has a
     node ready); the execution graph nipype deep-copies from the workflow just before running it (every
@@ -379,10 +397,24 @@ def _plugin(plugin, args, wf):
     if plugin != "MultiProc":
         return plugin
     import gc
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from nipype.pipeline.plugins.multiproc import MultiProcPlugin as Base
 
+    modules = tuple(sorted({m for node in wf._get_all_nodes()
+                            for m in getattr(node.interface, "worker_modules", ())}))
+
     class MultiProcPlugin(Base):  # the name nipype derives the plugin's name from
+        def __init__(self, plugin_args=None):
+            super().__init__(plugin_args=plugin_args)
+            self.pool.shutdown(wait=False)  # nipype's pool, which has started no process yet
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.processors, initializer=_worker_start, initargs=(self._cwd, modules, os.getpid()),
+                mp_context=multiprocessing.get_context(self.plugin_args.get("mp_context")))
+            if modules:
+                self.pool.submit(int)  # the pool starts all its workers at its first task
+
         def _prerun_check(self, graph):
             super()._prerun_check(graph)
             gc.collect()
@@ -399,14 +431,7 @@ def _plugin(plugin, args, wf):
                 if (len(self.procs), int((self.proc_done & ~self.proc_pending).sum())) == before:
                     return
 
-    runner = MultiProcPlugin(plugin_args=args)
-    modules = sorted({m for node in wf._get_all_nodes() for m in getattr(node.interface, "worker_modules", ())})
-    if modules:
-        # one task per worker; the pool forks all its workers at the first submission. A failed import only
-        # leaves the module to the node that needs it (which then reports the error).
-        for _ in range(int(runner.processors)):
-            runner.pool.submit(_preload, tuple(modules))
-    return runner
+    return MultiProcPlugin(plugin_args=args)
 
 
 def run_workflow(wf, plugin="MultiProc", plugin_args=None):
