@@ -28,11 +28,11 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy import special as sps_special
+from scipy import special as sps_special  # stdtrit: scipy.stats' t.isf without importing scipy.stats
 
 from .errors import GlmxError
 from .formula import bids_label, contrast_matrix, parse_formula, sanitize_name, unknown_regressors
-from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm
+from .glm import ContrastEstimate, contrast_statistics, estimate_contrast, fit_glm, z_from_p
 from .inference import INFERENCE_METHODS, PARAMETRIC_METHODS, PERMUTATION_METHODS  # noqa: F401 -- the one list
 from .mixed import MixedFit, fit_mixed_effects, mixed_contrast
 from .tfce import cluster_measures, is_graph, label_clusters, tfce
@@ -495,8 +495,7 @@ def z_threshold(p_threshold=None, z=None):
     if p_threshold is None or not 0 < p_threshold < 1:
         raise GlmxError(f"an uncorrected p threshold must be between 0 and 1, got {p_threshold!r}",
                         field="group_p_threshold")
-    # scipy.stats' norm.isf, bitwise, without importing scipy.stats (a second in every worker that draws a report)
-    return float(-sps_special.ndtri(p_threshold))
+    return float(z_from_p(np.array([p_threshold]))[0])  # the maps' own p -> z
 
 
 # ----------------------------------------------------------------------------------------------

@@ -510,8 +510,9 @@ def _climb(y, v, m, X, L, tau, lo, hi, scale, offset, max_iter, tol, work, s_lo=
             squared = np.isfinite(last) & (size < last) & (size <= 1e-2 * sc) & (size ** 3 <= _QUAD_TOL * sc * last ** 2)
         # converged: a small step inside the bracket (taken), or a step that leaves it while below the tolerance
         # (a root within rounding of the bracket's end), or a bracket narrower than the tolerance
-        take = ((size <= tol * sc) | squared) & ~outside
-        done = take | (size <= tol * sc) | (a_hi - a_lo <= tol * sc) | (s == 0) | ~np.isfinite(s)
+        small = size <= tol * sc
+        take = (small | squared) & ~outside
+        done = take | small | (a_hi - a_lo <= tol * sc) | (s == 0) | ~np.isfinite(s)
         prev[active] = np.where(outside, np.inf, size)
         if outside.any():  # the secant of the bracket (kept 5 % inside it), bisection, or doubling
             o = active[outside]

@@ -35,7 +35,8 @@ class SubjectReportInputSpec(BaseInterfaceInputSpec):
                             desc="{name: {'label', 'rows', 'type'}} as compute_contrasts got them")
     settings = traits.Str("{}", usedefault=True, desc="model settings shown in the report, as JSON")
     # the defaults are reports.first_level's Z_THRESHOLD and CLUSTER_EXTENT, read when the node runs: that module
-    # imports scipy.stats (a second), which the process building the workflow then never needs
+    # (pandas, scipy.ndimage: most of a second; matplotlib when it draws) is then imported by the workers only,
+    # never by the process building the workflow
     z_threshold = traits.Float(desc="|z| height of the shown maps and cluster tables (default: the z of a "
                                     "one-sided p of 0.001)")
     cluster_extent = traits.Int(desc="smallest cluster listed (voxels; default 5)")

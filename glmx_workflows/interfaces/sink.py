@@ -35,10 +35,15 @@ class DerivativesSink(SimpleInterface):
     output_spec = DerivativesSinkOutputSpec
 
     def _run_interface(self, runtime):
-        with open(self.inputs.manifest_file) as fh:
-            manifest = json.load(fh)
-        self._results["out_files"] = publish(manifest, dict(self.inputs.entities), self.inputs.out_dir)
+        self._results["out_files"] = _publish_manifest(self.inputs.manifest_file, self.inputs.entities,
+                                                       self.inputs.out_dir)
         return runtime
+
+
+def _publish_manifest(manifest_file, entities, out_dir):
+    """Publish the files a manifest lists under ``entities`` into ``out_dir``; their published paths."""
+    with open(manifest_file) as fh:
+        return publish(json.load(fh), dict(entities), out_dir)
 
 
 class SubjectSinkInputSpec(BaseInterfaceInputSpec):
@@ -94,7 +99,6 @@ class SubjectSink(SimpleInterface):
             if len(manifests) and len(manifests) != len(entities):
                 raise ValueError(f"{len(manifests)} manifests for {len(entities)} entity sets")
             for manifest_file, ents in zip(manifests, entities):
-                with open(manifest_file) as fh:
-                    files.extend(publish(json.load(fh), dict(ents), folder))
+                files.extend(_publish_manifest(manifest_file, ents, folder))
         self._results["out_files"] = files
         return runtime
