@@ -9,7 +9,17 @@ from scipy import stats as sps
 from glmx_workflows.core.errors import GlmxError
 from glmx_workflows.core.glm import ContrastEstimate, combine_fixed_effects, contrast_statistics
 from glmx_workflows.core.group import contrast_maps, fit_group_model, permutation_inference
+from glmx_workflows.core import mixed as mixed_module
 from glmx_workflows.core.mixed import fit_mixed_effects, restricted_loglik
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Both implementations of the REML steps: the compiled kernel (what an install with a C compiler uses) and
+    the numpy path (without one)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(mixed_module, "_reml", None)
+    return request.param
 
 
 def _data(n, k, seed, tau2_levels=(0.0, 0.05, 1.0, 4.0), p=2):
@@ -37,7 +47,7 @@ def _pymare(Y, V, X, knapp_hartung=False):
 
 
 @pytest.mark.parametrize("n,p", [(12, 1), (15, 2), (20, 3)])
-def test_mixed_equals_pymare_reml_including_boundary_voxels(n, p):
+def test_mixed_equals_pymare_reml_including_boundary_voxels(n, p, kernel):
     Y, V, X = _data(n, 3000, seed=n, p=p)
     fit = fit_mixed_effects(Y, V, X)
     beta, cov, tau2 = _pymare(Y, V, X)
@@ -70,7 +80,7 @@ def test_mixed_equals_pymare_reml_including_boundary_voxels(n, p):
     assert np.allclose(fit.tau2[~boundary], tau2[~boundary], rtol=1e-5)
 
 
-def test_zero_within_subject_variance_equals_ols():
+def test_zero_within_subject_variance_equals_ols(kernel):
     Y, _, X = _data(14, 500, seed=3, p=3)
     mixed = fit_group_model(Y, X, model="mixed", variances=np.zeros_like(Y))
     ols = fit_group_model(Y, X)
@@ -82,7 +92,7 @@ def test_zero_within_subject_variance_equals_ols():
         assert a["dof"] == b["dof"]
 
 
-def test_no_between_subject_variance_and_equal_variances_is_the_fixed_effects_combination():
+def test_no_between_subject_variance_and_equal_variances_is_the_fixed_effects_combination(kernel):
     rng = np.random.default_rng(5)
     n, k, v = 10, 400, 2.0
     # spread well below the within-subject variance: the REML optimum is tau2 = 0
@@ -389,7 +399,7 @@ def test_within_subject_design_refuses_incomplete_subjects():
 
 
 @pytest.mark.parametrize("model", ["ols", "mixed"])
-def test_per_voxel_subject_sets_equal_the_fit_on_the_present_subjects(model):
+def test_per_voxel_subject_sets_equal_the_fit_on_the_present_subjects(model, kernel):
     Y, V, X = _data(12, 60, seed=21, p=2)
     rng = np.random.default_rng(3)
     present = np.ones(Y.shape, bool)
@@ -426,7 +436,7 @@ def test_per_voxel_subject_sets_permutations_move_the_absences_with_the_subjects
         permutation_inference(Y, np.column_stack([X, np.arange(6.0)]), [0.0, 1.0], present=present)
 
 
-def test_bimodal_restricted_likelihood_gets_the_higher_maximum():
+def test_bimodal_restricted_likelihood_gets_the_higher_maximum(kernel):
     """Voxels whose restricted likelihood has a local maximum at tau2 = 0 and a higher one inside (found by a
     dense grid): the fit returns the inside one. PyMARE's bracketing search finds it too, except where the
     inside maximum is very close to 0 (there it returns 0, a lower likelihood)."""
@@ -546,3 +556,58 @@ def test_repeated_permutations_permute_condition_labels_within_subjects():
     # a contrast that compares subjects (the mean of A) has no within-subject permutation
     with pytest.raises(GlmxError, match="within-subject permutations"):
         permutation_inference(Y, X, np.eye(X.shape[1])[0], blocks=subs)
+
+
+def test_the_compiled_kernel_is_built():
+    """pip install builds core/_reml.c (setup.py); without it every mixed fit silently takes the slower numpy
+    path."""
+    assert mixed_module._reml is not None, "glmx_workflows.core._reml was not built: reinstall with a C compiler"
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 6])
+def test_compiled_kernel_equals_the_numpy_path(p, monkeypatch):
+    """The two implementations take the same steps: equal to rounding on every kind of voxel (boundary and
+    interior tau2, second maxima, zero first-level variances, absent subjects, voxels that cannot be estimated),
+    for p up to 4 (compiled with p fixed) and above (the general loops)."""
+    if mixed_module._reml is None:
+        pytest.skip("no compiled kernel (test_the_compiled_kernel_is_built fails)")
+    n, k = 16, 3000
+    Y, V, X = _data(n, k, seed=40 + p, p=p)
+    V[:3, :200] = 0.0  # zero first-level variances: no evaluation at tau2 = 0
+    rng = np.random.default_rng(p)
+    present = rng.random((n, k)) > 0.15
+    present[:, :5] = False
+    present[: p + 1, 5:10] = True  # exactly p + 1 present subjects: one residual degree of freedom
+    present[:, 10] = False
+    present[: p, 10] = True  # p present: not estimable
+    for pres in (None, present):
+        compiled = fit_mixed_effects(Y, V, X, present=pres)
+        with monkeypatch.context() as m:
+            m.setattr(mixed_module, "_reml", None)
+            numpy_path = fit_mixed_effects(Y, V, X, present=pres)
+        assert compiled.iterations == numpy_path.iterations
+        # Sums taken in another order differ in the last bits: equal to 1e-9 where the weights are of one size.
+        # Voxels with zero first-level variances (columns < 200) and tau2 near 0 have weights ~1 / tau2 ~ 1e5
+        # next to ~1 (there even the restricted likelihood is only good to ~1e-4), which amplifies that up to
+        # ~1e-6 in the Knapp-Hartung factor: there tau2 agrees to 1e-9 of the total variance and the rest within
+        # the stopping rule's own error (3e-6).
+        total = V.mean(axis=0) + np.nan_to_num(numpy_path.tau2)
+        ok = ~np.isnan(numpy_path.tau2)
+        assert np.abs(compiled.tau2 - numpy_path.tau2)[ok].max() <= 1e-9 * total[ok].max()
+        tight = np.arange(k) >= 200
+        for name in ("tau2", "beta", "cov", "scale", "dof", "n"):
+            a, b = getattr(compiled, name), getattr(numpy_path, name)
+            if name == "beta":  # voxels first
+                a, b = a.T, b.T
+            assert np.array_equal(np.isnan(a), np.isnan(b)), name
+            a, b = a[tight], b[tight]
+            both = ~np.isnan(b)
+            size = np.abs(b[both]).max() if both.any() else 1.0
+            assert np.abs(a[both] - b[both]).max() <= 1e-9 * max(size, 1.0), name
+        zero = ok & ~tight
+        assert np.abs(compiled.scale - numpy_path.scale)[zero].max() < 3e-6
+        assert np.abs(compiled.beta - numpy_path.beta)[:, zero].max() < 3e-6 * np.nanmax(np.abs(numpy_path.beta))
+        assert np.array_equal(compiled.tau2 == 0, numpy_path.tau2 == 0)
+        if pres is not None:
+            assert np.isnan(compiled.tau2[:5]).all() and np.isnan(compiled.tau2[10])
+            assert np.isfinite(compiled.tau2[5:10]).all()

@@ -38,6 +38,8 @@ struct Ctx {
     double *w, *wy;         /* weights 1 / (v + tau2), and w y */
     int np_;                /* present subjects */
     int packed;             /* xs, xxs hold only the last voxel's present subjects' rows */
+    double *A0inv;          /* (X'X)^-1 of all subjects (valid when full_ok) */
+    int full_ok;
     double *xs;             /* their design rows, np_ x p */
     double *xxs;            /* their xx rows, np_ x q */
     /* work */
@@ -63,7 +65,8 @@ INLINE int spd_inverse(const double *A, int p, double *inv, double *logdet, doub
     if (p == 2) {
         const double a = A[0], b = A[1], d = A[3], det = a * d - b * b;
         if (!(a > 0.0) || !(det > 0.0) || !isfinite(det)) return 0;
-        inv[0] = d / det, inv[3] = a / det, inv[1] = inv[2] = -b / det;
+        const double r = 1.0 / det;
+        inv[0] = d * r, inv[3] = a * r, inv[1] = inv[2] = -b * r;
         if (logdet) *logdet = log(det);
         return 1;
     }
@@ -369,7 +372,6 @@ static int fit_voxel(Ctx *c, const double *Y, const double *V, const unsigned ch
         c->packed = 0;
     }
     /* the present subjects' values, and their OLS fit */
-    memset(c->tri1, 0, q * sizeof(double));
     memset(c->xwy, 0, p * sizeof(double));
     for (int i = 0; i < n; i++) {
         if (M && !M[i]) continue;
@@ -382,7 +384,6 @@ static int fit_voxel(Ctx *c, const double *Y, const double *V, const unsigned ch
             c->packed = 1;
         }
         for (int a = 0; a < p; a++) c->xwy[a] += c->X[i * p + a] * yi;
-        for (int t = 0; t < q; t++) c->tri1[t] += c->xx[i * q + t];
         vsum += vi;
         if (vi > 0.0) inv_vsum += 1.0 / vi; else positive = 0;
         np_++;
@@ -390,15 +391,22 @@ static int fit_voxel(Ctx *c, const double *Y, const double *V, const unsigned ch
     c->np_ = np_;
     const double count = np_;
     double b0[64];
-    unpack(c->tri1, p, c->A1);
-    if (!spd_inverse(c->A1, p, c->Ainv, NULL, c->G2)) {
-        *tau_out = NAN;
-        *rwr_out = NAN;
-        for (int a = 0; a < p; a++) beta_out[a] = NAN;
-        for (int a = 0; a < p * p; a++) ainv_out[a] = NAN;
-        return 0;
+    const double *A0inv = c->A0inv;  /* every subject present: (X'X)^-1, computed once */
+    if (np_ < n || !c->full_ok) {
+        memset(c->tri1, 0, q * sizeof(double));
+        for (int i = 0; i < np_; i++)
+            for (int t = 0; t < q; t++) c->tri1[t] += c->xxs[i * q + t];
+        unpack(c->tri1, p, c->A1);
+        if (!spd_inverse(c->A1, p, c->Ainv, NULL, c->G2)) {
+            *tau_out = NAN;
+            *rwr_out = NAN;
+            for (int a = 0; a < p; a++) beta_out[a] = NAN;
+            for (int a = 0; a < p * p; a++) ainv_out[a] = NAN;
+            return 0;
+        }
+        A0inv = c->Ainv;
     }
-    matvec(c->Ainv, c->xwy, p, b0);
+    matvec(A0inv, c->xwy, p, b0);
     double ss = 0.0;
     for (int i = 0; i < np_; i++) {
         c->y[i] -= dotp(c->xs + i * p, b0, p);
@@ -517,7 +525,7 @@ static PyObject *fit(PyObject *self, PyObject *args)
             goto done;
         }
     const int q = p * (p + 1) / 2;
-    double *mem = malloc(sizeof(double) * ((size_t)n * (4 + p + q) + (size_t)n * q + 5 * p * p + 6 * p + 3 * q));
+    double *mem = malloc(sizeof(double) * ((size_t)n * (4 + p + q) + (size_t)n * q + 6 * p * p + 6 * p + 3 * q));
     if (!mem) {
         PyErr_NoMemory();
         goto done;
@@ -545,6 +553,7 @@ static PyObject *fit(PyObject *self, PyObject *args)
     c.xs = at; at += (size_t)n * p;
     c.xxs = at; at += (size_t)n * q;
     c.packed = 1;
+    c.A0inv = at; at += p * p;
     c.A1 = at; at += p * p;
     c.A2 = at; at += p * p;
     c.A3 = at; at += p * p;
@@ -559,6 +568,11 @@ static PyObject *fit(PyObject *self, PyObject *args)
     c.tri1 = at; at += q;
     c.tri2 = at; at += q;
     c.tri3 = at; at += q;
+    memset(c.tri1, 0, q * sizeof(double));
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < q; t++) c.tri1[t] += xx[i * q + t];
+    unpack(c.tri1, p, c.A1);
+    c.full_ok = spd_inverse(c.A1, p, c.A0inv, NULL, c.G2);
     c.evaluate = p == 1 ? evaluate1 : p == 2 ? evaluate2 : p == 3 ? evaluate3 : p == 4 ? evaluate4 : evaluate_any;
     int iterations = 0;
     const double *Y = Yb.buf, *V = Vb.buf;

@@ -610,7 +610,10 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL, test="
                                None if present is None else np.ascontiguousarray(m, dtype=np.uint8),
                                np.ascontiguousarray(X), cols.astype(np.int64), n, p, n_vox, int(max_iter), float(tol),
                                t, b, c, q)
-        tau2[cols], beta[:, cols], cov[cols], rwr[cols] = t, b.T, c, q
+        if cols.size == n_vox:  # every voxel estimable (the usual case): the outputs as they are
+            tau2, beta, cov, rwr = t, b.T, c, q
+        else:
+            tau2[cols], beta[:, cols], cov[cols], rwr[cols] = t, b.T, c, q
         cols = cols[:0]
     L = _MomentRows(X)
     for start in range(0, cols.size, _BLOCK):
