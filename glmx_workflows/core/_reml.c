@@ -1,10 +1,15 @@
-/* The REML climb of glmx_workflows.core.mixed, voxel by voxel in compiled code.
+/* The REML fit of glmx_workflows.core.mixed in compiled code.
  *
- * Same steps, same constants and same stopping rules as the vectorised numpy path (core/mixed.py, _fit_block
- * and _climb; read there why each step is what it is). numpy pays 15-20 passes over the (subjects, voxels)
- * arrays per likelihood evaluation and about five evaluations per voxel; here a voxel's subjects sit in L1
- * and every evaluation is one loop over them. tests/test_group_mixed.py checks both paths against each other
- * and against PyMARE.
+ * Same steps, same constants and same stopping rules as the numpy path (core/mixed.py: _fit_block, _climb; read
+ * there why each step is what it is), on tiles of TILE voxels instead of every voxel at once: a tile's data and
+ * all its work arrays stay in L1/L2, and every loop over a tile's voxels ("lanes") is innermost and contiguous,
+ * so that the compiler vectorises it (also for AVX2, chosen at load time where the processor has it). numpy
+ * instead pays 15-20 passes over the (subjects, voxels) arrays in memory per likelihood evaluation.
+ * tests/test_group_mixed.py checks both paths against each other and against PyMARE.
+ *
+ * Layout: a tile holds its lanes' data subject-major (y[i * TILE + j]: subject i, lane j); small matrices are
+ * stored entry-major (A[(a * p + b) * TILE + j]). An absent subject has y = 0 and v = +inf: its weight
+ * 1 / (v + tau2) is exactly 0.
  *
  * Plain C and Python's buffer protocol: no numpy headers at build time. The GIL is released while fitting.
  */
@@ -21,279 +26,294 @@
 #define SCAN_TO 4.0
 #define QUAD_TOL 1e-10
 #define TILE 64
-#if defined(__GNUC__)
-#define INLINE static inline __attribute__((always_inline))
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
 #else
-#define INLINE static inline
+#define CLONES
 #endif
 
-typedef struct Ctx Ctx;
-typedef struct Sums Sums;
-typedef struct Ev Ev;
-struct Ctx {
-    int n, p, q;            /* subjects, design columns, p (p + 1) / 2 */
-    const double *X;        /* n x p */
-    const double *xx;       /* n x q: the lower triangle of x_i x_i' */
-    double *y, *v;          /* the voxel's OLS residuals and variances, present subjects only */
-    double *w, *wy;         /* weights 1 / (v + tau2), and w y */
-    int np_;                /* present subjects */
-    int packed;             /* xs, xxs hold only the last voxel's present subjects' rows */
-    double *A0inv;          /* (X'X)^-1 of all subjects (valid when full_ok) */
-    int full_ok;
-    double *xs;             /* their design rows, np_ x p */
-    double *xxs;            /* their xx rows, np_ x q */
-    /* work */
-    double *A1, *A2, *A3, *Ainv, *G2;   /* p x p */
-    double *xwy, *xw2y, *xw3y, *b, *xw2r, *tmp;  /* p */
-    double *tri1, *tri2, *tri3;        /* q */
-    int (*evaluate)(Ctx *, double, int, int, Ev *);
-};
+/* Work arrays of one tile (all lanes-last). */
+typedef struct {
+    int n, p;
+    const double *X;                       /* n x p */
+    double *y, *v, *m;                     /* n x TILE: residuals, variances (+inf absent), presence (0/1) */
+    double *w, *wy, *u, *uy;               /* TILE: weights and scratch */
+    double *A1, *A2, *A3, *Ainv, *G2, *L;  /* p*p x TILE */
+    double *xwy, *xw2y, *xw3y, *b, *xw2r, *t1;  /* p x TILE */
+    double *sw1, *sw2, *ywy, *yw2y, *yw3y, *slog, *logdet, *ok;  /* TILE */
+    /* results of an evaluation */
+    double *score, *observed, *fisher, *trP, *rwr, *loglik;      /* TILE */
+} Tile;
 
-struct Ev {
-    double score, observed, fisher, tr_P, rwr, loglik;
-};
+/* Per-voxel state arrays of a tile (TILE each), indexed by the tile's voxel. */
+typedef struct {
+    double *tau, *scale, *vharm, *count, *s2, *vbar, *score0, *start, *lo, *hi, *s_lo, *s_hi;
+    int *positive, *near, *interior, *climbing;
+} State;
 
-/* Inverse and log-determinant of a symmetric p x p matrix by Cholesky; 0 when not finite positive definite. */
-INLINE int spd_inverse(const double *A, int p, double *inv, double *logdet, double *L)
+static double *bump(double **at, size_t count)
 {
+    double *r = *at;
+    *at += count;
+    return r;
+}
+
+/* Cholesky inverse (and log-determinant) of the symmetric p x p matrices A of lanes 0..m; ok[j] = 0 where A is not
+ * finite positive definite (inverse NaN there). */
+static void inverse(Tile *t, const double *A, int m, int want_logdet)
+{
+    const int p = t->p;
+    double *L = t->L, *inv = t->Ainv, *ok = t->ok, *ld = t->logdet;
+    for (int j = 0; j < m; j++) ok[j] = 1.0, ld[j] = 0.0;
     if (p == 1) {
-        if (!(A[0] > 0.0) || !isfinite(A[0])) return 0;
-        inv[0] = 1.0 / A[0];
-        if (logdet) *logdet = log(A[0]);
-        return 1;
-    }
-    if (p == 2) {
-        const double a = A[0], b = A[1], d = A[3], det = a * d - b * b;
-        if (!(a > 0.0) || !(det > 0.0) || !isfinite(det)) return 0;
-        const double r = 1.0 / det;
-        inv[0] = d * r, inv[3] = a * r, inv[1] = inv[2] = -b * r;
-        if (logdet) *logdet = log(det);
-        return 1;
-    }
-    double ld = 0.0;
-    for (int i = 0; i < p; i++) {
-        for (int j = 0; j <= i; j++) {
-            double s = A[i * p + j];
-            for (int k = 0; k < j; k++) s -= L[i * p + k] * L[j * p + k];
-            if (i == j) {
-                if (!(s > 0.0) || !isfinite(s)) return 0;
-                L[i * p + i] = sqrt(s);
-                if (logdet) ld += log(s);
-            } else {
-                L[i * p + j] = s / L[j * p + j];
+        for (int j = 0; j < m; j++) {
+            const double a = A[j];
+            ok[j] = (a > 0.0) && isfinite(a);
+            inv[j] = 1.0 / a;
+        }
+        if (want_logdet)
+            for (int j = 0; j < m; j++) ld[j] = log(A[j]);
+    } else if (p == 2) {
+        const double *a = A, *b = A + TILE, *d = A + 3 * TILE;
+        for (int j = 0; j < m; j++) {
+            const double det = a[j] * d[j] - b[j] * b[j], r = 1.0 / det;
+            ok[j] = (a[j] > 0.0) && (det > 0.0) && isfinite(det);
+            inv[j] = d[j] * r, inv[3 * TILE + j] = a[j] * r, inv[TILE + j] = inv[2 * TILE + j] = -b[j] * r;
+            ld[j] = det;
+        }
+        if (want_logdet)
+            for (int j = 0; j < m; j++) ld[j] = log(ld[j]);
+    } else {
+        /* L L' = A, then A^-1 = L^-T L^-1 (M = L^-1 in the upper part of inv's storage, then the product) */
+        for (int i = 0; i < p; i++)
+            for (int k = 0; k <= i; k++) {
+                double *lik = L + (i * p + k) * TILE;
+                const double *aik = A + (i * p + k) * TILE;
+                for (int j = 0; j < m; j++) lik[j] = aik[j];
+                for (int l = 0; l < k; l++) {
+                    const double *a = L + (i * p + l) * TILE, *b = L + (k * p + l) * TILE;
+                    for (int j = 0; j < m; j++) lik[j] -= a[j] * b[j];
+                }
+                if (i == k) {
+                    for (int j = 0; j < m; j++) {
+                        const double s = lik[j];
+                        ok[j] = ok[j] * ((s > 0.0) && isfinite(s));
+                        ld[j] += want_logdet ? log(s) : 0.0;
+                        lik[j] = sqrt(s);
+                    }
+                } else {
+                    const double *kk = L + (k * p + k) * TILE;
+                    for (int j = 0; j < m; j++) lik[j] /= kk[j];
+                }
             }
+        /* M = L^-1, lower triangular, stored in G2 (scratch here) */
+        double *M = t->G2;
+        for (int c = 0; c < p; c++)
+            for (int i = c; i < p; i++) {
+                double *mic = M + (i * p + c) * TILE;
+                for (int j = 0; j < m; j++) mic[j] = (i == c) ? 1.0 : 0.0;
+                for (int l = c; l < i; l++) {
+                    const double *a = L + (i * p + l) * TILE, *b = M + (l * p + c) * TILE;
+                    for (int j = 0; j < m; j++) mic[j] -= a[j] * b[j];
+                }
+                const double *ii = L + (i * p + i) * TILE;
+                for (int j = 0; j < m; j++) mic[j] /= ii[j];
+            }
+        for (int a = 0; a < p; a++)
+            for (int b = 0; b <= a; b++) {
+                double *out = inv + (a * p + b) * TILE;
+                for (int j = 0; j < m; j++) out[j] = 0.0;
+                for (int k = a; k < p; k++) {
+                    const double *ka = M + (k * p + a) * TILE, *kb = M + (k * p + b) * TILE;
+                    for (int j = 0; j < m; j++) out[j] += ka[j] * kb[j];
+                }
+                if (a != b) memcpy(inv + (b * p + a) * TILE, out, m * sizeof(double));
+            }
+    }
+    for (int j = 0; j < m; j++)
+        if (!(ok[j] > 0.0))
+            for (int e = 0; e < p * p; e++) inv[e * TILE + j] = NAN;
+}
+
+/* out = A x per lane (A: p x p, x: p). */
+static void matvec(int p, const double *A, const double *x, double *out, int m)
+{
+    for (int a = 0; a < p; a++) {
+        double *o = out + a * TILE;
+        for (int j = 0; j < m; j++) o[j] = 0.0;
+        for (int b = 0; b < p; b++) {
+            const double *ab = A + (a * p + b) * TILE, *xb = x + b * TILE;
+            for (int j = 0; j < m; j++) o[j] += ab[j] * xb[j];
         }
     }
-    /* inv = L^-T L^-1, column by column of L^-1 */
-    for (int c = 0; c < p; c++) {
-        double *col = inv + c * p;  /* temporarily the c-th column of L^-1, stored as a row */
-        for (int i = 0; i < p; i++) {
-            double s = (i == c) ? 1.0 : 0.0;
-            for (int k = 0; k < i; k++) s -= L[i * p + k] * col[k];
-            col[i] = s / L[i * p + i];
-        }
+}
+
+/* out[j] (+)= sum_a x[a][j] y[a][j] */
+static void dot(int p, const double *x, const double *y, double *out, int m, double sign)
+{
+    for (int a = 0; a < p; a++) {
+        const double *xa = x + a * TILE, *ya = y + a * TILE;
+        for (int j = 0; j < m; j++) out[j] += sign * xa[j] * ya[j];
     }
-    /* rows of inv hold the columns of M = L^-1 (inv[c][i] = M[i][c]); A^-1 = M' M */
-    double *M = L;  /* L no longer needed: reuse as M */
-    for (int c = 0; c < p; c++)
-        for (int i = 0; i < p; i++) M[i * p + c] = inv[c * p + i];
-    for (int i = 0; i < p; i++)
-        for (int j = 0; j <= i; j++) {
-            double s = 0.0;
-            for (int k = 0; k < p; k++) s += M[k * p + i] * M[k * p + j];
-            inv[i * p + j] = inv[j * p + i] = s;
-        }
-    if (logdet) *logdet = ld;
-    return 1;
 }
 
-INLINE void unpack(const double *tri, int p, double *A)
+static void mirror(int p, double *A, int m)
 {
-    int t = 0;
-    for (int i = 0; i < p; i++)
-        for (int j = 0; j <= i; j++, t++) A[i * p + j] = A[j * p + i] = tri[t];
+    for (int a = 0; a < p; a++)
+        for (int b = 0; b < a; b++) memcpy(A + (b * p + a) * TILE, A + (a * p + b) * TILE, m * sizeof(double));
 }
 
-INLINE double dotp(const double *a, const double *b, int p)
+static inline void weights(const double *restrict v, const double *restrict y, const double *restrict tau,
+                           double *restrict w, double *restrict wy, double *restrict sw1, double *restrict ywy, int m)
 {
-    double s = 0.0;
-    for (int i = 0; i < p; i++) s += a[i] * b[i];
-    return s;
-}
-
-INLINE void matvec(const double *A, const double *x, int p, double *out)
-{
-    for (int i = 0; i < p; i++) out[i] = dotp(A + i * p, x, p);
-}
-
-struct Sums {
-    double sw1, sw2, ywy, yw2y, yw3y, slog;
-};
-
-/* The weighted moments of one evaluation: X'W^j X (lower triangles tri1..3), X'W^j y (xwy, xw2y, xw3y), sum w^j
- * and y'W^j y, j up to ``order``. One loop over the present subjects; the accumulators are locals of a size
- * known at compile time (one function per p up to 4), so that they live in registers: through the context's
- * pointers every += would be a store and a load. */
-#define ACCUMULATE(NAME, P)                                                                                       \
-    static void NAME(Ctx *c, double tau, int order, int want_loglik, Sums *s)                                    \
-    {                                                                                                             \
-        enum { Q = (P) * ((P) + 1) / 2 };                                                                         \
-        double t1[Q] = {0}, t2[Q] = {0}, t3[Q] = {0}, x1[P] = {0}, x2[P] = {0}, x3[P] = {0};                      \
-        double sw1 = 0.0, sw2 = 0.0, ywy = 0.0, yw2y = 0.0, yw3y = 0.0, slog = 0.0;                               \
-        const double *restrict y = c->y, *restrict v = c->v, *restrict xs = c->xs, *restrict xxs = c->xxs;       \
-        double *restrict ws = c->w, *restrict wys = c->wy;                                                        \
-        const int n = c->np_;                                                                                     \
-        /* one pass per order: each holds few enough accumulators to stay in registers */                         \
-        for (int i = 0; i < n; i++) {                                                                             \
-            const double w = 1.0 / (v[i] + tau), wy = w * y[i];                                                   \
-            const double *x = xs + i * (P), *xx = xxs + i * Q;                                                    \
-            ws[i] = w, wys[i] = wy;                                                                               \
-            sw1 += w;                                                                                             \
-            ywy += wy * y[i];                                                                                     \
-            for (int a = 0; a < (P); a++) x1[a] += x[a] * wy;                                                     \
-            for (int t = 0; t < Q; t++) t1[t] += w * xx[t];                                                       \
-        }                                                                                                         \
-        if (order >= 2)                                                                                           \
-            for (int i = 0; i < n; i++) {                                                                         \
-                const double w = ws[i], w2 = w * w, w2y = w * wys[i];                                             \
-                const double *x = xs + i * (P), *xx = xxs + i * Q;                                                \
-                sw2 += w2;                                                                                        \
-                yw2y += w2y * y[i];                                                                               \
-                for (int a = 0; a < (P); a++) x2[a] += x[a] * w2y;                                                \
-                for (int t = 0; t < Q; t++) t2[t] += w2 * xx[t];                                                  \
-            }                                                                                                     \
-        if (order >= 3)                                                                                           \
-            for (int i = 0; i < n; i++) {                                                                         \
-                const double w = ws[i], w2 = w * w, w3 = w2 * w, w3y = w2 * wys[i];                               \
-                const double *x = xs + i * (P), *xx = xxs + i * Q;                                                \
-                yw3y += w3y * y[i];                                                                               \
-                for (int a = 0; a < (P); a++) x3[a] += x[a] * w3y;                                                \
-                for (int t = 0; t < Q; t++) t3[t] += w3 * xx[t];                                                  \
-            }                                                                                                     \
-        if (want_loglik)                                                                                          \
-            for (int i = 0; i < n; i++) slog += log(v[i] + tau);                                                 \
-        memcpy(c->tri1, t1, sizeof t1);                                                                           \
-        memcpy(c->tri2, t2, sizeof t2);                                                                           \
-        memcpy(c->tri3, t3, sizeof t3);                                                                           \
-        memcpy(c->xwy, x1, sizeof x1);                                                                            \
-        memcpy(c->xw2y, x2, sizeof x2);                                                                           \
-        memcpy(c->xw3y, x3, sizeof x3);                                                                           \
-        s->sw1 = sw1, s->sw2 = sw2, s->ywy = ywy, s->yw2y = yw2y, s->yw3y = yw3y, s->slog = slog;                 \
+    for (int j = 0; j < m; j++) {
+        const double wj = 1.0 / (v[j] + tau[j]), wyj = wj * y[j];
+        w[j] = wj, wy[j] = wyj;
+        sw1[j] += wj;
+        ywy[j] += wyj * y[j];
     }
+}
 
-ACCUMULATE(accumulate1, 1)
-ACCUMULATE(accumulate2, 2)
-ACCUMULATE(accumulate3, 3)
-ACCUMULATE(accumulate4, 4)
-
-/* Any p (the accumulators in the context's arrays). */
-static void accumulate_any(Ctx *c, double tau, int order, int want_loglik, Sums *s)
+/* The next power of the weights: u = w a, uy = w b, su += u, suy += uy y (a, b: the last power and its y
+ * product; u, uy may be a, b themselves) */
+static inline void powers(const double *restrict w, const double *a, const double *b, const double *restrict y,
+                          double *u, double *uy, double *restrict su, double *restrict suy, int m)
 {
-    const int n = c->np_, p = c->p, q = c->q;
-    double sw1 = 0.0, sw2 = 0.0, ywy = 0.0, yw2y = 0.0, yw3y = 0.0, slog = 0.0;
-    double *restrict t1 = c->tri1, *restrict t2 = c->tri2, *restrict t3 = c->tri3;
-    double *restrict x1 = c->xwy, *restrict x2 = c->xw2y, *restrict x3 = c->xw3y;
-    memset(t1, 0, q * sizeof(double));
-    memset(t2, 0, q * sizeof(double));
-    memset(t3, 0, q * sizeof(double));
-    memset(x1, 0, p * sizeof(double));
-    memset(x2, 0, p * sizeof(double));
-    memset(x3, 0, p * sizeof(double));
+    if (su)
+        for (int j = 0; j < m; j++) {
+            const double uj = w[j] * a[j], uyj = w[j] * b[j];
+            u[j] = uj, uy[j] = uyj;
+            su[j] += uj;
+            suy[j] += uyj * y[j];
+        }
+    else
+        for (int j = 0; j < m; j++) {
+            const double uj = w[j] * a[j], uyj = w[j] * b[j];
+            u[j] = uj, uy[j] = uyj;
+            suy[j] += uyj * y[j];
+        }
+}
+
+/* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3, lower triangles), X'W^k y, sum w^k and y'W^k y,
+ * k up to order. The hot loop: for every subject, one pass per moment over the lanes. */
+CLONES static void moments(Tile *t, const double *restrict tau, int m, int order, int want_loglik)
+{
+    const int n = t->n, p = t->p;
+    double *restrict w = t->w, *restrict wy = t->wy, *restrict u = t->u, *restrict uy = t->uy;
+    double *restrict sw1 = t->sw1, *restrict sw2 = t->sw2, *restrict ywy = t->ywy, *restrict yw2y = t->yw2y;
+    double *restrict yw3y = t->yw3y, *restrict slog = t->slog;
+    const size_t lanes = (size_t)m * sizeof(double);
+    memset(sw1, 0, lanes), memset(sw2, 0, lanes), memset(ywy, 0, lanes), memset(yw2y, 0, lanes);
+    memset(yw3y, 0, lanes), memset(slog, 0, lanes);
+    for (int a = 0; a < p; a++)
+        memset(t->xwy + a * TILE, 0, lanes), memset(t->xw2y + a * TILE, 0, lanes), memset(t->xw3y + a * TILE, 0, lanes);
+    for (int e = 0; e < p * p; e++)
+        memset(t->A1 + e * TILE, 0, lanes), memset(t->A2 + e * TILE, 0, lanes), memset(t->A3 + e * TILE, 0, lanes);
     for (int i = 0; i < n; i++) {
-        const double d = c->v[i] + tau, w = 1.0 / d, yi = c->y[i], wy = w * yi;
-        const double *x = c->xs + i * p, *xx = c->xxs + i * q;
-        sw1 += w;
-        ywy += wy * yi;
-        if (want_loglik) slog += log(d);
-        for (int a = 0; a < p; a++) x1[a] += x[a] * wy;
-        for (int t = 0; t < q; t++) t1[t] += w * xx[t];
-        if (order >= 2) {
-            const double w2 = w * w, w2y = w * wy;
-            sw2 += w2;
-            yw2y += w2y * yi;
-            for (int a = 0; a < p; a++) x2[a] += x[a] * w2y;
-            for (int t = 0; t < q; t++) t2[t] += w2 * xx[t];
-            if (order >= 3) {
-                const double w3 = w2 * w, w3y = w2 * wy;
-                yw3y += w3y * yi;
-                for (int a = 0; a < p; a++) x3[a] += x[a] * w3y;
-                for (int t = 0; t < q; t++) t3[t] += w3 * xx[t];
+        const double *restrict y = t->y + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
+        const double *x = t->X + i * p;
+        weights(v, y, tau, w, wy, sw1, ywy, m);
+        if (want_loglik) {
+            const double *restrict pm = t->m + (size_t)i * TILE;
+            for (int j = 0; j < m; j++) slog[j] += pm[j] > 0.0 ? log(v[j] + tau[j]) : 0.0;
+        }
+        for (int a = 0; a < p; a++) {
+            double *restrict o = t->xwy + a * TILE;
+            const double xa = x[a];
+            for (int j = 0; j < m; j++) o[j] += xa * wy[j];
+            for (int b = 0; b <= a; b++) {
+                double *restrict A = t->A1 + (a * p + b) * TILE;
+                const double xab = xa * x[b];
+                for (int j = 0; j < m; j++) A[j] += xab * w[j];
+            }
+        }
+        if (order < 2) continue;
+        powers(w, w, wy, y, u, uy, sw2, yw2y, m);
+        for (int a = 0; a < p; a++) {
+            double *restrict o = t->xw2y + a * TILE;
+            const double xa = x[a];
+            for (int j = 0; j < m; j++) o[j] += xa * uy[j];
+            for (int b = 0; b <= a; b++) {
+                double *restrict A = t->A2 + (a * p + b) * TILE;
+                const double xab = xa * x[b];
+                for (int j = 0; j < m; j++) A[j] += xab * u[j];
+            }
+        }
+        if (order < 3) continue;
+        powers(w, u, uy, y, u, uy, NULL, yw3y, m);
+        for (int a = 0; a < p; a++) {
+            double *restrict o = t->xw3y + a * TILE;
+            const double xa = x[a];
+            for (int j = 0; j < m; j++) o[j] += xa * uy[j];
+            for (int b = 0; b <= a; b++) {
+                double *restrict A = t->A3 + (a * p + b) * TILE;
+                const double xab = xa * x[b];
+                for (int j = 0; j < m; j++) A[j] += xab * u[j];
             }
         }
     }
-    s->sw1 = sw1, s->sw2 = sw2, s->ywy = ywy, s->yw2y = yw2y, s->yw3y = yw3y, s->slog = slog;
+    mirror(p, t->A1, m);
+    if (order >= 2) mirror(p, t->A2, m);
+    if (order >= 3) mirror(p, t->A3, m);
 }
 
-/* The restricted likelihood's pieces at tau (core.mixed._Eval): order 1 beta, Ainv, rwr (and loglik);
- * 2 also score and tr_P; 3 also observed and Fisher information. Returns 0 where X'WX is not invertible
- * (everything NaN). */
-INLINE int evaluate_body(Ctx *c, double tau, int order, int want_loglik, Ev *e, const int p,
-                         void (*accumulate)(Ctx *, double, int, int, Sums *))
+/* The restricted likelihood's pieces at tau for lanes 0..m (core.mixed._Eval): order 1 b, Ainv, rwr (and loglik);
+ * 2 also score and trP; 3 also the observed and Fisher information. */
+static void evaluate(Tile *t, const double *tau, int m, int order, int want_loglik)
 {
-    Sums sums;
-    accumulate(c, tau, order, want_loglik, &sums);
-    const double sw1 = sums.sw1, sw2 = sums.sw2, ywy = sums.ywy, yw2y = sums.yw2y, yw3y = sums.yw3y;
-    const double slog = sums.slog;
-    double logdet = 0.0;
-    unpack(c->tri1, p, c->A1);
-    if (!spd_inverse(c->A1, p, c->Ainv, want_loglik ? &logdet : NULL, c->G2)) {
-        e->score = e->observed = e->fisher = e->tr_P = e->rwr = NAN;
-        e->loglik = -INFINITY;
-        for (int a = 0; a < p; a++) c->b[a] = NAN;
-        for (int a = 0; a < p * p; a++) c->Ainv[a] = NAN;
-        return 0;
-    }
-    matvec(c->Ainv, c->xwy, p, c->b);
-    e->rwr = ywy - dotp(c->b, c->xwy, p);
-    if (want_loglik) {
-        const double ll = -0.5 * (slog + logdet + e->rwr);
-        e->loglik = isnan(ll) ? -INFINITY : ll;
-    }
-    if (order < 2) return 1;
-    unpack(c->tri2, p, c->A2);  /* H2 */
-    matvec(c->A2, c->b, p, c->tmp);
-    for (int a = 0; a < p; a++) c->xw2r[a] = c->xw2y[a] - c->tmp[a];
-    const double r_w2_r = yw2y - dotp(c->b, c->xw2y, p) - dotp(c->b, c->xw2r, p);
-    /* G2 = Ainv H2 */
-    double trG2 = 0.0;
-    for (int i = 0; i < p; i++)
-        for (int j = 0; j < p; j++) {
-            double s = 0.0;
-            for (int k = 0; k < p; k++) s += c->Ainv[i * p + k] * c->A2[k * p + j];
-            c->G2[i * p + j] = s;
+    const int p = t->p;
+    moments(t, tau, m, order, want_loglik);
+    inverse(t, t->A1, m, want_loglik);
+    matvec(p, t->Ainv, t->xwy, t->b, m);
+    for (int j = 0; j < m; j++) t->rwr[j] = t->ywy[j];
+    dot(p, t->b, t->xwy, t->rwr, m, -1.0);
+    if (want_loglik)
+        for (int j = 0; j < m; j++) {
+            const double ll = -0.5 * (t->slog[j] + t->logdet[j] + t->rwr[j]);
+            t->loglik[j] = isnan(ll) ? -INFINITY : ll;
         }
-    for (int i = 0; i < p; i++) trG2 += c->G2[i * p + i];
-    e->tr_P = sw1 - trG2;
-    e->score = 0.5 * (r_w2_r - e->tr_P);
-    if (order < 3) return 1;
-    unpack(c->tri3, p, c->A3);  /* H3 */
-    matvec(c->A3, c->b, p, c->tmp);
-    const double r_w3_r = yw3y - 2.0 * dotp(c->b, c->xw3y, p) + dotp(c->b, c->tmp, p);
-    double trAH3 = 0.0, trG2G2 = 0.0;
-    for (int i = 0; i < p; i++)
-        for (int j = 0; j < p; j++) {
-            trAH3 += c->Ainv[i * p + j] * c->A3[j * p + i];
-            trG2G2 += c->G2[i * p + j] * c->G2[j * p + i];
+    if (order < 2) return;
+    /* xw2r = xw2y - H2 b; r'W^2 r = y'W^2 y - b'xw2y - b'xw2r; G2 = Ainv H2; trP = sum w - tr G2 */
+    matvec(p, t->A2, t->b, t->t1, m);
+    for (int a = 0; a < p; a++)
+        for (int j = 0; j < m; j++) t->xw2r[a * TILE + j] = t->xw2y[a * TILE + j] - t->t1[a * TILE + j];
+    double *r2 = t->u;  /* scratch: r'W^2 r */
+    for (int j = 0; j < m; j++) r2[j] = t->yw2y[j];
+    dot(p, t->b, t->xw2y, r2, m, -1.0);
+    dot(p, t->b, t->xw2r, r2, m, -1.0);
+    for (int a = 0; a < p; a++)
+        for (int c = 0; c < p; c++) {
+            double *g = t->G2 + (a * p + c) * TILE;
+            for (int j = 0; j < m; j++) g[j] = 0.0;
+            for (int b = 0; b < p; b++) {
+                const double *ia = t->Ainv + (a * p + b) * TILE, *h = t->A2 + (b * p + c) * TILE;
+                for (int j = 0; j < m; j++) g[j] += ia[j] * h[j];
+            }
         }
-    e->fisher = 0.5 * (sw2 - 2.0 * trAH3 + trG2G2);
-    matvec(c->Ainv, c->xw2r, p, c->tmp);
-    e->observed = r_w3_r - dotp(c->xw2r, c->tmp, p) - e->fisher;
-    return 1;
-}
-
-/* evaluate_body with p known at compile time (its small loops unrolled), and for any p */
-static int evaluate1(Ctx *c, double tau, int order, int l, Ev *e) { return evaluate_body(c, tau, order, l, e, 1, accumulate1); }
-static int evaluate2(Ctx *c, double tau, int order, int l, Ev *e) { return evaluate_body(c, tau, order, l, e, 2, accumulate2); }
-static int evaluate3(Ctx *c, double tau, int order, int l, Ev *e) { return evaluate_body(c, tau, order, l, e, 3, accumulate3); }
-static int evaluate4(Ctx *c, double tau, int order, int l, Ev *e) { return evaluate_body(c, tau, order, l, e, 4, accumulate4); }
-static int evaluate_any(Ctx *c, double tau, int order, int l, Ev *e)
-{
-    return evaluate_body(c, tau, order, l, e, c->p, accumulate_any);
-}
-
-static int evaluate(Ctx *c, double tau, int order, int want_loglik, Ev *e)
-{
-    return c->evaluate(c, tau, order, want_loglik, e);
+    for (int j = 0; j < m; j++) t->trP[j] = t->sw1[j];
+    for (int a = 0; a < p; a++)
+        for (int j = 0; j < m; j++) t->trP[j] -= t->G2[(a * p + a) * TILE + j];
+    for (int j = 0; j < m; j++) t->score[j] = 0.5 * (r2[j] - t->trP[j]);
+    if (order < 3) return;
+    /* r'W^3 r = y'W^3 y - 2 b'xw3y + b'H3 b; tr(P^2) = sum w^2 - 2 tr(Ainv H3) + tr(G2 G2) */
+    double *r3 = t->uy;  /* scratch */
+    matvec(p, t->A3, t->b, t->t1, m);
+    for (int j = 0; j < m; j++) r3[j] = t->yw3y[j];
+    dot(p, t->b, t->xw3y, r3, m, -2.0);
+    dot(p, t->b, t->t1, r3, m, 1.0);
+    for (int j = 0; j < m; j++) t->fisher[j] = t->sw2[j];
+    for (int a = 0; a < p; a++)
+        for (int b = 0; b < p; b++) {
+            const double *ia = t->Ainv + (a * p + b) * TILE, *h = t->A3 + (b * p + a) * TILE;
+            const double *g = t->G2 + (a * p + b) * TILE, *gt = t->G2 + (b * p + a) * TILE;
+            for (int j = 0; j < m; j++) t->fisher[j] += -2.0 * ia[j] * h[j] + g[j] * gt[j];
+        }
+    for (int j = 0; j < m; j++) t->fisher[j] *= 0.5;
+    /* observed = r'W^3 r - xw2r' Ainv xw2r - fisher */
+    matvec(p, t->Ainv, t->xw2r, t->t1, m);
+    for (int j = 0; j < m; j++) t->observed[j] = r3[j] - t->fisher[j];
+    dot(p, t->xw2r, t->t1, t->observed, m, -1.0);
 }
 
 /* core.mixed._newton_step */
@@ -310,176 +330,328 @@ static double clip(double x, double lo, double hi)
     return x < lo ? lo : (x > hi ? hi : x);
 }
 
-/* core.mixed._climb for one voxel; *iterations gets the iteration it stopped at. */
-static double climb(Ctx *c, double tau, double lo, double hi, double s_lo, double s_hi, double scale,
-                    double offset, int max_iter, double tol, int *iterations)
+/* Copy lane columns: dst lane d <- src lane s (n x TILE arrays; in place when dst == src with d <= s). */
+static void move_lanes(const Tile *src, Tile *dst, const int *from, int count)
 {
-    double prev = INFINITY;
-    Ev e;
-    int it;
-    for (it = 1; it <= max_iter; it++) {
-        evaluate(c, tau, 3, 0, &e);
-        const double s = e.score, observed = e.observed, fisher = e.fisher;
-        const double info = observed > 0.0 ? observed : fisher;
-        const double cur = tau;
-        if (s > 0.0) { lo = cur; s_lo = s; } else { hi = cur; s_hi = s; }
-        double step = newton_step(s, observed, fisher, offset, cur);
-        double next = cur + step;
-        int outside = !((next > lo) && (next < hi));
-        if (outside) {
-            const double plain = cur + s / info;
-            step = plain - cur;
-            next = plain;
-            outside = !((next > lo) && (next < hi));
+    const int n = src->n;
+    for (int i = 0; i < n; i++) {
+        const size_t o = (size_t)i * TILE;
+        for (int d = 0; d < count; d++) {
+            dst->y[o + d] = src->y[o + from[d]];
+            dst->v[o + d] = src->v[o + from[d]];
+            dst->m[o + d] = src->m[o + from[d]];
         }
-        outside = outside || ((observed <= 0.0) && isfinite(s_lo) && isfinite(s_hi));
-        const double size = fabs(step), last = prev, sc = scale;
-        const int squared = isfinite(last) && (size < last) && (size <= 1e-2 * sc)
-                            && (size * size * size <= QUAD_TOL * sc * last * last);
-        const int small = size <= tol * sc;
-        const int take = (small || squared) && !outside;
-        const int done = take || small || (hi - lo <= tol * sc) || (s == 0.0) || !isfinite(s);
-        prev = outside ? INFINITY : size;
-        if (outside) {
-            const double width = hi - lo;
-            double frac = clip(s_lo / (s_lo - s_hi), 0.05, 0.95);
-            if (!(isfinite(s_lo) && isfinite(s_hi) && !isinf(last))) frac = 0.5;
-            if (isfinite(width)) {
-                next = lo + frac * width;
-            } else {
-                const double twice = 2.0 * cur, moved = lo + scale;
-                next = twice > moved ? twice : moved;
-                if (isnan(twice) || isnan(moved)) next = NAN;
-            }
-        }
-        if (!done || take) tau = next;
-        if (done) break;
     }
-    *iterations = it > max_iter ? max_iter : it;
-    return tau;
 }
 
-/* One voxel (core.mixed._fit_block's steps 1-4). Y, V, M: the voxel's n values (M may be NULL: all present). */
-static int fit_voxel(Ctx *c, const double *Y, const double *V, const unsigned char *M, int max_iter, double tol,
-                     double *tau_out, double *beta_out, double *ainv_out, double *rwr_out)
+/* core.mixed._climb on the lanes of `work` (count lanes; lane d is the tile's voxel vox[d]): Newton steps to the
+ * root of the score, inside the bracket (lo, hi); the state arrays are the tile's, indexed by voxel. Converged
+ * lanes are dropped by compaction when fewer than 70 % are active. */
+static int climb(Tile *work, int count, int *vox, State *s, const double *offset, int max_iter, double tol,
+                 double *prev, double *tau_lane)
 {
-    const int n = c->n, p = c->p, q = c->q;
-    int np_ = 0, positive = 1, iterations = 0, it;
-    double vsum = 0.0, inv_vsum = 0.0;
-    if (c->packed) {  /* xs and xxs hold every subject's rows unless the last voxel packed them */
-        memcpy(c->xs, c->X, (size_t)n * p * sizeof(double));
-        memcpy(c->xxs, c->xx, (size_t)n * q * sizeof(double));
-        c->packed = 0;
-    }
-    /* the present subjects' values, and their OLS fit */
-    memset(c->xwy, 0, p * sizeof(double));
-    for (int i = 0; i < n; i++) {
-        if (M && !M[i]) continue;
-        const double yi = Y[i], vi = V[i];
-        c->y[np_] = yi;
-        c->v[np_] = vi;
-        if (np_ != i) {  /* an absent subject before: the present subjects' design rows, packed */
-            memcpy(c->xs + np_ * p, c->X + i * p, p * sizeof(double));
-            memcpy(c->xxs + np_ * q, c->xx + i * q, q * sizeof(double));
-            c->packed = 1;
+    int active = count, width = count, iterations = 0;
+    int lanes[TILE];  /* active lane indices into the working columns */
+    int done_flag[TILE];
+    for (int d = 0; d < count; d++) lanes[d] = d, prev[vox[d]] = INFINITY;
+    for (int it = 1; it <= max_iter; it++) {
+        iterations = it;
+        if (active < 0.7 * width) {  /* compact: the active lanes' columns to the front */
+            int from[TILE], newvox[TILE];
+            for (int d = 0; d < active; d++) from[d] = lanes[d], newvox[d] = vox[lanes[d]];
+            move_lanes(work, work, from, active);
+            for (int d = 0; d < active; d++) vox[d] = newvox[d], lanes[d] = d;
+            width = active;
         }
-        for (int a = 0; a < p; a++) c->xwy[a] += c->X[i * p + a] * yi;
-        vsum += vi;
-        if (vi > 0.0) inv_vsum += 1.0 / vi; else positive = 0;
-        np_++;
-    }
-    c->np_ = np_;
-    const double count = np_;
-    double b0[64];
-    const double *A0inv = c->A0inv;  /* every subject present: (X'X)^-1, computed once */
-    if (np_ < n || !c->full_ok) {
-        memset(c->tri1, 0, q * sizeof(double));
-        for (int i = 0; i < np_; i++)
-            for (int t = 0; t < q; t++) c->tri1[t] += c->xxs[i * q + t];
-        unpack(c->tri1, p, c->A1);
-        if (!spd_inverse(c->A1, p, c->Ainv, NULL, c->G2)) {
-            *tau_out = NAN;
-            *rwr_out = NAN;
-            for (int a = 0; a < p; a++) beta_out[a] = NAN;
-            for (int a = 0; a < p * p; a++) ainv_out[a] = NAN;
-            return 0;
+        for (int d = 0; d < width; d++) tau_lane[d] = 0.0;
+        for (int a = 0; a < active; a++) tau_lane[lanes[a]] = s->tau[vox[lanes[a]]];
+        evaluate(work, tau_lane, width, 3, 0);
+        int still = 0;
+        for (int a = 0; a < active; a++) {
+            const int d = lanes[a], k = vox[d];
+            const double sc_ = work->score[d], observed = work->observed[d], fisher = work->fisher[d];
+            const double info = observed > 0.0 ? observed : fisher, cur = s->tau[k];
+            if (sc_ > 0.0) s->lo[k] = cur, s->s_lo[k] = sc_;
+            else s->hi[k] = cur, s->s_hi[k] = sc_;
+            const double lo = s->lo[k], hi = s->hi[k];
+            double step = newton_step(sc_, observed, fisher, offset[k], cur), next = cur + step;
+            int outside = !((next > lo) && (next < hi));
+            if (outside) {
+                const double plain = cur + sc_ / info;
+                step = plain - cur, next = plain;
+                outside = !((next > lo) && (next < hi));
+            }
+            outside = outside || ((observed <= 0.0) && isfinite(s->s_lo[k]) && isfinite(s->s_hi[k]));
+            const double size = fabs(step), last = prev[k], sc = s->scale[k];
+            const int squared = isfinite(last) && (size < last) && (size <= 1e-2 * sc)
+                                && (size * size * size <= QUAD_TOL * sc * last * last);
+            const int small = size <= tol * sc;
+            const int take = (small || squared) && !outside;
+            const int done = take || small || (hi - lo <= tol * sc) || (sc_ == 0.0) || !isfinite(sc_);
+            prev[k] = outside ? INFINITY : size;
+            if (outside) {
+                const double wdt = hi - lo;
+                double frac = clip(s->s_lo[k] / (s->s_lo[k] - s->s_hi[k]), 0.05, 0.95);
+                if (!(isfinite(s->s_lo[k]) && isfinite(s->s_hi[k]) && !isinf(last))) frac = 0.5;
+                if (isfinite(wdt)) {
+                    next = lo + frac * wdt;
+                } else {
+                    const double twice = 2.0 * cur, moved = lo + sc;
+                    next = (isnan(twice) || isnan(moved)) ? NAN : (twice > moved ? twice : moved);
+                }
+            }
+            if (!done || take) s->tau[k] = next;
+            done_flag[a] = done;
+            if (!done) lanes[still++] = d;
         }
-        A0inv = c->Ainv;
+        active = still;
+        if (active == 0) break;
     }
-    matvec(A0inv, c->xwy, p, b0);
-    double ss = 0.0;
-    for (int i = 0; i < np_; i++) {
-        c->y[i] -= dotp(c->xs + i * p, b0, p);
-        ss += c->y[i] * c->y[i];
-    }
-    const double s2 = ss / (count - p > 1.0 ? count - p : 1.0);
-    const double vbar = vsum / count;
-    const double scale = s2 + vbar + DBL_MIN;
-    const double vharm = positive ? count / inv_vsum : 0.0;
+    (void)done_flag;
+    return iterations;
+}
 
-    double tau = 0.0, start = s2 - vbar > 0.0 ? s2 - vbar : 0.0, score0 = INFINITY;
-    int climbing = 1, near = 0, interior = 0;
-    Ev e;
-    /* 1. tau2 = 0 */
-    if (positive) {
-        evaluate(c, 0.0, 3, 0, &e);
-        if (!(e.score > 0.0)) {
-            climbing = 0;
-            for (int a = 0; a < p; a++) beta_out[a] = c->b[a];
-            memcpy(ainv_out, c->Ainv, p * p * sizeof(double));
-            *rwr_out = e.rwr;
-            const double z0 = e.score / sqrt(e.fisher);
-            near = z0 > SECOND_PEAK_Z;
-        }
-        const double dl = (e.rwr - (count - p)) / e.tr_P;
-        const double first = newton_step(e.score, e.observed, e.fisher, vharm, 0.0);
-        if (isfinite(dl) && dl > 0.0) start = dl;
-        else if (isfinite(first) && first > 0.0) start = first;
-        score0 = e.score;
-    }
-    /* 2. interior voxels */
-    if (climbing) {
-        const double tau0 = start > 0.0 ? start : 0.5 * scale;
-        tau = climb(c, tau0, 0.0, INFINITY, score0, -INFINITY, scale, vharm, max_iter, tol, &it);
-        if (it > iterations) iterations = it;
-        interior = 1;
-    }
-    /* 3. a second maximum of a near-boundary voxel */
-    if (near) {
-        double lo = NAN, s_lo = NAN, hi = INFINITY, s_hi = -INFINITY;
-        const double first = SCAN_FROM * vharm;
-        double top = SCAN_TO * (s2 > vbar ? s2 : vbar) / first;
-        const double ratio = pow(top > 1.0 ? top : 1.0, 1.0 / (SCAN - 1));
-        for (int i = 0; i < SCAN; i++) {
-            const double point = first * pow(ratio, i);
-            evaluate(c, point, 2, 0, &e);
-            const int rising = e.score > 0.0;
-            if (!rising && isfinite(lo) && isinf(hi)) { hi = point; s_hi = e.score; }
-            else if (rising && isinf(hi)) { lo = point; s_lo = e.score; }
-            if (isfinite(hi)) break;  /* the bracket is set: later points change nothing */
-        }
-        if (isfinite(lo)) {
-            const double t = climb(c, lo, lo, hi, s_lo, s_hi, scale, vharm, max_iter, tol, &it);
-            if (it > iterations) iterations = it;
-            Ev e_in, e_0;
-            evaluate(c, t, 1, 1, &e_in);
-            evaluate(c, 0.0, 1, 1, &e_0);
-            if (e_in.loglik > e_0.loglik) {
-                tau = t;
-                interior = 1;
+typedef struct {
+    int n, p, max_iter;
+    double tol;
+    const double *X, *A0inv;  /* (X'X)^-1 of all subjects, or NULL when not invertible */
+    Tile src, work;
+    State s;
+    double *prev, *tau_lane, *offset;
+} Ctx;
+
+/* Gather a tile of voxel columns, fit the OLS of each voxel's present subjects and keep the residuals. */
+static void load_tile(Ctx *c, const double *Y, const double *V, const unsigned char *M, Py_ssize_t ld,
+                      const long long *cols, int count, double *b0)
+{
+    const int n = c->n, p = c->p;
+    Tile *t = &c->src;
+    State *s = &c->s;
+    for (int j = 0; j < count; j++) s->count[j] = 0.0, s->vbar[j] = 0.0, s->vharm[j] = 0.0, s->positive[j] = 1;
+    for (int i = 0; i < n; i++) {
+        const double *yr = Y + (size_t)i * ld, *vr = V + (size_t)i * ld;
+        const unsigned char *mr = M ? M + (size_t)i * ld : NULL;
+        double *y = t->y + (size_t)i * TILE, *v = t->v + (size_t)i * TILE, *pm = t->m + (size_t)i * TILE;
+        for (int j = 0; j < count; j++) {
+            const long long col = cols[j];
+            const int here = mr ? mr[col] != 0 : 1;
+            pm[j] = here;
+            y[j] = here ? yr[col] : 0.0;
+            v[j] = here ? vr[col] : INFINITY;
+            if (here) {
+                s->count[j] += 1.0, s->vbar[j] += v[j];
+                if (v[j] > 0.0) s->vharm[j] += 1.0 / v[j]; else s->positive[j] = 0;
             }
         }
     }
-    /* 4. the estimate, its covariance and r'Wr at the reported tau2 */
-    if (interior) {
-        evaluate(c, tau, 1, 0, &e);
-        for (int a = 0; a < p; a++) beta_out[a] = c->b[a];
-        memcpy(ainv_out, c->Ainv, p * p * sizeof(double));
-        *rwr_out = e.rwr;
+    /* OLS: (X_m'X_m)^-1 X_m'y per voxel; with every subject present (X'X)^-1 is shared */
+    double *xy = t->t1;
+    for (int a = 0; a < p; a++)
+        for (int j = 0; j < count; j++) xy[a * TILE + j] = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double *y = t->y + (size_t)i * TILE;
+        for (int a = 0; a < p; a++) {
+            const double xa = c->X[i * p + a];
+            for (int j = 0; j < count; j++) xy[a * TILE + j] += xa * y[j];
+        }
     }
-    for (int a = 0; a < p; a++) beta_out[a] += b0[a];
-    *tau_out = tau;
+    int all = c->A0inv != NULL;
+    for (int j = 0; j < count && all; j++) all = s->count[j] == n;
+    double *inv = t->Ainv;
+    if (all) {
+        for (int e = 0; e < p * p; e++)
+            for (int j = 0; j < count; j++) inv[e * TILE + j] = c->A0inv[e];
+        for (int j = 0; j < count; j++) t->ok[j] = 1.0;
+    } else {
+        for (int e = 0; e < p * p; e++)
+            for (int j = 0; j < count; j++) t->A1[e * TILE + j] = 0.0;
+        for (int i = 0; i < n; i++) {
+            const double *pm = t->m + (size_t)i * TILE;
+            for (int a = 0; a < p; a++)
+                for (int b = 0; b <= a; b++) {
+                    const double xab = c->X[i * p + a] * c->X[i * p + b];
+                    double *A = t->A1 + (a * p + b) * TILE;
+                    for (int j = 0; j < count; j++) A[j] += xab * pm[j];
+                }
+        }
+        mirror(p, t->A1, count);
+        inverse(t, t->A1, count, 0);
+    }
+    matvec(p, inv, xy, b0, count);
+    double *ss = t->u;
+    for (int j = 0; j < count; j++) ss[j] = 0.0;
+    for (int i = 0; i < n; i++) {
+        double *y = t->y + (size_t)i * TILE;
+        const double *pm = t->m + (size_t)i * TILE;
+        for (int j = 0; j < count; j++) {
+            double fit = 0.0;
+            for (int a = 0; a < p; a++) fit += c->X[i * p + a] * b0[a * TILE + j];
+            y[j] = (y[j] - fit) * pm[j];
+            ss[j] += y[j] * y[j];
+        }
+    }
+    for (int j = 0; j < count; j++) {
+        const double cnt = s->count[j];
+        s->s2[j] = ss[j] / (cnt - p > 1.0 ? cnt - p : 1.0);
+        s->vbar[j] /= cnt;
+        s->scale[j] = s->s2[j] + s->vbar[j] + DBL_MIN;
+        s->vharm[j] = s->positive[j] ? cnt / s->vharm[j] : 0.0;
+        s->tau[j] = 0.0;
+        s->interior[j] = 0, s->near[j] = 0, s->climbing[j] = 1;
+        s->score0[j] = INFINITY;
+        const double d = s->s2[j] - s->vbar[j];
+        s->start[j] = d > 0.0 ? d : 0.0;
+    }
+}
+
+/* Copy the chosen voxels of the tile (idx) into the work tile; vox gets them. */
+static void pick(Ctx *c, const int *idx, int count, int *vox)
+{
+    move_lanes(&c->src, &c->work, idx, count);
+    for (int d = 0; d < count; d++) vox[d] = idx[d];
+}
+
+/* Fit a tile of `count` voxels (core.mixed._fit_block's steps 1-4); outputs per voxel. Returns iterations. */
+static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta_out, double *ainv_out,
+                    double *rwr_out)
+{
+    const int p = c->p;
+    State *s = &c->s;
+    Tile *w = &c->work;
+    int idx[TILE], vox[TILE], nidx = 0, iterations = 0;
+    double *zeros = c->tau_lane;
+    /* 1. tau2 = 0 for voxels whose variances are all positive */
+    for (int j = 0; j < count; j++)
+        if (s->positive[j]) idx[nidx++] = j;
+    if (nidx) {
+        pick(c, idx, nidx, vox);
+        for (int d = 0; d < nidx; d++) zeros[d] = 0.0;
+        evaluate(w, zeros, nidx, 3, 0);
+        for (int d = 0; d < nidx; d++) {
+            const int k = vox[d];
+            const double sc = w->score[d];
+            if (!(sc > 0.0)) {
+                s->climbing[k] = 0;
+                for (int a = 0; a < p; a++) beta_out[k * p + a] = w->b[a * TILE + d];
+                for (int e = 0; e < p * p; e++) ainv_out[k * p * p + e] = w->Ainv[e * TILE + d];
+                rwr_out[k] = w->rwr[d];
+                s->near[k] = sc / sqrt(w->fisher[d]) > SECOND_PEAK_Z;
+            }
+            const double dl = (w->rwr[d] - (s->count[k] - p)) / w->trP[d];
+            const double first = newton_step(sc, w->observed[d], w->fisher[d], s->vharm[k], 0.0);
+            if (isfinite(dl) && dl > 0.0) s->start[k] = dl;
+            else if (isfinite(first) && first > 0.0) s->start[k] = first;
+            s->score0[k] = sc;
+        }
+    }
+    /* 2. interior voxels climb from the moment start */
+    nidx = 0;
+    for (int j = 0; j < count; j++)
+        if (s->climbing[j]) idx[nidx++] = j;
+    if (nidx) {
+        pick(c, idx, nidx, vox);
+        for (int d = 0; d < nidx; d++) {
+            const int k = vox[d];
+            s->tau[k] = s->start[k] > 0.0 ? s->start[k] : 0.5 * s->scale[k];
+            s->lo[k] = 0.0, s->hi[k] = INFINITY, s->s_lo[k] = s->score0[k], s->s_hi[k] = -INFINITY;
+            s->interior[k] = 1;
+        }
+        const int it = climb(w, nidx, vox, s, s->vharm, c->max_iter, c->tol, c->prev, c->tau_lane);
+        if (it > iterations) iterations = it;
+    }
+    /* 3. a second maximum of near-boundary voxels: scan the score, climb where it rises */
+    nidx = 0;
+    for (int j = 0; j < count; j++)
+        if (s->near[j]) idx[nidx++] = j;
+    if (nidx) {
+        double first[TILE], ratio[TILE], point[TILE];
+        pick(c, idx, nidx, vox);
+        for (int d = 0; d < nidx; d++) {
+            const int k = vox[d];
+            s->lo[k] = NAN, s->s_lo[k] = NAN, s->hi[k] = INFINITY, s->s_hi[k] = -INFINITY;
+            first[d] = SCAN_FROM * s->vharm[k];
+            const double top = SCAN_TO * (s->s2[k] > s->vbar[k] ? s->s2[k] : s->vbar[k]) / first[d];
+            ratio[d] = pow(top > 1.0 ? top : 1.0, 1.0 / (SCAN - 1));
+        }
+        for (int i = 0; i < SCAN; i++) {
+            int open = 0;  /* lanes whose bracket is not yet closed (later points change nothing for the rest) */
+            for (int d = 0; d < nidx; d++) {
+                point[d] = first[d] * pow(ratio[d], i);
+                open += isinf(s->hi[vox[d]]);
+            }
+            if (!open) break;
+            evaluate(w, point, nidx, 2, 0);
+            for (int d = 0; d < nidx; d++) {
+                const int k = vox[d], rising = w->score[d] > 0.0;
+                if (!rising && isfinite(s->lo[k]) && isinf(s->hi[k])) s->hi[k] = point[d], s->s_hi[k] = w->score[d];
+                else if (rising && isinf(s->hi[k])) s->lo[k] = point[d], s->s_lo[k] = w->score[d];
+            }
+        }
+        int found[TILE], nf = 0;
+        for (int d = 0; d < nidx; d++)
+            if (isfinite(s->lo[vox[d]])) found[nf++] = vox[d];
+        if (nf) {
+            double saved[TILE];
+            for (int d = 0; d < nf; d++) saved[d] = s->tau[found[d]], s->tau[found[d]] = s->lo[found[d]];
+            pick(c, found, nf, vox);
+            const int it = climb(w, nf, vox, s, s->vharm, c->max_iter, c->tol, c->prev, c->tau_lane);
+            if (it > iterations) iterations = it;
+            /* keep the interior maximum where its restricted likelihood beats tau2 = 0's */
+            pick(c, found, nf, vox);
+            double inside[TILE], ll_in[TILE];
+            for (int d = 0; d < nf; d++) inside[d] = s->tau[vox[d]];
+            evaluate(w, inside, nf, 1, 1);
+            for (int d = 0; d < nf; d++) ll_in[d] = w->loglik[d];
+            for (int d = 0; d < nf; d++) zeros[d] = 0.0;
+            evaluate(w, zeros, nf, 1, 1);
+            for (int d = 0; d < nf; d++) {
+                const int k = vox[d];
+                if (ll_in[d] > w->loglik[d]) s->interior[k] = 1;
+                else s->tau[k] = saved[d];
+            }
+        }
+    }
+    /* 4. the estimate, its covariance and r'Wr at the interior voxels' tau2 */
+    nidx = 0;
+    for (int j = 0; j < count; j++)
+        if (s->interior[j]) idx[nidx++] = j;
+    if (nidx) {
+        double taus[TILE];
+        pick(c, idx, nidx, vox);
+        for (int d = 0; d < nidx; d++) taus[d] = s->tau[vox[d]];
+        evaluate(w, taus, nidx, 1, 0);
+        for (int d = 0; d < nidx; d++) {
+            const int k = vox[d];
+            for (int a = 0; a < p; a++) beta_out[k * p + a] = w->b[a * TILE + d];
+            for (int e = 0; e < p * p; e++) ainv_out[k * p * p + e] = w->Ainv[e * TILE + d];
+            rwr_out[k] = w->rwr[d];
+        }
+    }
+    for (int j = 0; j < count; j++) {
+        for (int a = 0; a < p; a++) beta_out[j * p + a] += b0[a * TILE + j];
+        tau_out[j] = s->tau[j];
+    }
     return iterations;
+}
+
+static size_t tile_size(int n, int p)
+{
+    return (size_t)3 * n * TILE + 4 * TILE + (size_t)6 * p * p * TILE + (size_t)6 * p * TILE + 14 * TILE;
+}
+
+static void tile_init(Tile *t, int n, int p, const double *X, double **at)
+{
+    t->n = n, t->p = p, t->X = X;
+    t->y = bump(at, (size_t)n * TILE), t->v = bump(at, (size_t)n * TILE), t->m = bump(at, (size_t)n * TILE);
+    t->w = bump(at, TILE), t->wy = bump(at, TILE), t->u = bump(at, TILE), t->uy = bump(at, TILE);
+    t->A1 = bump(at, p * p * TILE), t->A2 = bump(at, p * p * TILE), t->A3 = bump(at, p * p * TILE);
+    t->Ainv = bump(at, p * p * TILE), t->G2 = bump(at, p * p * TILE), t->L = bump(at, p * p * TILE);
+    t->xwy = bump(at, p * TILE), t->xw2y = bump(at, p * TILE), t->xw3y = bump(at, p * TILE);
+    t->b = bump(at, p * TILE), t->xw2r = bump(at, p * TILE), t->t1 = bump(at, p * TILE);
+    t->sw1 = bump(at, TILE), t->sw2 = bump(at, TILE), t->ywy = bump(at, TILE), t->yw2y = bump(at, TILE);
+    t->yw3y = bump(at, TILE), t->slog = bump(at, TILE), t->logdet = bump(at, TILE), t->ok = bump(at, TILE);
+    t->score = bump(at, TILE), t->observed = bump(at, TILE), t->fisher = bump(at, TILE), t->trP = bump(at, TILE);
+    t->rwr = bump(at, TILE), t->loglik = bump(at, TILE);
 }
 
 static int need(Py_buffer *b, Py_ssize_t bytes, const char *name)
@@ -524,86 +696,55 @@ static PyObject *fit(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "voxel column out of range");
             goto done;
         }
-    const int q = p * (p + 1) / 2;
-    double *mem = malloc(sizeof(double) * ((size_t)n * (4 + p + q) + (size_t)n * q + 6 * p * p + 6 * p + 3 * q));
-    if (!mem) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    double *tile = malloc(sizeof(double) * (size_t)TILE * n * 3);
-    if (!tile) {
+    const size_t words = 2 * tile_size(n, p) + (size_t)16 * TILE + (size_t)p * TILE + 2 * (size_t)p * p;
+    double *mem = malloc(sizeof(double) * words);
+    int *imem = malloc(sizeof(int) * 4 * TILE);
+    if (!mem || !imem) {
         free(mem);
+        free(imem);
         PyErr_NoMemory();
         goto done;
     }
     Ctx c;
     double *at = mem;
     const double *X = Xb.buf;
-    double *xx = at; at += (size_t)n * q;
-    for (int i = 0; i < n; i++) {
-        int t = 0;
-        for (int a = 0; a < p; a++)
-            for (int b = 0; b <= a; b++, t++) xx[i * q + t] = X[i * p + a] * X[i * p + b];
-    }
-    c.n = n; c.p = p; c.q = q; c.X = X; c.xx = xx;
-    c.y = at; at += n;
-    c.w = at; at += n;
-    c.wy = at; at += n;
-    c.v = at; at += n;
-    c.xs = at; at += (size_t)n * p;
-    c.xxs = at; at += (size_t)n * q;
-    c.packed = 1;
-    c.A0inv = at; at += p * p;
-    c.A1 = at; at += p * p;
-    c.A2 = at; at += p * p;
-    c.A3 = at; at += p * p;
-    c.Ainv = at; at += p * p;
-    c.G2 = at; at += p * p;
-    c.xwy = at; at += p;
-    c.xw2y = at; at += p;
-    c.xw3y = at; at += p;
-    c.b = at; at += p;
-    c.xw2r = at; at += p;
-    c.tmp = at; at += p;
-    c.tri1 = at; at += q;
-    c.tri2 = at; at += q;
-    c.tri3 = at; at += q;
-    memset(c.tri1, 0, q * sizeof(double));
+    c.n = n, c.p = p, c.max_iter = max_iter, c.tol = tol, c.X = X;
+    tile_init(&c.src, n, p, X, &at);
+    tile_init(&c.work, n, p, X, &at);
+    State *s = &c.s;
+    s->tau = bump(&at, TILE), s->scale = bump(&at, TILE), s->vharm = bump(&at, TILE), s->count = bump(&at, TILE);
+    s->s2 = bump(&at, TILE), s->vbar = bump(&at, TILE), s->score0 = bump(&at, TILE), s->start = bump(&at, TILE);
+    s->lo = bump(&at, TILE), s->hi = bump(&at, TILE), s->s_lo = bump(&at, TILE), s->s_hi = bump(&at, TILE);
+    c.prev = bump(&at, TILE), c.tau_lane = bump(&at, TILE), c.offset = bump(&at, TILE);
+    double *b0 = bump(&at, (size_t)p * TILE);
+    double *A0 = bump(&at, (size_t)p * p), *A0inv = bump(&at, (size_t)p * p);
+    s->positive = imem, s->near = imem + TILE, s->interior = imem + 2 * TILE, s->climbing = imem + 3 * TILE;
+    /* (X'X)^-1 once, through lane 0 of the work tile */
+    for (int e = 0; e < p * p; e++) c.work.A1[e * TILE] = 0.0;
     for (int i = 0; i < n; i++)
-        for (int t = 0; t < q; t++) c.tri1[t] += xx[i * q + t];
-    unpack(c.tri1, p, c.A1);
-    c.full_ok = spd_inverse(c.A1, p, c.A0inv, NULL, c.G2);
-    c.evaluate = p == 1 ? evaluate1 : p == 2 ? evaluate2 : p == 3 ? evaluate3 : p == 4 ? evaluate4 : evaluate_any;
+        for (int a = 0; a < p; a++)
+            for (int b = 0; b < p; b++) c.work.A1[(a * p + b) * TILE] += X[i * p + a] * X[i * p + b];
+    inverse(&c.work, c.work.A1, 1, 0);
+    c.A0inv = NULL;
+    if (c.work.ok[0] > 0.0) {
+        for (int e = 0; e < p * p; e++) A0inv[e] = c.work.Ainv[e * TILE];
+        c.A0inv = A0inv;
+    }
+    (void)A0;
     int iterations = 0;
     const double *Y = Yb.buf, *V = Vb.buf;
     const unsigned char *M = have_mask ? Mb.buf : NULL;
     double *tau2 = tb.buf, *beta = bb.buf, *ainv = ab.buf, *rwr = rb.buf;
-    /* TILE voxels' columns are copied voxel-major first: row by row they are runs of the (subjects, voxels)
-     * arrays, where reading each voxel's column directly strides through one cache line per subject */
-    double *ty = tile, *tv = tile + (size_t)TILE * n;
-    unsigned char *tm = (unsigned char *)(tile + (size_t)2 * TILE * n);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t t0 = 0; t0 < k; t0 += TILE) {
-        const int width = k - t0 < TILE ? (int)(k - t0) : TILE;
-        for (int i = 0; i < n; i++) {
-            const double *yr = Y + (size_t)i * ld, *vr = V + (size_t)i * ld;
-            for (int t = 0; t < width; t++) {
-                const long long j = cols[t0 + t];
-                ty[(size_t)t * n + i] = yr[j];
-                tv[(size_t)t * n + i] = vr[j];
-                if (M) tm[(size_t)t * n + i] = M[(size_t)i * ld + j];
-            }
-        }
-        for (int t = 0; t < width; t++) {
-            const Py_ssize_t o = t0 + t;
-            const int it = fit_voxel(&c, ty + (size_t)t * n, tv + (size_t)t * n, M ? tm + (size_t)t * n : NULL,
-                                     max_iter, tol, tau2 + o, beta + o * p, ainv + o * p * p, rwr + o);
-            if (it > iterations) iterations = it;
-        }
+        const int count = k - t0 < TILE ? (int)(k - t0) : TILE;
+        load_tile(&c, Y, V, M, ld, cols + t0, count, b0);
+        const int it = fit_tile(&c, count, b0, tau2 + t0, beta + t0 * p, ainv + t0 * p * p, rwr + t0);
+        if (it > iterations) iterations = it;
     }
     Py_END_ALLOW_THREADS
-    free(tile);
     free(mem);
+    free(imem);
     result = PyLong_FromLong(iterations);
 done:
     if (have_mask) PyBuffer_Release(&Mb);
@@ -624,6 +765,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_reml", "Compiled REML climb of core.mixed.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_reml", "Compiled REML fit of core.mixed.", -1, methods};
 
 PyMODINIT_FUNC PyInit__reml(void) { return PyModule_Create(&module); }
