@@ -27,6 +27,12 @@
 #define QUAD_TOL 1e-10
 #define TILE 64
 
+#if defined(__GNUC__) && !defined(__clang__)
+/* the small loops over design columns unrolled before vectorisation over the lanes */
+#define UNROLL _Pragma("GCC unroll 16")
+#else
+#define UNROLL
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -44,6 +50,7 @@ typedef struct {
     double *sw1, *sw2, *ywy, *yw2y, *yw3y, *slog, *logdet, *ok;  /* TILE */
     /* results of an evaluation */
     double *score, *observed, *fisher, *trP, *rwr, *loglik;      /* TILE */
+    double *spare;                                               /* 9 x TILE scratch */
 } Tile;
 
 /* Per-voxel state arrays of a tile (TILE each), indexed by the tile's voxel. */
@@ -195,11 +202,79 @@ static inline void powers(const double *restrict w, const double *a, const doubl
         }
 }
 
-/* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3, lower triangles), X'W^k y, sum w^k and y'W^k y,
- * k up to order. The hot loop: for every subject, one pass per moment over the lanes. */
+/* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3), X'W^k y, sum w^k and y'W^k y, k up to order.
+ * For p = 1 (one-sample designs) and p = 2 one loop over the lanes per subject and order updates every moment
+ * (written out: the compiler vectorises such a loop only without inner loops); for other p one loop per
+ * moment (moments). */
+/* One subject's contribution to lanes 0..m, p = 2 (p = 1: the second column's pointers are NULL-free dummies with
+ * x1 = 0). Every pointer a parameter of its own, restrict: so the compiler vectorises the loop. */
+static inline __attribute__((always_inline)) void lanes(
+    const int order, const int two, int m, const double *restrict y, const double *restrict v,
+    const double *restrict tau, double x0, double xb, double *restrict sw1, double *restrict ywy,
+    double *restrict sw2, double *restrict yw2y, double *restrict yw3y,
+    double *restrict p1a, double *restrict p1b, double *restrict p2a, double *restrict p2b, double *restrict p3a,
+    double *restrict p3b, double *restrict a1aa, double *restrict a1ba, double *restrict a1bb,
+    double *restrict a2aa, double *restrict a2ba, double *restrict a2bb, double *restrict a3aa,
+    double *restrict a3ba, double *restrict a3bb)
+{
+    const double eaa = x0 * x0, eba = xb * x0, ebb = xb * xb;
+    for (int j = 0; j < m; j++) {
+        const double w = 1.0 / (v[j] + tau[j]), wy = w * y[j];
+        sw1[j] += w, ywy[j] += wy * y[j];
+        p1a[j] += x0 * wy, a1aa[j] += eaa * w;
+        if (two) p1b[j] += xb * wy, a1ba[j] += eba * w, a1bb[j] += ebb * w;
+        if (order >= 2) {
+            const double u = w * w, uy = w * wy;
+            sw2[j] += u, yw2y[j] += uy * y[j];
+            p2a[j] += x0 * uy, a2aa[j] += eaa * u;
+            if (two) p2b[j] += xb * uy, a2ba[j] += eba * u, a2bb[j] += ebb * u;
+            if (order >= 3) {
+                const double u3 = u * w, uy3 = uy * w;
+                yw3y[j] += uy3 * y[j];
+                p3a[j] += x0 * uy3, a3aa[j] += eaa * u3;
+                if (two) p3b[j] += xb * uy3, a3ba[j] += eba * u3, a3bb[j] += ebb * u3;
+            }
+        }
+    }
+}
+
+/* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3), X'W^k y, sum w^k and y'W^k y, k up to order, for
+ * p = 1 (one-sample designs) and p = 2: one vectorised loop over the lanes per subject updating every moment.
+ * Other p: moments(), one loop per moment. */
+#define SMALL_P(NAME, TWO)                                                                                       \
+    CLONES static void NAME(Tile *t, const double *restrict tau, int m, int order)                               \
+    {                                                                                                            \
+        const int p = t->p;                                                                                      \
+        for (int i = 0; i < t->n; i++) {                                                                         \
+            const double *y = t->y + (size_t)i * TILE, *v = t->v + (size_t)i * TILE;                             \
+            const double x0 = t->X[i * p], xb = (TWO) ? t->X[i * p + 1] : 0.0;                                   \
+            double *A1 = t->A1, *A2 = t->A2, *A3 = t->A3, *X1 = t->xwy, *X2 = t->xw2y, *X3 = t->xw3y;            \
+            /* p = 1: the second column's moments go to scratch (never touched: TWO is 0) */                     \
+            double *d = t->spare, *X1b = (TWO) ? X1 + TILE : d, *X2b = (TWO) ? X2 + TILE : d + TILE;               \
+            double *X3b = (TWO) ? X3 + TILE : d + 2 * TILE, *A1b = (TWO) ? A1 + 2 * TILE : d + 3 * TILE;          \
+            double *A1c = (TWO) ? A1 + 3 * TILE : d + 4 * TILE, *A2b = (TWO) ? A2 + 2 * TILE : d + 5 * TILE;      \
+            double *A2c = (TWO) ? A2 + 3 * TILE : d + 6 * TILE, *A3b = (TWO) ? A3 + 2 * TILE : d + 7 * TILE;      \
+            double *A3c = (TWO) ? A3 + 3 * TILE : d + 8 * TILE;                                                   \
+            if (order >= 3)                                                                                      \
+                lanes(3, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
+                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
+            else if (order == 2)                                                                                 \
+                lanes(2, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
+                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
+            else                                                                                                 \
+                lanes(1, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
+                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
+        }                                                                                                        \
+    }
+
+SMALL_P(moments1, 0)
+SMALL_P(moments2, 1)
+
+/* Any p: one pass per subject and moment over the lanes; with want_loglik also sum log(v + tau). */
 CLONES static void moments(Tile *t, const double *restrict tau, int m, int order, int want_loglik)
 {
-    const int n = t->n, p = t->p;
+    int n = t->n;
+    const int p = t->p;
     double *restrict w = t->w, *restrict wy = t->wy, *restrict u = t->u, *restrict uy = t->uy;
     double *restrict sw1 = t->sw1, *restrict sw2 = t->sw2, *restrict ywy = t->ywy, *restrict yw2y = t->yw2y;
     double *restrict yw3y = t->yw3y, *restrict slog = t->slog;
@@ -210,6 +285,15 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
         memset(t->xwy + a * TILE, 0, lanes), memset(t->xw2y + a * TILE, 0, lanes), memset(t->xw3y + a * TILE, 0, lanes);
     for (int e = 0; e < p * p; e++)
         memset(t->A1 + e * TILE, 0, lanes), memset(t->A2 + e * TILE, 0, lanes), memset(t->A3 + e * TILE, 0, lanes);
+    if (p <= 2) {
+        (p == 1 ? moments1 : moments2)(t, tau, m, order);
+        if (want_loglik)
+            for (int i = 0; i < n; i++) {
+                const double *restrict pm = t->m + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
+                for (int j = 0; j < m; j++) slog[j] += pm[j] > 0.0 ? log(v[j] + tau[j]) : 0.0;
+            }
+        n = 0;  /* the loop below is the general one */
+    }
     for (int i = 0; i < n; i++) {
         const double *restrict y = t->y + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
         const double *x = t->X + i * p;
@@ -636,7 +720,7 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
 
 static size_t tile_size(int n, int p)
 {
-    return (size_t)3 * n * TILE + 4 * TILE + (size_t)6 * p * p * TILE + (size_t)6 * p * TILE + 14 * TILE;
+    return (size_t)3 * n * TILE + 4 * TILE + (size_t)6 * p * p * TILE + (size_t)6 * p * TILE + 23 * TILE;
 }
 
 static void tile_init(Tile *t, int n, int p, const double *X, double **at)
@@ -651,7 +735,7 @@ static void tile_init(Tile *t, int n, int p, const double *X, double **at)
     t->sw1 = bump(at, TILE), t->sw2 = bump(at, TILE), t->ywy = bump(at, TILE), t->yw2y = bump(at, TILE);
     t->yw3y = bump(at, TILE), t->slog = bump(at, TILE), t->logdet = bump(at, TILE), t->ok = bump(at, TILE);
     t->score = bump(at, TILE), t->observed = bump(at, TILE), t->fisher = bump(at, TILE), t->trP = bump(at, TILE);
-    t->rwr = bump(at, TILE), t->loglik = bump(at, TILE);
+    t->rwr = bump(at, TILE), t->loglik = bump(at, TILE), t->spare = bump(at, 9 * TILE);
 }
 
 static int need(Py_buffer *b, Py_ssize_t bytes, const char *name)
