@@ -504,6 +504,58 @@ typedef struct {
     double *prev, *tau_lane, *offset;
 } Ctx;
 
+/* One subject's row of a tile: y, v, presence (absent: y 0, v +inf) from the voxel columns cols. */
+static inline void gather_row(const double *restrict yr, const double *restrict vr, const unsigned char *restrict mr,
+                              const long long *restrict cols, int count, double *restrict y, double *restrict v,
+                              double *restrict pm)
+{
+    const long long c0 = cols[0];
+    if (cols[count - 1] - c0 == count - 1) {  /* a run of consecutive voxels (the usual case) */
+        memcpy(y, yr + c0, count * sizeof(double));
+        memcpy(v, vr + c0, count * sizeof(double));
+        if (!mr) {
+            for (int j = 0; j < count; j++) pm[j] = 1.0;
+            return;
+        }
+        for (int j = 0; j < count; j++) {
+            const int here = mr[c0 + j] != 0;
+            pm[j] = here, y[j] = here ? y[j] : 0.0, v[j] = here ? v[j] : INFINITY;
+        }
+        return;
+    }
+    for (int j = 0; j < count; j++) {
+        const long long col = cols[j];
+        const int here = mr ? mr[col] != 0 : 1;
+        pm[j] = here, y[j] = here ? yr[col] : 0.0, v[j] = here ? vr[col] : INFINITY;
+    }
+}
+
+/* Per-lane sums over the present subjects: count, sum v, sum 1 / v and whether every v > 0 (nonpos counts
+ * those that are not). */
+static inline void row_stats(const double *restrict v, const double *restrict pm, int count, double *restrict cnt,
+                             double *restrict vsum, double *restrict inv, double *restrict nonpos)
+{
+    for (int j = 0; j < count; j++) {
+        const double here = pm[j], vj = here > 0.0 ? v[j] : 1.0;
+        cnt[j] += here, vsum[j] += here * vj, inv[j] += here / vj, nonpos[j] += here * (vj > 0.0 ? 0.0 : 1.0);
+    }
+}
+
+/* y = (y - fit) m, ss += y^2 */
+static inline void residual(double *restrict y, const double *restrict fit, const double *restrict pm,
+                            double *restrict ss, int count)
+{
+    for (int j = 0; j < count; j++) {
+        const double r = (y[j] - fit[j]) * pm[j];
+        y[j] = r, ss[j] += r * r;
+    }
+}
+
+static inline void axpy(double a, const double *restrict x, double *restrict y, int count)
+{
+    for (int j = 0; j < count; j++) y[j] += a * x[j];
+}
+
 /* Gather a tile of voxel columns, fit the OLS of each voxel's present subjects and keep the residuals. */
 static void load_tile(Ctx *c, const double *Y, const double *V, const unsigned char *M, Py_ssize_t ld,
                       const long long *cols, int count, double *b0)
@@ -511,34 +563,19 @@ static void load_tile(Ctx *c, const double *Y, const double *V, const unsigned c
     const int n = c->n, p = c->p;
     Tile *t = &c->src;
     State *s = &c->s;
-    for (int j = 0; j < count; j++) s->count[j] = 0.0, s->vbar[j] = 0.0, s->vharm[j] = 0.0, s->positive[j] = 1;
+    double *nonpos = t->sw2;  /* scratch */
+    for (int j = 0; j < count; j++) s->count[j] = s->vbar[j] = s->vharm[j] = nonpos[j] = 0.0;
     for (int i = 0; i < n; i++) {
-        const double *yr = Y + (size_t)i * ld, *vr = V + (size_t)i * ld;
-        const unsigned char *mr = M ? M + (size_t)i * ld : NULL;
         double *y = t->y + (size_t)i * TILE, *v = t->v + (size_t)i * TILE, *pm = t->m + (size_t)i * TILE;
-        for (int j = 0; j < count; j++) {
-            const long long col = cols[j];
-            const int here = mr ? mr[col] != 0 : 1;
-            pm[j] = here;
-            y[j] = here ? yr[col] : 0.0;
-            v[j] = here ? vr[col] : INFINITY;
-            if (here) {
-                s->count[j] += 1.0, s->vbar[j] += v[j];
-                if (v[j] > 0.0) s->vharm[j] += 1.0 / v[j]; else s->positive[j] = 0;
-            }
-        }
+        gather_row(Y + (size_t)i * ld, V + (size_t)i * ld, M ? M + (size_t)i * ld : NULL, cols, count, y, v, pm);
+        row_stats(v, pm, count, s->count, s->vbar, s->vharm, nonpos);
     }
+    for (int j = 0; j < count; j++) s->positive[j] = nonpos[j] == 0.0;
     /* OLS: (X_m'X_m)^-1 X_m'y per voxel; with every subject present (X'X)^-1 is shared */
     double *xy = t->t1;
-    for (int a = 0; a < p; a++)
-        for (int j = 0; j < count; j++) xy[a * TILE + j] = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double *y = t->y + (size_t)i * TILE;
-        for (int a = 0; a < p; a++) {
-            const double xa = c->X[i * p + a];
-            for (int j = 0; j < count; j++) xy[a * TILE + j] += xa * y[j];
-        }
-    }
+    for (int a = 0; a < p; a++) memset(xy + a * TILE, 0, count * sizeof(double));
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < p; a++) axpy(c->X[i * p + a], t->y + (size_t)i * TILE, xy + a * TILE, count);
     int all = c->A0inv != NULL;
     for (int j = 0; j < count && all; j++) all = s->count[j] == n;
     double *inv = t->Ainv;
@@ -547,32 +584,24 @@ static void load_tile(Ctx *c, const double *Y, const double *V, const unsigned c
             for (int j = 0; j < count; j++) inv[e * TILE + j] = c->A0inv[e];
         for (int j = 0; j < count; j++) t->ok[j] = 1.0;
     } else {
-        for (int e = 0; e < p * p; e++)
-            for (int j = 0; j < count; j++) t->A1[e * TILE + j] = 0.0;
-        for (int i = 0; i < n; i++) {
-            const double *pm = t->m + (size_t)i * TILE;
+        for (int e = 0; e < p * p; e++) memset(t->A1 + e * TILE, 0, count * sizeof(double));
+        for (int i = 0; i < n; i++)
             for (int a = 0; a < p; a++)
-                for (int b = 0; b <= a; b++) {
-                    const double xab = c->X[i * p + a] * c->X[i * p + b];
-                    double *A = t->A1 + (a * p + b) * TILE;
-                    for (int j = 0; j < count; j++) A[j] += xab * pm[j];
-                }
-        }
+                for (int b = 0; b <= a; b++)
+                    axpy(c->X[i * p + a] * c->X[i * p + b], t->m + (size_t)i * TILE, t->A1 + (a * p + b) * TILE,
+                         count);
         mirror(p, t->A1, count);
         inverse(t, t->A1, count, 0);
     }
     matvec(p, inv, xy, b0, count);
-    double *ss = t->u;
-    for (int j = 0; j < count; j++) ss[j] = 0.0;
+    double *ss = t->u, *fit = t->w;
+    memset(ss, 0, count * sizeof(double));
     for (int i = 0; i < n; i++) {
         double *y = t->y + (size_t)i * TILE;
         const double *pm = t->m + (size_t)i * TILE;
-        for (int j = 0; j < count; j++) {
-            double fit = 0.0;
-            for (int a = 0; a < p; a++) fit += c->X[i * p + a] * b0[a * TILE + j];
-            y[j] = (y[j] - fit) * pm[j];
-            ss[j] += y[j] * y[j];
-        }
+        memset(fit, 0, count * sizeof(double));
+        for (int a = 0; a < p; a++) axpy(c->X[i * p + a], b0 + a * TILE, fit, count);
+        residual(y, fit, pm, ss, count);
     }
     for (int j = 0; j < count; j++) {
         const double cnt = s->count[j];
