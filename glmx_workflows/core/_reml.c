@@ -27,12 +27,6 @@
 #define QUAD_TOL 1e-10
 #define TILE 64
 
-#if defined(__GNUC__) && !defined(__clang__)
-/* the small loops over design columns unrolled before vectorisation over the lanes */
-#define UNROLL _Pragma("GCC unroll 16")
-#else
-#define UNROLL
-#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -436,7 +430,6 @@ static int climb(Tile *work, int count, int *vox, State *s, const double *offset
 {
     int active = count, width = count, iterations = 0;
     int lanes[TILE];  /* active lane indices into the working columns */
-    int done_flag[TILE];
     for (int d = 0; d < count; d++) lanes[d] = d, prev[vox[d]] = INFINITY;
     for (int it = 1; it <= max_iter; it++) {
         iterations = it;
@@ -485,13 +478,11 @@ static int climb(Tile *work, int count, int *vox, State *s, const double *offset
                 }
             }
             if (!done || take) s->tau[k] = next;
-            done_flag[a] = done;
             if (!done) lanes[still++] = d;
         }
         active = still;
         if (active == 0) break;
     }
-    (void)done_flag;
     return iterations;
 }
 
@@ -501,7 +492,7 @@ typedef struct {
     const double *X, *A0inv;  /* (X'X)^-1 of all subjects, or NULL when not invertible */
     Tile src, work;
     State s;
-    double *prev, *tau_lane, *offset;
+    double *prev, *tau_lane;
 } Ctx;
 
 /* One subject's row of a tile: y, v, presence (absent: y 0, v +inf) from the voxel columns cols. */
@@ -828,9 +819,9 @@ static PyObject *fit(PyObject *self, PyObject *args)
     s->tau = bump(&at, TILE), s->scale = bump(&at, TILE), s->vharm = bump(&at, TILE), s->count = bump(&at, TILE);
     s->s2 = bump(&at, TILE), s->vbar = bump(&at, TILE), s->score0 = bump(&at, TILE), s->start = bump(&at, TILE);
     s->lo = bump(&at, TILE), s->hi = bump(&at, TILE), s->s_lo = bump(&at, TILE), s->s_hi = bump(&at, TILE);
-    c.prev = bump(&at, TILE), c.tau_lane = bump(&at, TILE), c.offset = bump(&at, TILE);
+    c.prev = bump(&at, TILE), c.tau_lane = bump(&at, TILE);
     double *b0 = bump(&at, (size_t)p * TILE);
-    double *A0 = bump(&at, (size_t)p * p), *A0inv = bump(&at, (size_t)p * p);
+    double *A0inv = bump(&at, (size_t)p * p);
     s->positive = imem, s->near = imem + TILE, s->interior = imem + 2 * TILE, s->climbing = imem + 3 * TILE;
     /* (X'X)^-1 once, through lane 0 of the work tile */
     for (int e = 0; e < p * p; e++) c.work.A1[e * TILE] = 0.0;
@@ -843,7 +834,6 @@ static PyObject *fit(PyObject *self, PyObject *args)
         for (int e = 0; e < p * p; e++) A0inv[e] = c.work.Ainv[e * TILE];
         c.A0inv = A0inv;
     }
-    (void)A0;
     int iterations = 0;
     const double *Y = Yb.buf, *V = Vb.buf;
     const unsigned char *M = have_mask ? Mb.buf : NULL;

@@ -597,22 +597,27 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL, test="
         gram = (XX.T @ m.astype(np.float64)).T.reshape(-1, p, p)
         eig = np.linalg.eigvalsh(gram)
         ok = (eig.min(axis=1) > 1e-10 * np.maximum(eig.max(axis=1), 1.0)) & (count > p)
-    beta = np.full((p, n_vox), np.nan)
-    cov = np.full((n_vox, p, p), np.nan)
-    tau2 = np.full(n_vox, np.nan)
-    rwr = np.full(n_vox, np.nan)
     iterations = 0
     cols = np.flatnonzero(ok)
+    if _reml is not None and cols.size == n_vox:  # every voxel estimable (the usual case): written in place
+        tau2, b, cov, rwr = np.empty(n_vox), np.empty((n_vox, p)), np.empty((n_vox, p, p)), np.empty(n_vox)
+        beta = b.T
+    else:
+        beta = np.full((p, n_vox), np.nan)
+        cov = np.full((n_vox, p, p), np.nan)
+        tau2 = np.full(n_vox, np.nan)
+        rwr = np.full(n_vox, np.nan)
     if _reml is not None and cols.size:
         # the kernel reads the voxels' columns in place (no copies) and writes voxel-major outputs
-        t, b, c, q = np.empty(cols.size), np.empty((cols.size, p)), np.empty((cols.size, p, p)), np.empty(cols.size)
+        if cols.size == n_vox:
+            t, c, q = tau2, cov, rwr
+        else:
+            t, b, c, q = np.empty(cols.size), np.empty((cols.size, p)), np.empty((cols.size, p, p)), np.empty(cols.size)
         iterations = _reml.fit(np.ascontiguousarray(Y), np.ascontiguousarray(V),
                                None if present is None else np.ascontiguousarray(m, dtype=np.uint8),
                                np.ascontiguousarray(X), cols.astype(np.int64), n, p, n_vox, int(max_iter), float(tol),
                                t, b, c, q)
-        if cols.size == n_vox:  # every voxel estimable (the usual case): the outputs as they are
-            tau2, beta, cov, rwr = t, b.T, c, q
-        else:
+        if cols.size < n_vox:
             tau2[cols], beta[:, cols], cov[cols], rwr[cols] = t, b.T, c, q
         cols = cols[:0]
     L = _MomentRows(X)
