@@ -583,7 +583,9 @@ def fit_mixed_effects(Y, V, X, present=None, max_iter=100, tol=_STEP_TOL, test="
     n_vox = Y.shape[1]
     XX = np.einsum("ni,nj->nij", X, X).reshape(n, p * p)
     if present is None:
-        if not (np.isfinite(V).all() and (V >= 0).all() and np.isfinite(Y).all()):
+        # min and max propagate NaN: four reductions without the temporary arrays of isfinite
+        v_lo, v_hi, y_lo, y_hi = V.min(), V.max(), Y.min(), Y.max()
+        if not (v_lo >= 0 and np.isfinite(v_hi) and np.isfinite(y_lo) and np.isfinite(y_hi)):
             raise GlmxError("the mixed-effects fit needs finite effects and finite, non-negative variances")
         count = np.full(n_vox, n)
         ok = np.full(n_vox, np.linalg.matrix_rank(X) == p and n > p)
@@ -703,7 +705,10 @@ def mixed_contrast(fit, weights):
     if C.shape[1] != p:
         raise GlmxError(f"the contrast has {C.shape[1]} columns but the design has {p}")
     effect = C @ fit.beta
-    ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C) * fit.scale[:, None, None]
+    if C.shape[0] == 1:  # c'(X'WX)^-1 c of every voxel as one matrix-vector product
+        ccc = (fit.cov.reshape(-1, p * p) @ np.outer(C[0], C[0]).ravel() * fit.scale)[:, None, None]
+    else:
+        ccc = np.einsum("qi,kij,rj->kqr", C, fit.cov, C) * fit.scale[:, None, None]
     finite = (fit.dof > 0) & (fit.scale > 0)
     dof = float(fit.dof[fit.dof > 0].min()) if (fit.dof > 0).any() else 0.0
     if C.shape[0] == 1:
