@@ -338,10 +338,73 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
 
 /* The restricted likelihood's pieces at tau for lanes 0..m (core.mixed._Eval): order 1 b, Ainv, rwr (and loglik);
  * 2 also score and trP; 3 also the observed and Fisher information. */
+/* evaluate()'s algebra for p = 2 (one = 0) and p = 1 (one = 1), one loop over the lanes (vectorised): the 2 x 2
+ * inverse in closed form, then the same formulas as the general code below. */
+static inline __attribute__((always_inline)) void algebra_small(
+    const int one, const int order, int m, const double *restrict a1, const double *restrict a2,
+    const double *restrict a3, const double *restrict xwy, const double *restrict xw2y, const double *restrict xw3y,
+    const double *restrict sw1, const double *restrict sw2, const double *restrict ywy, const double *restrict yw2y,
+    const double *restrict yw3y, double *restrict inv, double *restrict b, double *restrict rwr,
+    double *restrict score, double *restrict trP, double *restrict fisher, double *restrict observed,
+    double *restrict ok)
+{
+    for (int j = 0; j < m; j++) {
+        /* p = 1 is p = 2 with the second column's moments 0 and 1 on its diagonal: the formulas below then
+         * reduce to the scalar ones (the second coefficient and every product with it are 0) */
+        const double a = a1[j], c = one ? 0.0 : a1[2 * TILE + j], d = one ? 1.0 : a1[3 * TILE + j];
+        const double det = a * d - c * c, r = 1.0 / det;
+        const int good = (a > 0.0) && (det > 0.0) && isfinite(det);
+        const double i00 = good ? d * r : NAN, i11 = good ? a * r : NAN, i01 = good ? -c * r : NAN;
+        const double x0 = xwy[j], x1 = one ? 0.0 : xwy[TILE + j];
+        const double b0 = i00 * x0 + i01 * x1, b1 = one ? 0.0 : i01 * x0 + i11 * x1;
+        ok[j] = good;
+        inv[j] = i00, b[j] = b0, rwr[j] = ywy[j] - b0 * x0 - b1 * x1;
+        if (!one) inv[TILE + j] = inv[2 * TILE + j] = i01, inv[3 * TILE + j] = i11, b[TILE + j] = b1;
+        if (order < 2) continue;
+        const double h00 = a2[j], h01 = one ? 0.0 : a2[2 * TILE + j], h11 = one ? 0.0 : a2[3 * TILE + j];
+        const double z0 = xw2y[j], z1 = one ? 0.0 : xw2y[TILE + j];
+        const double q0 = z0 - (h00 * b0 + h01 * b1), q1 = z1 - (h01 * b0 + h11 * b1);  /* xw2r */
+        const double r2 = yw2y[j] - (b0 * z0 + b1 * z1) - (b0 * q0 + b1 * q1);
+        const double g00 = i00 * h00 + i01 * h01, g01 = i00 * h01 + i01 * h11;
+        const double g10 = i01 * h00 + i11 * h01, g11 = i01 * h01 + i11 * h11;
+        const double tp = sw1[j] - (g00 + g11);
+        trP[j] = tp, score[j] = 0.5 * (r2 - tp);
+        if (order < 3) continue;
+        const double k00 = a3[j], k01 = one ? 0.0 : a3[2 * TILE + j], k11 = one ? 0.0 : a3[3 * TILE + j];
+        const double u0 = xw3y[j], u1 = one ? 0.0 : xw3y[TILE + j];
+        const double r3 = yw3y[j] - 2.0 * (b0 * u0 + b1 * u1) + b0 * (k00 * b0 + k01 * b1) + b1 * (k01 * b0 + k11 * b1);
+        const double f = 0.5 * (sw2[j] - 2.0 * (i00 * k00 + 2.0 * i01 * k01 + i11 * k11)
+                                + (g00 * g00 + 2.0 * g01 * g10 + g11 * g11));
+        fisher[j] = f;
+        observed[j] = r3 - (q0 * (i00 * q0 + i01 * q1) + q1 * (i01 * q0 + i11 * q1)) - f;
+    }
+}
+
+#define ALGEBRA_ARGS(T) (T)->A1, (T)->A2, (T)->A3, (T)->xwy, (T)->xw2y, (T)->xw3y, (T)->sw1, (T)->sw2, (T)->ywy, \
+    (T)->yw2y, (T)->yw3y, (T)->Ainv, (T)->b, (T)->rwr, (T)->score, (T)->trP, (T)->fisher, (T)->observed, (T)->ok
+
+CLONES static void algebra1(Tile *t, int m, int order)
+{
+    if (order >= 3) algebra_small(1, 3, m, ALGEBRA_ARGS(t));
+    else if (order == 2) algebra_small(1, 2, m, ALGEBRA_ARGS(t));
+    else algebra_small(1, 1, m, ALGEBRA_ARGS(t));
+}
+
+CLONES static void algebra2(Tile *t, int m, int order)
+{
+    if (order >= 3) algebra_small(0, 3, m, ALGEBRA_ARGS(t));
+    else if (order == 2) algebra_small(0, 2, m, ALGEBRA_ARGS(t));
+    else algebra_small(0, 1, m, ALGEBRA_ARGS(t));
+}
+
 static void evaluate(Tile *t, const double *tau, int m, int order, int want_loglik)
 {
     const int p = t->p;
     moments(t, tau, m, order, want_loglik);
+    if (p <= 2 && !want_loglik) {  /* the likelihood's log-determinant: the general code */
+        (p == 1 ? algebra1 : algebra2)(t, m, order);
+        return;
+    }
     inverse(t, t->A1, m, want_loglik);
     matvec(p, t->Ainv, t->xwy, t->b, m);
     for (int j = 0; j < m; j++) t->rwr[j] = t->ywy[j];
