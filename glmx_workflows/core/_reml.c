@@ -27,6 +27,12 @@
 #define QUAD_TOL 1e-10
 #define TILE 64
 
+#if defined(__GNUC__)
+/* inlined with its constant arguments, which removes the branches on them */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -202,7 +208,7 @@ static inline void powers(const double *restrict w, const double *a, const doubl
  * moment (moments). */
 /* One subject's contribution to lanes 0..m, p = 2 (p = 1: the second column's pointers are NULL-free dummies with
  * x1 = 0). Every pointer a parameter of its own, restrict: so the compiler vectorises the loop. */
-static inline __attribute__((always_inline)) void lanes(
+static ALWAYS_INLINE void lanes(
     const int order, const int two, int m, const double *restrict y, const double *restrict v,
     const double *restrict tau, double x0, double xb, double *restrict sw1, double *restrict ywy,
     double *restrict sw2, double *restrict yw2y, double *restrict yw3y,
@@ -340,7 +346,7 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
  * 2 also score and trP; 3 also the observed and Fisher information. */
 /* evaluate()'s algebra for p = 2 (one = 0) and p = 1 (one = 1), one loop over the lanes (vectorised): the 2 x 2
  * inverse in closed form, then the same formulas as the general code below. */
-static inline __attribute__((always_inline)) void algebra_small(
+static ALWAYS_INLINE void algebra_small(
     const int one, const int order, int m, const double *restrict a1, const double *restrict a2,
     const double *restrict a3, const double *restrict xwy, const double *restrict xw2y, const double *restrict xw3y,
     const double *restrict sw1, const double *restrict sw2, const double *restrict ywy, const double *restrict yw2y,
