@@ -39,6 +39,14 @@
 #define CLONES
 #endif
 
+/* CALL(k) with k the literal 3, 2 or 1 for order >= 3, 2, else: an inlined body specialised on each */
+#define BY_ORDER(order, CALL)                                                                                    \
+    do {                                                                                                         \
+        if ((order) >= 3) CALL(3);                                                                               \
+        else if ((order) == 2) CALL(2);                                                                          \
+        else CALL(1);                                                                                            \
+    } while (0)
+
 /* Work arrays of one tile (all lanes-last). */
 typedef struct {
     int n, p;
@@ -59,10 +67,16 @@ typedef struct {
     int *positive, *near, *interior, *climbing;
 } State;
 
-static double *bump(double **at, size_t count)
+/* Work memory handed out in order; with no base it only counts (the first pass of layout()). */
+typedef struct {
+    double *base;
+    size_t used;
+} Arena;
+
+static double *bump(Arena *a, size_t count)
 {
-    double *r = *at;
-    *at += count;
+    double *r = a->base ? a->base + a->used : NULL;
+    a->used += count;
     return r;
 }
 
@@ -202,12 +216,9 @@ static inline void powers(const double *restrict w, const double *a, const doubl
         }
 }
 
-/* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3), X'W^k y, sum w^k and y'W^k y, k up to order.
- * For p = 1 (one-sample designs) and p = 2 one loop over the lanes per subject and order updates every moment
- * (written out: the compiler vectorises such a loop only without inner loops); for other p one loop per
- * moment (moments). */
-/* One subject's contribution to lanes 0..m, p = 2 (p = 1: the second column's pointers are NULL-free dummies with
- * x1 = 0). Every pointer a parameter of its own, restrict: so the compiler vectorises the loop. */
+/* One subject's contribution to the moments of lanes 0..m for p = 2 (two = 1) or p = 1 (two = 0: the second
+ * column's pointers are never touched). Every pointer a parameter of its own, restrict: so the compiler
+ * vectorises the loop. */
 static ALWAYS_INLINE void lanes(
     const int order, const int two, int m, const double *restrict y, const double *restrict v,
     const double *restrict tau, double x0, double xb, double *restrict sw1, double *restrict ywy,
@@ -240,68 +251,39 @@ static ALWAYS_INLINE void lanes(
 
 /* The weighted moments at tau of lanes 0..m: X'W^k X (A1..A3), X'W^k y, sum w^k and y'W^k y, k up to order, for
  * p = 1 (one-sample designs) and p = 2: one vectorised loop over the lanes per subject updating every moment.
- * Other p: moments(), one loop per moment. */
-#define SMALL_P(NAME, TWO)                                                                                       \
-    CLONES static void NAME(Tile *t, const double *restrict tau, int m, int order)                               \
-    {                                                                                                            \
-        const int p = t->p;                                                                                      \
-        for (int i = 0; i < t->n; i++) {                                                                         \
-            const double *y = t->y + (size_t)i * TILE, *v = t->v + (size_t)i * TILE;                             \
-            const double x0 = t->X[i * p], xb = (TWO) ? t->X[i * p + 1] : 0.0;                                   \
-            double *A1 = t->A1, *A2 = t->A2, *A3 = t->A3, *X1 = t->xwy, *X2 = t->xw2y, *X3 = t->xw3y;            \
-            /* p = 1: the second column's moments go to scratch (never touched: TWO is 0) */                     \
-            double *d = t->spare, *X1b = (TWO) ? X1 + TILE : d, *X2b = (TWO) ? X2 + TILE : d + TILE;               \
-            double *X3b = (TWO) ? X3 + TILE : d + 2 * TILE, *A1b = (TWO) ? A1 + 2 * TILE : d + 3 * TILE;          \
-            double *A1c = (TWO) ? A1 + 3 * TILE : d + 4 * TILE, *A2b = (TWO) ? A2 + 2 * TILE : d + 5 * TILE;      \
-            double *A2c = (TWO) ? A2 + 3 * TILE : d + 6 * TILE, *A3b = (TWO) ? A3 + 2 * TILE : d + 7 * TILE;      \
-            double *A3c = (TWO) ? A3 + 3 * TILE : d + 8 * TILE;                                                   \
-            if (order >= 3)                                                                                      \
-                lanes(3, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
-                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
-            else if (order == 2)                                                                                 \
-                lanes(2, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
-                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
-            else                                                                                                 \
-                lanes(1, TWO, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b,  \
-                      X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c);                                        \
-        }                                                                                                        \
-    }
-
-SMALL_P(moments1, 0)
-SMALL_P(moments2, 1)
-
-/* Any p: one pass per subject and moment over the lanes; with want_loglik also sum log(v + tau). */
-CLONES static void moments(Tile *t, const double *restrict tau, int m, int order, int want_loglik)
+ * Other p: moments_any(), one loop per moment. */
+static ALWAYS_INLINE void moments_small(Tile *t, const double *restrict tau, int m, int order, const int two)
 {
-    int n = t->n;
     const int p = t->p;
-    double *restrict w = t->w, *restrict wy = t->wy, *restrict u = t->u, *restrict uy = t->uy;
-    double *restrict sw1 = t->sw1, *restrict sw2 = t->sw2, *restrict ywy = t->ywy, *restrict yw2y = t->yw2y;
-    double *restrict yw3y = t->yw3y, *restrict slog = t->slog;
-    const size_t lanes = (size_t)m * sizeof(double);
-    memset(sw1, 0, lanes), memset(sw2, 0, lanes), memset(ywy, 0, lanes), memset(yw2y, 0, lanes);
-    memset(yw3y, 0, lanes), memset(slog, 0, lanes);
-    for (int a = 0; a < p; a++)
-        memset(t->xwy + a * TILE, 0, lanes), memset(t->xw2y + a * TILE, 0, lanes), memset(t->xw3y + a * TILE, 0, lanes);
-    for (int e = 0; e < p * p; e++)
-        memset(t->A1 + e * TILE, 0, lanes), memset(t->A2 + e * TILE, 0, lanes), memset(t->A3 + e * TILE, 0, lanes);
-    if (p <= 2) {
-        (p == 1 ? moments1 : moments2)(t, tau, m, order);
-        if (want_loglik)
-            for (int i = 0; i < n; i++) {
-                const double *restrict pm = t->m + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
-                for (int j = 0; j < m; j++) slog[j] += pm[j] > 0.0 ? log(v[j] + tau[j]) : 0.0;
-            }
-        n = 0;  /* the loop below is the general one */
+    double *A1 = t->A1, *A2 = t->A2, *A3 = t->A3, *X1 = t->xwy, *X2 = t->xw2y, *X3 = t->xw3y;
+    /* p = 1: the second column's moments point to scratch (never touched) */
+    double *d = t->spare, *X1b = two ? X1 + TILE : d, *X2b = two ? X2 + TILE : d + TILE;
+    double *X3b = two ? X3 + TILE : d + 2 * TILE, *A1b = two ? A1 + 2 * TILE : d + 3 * TILE;
+    double *A1c = two ? A1 + 3 * TILE : d + 4 * TILE, *A2b = two ? A2 + 2 * TILE : d + 5 * TILE;
+    double *A2c = two ? A2 + 3 * TILE : d + 6 * TILE, *A3b = two ? A3 + 2 * TILE : d + 7 * TILE;
+    double *A3c = two ? A3 + 3 * TILE : d + 8 * TILE;
+    for (int i = 0; i < t->n; i++) {
+        const double *y = t->y + (size_t)i * TILE, *v = t->v + (size_t)i * TILE;
+        const double x0 = t->X[i * p], xb = two ? t->X[i * p + 1] : 0.0;
+#define LANES(K) lanes(K, two, m, y, v, tau, x0, xb, t->sw1, t->ywy, t->sw2, t->yw2y, t->yw3y, X1, X1b, X2, X2b, \
+                       X3, X3b, A1, A1b, A1c, A2, A2b, A2c, A3, A3b, A3c)
+        BY_ORDER(order, LANES);
+#undef LANES
     }
+}
+
+CLONES static void moments1(Tile *t, const double *restrict tau, int m, int order) { moments_small(t, tau, m, order, 0); }
+CLONES static void moments2(Tile *t, const double *restrict tau, int m, int order) { moments_small(t, tau, m, order, 1); }
+
+/* Any p: one pass per subject and moment over the lanes. */
+CLONES static void moments_any(Tile *t, const double *restrict tau, int m, int order)
+{
+    const int n = t->n, p = t->p;
+    double *restrict w = t->w, *restrict wy = t->wy, *restrict u = t->u, *restrict uy = t->uy;
     for (int i = 0; i < n; i++) {
         const double *restrict y = t->y + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
         const double *x = t->X + i * p;
-        weights(v, y, tau, w, wy, sw1, ywy, m);
-        if (want_loglik) {
-            const double *restrict pm = t->m + (size_t)i * TILE;
-            for (int j = 0; j < m; j++) slog[j] += pm[j] > 0.0 ? log(v[j] + tau[j]) : 0.0;
-        }
+        weights(v, y, tau, w, wy, t->sw1, t->ywy, m);
         for (int a = 0; a < p; a++) {
             double *restrict o = t->xwy + a * TILE;
             const double xa = x[a];
@@ -313,7 +295,7 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
             }
         }
         if (order < 2) continue;
-        powers(w, w, wy, y, u, uy, sw2, yw2y, m);
+        powers(w, w, wy, y, u, uy, t->sw2, t->yw2y, m);
         for (int a = 0; a < p; a++) {
             double *restrict o = t->xw2y + a * TILE;
             const double xa = x[a];
@@ -325,7 +307,7 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
             }
         }
         if (order < 3) continue;
-        powers(w, u, uy, y, u, uy, NULL, yw3y, m);
+        powers(w, u, uy, y, u, uy, NULL, t->yw3y, m);
         for (int a = 0; a < p; a++) {
             double *restrict o = t->xw3y + a * TILE;
             const double xa = x[a];
@@ -337,13 +319,31 @@ CLONES static void moments(Tile *t, const double *restrict tau, int m, int order
             }
         }
     }
+}
+
+/* The moments of lanes 0..m (zeroed, accumulated, the matrices made symmetric); with want_loglik also
+ * sum log(v + tau) over the present subjects. */
+static void moments(Tile *t, const double *restrict tau, int m, int order, int want_loglik)
+{
+    const int n = t->n, p = t->p;
+    const size_t lanes = (size_t)m * sizeof(double);
+    memset(t->sw1, 0, lanes), memset(t->sw2, 0, lanes), memset(t->ywy, 0, lanes), memset(t->yw2y, 0, lanes);
+    memset(t->yw3y, 0, lanes), memset(t->slog, 0, lanes);
+    for (int a = 0; a < p; a++)
+        memset(t->xwy + a * TILE, 0, lanes), memset(t->xw2y + a * TILE, 0, lanes), memset(t->xw3y + a * TILE, 0, lanes);
+    for (int e = 0; e < p * p; e++)
+        memset(t->A1 + e * TILE, 0, lanes), memset(t->A2 + e * TILE, 0, lanes), memset(t->A3 + e * TILE, 0, lanes);
+    (p == 1 ? moments1 : p == 2 ? moments2 : moments_any)(t, tau, m, order);
+    if (want_loglik)
+        for (int i = 0; i < n; i++) {
+            const double *restrict pm = t->m + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
+            for (int j = 0; j < m; j++) t->slog[j] += pm[j] > 0.0 ? log(v[j] + tau[j]) : 0.0;
+        }
     mirror(p, t->A1, m);
     if (order >= 2) mirror(p, t->A2, m);
     if (order >= 3) mirror(p, t->A3, m);
 }
 
-/* The restricted likelihood's pieces at tau for lanes 0..m (core.mixed._Eval): order 1 b, Ainv, rwr (and loglik);
- * 2 also score and trP; 3 also the observed and Fisher information. */
 /* evaluate()'s algebra for p = 2 (one = 0) and p = 1 (one = 1), one loop over the lanes (vectorised): the 2 x 2
  * inverse in closed form, then the same formulas as the general code below. */
 static ALWAYS_INLINE void algebra_small(
@@ -391,18 +391,20 @@ static ALWAYS_INLINE void algebra_small(
 
 CLONES static void algebra1(Tile *t, int m, int order)
 {
-    if (order >= 3) algebra_small(1, 3, m, ALGEBRA_ARGS(t));
-    else if (order == 2) algebra_small(1, 2, m, ALGEBRA_ARGS(t));
-    else algebra_small(1, 1, m, ALGEBRA_ARGS(t));
+#define ALGEBRA(K) algebra_small(1, K, m, ALGEBRA_ARGS(t))
+    BY_ORDER(order, ALGEBRA);
+#undef ALGEBRA
 }
 
 CLONES static void algebra2(Tile *t, int m, int order)
 {
-    if (order >= 3) algebra_small(0, 3, m, ALGEBRA_ARGS(t));
-    else if (order == 2) algebra_small(0, 2, m, ALGEBRA_ARGS(t));
-    else algebra_small(0, 1, m, ALGEBRA_ARGS(t));
+#define ALGEBRA(K) algebra_small(0, K, m, ALGEBRA_ARGS(t))
+    BY_ORDER(order, ALGEBRA);
+#undef ALGEBRA
 }
 
+/* The restricted likelihood's pieces at tau for lanes 0..m (core.mixed._Eval): order 1 b, Ainv, rwr (and loglik);
+ * 2 also score and trP; 3 also the observed and Fisher information. */
 static void evaluate(Tile *t, const double *tau, int m, int order, int want_loglik)
 {
     const int p = t->p;
@@ -555,6 +557,21 @@ static int climb(Tile *work, int count, int *vox, State *s, const double *offset
     return iterations;
 }
 
+static void tile_init(Tile *t, int n, int p, const double *X, Arena *at)
+{
+    t->n = n, t->p = p, t->X = X;
+    t->y = bump(at, (size_t)n * TILE), t->v = bump(at, (size_t)n * TILE), t->m = bump(at, (size_t)n * TILE);
+    t->w = bump(at, TILE), t->wy = bump(at, TILE), t->u = bump(at, TILE), t->uy = bump(at, TILE);
+    t->A1 = bump(at, p * p * TILE), t->A2 = bump(at, p * p * TILE), t->A3 = bump(at, p * p * TILE);
+    t->Ainv = bump(at, p * p * TILE), t->G2 = bump(at, p * p * TILE), t->L = bump(at, p * p * TILE);
+    t->xwy = bump(at, p * TILE), t->xw2y = bump(at, p * TILE), t->xw3y = bump(at, p * TILE);
+    t->b = bump(at, p * TILE), t->xw2r = bump(at, p * TILE), t->t1 = bump(at, p * TILE);
+    t->sw1 = bump(at, TILE), t->sw2 = bump(at, TILE), t->ywy = bump(at, TILE), t->yw2y = bump(at, TILE);
+    t->yw3y = bump(at, TILE), t->slog = bump(at, TILE), t->logdet = bump(at, TILE), t->ok = bump(at, TILE);
+    t->score = bump(at, TILE), t->observed = bump(at, TILE), t->fisher = bump(at, TILE), t->trP = bump(at, TILE);
+    t->rwr = bump(at, TILE), t->loglik = bump(at, TILE), t->spare = bump(at, 9 * TILE);
+}
+
 typedef struct {
     int n, p, max_iter;
     double tol;
@@ -562,7 +579,23 @@ typedef struct {
     Tile src, work;
     State s;
     double *prev, *tau_lane;
+    double *b0;               /* p x TILE: the tile's OLS coefficients */
+    double *A0buf;            /* p x p */
 } Ctx;
+
+/* Every work array of a fit: counted with an empty arena, placed with a real one. */
+static void layout(Ctx *c, Arena *at)
+{
+    const int n = c->n, p = c->p;
+    State *s = &c->s;
+    tile_init(&c->src, n, p, c->X, at);
+    tile_init(&c->work, n, p, c->X, at);
+    s->tau = bump(at, TILE), s->scale = bump(at, TILE), s->vharm = bump(at, TILE), s->count = bump(at, TILE);
+    s->s2 = bump(at, TILE), s->vbar = bump(at, TILE), s->score0 = bump(at, TILE), s->start = bump(at, TILE);
+    s->lo = bump(at, TILE), s->hi = bump(at, TILE), s->s_lo = bump(at, TILE), s->s_hi = bump(at, TILE);
+    c->prev = bump(at, TILE), c->tau_lane = bump(at, TILE);
+    c->b0 = bump(at, (size_t)p * TILE), c->A0buf = bump(at, (size_t)p * p);
+}
 
 /* One subject's row of a tile: y, v, presence (absent: y 0, v +inf) from the voxel columns cols. */
 static inline void gather_row(const double *restrict yr, const double *restrict vr, const unsigned char *restrict mr,
@@ -684,6 +717,23 @@ static void pick(Ctx *c, const int *idx, int count, int *vox)
     for (int d = 0; d < count; d++) vox[d] = idx[d];
 }
 
+/* The tile's voxels whose flag is set, in order; returns how many. */
+static int select_voxels(const int *flag, int count, int *idx)
+{
+    int k = 0;
+    for (int j = 0; j < count; j++)
+        if (flag[j]) idx[k++] = j;
+    return k;
+}
+
+/* Voxel k's estimate, (X'WX)^-1 and r'Wr from lane d of the work tile's last evaluation. */
+static void store(const Tile *w, int p, int d, int k, double *beta_out, double *ainv_out, double *rwr_out)
+{
+    for (int a = 0; a < p; a++) beta_out[k * p + a] = w->b[a * TILE + d];
+    for (int e = 0; e < p * p; e++) ainv_out[k * p * p + e] = w->Ainv[e * TILE + d];
+    rwr_out[k] = w->rwr[d];
+}
+
 /* Fit a tile of `count` voxels (core.mixed._fit_block's steps 1-4); outputs per voxel. Returns iterations. */
 static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta_out, double *ainv_out,
                     double *rwr_out)
@@ -691,11 +741,10 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
     const int p = c->p;
     State *s = &c->s;
     Tile *w = &c->work;
-    int idx[TILE], vox[TILE], nidx = 0, iterations = 0;
+    int idx[TILE], vox[TILE], nidx, iterations = 0;
     double *zeros = c->tau_lane;
     /* 1. tau2 = 0 for voxels whose variances are all positive */
-    for (int j = 0; j < count; j++)
-        if (s->positive[j]) idx[nidx++] = j;
+    nidx = select_voxels(s->positive, count, idx);
     if (nidx) {
         pick(c, idx, nidx, vox);
         for (int d = 0; d < nidx; d++) zeros[d] = 0.0;
@@ -705,9 +754,7 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
             const double sc = w->score[d];
             if (!(sc > 0.0)) {
                 s->climbing[k] = 0;
-                for (int a = 0; a < p; a++) beta_out[k * p + a] = w->b[a * TILE + d];
-                for (int e = 0; e < p * p; e++) ainv_out[k * p * p + e] = w->Ainv[e * TILE + d];
-                rwr_out[k] = w->rwr[d];
+                store(w, p, d, k, beta_out, ainv_out, rwr_out);
                 s->near[k] = sc / sqrt(w->fisher[d]) > SECOND_PEAK_Z;
             }
             const double dl = (w->rwr[d] - (s->count[k] - p)) / w->trP[d];
@@ -718,9 +765,7 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
         }
     }
     /* 2. interior voxels climb from the moment start */
-    nidx = 0;
-    for (int j = 0; j < count; j++)
-        if (s->climbing[j]) idx[nidx++] = j;
+    nidx = select_voxels(s->climbing, count, idx);
     if (nidx) {
         pick(c, idx, nidx, vox);
         for (int d = 0; d < nidx; d++) {
@@ -733,9 +778,7 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
         if (it > iterations) iterations = it;
     }
     /* 3. a second maximum of near-boundary voxels: scan the score, climb where it rises */
-    nidx = 0;
-    for (int j = 0; j < count; j++)
-        if (s->near[j]) idx[nidx++] = j;
+    nidx = select_voxels(s->near, count, idx);
     if (nidx) {
         double first[TILE], ratio[TILE], point[TILE];
         pick(c, idx, nidx, vox);
@@ -769,7 +812,8 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
             pick(c, found, nf, vox);
             const int it = climb(w, nf, vox, s, s->vharm, c->max_iter, c->tol, c->prev, c->tau_lane);
             if (it > iterations) iterations = it;
-            /* keep the interior maximum where its restricted likelihood beats tau2 = 0's */
+            /* keep the interior maximum where its restricted likelihood beats tau2 = 0's (picked again: the
+             * climb compacted the work tile) */
             pick(c, found, nf, vox);
             double inside[TILE], ll_in[TILE];
             for (int d = 0; d < nf; d++) inside[d] = s->tau[vox[d]];
@@ -785,20 +829,13 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
         }
     }
     /* 4. the estimate, its covariance and r'Wr at the interior voxels' tau2 */
-    nidx = 0;
-    for (int j = 0; j < count; j++)
-        if (s->interior[j]) idx[nidx++] = j;
+    nidx = select_voxels(s->interior, count, idx);
     if (nidx) {
         double taus[TILE];
         pick(c, idx, nidx, vox);
         for (int d = 0; d < nidx; d++) taus[d] = s->tau[vox[d]];
         evaluate(w, taus, nidx, 1, 0);
-        for (int d = 0; d < nidx; d++) {
-            const int k = vox[d];
-            for (int a = 0; a < p; a++) beta_out[k * p + a] = w->b[a * TILE + d];
-            for (int e = 0; e < p * p; e++) ainv_out[k * p * p + e] = w->Ainv[e * TILE + d];
-            rwr_out[k] = w->rwr[d];
-        }
+        for (int d = 0; d < nidx; d++) store(w, p, d, vox[d], beta_out, ainv_out, rwr_out);
     }
     for (int j = 0; j < count; j++) {
         for (int a = 0; a < p; a++) beta_out[j * p + a] += b0[a * TILE + j];
@@ -807,25 +844,6 @@ static int fit_tile(Ctx *c, int count, double *b0, double *tau_out, double *beta
     return iterations;
 }
 
-static size_t tile_size(int n, int p)
-{
-    return (size_t)3 * n * TILE + 4 * TILE + (size_t)6 * p * p * TILE + (size_t)6 * p * TILE + 23 * TILE;
-}
-
-static void tile_init(Tile *t, int n, int p, const double *X, double **at)
-{
-    t->n = n, t->p = p, t->X = X;
-    t->y = bump(at, (size_t)n * TILE), t->v = bump(at, (size_t)n * TILE), t->m = bump(at, (size_t)n * TILE);
-    t->w = bump(at, TILE), t->wy = bump(at, TILE), t->u = bump(at, TILE), t->uy = bump(at, TILE);
-    t->A1 = bump(at, p * p * TILE), t->A2 = bump(at, p * p * TILE), t->A3 = bump(at, p * p * TILE);
-    t->Ainv = bump(at, p * p * TILE), t->G2 = bump(at, p * p * TILE), t->L = bump(at, p * p * TILE);
-    t->xwy = bump(at, p * TILE), t->xw2y = bump(at, p * TILE), t->xw3y = bump(at, p * TILE);
-    t->b = bump(at, p * TILE), t->xw2r = bump(at, p * TILE), t->t1 = bump(at, p * TILE);
-    t->sw1 = bump(at, TILE), t->sw2 = bump(at, TILE), t->ywy = bump(at, TILE), t->yw2y = bump(at, TILE);
-    t->yw3y = bump(at, TILE), t->slog = bump(at, TILE), t->logdet = bump(at, TILE), t->ok = bump(at, TILE);
-    t->score = bump(at, TILE), t->observed = bump(at, TILE), t->fisher = bump(at, TILE), t->trP = bump(at, TILE);
-    t->rwr = bump(at, TILE), t->loglik = bump(at, TILE), t->spare = bump(at, 9 * TILE);
-}
 
 static int need(Py_buffer *b, Py_ssize_t bytes, const char *name)
 {
@@ -869,8 +887,12 @@ static PyObject *fit(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "voxel column out of range");
             goto done;
         }
-    const size_t words = 2 * tile_size(n, p) + (size_t)16 * TILE + (size_t)p * TILE + 2 * (size_t)p * p;
-    double *mem = malloc(sizeof(double) * words);
+    Ctx c;
+    const double *X = Xb.buf;
+    c.n = n, c.p = p, c.max_iter = max_iter, c.tol = tol, c.X = X;
+    Arena count = {NULL, 0};
+    layout(&c, &count);
+    double *mem = malloc(sizeof(double) * count.used);
     int *imem = malloc(sizeof(int) * 4 * TILE);
     if (!mem || !imem) {
         free(mem);
@@ -878,19 +900,10 @@ static PyObject *fit(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Ctx c;
-    double *at = mem;
-    const double *X = Xb.buf;
-    c.n = n, c.p = p, c.max_iter = max_iter, c.tol = tol, c.X = X;
-    tile_init(&c.src, n, p, X, &at);
-    tile_init(&c.work, n, p, X, &at);
+    Arena place = {mem, 0};
+    layout(&c, &place);
     State *s = &c.s;
-    s->tau = bump(&at, TILE), s->scale = bump(&at, TILE), s->vharm = bump(&at, TILE), s->count = bump(&at, TILE);
-    s->s2 = bump(&at, TILE), s->vbar = bump(&at, TILE), s->score0 = bump(&at, TILE), s->start = bump(&at, TILE);
-    s->lo = bump(&at, TILE), s->hi = bump(&at, TILE), s->s_lo = bump(&at, TILE), s->s_hi = bump(&at, TILE);
-    c.prev = bump(&at, TILE), c.tau_lane = bump(&at, TILE);
-    double *b0 = bump(&at, (size_t)p * TILE);
-    double *A0inv = bump(&at, (size_t)p * p);
+    double *b0 = c.b0, *A0inv = c.A0buf;
     s->positive = imem, s->near = imem + TILE, s->interior = imem + 2 * TILE, s->climbing = imem + 3 * TILE;
     /* (X'X)^-1 once, through lane 0 of the work tile */
     for (int e = 0; e < p * p; e++) c.work.A1[e * TILE] = 0.0;
