@@ -568,7 +568,7 @@ def test_the_compiled_kernel_is_built():
 def test_compiled_kernel_equals_the_numpy_path(p, monkeypatch):
     """The two implementations take the same steps: equal to rounding on every kind of voxel (boundary and
     interior tau2, second maxima, zero first-level variances, absent subjects, voxels that cannot be estimated),
-    for p up to 4 (compiled with p fixed) and above (the general loops)."""
+    for p of 1 and 2 (the written-out loops) and above (the general ones)."""
     if mixed_module._reml is None:
         pytest.skip("no compiled kernel (test_the_compiled_kernel_is_built fails)")
     n, k = 16, 3000
