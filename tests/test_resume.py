@@ -12,7 +12,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from glmx_workflows.engine.run import executed_nodes
+from glmx_workflows.engine.run import executed_nodes, finished_nodes
 from glmx_workflows.io.atomic import TMP_PREFIX
 from glmx_workflows.io.example import make_example_dataset
 
@@ -23,10 +23,6 @@ ALWAYS = ("ds_", "gather_outputs", "report")
 def _command(root, out):
     return [sys.executable, "-m", "glmx_workflows.cli.run", str(root), str(out), "participant", "--task",
             "flanker", "--quiet", "--n-procs", "2", "--work-dir", str(out) + "_work"]
-
-
-def _finished(work):
-    return {str(p.parent.relative_to(work)) for p in Path(work).rglob("result_*.pklz")}
 
 
 def _modelling(nodes):
@@ -57,7 +53,8 @@ def test_kill_then_resume(tmp_path):
     work = Path(str(out) + "_work")
     proc = subprocess.Popen(_command(root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
-    # kill as soon as the first GLM fit has finished: the rest of the dataset is still to do
+    # kill as soon as the first GLM fit has saved its result: the rest of the dataset is still to do, and
+    # the kill may fall between nipype's result file and its finished hash file (that node must rerun)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any(work.rglob("result_fit_glm*.pklz")):
@@ -66,8 +63,8 @@ def test_kill_then_resume(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = _finished(work)
-    total = _finished(Path(str(reference) + "_work"))
+    before = finished_nodes(work)
+    total = finished_nodes(Path(str(reference) + "_work"))
     assert 0 < len(_modelling(before)) < len(_modelling(total))
 
     # whatever is under a published name after the kill is complete
@@ -87,3 +84,35 @@ def test_kill_then_resume(tmp_path):
     for path in _published(reference):
         assert _equal(out / path, reference / path), path
     assert not list(out.rglob(f"{TMP_PREFIX}*"))
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_a_node_killed_between_result_and_hash_file_is_not_finished(tmp_path):
+    """nipype writes the result file before it marks the hash file finished; a kill in between leaves a
+    node that nipype reruns, and ``finished_nodes`` must agree with nipype about it."""
+    from nipype import Node, Workflow
+    from nipype.interfaces.utility import Function
+
+    def workflow():
+        wf = Workflow("wf", base_dir=str(tmp_path))
+        node = Node(Function(input_names=["x"], output_names=["y"], function=_double), name="double")
+        node.inputs.x = 3
+        wf.add_nodes([node])
+        return wf
+
+    workflow().run()
+    assert finished_nodes(tmp_path) == {"wf/double"}
+
+    (hashfile,) = (tmp_path / "wf" / "double").glob("_0x*.json")
+    hashfile.rename(hashfile.with_name(hashfile.stem + "_unfinished.json"))
+    assert (tmp_path / "wf" / "double" / "result_double.pklz").is_file()
+    assert finished_nodes(tmp_path) == set()
+
+    time.sleep(0.05)
+    start = time.time()
+    workflow().run()
+    assert executed_nodes(tmp_path, start) == ["wf/double"]
+    assert finished_nodes(tmp_path) == {"wf/double"}

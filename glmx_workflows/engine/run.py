@@ -460,6 +460,31 @@ def run_workflow(wf, plugin="MultiProc", plugin_args=None):
     raise GlmxError(f"{crash_reason(first)} (node {crash_node(first)}; crash file {first})") from None
 
 
+def finished_nodes(work_dir):
+    """Nodes nipype will find in its cache: a result file and a finished (not ``_unfinished``) hash file.
+
+    nipype saves ``result_<node>.pklz`` before it renames ``_0x<hash>_unfinished.json`` to
+    ``_0x<hash>.json``; a process killed between the two leaves a result file that nipype rightly
+    reruns, so the result file alone does not say a node finished.
+
+    Parameters
+    ----------
+    work_dir : str or Path
+        Directory searched recursively for node folders.
+
+    Returns
+    -------
+    set of str
+        Node directories relative to ``work_dir`` (MapNode subnodes as ``<node>/mapflow/_<node><i>``).
+    """
+    work_dir = Path(work_dir)
+    out = set()
+    for res in work_dir.rglob("result_*.pklz"):
+        if any(not h.name.endswith("_unfinished.json") for h in res.parent.glob("_0x*.json")):
+            out.add(str(res.parent.relative_to(work_dir)))
+    return out
+
+
 def executed_nodes(work_dir, since):
     """Nodes whose result file was written at or after ``since``: what a run actually executed.
 
