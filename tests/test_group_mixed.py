@@ -2,6 +2,9 @@
 ``VarianceBasedLikelihoodEstimator(method="REML")``, the OLS path, the fixed-effects combination, null
 simulations and a power comparison."""
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -562,6 +565,12 @@ def test_the_compiled_kernel_is_built():
     """pip install builds core/_reml.c (setup.py); without it every mixed fit silently takes the slower numpy
     path."""
     assert mixed_module._reml is not None, "glmx_workflows.core._reml was not built: reinstall with a C compiler"
+    # a failed rebuild after an edit leaves the previous build importable
+    source = Path(mixed_module.__file__).with_name("_reml.c")
+    if source.is_file():
+        assert mixed_module._reml.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest(), (
+            f"{mixed_module._reml.__file__} was built from another version of {source}: rebuild it "
+            "(pip install -e . or python setup.py build_ext --inplace) and read the compiler's errors")
 
 
 @pytest.mark.parametrize("p", [1, 2, 4, 6])

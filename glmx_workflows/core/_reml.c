@@ -952,4 +952,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_reml", "Compiled REML fit of core.mixed.", -1, methods};
 
-PyMODINIT_FUNC PyInit__reml(void) { return PyModule_Create(&module); }
+/* setup.py passes the SHA-256 of this file, so a test can tell a build of an older source (an edit whose
+   rebuild failed leaves the previous .so importable) from a current one. */
+#ifndef GLMX_REML_SOURCE_SHA256
+#define GLMX_REML_SOURCE_SHA256 ""
+#endif
+
+PyMODINIT_FUNC PyInit__reml(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", GLMX_REML_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
