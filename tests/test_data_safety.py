@@ -191,8 +191,9 @@ def test_ctrl_c_is_an_interruption_not_a_failure(dataset, tmp_path):
 def test_a_second_run_on_the_same_folders_is_refused_and_the_first_is_unharmed(dataset, tmp_path):
     root, _ = dataset
     out, work = tmp_path / "out", tmp_path / "work"
-    first = _start(root, out, "participant", "--task", TASK, "--participant-label", "01", "--work-dir", work,
-                   "--quiet")
+    # both subjects: the first run must outlast three refused starts (about 2 s after its first node; one
+    # subject left it under 2 s of margin)
+    first = _start(root, out, "participant", "--task", TASK, "--work-dir", work, "--quiet")
     _wait_for_nodes(work, first)
     # the same OUTPUT_DIR with another work directory, and another OUTPUT_DIR with the same work directory
     others = [[root, out, "participant", "--task", TASK, "--participant-label", "02", "--quiet",
@@ -213,7 +214,7 @@ def test_a_second_run_on_the_same_folders_is_refused_and_the_first_is_unharmed(d
     assert not (tmp_path / "work3").exists()
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
-    assert _status(out) == {"01": {"status": "done", "reason": "", "crash": ""}}
+    assert _status(out) == {s: {"status": "done", "reason": "", "crash": ""} for s in ("01", "02")}
     assert _failed_cells(out / "index.html") == 0
     assert not list(out.glob(".glmx.lock*"))
 
