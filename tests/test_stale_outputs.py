@@ -135,6 +135,34 @@ def test_group_outputs_of_dropped_inference_and_removed_contrasts_are_deleted(da
     assert sorted(group_dir.glob("*_contrast-task_*"))
 
 
+def test_a_group_design_retires_the_per_contrast_group_outputs_and_back(data, tmp_path):
+    """A paired group_design replaces the one model per contrast: the earlier per-contrast group maps are no
+    longer what the spec produces, and going back to per-contrast models deletes the paired maps."""
+    spec = _spec(data, tmp_path / "spec.json")
+    out = tmp_path / "out"
+    _run(data, spec, out)
+    group_dir = out / "group"
+    kw = dict(spec=spec, output_dir=out, work_dir=tmp_path / "gwork", group_inference=["uncorrected"])
+    GroupLevel("flanker", data, **kw).run(plugin="Linear")
+    per_contrast = sorted(group_dir.glob("*_contrast-task_*")) + sorted(group_dir.glob("*_contrast-rt_*"))
+    assert per_contrast
+    user_file = group_dir / "task-flanker_contrast-task_mynotes.txt"
+    user_file.write_text("mine")
+
+    paired = {"type": "paired", "contrasts": ["incongruent", "congruent"]}
+    _spec(data, spec, lambda e: (e.pop("group_level_regressors", None), e.update(group_design=paired)))
+    result = GroupLevel("flanker", data, **kw).run(plugin="Linear")
+    left = sorted(p.name for p in group_dir.iterdir() if p.name != "task-flanker_report.html")
+    assert left and all("_contrast-incongruentVscongruent_" in n for n in left if n != user_file.name), left
+    assert set(map(str, per_contrast)) <= set(result.removed)
+    assert user_file.is_file()
+
+    _spec(data, spec)
+    GroupLevel("flanker", data, **kw).run(plugin="Linear")
+    assert not list(group_dir.glob("*_contrast-incongruentVscongruent_*"))
+    assert sorted(group_dir.glob("*_contrast-task_*")) and user_file.is_file()
+
+
 def test_contrast_only_change_draws_only_the_new_contrast(data, tmp_path):
     spec = _spec(data, tmp_path / "spec.json")
     out = tmp_path / "out"

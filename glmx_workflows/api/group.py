@@ -379,11 +379,14 @@ class GroupLevel(Project):
         start = time.time()
         graph = self._execute(self.workflow(plan), plugin, plugin_args, n_procs, publish_dir=self.group_dir)
         outputs = published_files(graph)
+        # a group_design replaces the one-model-per-contrast outputs: its model is all the spec produces
+        producible = (list(plan.contrasts) if self.model is None and self.settings.get("group_design")
+                      else current_contrasts(self.output_dir, self.task))
         removed = settle_group_outputs(self.output_dir, self.task,
                                        {c: published_files(graph, unit=f"contrast_{c}") for c in plan.contrasts},
                                        sorted(set(outputs).difference(*[published_files(graph, unit=f"contrast_{c}")
                                                                         for c in plan.contrasts])),
-                                       current_contrasts(self.output_dir, self.task))
+                                       producible)
         report = next((f for f in outputs if f.endswith("_report.html")), None)
         build_index(self.output_dir)  # the dataset index links the new group report
         return GroupResult(outputs=outputs, report=report, log=plan.log,

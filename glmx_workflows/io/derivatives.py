@@ -498,8 +498,10 @@ def settle_group_outputs(out_dir, task, per_contrast, others, current=None):
     others : iterable of str
         The run's other outputs (the report), recorded as ``group_task-<t>``.
     current : list of str, optional
-        The task's current first-level contrasts (:func:`current_contrasts`): recorded group outputs of
-        a contrast not among them and not modelled now are deleted. None deletes none of them.
+        The group models the spec can produce: the task's current first-level contrasts
+        (:func:`current_contrasts`), or the one within-subject model of a ``group_design``. Recorded group
+        outputs of a model not among them and not modelled now are deleted (a contrast left out by
+        ``--contrast`` keeps its outputs). None deletes none of them.
 
     Returns
     -------
