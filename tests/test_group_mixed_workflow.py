@@ -175,6 +175,23 @@ def test_paired_permutations_end_to_end_are_sign_flips_of_the_differences(first_
     assert np.allclose(ours, ref["p_fwe"], atol=1e-6)
 
 
+def test_repeated_design_report_names_subjects_once_and_says_f_has_no_permutations(first_level, tmp_path):
+    """The report of a repeated-measures model lists each subject once (a design row per subject and
+    contrast), and says that the asked-for TFCE was not applied to its F test instead of leaving it out
+    silently."""
+    bids, out = first_level
+    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", group_inference=["uncorrected", "tfce"],
+               group_level_regressors=[], group_n_permutations=20,
+               group_design={"type": "repeated", "contrasts": ["incongruent", "congruent", "task"], "name": "rep"}
+               ).run(plugin="Linear")
+    assert _group_file(out, "rep", "F").is_file()
+    assert not list((out / "group").glob("*contrast-rep_*tfce*"))
+    report = (out / "group" / "task-flanker_report.html").read_text()
+    subjects = ", ".join(f"sub-{i + 1:02d}" for i in range(N_SUBJECTS))
+    assert f"{N_SUBJECTS} subject(s), 3 maps each: {subjects}." in report
+    assert "tfce: not applied, permutation methods test t contrasts only" in report
+
+
 def test_within_design_refuses_regressors(first_level, tmp_path):
     from glmx_workflows.core.errors import GlmxError
 

@@ -688,6 +688,8 @@ class PlotGroupInputSpec(BaseInterfaceInputSpec):
     tables_file = File(exists=True, mandatory=True, desc="JSON from cluster_tables")
     contrast = traits.Str(mandatory=True, desc="first-level contrast label")
     missing = traits.List(traits.Str, usedefault=True, desc="subjects left out for lack of a map")
+    permutation_methods = traits.List(traits.Enum(*PERMUTATION_METHODS), usedefault=True,
+                                      desc="permutation methods asked for (noted where a contrast cannot have them)")
 
 
 class PlotGroupOutputSpec(TraitedSpec):
@@ -738,6 +740,9 @@ class PlotGroup(SimpleInterface):
                 figures.append({"path": str(path), "caption": f"z map, unthresholded ({path.stem.split('_')[-1]})"})
             notes = [f"Group model: {con.get('model', 'ols')} ({cg.GROUP_MODELS[con.get('model', 'ols')]})"
                      + (f"; F test on {len(con['weights'])} rows" if con.get("stat") == "F" else "") + "."]
+            if con.get("stat") == "F" and self.inputs.permutation_methods:
+                notes.append(f"{', '.join(self.inputs.permutation_methods)}: not applied, permutation methods "
+                             "test t contrasts only; this F test has parametric inference only.")
             for method, entry in inference.get(con["name"], {}).items():
                 label = cg.INFERENCE_DESC[method]
                 detail = (f"; {entry['n_permutations']} {'enumerated' if entry['exhaustive'] else 'random'} "

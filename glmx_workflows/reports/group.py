@@ -196,8 +196,12 @@ def build_group_report(task, sections, summary, path):
     for sec in sections:
         parts.append(f"<h2 id='c-{html.escape(sec['contrast'])}'>First-level contrast "
                      f"<code>{html.escape(sec['contrast'])}</code></h2>")
-        parts.append(f"<p>{len(sec['subjects'])} subject(s): "
-                     + ", ".join(f"sub-{html.escape(s)}" for s in sec["subjects"]) + ".</p>")
+        # a within-subject design has a row per subject and contrast: name each subject once
+        subjects = list(dict.fromkeys(sec["subjects"]))
+        per_subject = (f", {len(sec['subjects']) // len(subjects)} maps each" if subjects
+                       and len(sec["subjects"]) > len(subjects) else "")
+        parts.append(f"<p>{len(subjects)} subject(s){per_subject}: "
+                     + ", ".join(f"sub-{html.escape(s)}" for s in subjects) + ".</p>")
         if sec.get("missing"):
             parts.append("<p class='warn'>Left out (no subject-level map): "
                          + ", ".join(f"sub-{html.escape(s)}" for s in sec["missing"]) + ".</p>")

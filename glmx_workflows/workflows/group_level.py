@@ -76,7 +76,7 @@ def init_group_contrast_wf(contrast, settings, z_threshold, output_dir=None, bas
                                            cluster_extent=settings["group_cluster_extent"],
                                            surface_meshes=settings.get("surface_meshes") or {}),
                              name="cluster_tables")
-    plot_figures = pe.Node(PlotGroup(contrast=contrast), name="plot_figures")
+    plot_figures = pe.Node(PlotGroup(contrast=contrast, permutation_methods=permutation), name="plot_figures")
     n_inference = 2 if permutation else 1
     gather_inference = pe.Node(Merge(n_inference), name="gather_inference")
     for node in (build_design, compute_contrasts, threshold_maps, cluster_tables, plot_figures):
