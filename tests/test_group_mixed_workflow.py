@@ -124,6 +124,23 @@ def test_bad_variance_map_is_one_line_naming_the_file(first_level, tmp_path, cas
         assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_min_subjects_above_the_subject_count_is_refused_before_running(first_level, tmp_path):
+    bids, out0 = first_level
+    out = tmp_path / "out"
+    shutil.copytree(out0, out, ignore=shutil.ignore_patterns("group"))
+    spec = tmp_path / "spec.json"
+    entry = json.loads((bids / "task_information.json").read_text())
+    entry["flanker"]["group_min_subjects"] = N_SUBJECTS + 1
+    spec.write_text(json.dumps(entry))
+    proc = _glmx(bids, out, "group", "--task", "flanker", "--contrast", "task", "--spec", spec, "--quiet",
+                 "--work-dir", tmp_path / "work", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"{spec}: flanker.group_min_subjects: group_min_subjects is {N_SUBJECTS + 1} but contrast task has " \
+           f"{N_SUBJECTS} subject map(s)" in lines[0], lines[0]
+    assert not list(out.glob("group/*")) and not (tmp_path / "work").exists()
+
+
 def test_paired_design_end_to_end_equals_nilearn(first_level, tmp_path):
     import pandas as pd
     from nilearn.glm.second_level import SecondLevelModel

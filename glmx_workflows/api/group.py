@@ -229,6 +229,7 @@ class GroupLevel(Project):
                 log.append(f"contrast {contrast}: no subject-level stat-effect map for "
                            + ", ".join(f"sub-{s}" for s in missing[contrast]) + "; left out")
             subjects = sorted(maps)
+            self._check_min_subjects(f"contrast {contrast}", len(subjects))
             self._check_variances(contrast, subjects, maps)
             design, mean = cg.group_design(participants, subjects, regressors,
                                            source=str(participants_file) if participants is not None else None)
@@ -248,6 +249,13 @@ class GroupLevel(Project):
         return GroupPlan(contrasts=chosen, excluded=excluded, missing=missing,
                          base_entities={"task": self.task, **shared},
                          participants_file=str(participants_file) if participants is not None else None, log=log)
+
+    def _check_min_subjects(self, what, n_maps):
+        """group_min_subjects above the model's number of maps would leave no voxel: say so before running."""
+        least = self.settings.get("group_min_subjects")
+        if least and least > n_maps:
+            raise GlmxError(f"group_min_subjects is {least} but {what} has {n_maps} subject map(s); no voxel could "
+                            "be modelled", file=self.spec_path, field=f"{self.task}.group_min_subjects")
 
     def _check_variances(self, contrast, subjects, maps):
         if self.settings["group_model"] != "mixed":
@@ -275,6 +283,7 @@ class GroupLevel(Project):
         for c in names:
             self._check_variances(c, subjects, found[c])
         rows = [(s, c) for c in names for s in subjects]
+        self._check_min_subjects(f"{within['type']} design {label}", len(rows))
         design, main = cg.within_subject_design([s for s, _ in rows], [c for _, c in rows], within["type"],
                                                 source=str(self.spec_path))
         cg.group_contrasts(design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path))

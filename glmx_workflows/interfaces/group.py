@@ -90,6 +90,18 @@ def _write_map(values, mask, affine, cwd, name):
 # ---------------------------------------------------------------------------------------------- load_maps
 
 
+def _modelled(data, min_subjects):
+    """Where each subject's map is defined (finite, non-zero), and the locations modelled: defined in every
+    subject, or in at least ``min_subjects`` (group_min_subjects)."""
+    defined = np.isfinite(data) & (data != 0)
+    return defined, (defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0))
+
+
+def _modelled_where(min_subjects):
+    """The rule of :func:`_modelled` in words, for the error when it leaves nothing."""
+    return f"in at least {min_subjects} subjects' maps" if min_subjects else "in every subject's map"
+
+
 class LoadGroupMapsInputSpec(BaseInterfaceInputSpec):
     """Inputs of :class:`LoadGroupMaps` (each trait is described by its ``desc``)."""
 
@@ -140,9 +152,8 @@ class LoadGroupMaps(SimpleInterface):
                 raise GlmxError(f"map grid {img.shape[:3]} differs from {self.inputs.effect_files[0]} "
                                 f"{ref.shape[:3]}; every subject's map must be on the same grid", file=f)
         data = np.stack([np.asarray(img.get_fdata(), dtype=np.float64).reshape(ref.shape[:3]) for img in imgs])
-        defined = np.isfinite(data) & (data != 0)
         min_subjects = self.inputs.min_subjects
-        mask = defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0)
+        defined, mask = _modelled(data, min_subjects)
         mixed = self.inputs.model == "mixed"
         variance_files = list(self.inputs.variance_files or [])
         var_imgs = []
@@ -154,8 +165,8 @@ class LoadGroupMaps(SimpleInterface):
                     var = np.asarray(load_image(f, "subject variance map").get_fdata()).reshape(ref.shape[:3])
                     mask &= np.isfinite(var) & (var > 0)
         if not mask.any():
-            raise GlmxError("no voxel is defined (finite, non-zero) in every subject's map", file=os.path.dirname(
-                self.inputs.effect_files[0]))
+            raise GlmxError(f"no voxel is defined (finite, non-zero) {_modelled_where(min_subjects)}",
+                            file=os.path.dirname(self.inputs.effect_files[0]))
         if self.inputs.smoothing_fwhm:
             data = np.stack([np.asarray(smooth_img(img, self.inputs.smoothing_fwhm).get_fdata()).reshape(
                 ref.shape[:3]) for img in imgs])
@@ -240,9 +251,8 @@ class LoadGroupMaps(SimpleInterface):
             geometry = geometry or g
             maps.append(values)
         data = np.stack(maps)
-        defined = np.isfinite(data) & (data != 0)
         min_subjects = self.inputs.min_subjects
-        mask = defined.sum(axis=0) >= min_subjects if min_subjects else np.all(defined, axis=0)
+        defined, mask = _modelled(data, min_subjects)
         mixed = self.inputs.model == "mixed"
         variances = None
         if mixed:
@@ -259,7 +269,8 @@ class LoadGroupMaps(SimpleInterface):
                     var = read(f)[0]
                     mask &= np.isfinite(var) & (var > 0)
         if not mask.any():
-            raise GlmxError("no location is defined (finite, non-zero) in every subject's map", file=files[0])
+            raise GlmxError(f"no location is defined (finite, non-zero) {_modelled_where(min_subjects)}",
+                            file=files[0])
         extra = {}
         if min_subjects:  # absent subjects hold 0 (any value: they get no weight)
             extra["P"] = defined[:, mask]
