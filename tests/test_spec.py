@@ -31,6 +31,18 @@ def test_defaults_and_overrides(tmp_path):
     ('{"t": {"design_contrasts": {"x": "a", "x": "b"}}}', "appears twice"),
     ({"t": {"overrides": {"sub-01": {"excludes": []}}}}, "unknown key 'excludes'"),
     ([], "one entry per task"),
+    # a value of the right kind with one wrong part: the message names that part
+    ({"t": {"group_design": {"type": "paired", "contrasts": ["a", "a"]}}},
+     't.group_design.contrasts: names an item twice: ["a", "a"]'),
+    ({"t": {"group_design": {"type": "bogus", "contrasts": ["a", "b"]}}},
+     't.group_design.type: expected one of "paired", "repeated", got "bogus"'),
+    ({"t": {"group_design": {"type": "repeated", "contrasts": ["a"]}}},
+     't.group_design.contrasts: needs at least 2 item(s)'),
+    ({"t": {"group_design": {"type": "repeated"}}}, "t.group_design: missing key 'contrasts'"),
+    ({"t": {"group_design": {"type": "paired", "contrasts": ["a", "b"], "nmae": "x"}}},
+     "t.group_design: unknown key 'nmae' (did you mean 'name'?)"),
+    ({"t": {"confound_regressors": ["a", 3]}}, "t.confound_regressors[1]: expected a string, got 3"),
+    ({"t": {"group_design": 5}}, "t.group_design: expected null or an object, got 5"),
 ])
 def test_bad_specs_give_one_line_naming_file(tmp_path, text, needle):
     path = _write(tmp_path, text)

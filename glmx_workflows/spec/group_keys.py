@@ -4,7 +4,7 @@ Same shape as ``TASK_KEYS``: ``name: (JSON schema, default, description, example
 (``group_level_regressors`` lives in ``keys.py``.)
 """
 
-from ..core.inference import INFERENCE_METHODS
+from ..core.inference import INFERENCE_METHODS, PERMUTATION_METHODS
 
 _P = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 _METHODS = list(INFERENCE_METHODS)
@@ -120,7 +120,7 @@ def group_settings(entry, **overrides):
         if design["type"] == "paired" and len(design["contrasts"]) != 2:
             raise GlmxError(f"a paired group_design takes two contrasts, got {len(design['contrasts'])}",
                             file=entry["_spec_file"], field=field + ".contrasts")
-    perm = [m for m in out["group_inference"] if m in ("perm_fwe", "perm_cluster_mass", "tfce")]
+    perm = [m for m in out["group_inference"] if m in PERMUTATION_METHODS]
     if out.get("group_min_subjects") and perm and out["group_level_regressors"]:
         raise GlmxError("permutations with group_min_subjects are implemented for one-sample models only (no "
                         f"group_level_regressors); drop {', '.join(perm)} or the regressors", file=entry["_spec_file"],

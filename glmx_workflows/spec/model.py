@@ -107,14 +107,39 @@ def _type_name(schema):
             "null": "null"}.get(kind, kind) + (" " + " ".join(limits) if limits else "")
 
 
+def _inner_problem(error):
+    """What is wrong inside an object or list of the right kind, in words; None for the value as a whole."""
+    if not error.absolute_path and error.validator not in ("required", "additionalProperties"):
+        return None
+    value = error.instance
+    if error.validator in ("type", "enum", "const"):
+        return f"expected {_type_name(error.schema)}, got {json.dumps(value)}"
+    if error.validator == "uniqueItems":
+        return f"names an item twice: {json.dumps(value)}"
+    if error.validator == "minItems":
+        return f"needs at least {error.validator_value} item(s), got {json.dumps(value)}"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return f"missing key '{missing[0]}' (required: {', '.join(error.validator_value)})"
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in value if k not in allowed]
+        return f"unknown key '{extra[0]}'{_suggest(extra[0], allowed)} (keys: {', '.join(allowed)})"
+    return error.message
+
+
 def _check_types(entry, where, path):
     for key, value in entry.items():
         schema = TASK_KEYS[key][0]
-        try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError:
-            raise GlmxError(f"expected {_type_name(schema)}, got {json.dumps(value)}", file=path,
-                            field=f"{where}.{key}") from None
+        error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(value))
+        if error is not None:
+            # a value of the right kind with one wrong part is named by that part (group_design.type), not
+            # by the whole schema ("expected null or an object" for an object)
+            inner = _inner_problem(error)
+            field = f"{where}.{key}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                                for p in error.absolute_path)
+            raise GlmxError(inner or f"expected {_type_name(schema)}, got {json.dumps(value)}", file=path,
+                            field=field)
         if key == "tr" and value is not None:  # a number, but one that cannot be seconds is a unit mistake
             check_tr(value, path, f"{where}.tr")
 
