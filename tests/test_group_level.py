@@ -175,7 +175,7 @@ def test_workflow_nodes_and_bad_group_settings(first_level, tmp_path):
         GroupLevel("flanker", bids, output_dir=out, group_inference=["fwe"])
     with pytest.raises(GlmxError, match="group_contrasts.bad"):
         GroupLevel("flanker", bids, output_dir=out, group_contrasts={"bad": "age *"})
-    with pytest.raises(GlmxError, match="'agee', not a column"):
+    with pytest.raises(GlmxError, match=r"flanker\.group_contrasts\.x: group contrast 'x' uses 'agee', not a column"):
         GroupLevel("flanker", bids, output_dir=out, group_contrasts={"x": "agee"}).plan()
     with pytest.raises(GlmxError, match="no subject maps of contrast"):
         GroupLevel("flanker", bids, output_dir=out, contrasts=["nope"]).plan()

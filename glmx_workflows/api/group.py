@@ -234,7 +234,7 @@ class GroupLevel(Project):
             design, mean = cg.group_design(participants, subjects, regressors,
                                            source=str(participants_file) if participants is not None else None)
             group_cons = cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"],
-                                            source=str(self.spec_path))
+                                            source=str(self.spec_path), field=f"{self.task}.group_contrasts")
             # the longest map name of each group contrast (desc + the longest method desc) must fit a file name
             longest_method = max(cg.INFERENCE_DESC.values(), key=len)
             for con in group_cons:
@@ -286,7 +286,8 @@ class GroupLevel(Project):
         self._check_min_subjects(f"{within['type']} design {label}", len(rows))
         design, main = cg.within_subject_design([s for s, _ in rows], [c for _, c in rows], within["type"],
                                                 source=str(self.spec_path))
-        cg.group_contrasts(design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path))
+        cg.group_contrasts(design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path),
+                           field=f"{self.task}.group_contrasts")
         for line in log:
             LOG.info(line)
         plan = {"subjects": [s for s, _ in rows], "conditions": [c for _, c in rows],

@@ -286,7 +286,7 @@ def check_design(design, source=None):
                         f"({', '.join(design.columns)})", file=source, field="group_level_regressors")
 
 
-def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
+def group_contrasts(design_columns, mean_weights, formulas=None, source=None, field="group_contrasts"):
     """The group contrasts of a design: the mean effect, then each formula (t) or list of formulas (F).
 
     Parameters
@@ -301,6 +301,8 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
         a list of formulas is an F contrast (one row each, as in the first level).
     source : str, optional
         Spec file named in errors.
+    field : str
+        The formulas' place in that file (``<task>.group_contrasts``); errors name ``<field>.<name>``.
 
     Returns
     -------
@@ -321,12 +323,12 @@ def group_contrasts(design_columns, mean_weights, formulas=None, source=None):
         if missing:
             raise GlmxError(f"group contrast '{name}' uses {', '.join(repr(m) for m in missing)}, not a column of "
                             f"the group design (columns: {', '.join(columns)})", file=source,
-                            field=f"group_contrasts.{name}")
+                            field=f"{field}.{name}")
         matrix = contrast_matrix(rows, columns)
         if isinstance(formula, (list, tuple)):
             if np.linalg.matrix_rank(matrix) < len(rows):
                 raise GlmxError(f"the rows of F contrast '{name}' are linearly dependent", file=source,
-                                field=f"group_contrasts.{name}")
+                                field=f"{field}.{name}")
             out.append({"name": name, "desc": bids_label(name), "stat": "F", "weights": matrix.tolist()})
         else:
             out.append({"name": name, "desc": bids_label(name), "stat": "t", "weights": matrix[0].tolist()})
