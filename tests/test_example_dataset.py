@@ -294,3 +294,21 @@ def test_task_and_rt_effects_recovered(dataset, truth):
     z_rt = model.compute_contrast("congruent_x_response_time + incongruent_x_response_time").get_fdata()
     assert z_rt[truth["by_name"]["rt"]["core_mask"]].mean() > 3
     assert abs(z_rt[truth["null_mask"]].mean()) < 0.3
+
+
+def test_rewriting_an_example_with_fewer_subjects_or_runs_is_refused(tmp_path):
+    """Files of the same names are replaced, so a smaller example written over a larger one would leave the
+    larger one's subjects and runs beside a participants.tsv that lacks them: refused, nothing changed. The
+    same or a larger example may be written over it (every file it keeps is rewritten)."""
+    root = tmp_path / "ds"
+    make_example_dataset(root, n_subjects=3, n_runs=2, shape=(6, 7, 6), n_volumes=40)
+    make_example_dataset(root, n_subjects=3, n_runs=2, shape=(6, 7, 6), n_volumes=40, seed=1)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    with pytest.raises(GlmxError, match=r"--subjects: this folder already holds an example dataset .*sub-03"):
+        make_example_dataset(root, n_subjects=2, n_runs=2, shape=(6, 7, 6), n_volumes=40)
+    with pytest.raises(GlmxError, match=r"n_runs: this folder already holds an example dataset .*_run-2_"):
+        make_example_dataset(root, n_subjects=3, n_runs=1, shape=(6, 7, 6), n_volumes=40)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    make_example_dataset(root, n_subjects=4, n_runs=2, shape=(6, 7, 6), n_volumes=40)
+    table = pd.read_csv(root / "participants.tsv", sep="\t")
+    assert table["participant_id"].tolist() == [f"sub-0{i}" for i in range(1, 5)]

@@ -221,6 +221,24 @@ def _write_surface_run(dfunc, stem, run, tr, rng_seed, scales, locations):
         _write_json(name.with_name(name.name.replace(".func.gii", ".json")), {"RepetitionTime": tr, "TaskName": TASK})
 
 
+def _foreign_runs(root, n_subjects, n_runs):
+    """Subject folders and task runs under ``root`` (raw and fmriprep) that an example of ``n_subjects``
+    subjects and ``n_runs`` runs would not write: what a rewrite would leave mixed in."""
+    subjects = {f"sub-{i + 1:02d}" for i in range(n_subjects)}
+    runs = {f"run-{r + 1}" for r in range(n_runs)}
+    out = []
+    for top in (root, root / "derivatives" / "fmriprep"):
+        for sub in sorted(top.glob("sub-*")) if top.is_dir() else []:
+            if sub.name not in subjects:
+                out.append(str(sub))
+                continue
+            for f in sorted(sub.glob("func/*_task-flanker_*")):
+                run = next((e for e in f.name.split("_") if e.startswith("run-")), None)
+                if run is not None and run not in runs:
+                    out.append(str(f))
+    return out
+
+
 def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n_volumes=DEFAULT_N_VOLUMES,
                          tr=2.0, seed=0, surfaces=False):
     """Write the simulated flanker dataset (raw BIDS + fmriprep-style derivatives) to ``out_dir``.
@@ -229,7 +247,7 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
     ----------
     out_dir : str or path-like
         Dataset root; created if needed. Files of the same names are replaced, others are left
-        alone.
+        alone; a folder holding subjects or runs this call would not write is refused.
     n_subjects : int
         Subjects ``sub-01``… (1-99).
     n_runs : int
@@ -259,7 +277,7 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
     Raises
     ------
     GlmxError
-        When an argument is out of range.
+        When an argument is out of range, or ``out_dir`` holds subjects or runs it would not write.
     """
     if not 1 <= int(n_subjects) <= 99:
         raise GlmxError(f"n_subjects must be 1-99, got {n_subjects}")
@@ -275,6 +293,12 @@ def make_example_dataset(out_dir, n_subjects=4, n_runs=2, shape=DEFAULT_SHAPE, n
     n_subjects, n_runs, n_volumes, tr, seed = int(n_subjects), int(n_runs), int(n_volumes), float(tr), int(seed)
 
     root = Path(out_dir)
+    stray = _foreign_runs(root, n_subjects, n_runs)
+    if stray:
+        raise GlmxError(f"this folder already holds an example dataset with other subjects or runs ({stray[0]}, "
+                        f"{len(stray)} file(s) or folder(s)); rewriting it would mix the two: write the example to a "
+                        "new folder or delete this one", file=root,
+                        field="n_runs" if all("_run-" in Path(f).name for f in stray) else "--subjects")
     root.mkdir(parents=True, exist_ok=True)
     deriv = root / "derivatives" / "fmriprep"
 
