@@ -722,7 +722,10 @@ class PlotGroup(SimpleInterface):
 
         Y, mask, where, subjects = _load_data(self.inputs.data_file)
         design = _read_design(self.inputs.design_file)
-        design.index = [f"sub-{s}" for s in subjects]
+        # a within-subject design has a row per subject and first-level contrast: label rows with both
+        within = read_tsv(self.inputs.design_file, "group design").get(WITHIN_COLUMN)
+        rows = [f"{s} {c}" for s, c in zip(subjects, within)] if within is not None else list(subjects)
+        design.index = [f"sub-{r}" for r in rows]
         cwd = runtime.cwd
         design_svg = str(plot_design(design, os.path.join(cwd, "design.svg")))
         surface = hasattr(where, "write")
@@ -736,7 +739,7 @@ class PlotGroup(SimpleInterface):
             def draw(path, prefix, **kw):
                 return plot_stat_figures(load_image(path), prefix, **kw)
 
-            mosaic = str(plot_subject_mosaic(Y, mask, subjects, os.path.join(cwd, "mosaic.png"),
+            mosaic = str(plot_subject_mosaic(Y, mask, rows, os.path.join(cwd, "mosaic.png"),
                                              title=f"{self.inputs.contrast}: subject effect maps"))
         inference = {}
         for f in self.inputs.inference_files or []:

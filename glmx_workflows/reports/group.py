@@ -50,7 +50,8 @@ def plot_subject_mosaic(Y, mask, subjects, path, title=""):
     mask : numpy.ndarray of bool, shape (x, y, z)
         Group mask whose True voxels are the columns of ``Y``.
     subjects : list of str
-        Subject labels, in the row order of ``Y`` (panel titles).
+        Row labels in the row order of ``Y``, titled ``sub-<label>`` (a subject, or "01 congruent" for a
+        within-subject design's rows).
     path : str or Path
         PNG or SVG.
     title : str
