@@ -197,10 +197,12 @@ def test_repeated_design_report_names_subjects_once_and_says_f_has_no_permutatio
     contrast), and says that the asked-for TFCE was not applied to its F test instead of leaving it out
     silently."""
     bids, out = first_level
-    GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work", group_inference=["uncorrected", "tfce"],
-               group_level_regressors=[], group_n_permutations=20,
-               group_design={"type": "repeated", "contrasts": ["incongruent", "congruent", "task"], "name": "rep"}
-               ).run(plugin="Linear")
+    result = GroupLevel("flanker", bids, output_dir=out, work_dir=tmp_path / "work",
+                        group_inference=["uncorrected", "tfce"], group_level_regressors=[], group_n_permutations=20,
+                        group_design={"type": "repeated", "contrasts": ["incongruent", "congruent", "task"],
+                                      "name": "rep"}).run(plugin="Linear")
+    assert "contrast rep: tfce not applied to F test 'mean' (permutation methods test t contrasts only; " \
+           "parametric inference)" in result.log
     assert _group_file(out, "rep", "F").is_file()
     assert not list((out / "group").glob("*contrast-rep_*tfce*"))
     report = (out / "group" / "task-flanker_report.html").read_text()

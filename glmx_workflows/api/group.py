@@ -235,6 +235,7 @@ class GroupLevel(Project):
                                            source=str(participants_file) if participants is not None else None)
             group_cons = cg.group_contrasts(design.columns, mean, self.settings["group_contrasts"],
                                             source=str(self.spec_path), field=f"{self.task}.group_contrasts")
+            log += self._f_without_permutations(contrast, group_cons)
             # the longest map name of each group contrast (desc + the longest method desc) must fit a file name
             longest_method = max(cg.INFERENCE_DESC.values(), key=len)
             for con in group_cons:
@@ -249,6 +250,13 @@ class GroupLevel(Project):
         return GroupPlan(contrasts=chosen, excluded=excluded, missing=missing,
                          base_entities={"task": self.task, **shared},
                          participants_file=str(participants_file) if participants is not None else None, log=log)
+
+    def _f_without_permutations(self, contrast, group_cons):
+        """Log lines for the F tests that get no asked-for permutation method (they test t contrasts only)."""
+        asked = [m for m in self.settings["group_inference"] if m in cg.PERMUTATION_METHODS]
+        return [f"contrast {contrast}: {', '.join(asked)} not applied to F test '{con['name']}' (permutation "
+                "methods test t contrasts only; parametric inference)"
+                for con in group_cons if con["stat"] == "F" and asked]
 
     def _check_min_subjects(self, what, n_maps):
         """group_min_subjects above the model's number of maps would leave no voxel: say so before running."""
@@ -286,8 +294,9 @@ class GroupLevel(Project):
         self._check_min_subjects(f"{within['type']} design {label}", len(rows))
         design, main = cg.within_subject_design([s for s, _ in rows], [c for _, c in rows], within["type"],
                                                 source=str(self.spec_path))
-        cg.group_contrasts(design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path),
-                           field=f"{self.task}.group_contrasts")
+        log += self._f_without_permutations(label, cg.group_contrasts(
+            design.columns, main, self.settings["group_contrasts"], source=str(self.spec_path),
+            field=f"{self.task}.group_contrasts"))
         for line in log:
             LOG.info(line)
         plan = {"subjects": [s for s, _ in rows], "conditions": [c for _, c in rows],
