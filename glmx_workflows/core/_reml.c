@@ -275,6 +275,23 @@ static ALWAYS_INLINE void moments_small(Tile *t, const double *restrict tau, int
 CLONES static void moments1(Tile *t, const double *restrict tau, int m, int order) { moments_small(t, tau, m, order, 0); }
 CLONES static void moments2(Tile *t, const double *restrict tau, int m, int order) { moments_small(t, tau, m, order, 1); }
 
+/* One subject's share of X'W^k y (xwky) and the lower triangle of X'W^k X (Ak), from its lanes of W^k (wk)
+ * and W^k y (wky). */
+static ALWAYS_INLINE void accumulate(const double *x, int p, const double *restrict wk, const double *restrict wky,
+                                     double *restrict xwky, double *restrict Ak, int m)
+{
+    for (int a = 0; a < p; a++) {
+        double *restrict o = xwky + a * TILE;
+        const double xa = x[a];
+        for (int j = 0; j < m; j++) o[j] += xa * wky[j];
+        for (int b = 0; b <= a; b++) {
+            double *restrict A = Ak + (a * p + b) * TILE;
+            const double xab = xa * x[b];
+            for (int j = 0; j < m; j++) A[j] += xab * wk[j];
+        }
+    }
+}
+
 /* Any p: one pass per subject and moment over the lanes. */
 CLONES static void moments_any(Tile *t, const double *restrict tau, int m, int order)
 {
@@ -284,40 +301,13 @@ CLONES static void moments_any(Tile *t, const double *restrict tau, int m, int o
         const double *restrict y = t->y + (size_t)i * TILE, *restrict v = t->v + (size_t)i * TILE;
         const double *x = t->X + i * p;
         weights(v, y, tau, w, wy, t->sw1, t->ywy, m);
-        for (int a = 0; a < p; a++) {
-            double *restrict o = t->xwy + a * TILE;
-            const double xa = x[a];
-            for (int j = 0; j < m; j++) o[j] += xa * wy[j];
-            for (int b = 0; b <= a; b++) {
-                double *restrict A = t->A1 + (a * p + b) * TILE;
-                const double xab = xa * x[b];
-                for (int j = 0; j < m; j++) A[j] += xab * w[j];
-            }
-        }
+        accumulate(x, p, w, wy, t->xwy, t->A1, m);
         if (order < 2) continue;
         powers(w, w, wy, y, u, uy, t->sw2, t->yw2y, m);
-        for (int a = 0; a < p; a++) {
-            double *restrict o = t->xw2y + a * TILE;
-            const double xa = x[a];
-            for (int j = 0; j < m; j++) o[j] += xa * uy[j];
-            for (int b = 0; b <= a; b++) {
-                double *restrict A = t->A2 + (a * p + b) * TILE;
-                const double xab = xa * x[b];
-                for (int j = 0; j < m; j++) A[j] += xab * u[j];
-            }
-        }
+        accumulate(x, p, u, uy, t->xw2y, t->A2, m);
         if (order < 3) continue;
         powers(w, u, uy, y, u, uy, NULL, t->yw3y, m);
-        for (int a = 0; a < p; a++) {
-            double *restrict o = t->xw3y + a * TILE;
-            const double xa = x[a];
-            for (int j = 0; j < m; j++) o[j] += xa * uy[j];
-            for (int b = 0; b <= a; b++) {
-                double *restrict A = t->A3 + (a * p + b) * TILE;
-                const double xab = xa * x[b];
-                for (int j = 0; j < m; j++) A[j] += xab * u[j];
-            }
-        }
+        accumulate(x, p, u, uy, t->xw3y, t->A3, m);
     }
 }
 
