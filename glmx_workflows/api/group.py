@@ -256,7 +256,7 @@ class GroupLevel(Project):
         asked = [m for m in self.settings["group_inference"] if m in cg.PERMUTATION_METHODS]
         return [f"contrast {contrast}: {', '.join(asked)} not applied to F test '{con['name']}' (permutation "
                 "methods test t contrasts only; parametric inference)"
-                for con in group_cons if con["stat"] == "F" and asked]
+                for con in group_cons if not cg.permutation_applies(con) and asked]
 
     def _check_min_subjects(self, what, n_maps):
         """group_min_subjects above the model's number of maps would leave no voxel: say so before running."""

@@ -286,6 +286,22 @@ def check_design(design, source=None):
                         f"({', '.join(design.columns)})", file=source, field="group_level_regressors")
 
 
+def permutation_applies(contrast):
+    """Whether the permutation methods test a group contrast of :func:`group_contrasts`: t contrasts only (an
+    F test gets parametric inference).
+
+    Parameters
+    ----------
+    contrast : dict
+        With ``stat`` ('t' or 'F'; absent means 't').
+
+    Returns
+    -------
+    bool
+    """
+    return contrast.get("stat", "t") == "t"
+
+
 def group_contrasts(design_columns, mean_weights, formulas=None, source=None, field="group_contrasts"):
     """The group contrasts of a design: the mean effect, then each formula (t) or list of formulas (F).
 

@@ -353,6 +353,11 @@ def _read_design(path, index=False):
     if index:  # rows by subject label, for picking the subjects with maps
         return frame.set_index(frame["participant_id"].astype(str).str.replace("sub-", "", regex=False)).drop(
             columns=["participant_id"])
+    return _model_columns(frame)
+
+
+def _model_columns(frame):
+    """The design's model columns, without the row labels (participant_id, first_level_contrast)."""
     return frame.drop(columns=[c for c in ("participant_id", WITHIN_COLUMN) if c in frame.columns])
 
 
@@ -561,13 +566,13 @@ class PermuteGroup(SimpleInterface):
         Y, mask, affine, _ = _load_data(self.inputs.data_file)
         V = _load_variances(self.inputs.data_file) if self.inputs.model == "mixed" else None
         P = _load_present(self.inputs.data_file)
-        X = _read_design(self.inputs.design_file).to_numpy(float)
-        # within-subject designs (paired / repeated): a subject's maps are permuted among themselves only
         frame = read_tsv(self.inputs.design_file, "group design")
+        X = _model_columns(frame).to_numpy(float)
+        # within-subject designs (paired / repeated): a subject's maps are permuted among themselves only
         blocks = frame["participant_id"].astype(str).to_numpy() if WITHIN_COLUMN in frame.columns else None
         manifest, record = [], {}
         for con in _read_json(self.inputs.maps_file):
-            if con.get("stat", "t") != "t":
+            if not cg.permutation_applies(con):
                 continue
             methods = list(self.inputs.methods)
             spatial = {"perm_cluster_mass", "tfce"} & set(methods)
@@ -721,9 +726,10 @@ class PlotGroup(SimpleInterface):
         from ..reports.group import plot_stat_figures, plot_subject_mosaic
 
         Y, mask, where, subjects = _load_data(self.inputs.data_file)
-        design = _read_design(self.inputs.design_file)
+        frame = read_tsv(self.inputs.design_file, "group design")
+        design = _model_columns(frame)
         # a within-subject design has a row per subject and first-level contrast: label rows with both
-        within = read_tsv(self.inputs.design_file, "group design").get(WITHIN_COLUMN)
+        within = frame.get(WITHIN_COLUMN)
         rows = [f"{s} {c}" for s, c in zip(subjects, within)] if within is not None else list(subjects)
         design.index = [f"sub-{r}" for r in rows]
         cwd = runtime.cwd
@@ -754,7 +760,7 @@ class PlotGroup(SimpleInterface):
                 figures.append({"path": str(path), "caption": f"z map, unthresholded ({path.stem.split('_')[-1]})"})
             notes = [f"Group model: {con.get('model', 'ols')} ({cg.GROUP_MODELS[con.get('model', 'ols')]})"
                      + (f"; F test on {len(con['weights'])} rows" if con.get("stat") == "F" else "") + "."]
-            if con.get("stat") == "F" and self.inputs.permutation_methods:
+            if not cg.permutation_applies(con) and self.inputs.permutation_methods:
                 notes.append(f"{', '.join(self.inputs.permutation_methods)}: not applied, permutation methods "
                              "test t contrasts only; this F test has parametric inference only.")
             for method, entry in inference.get(con["name"], {}).items():
